@@ -1,0 +1,186 @@
+"""Evaluates a training run's checkpoints: precision @ 1 on exactly the 10,000 test images.
+
+    python cifar10_eval.py --checkpoint_dir=runs/tutorial [--run_once] [--noema]
+
+The tutorial's watcher: it evaluates each new checkpoint once, with the EMA shadows restored
+into the model (and the raw weights too, for the summaries), prints
+`<date time>: step N, precision @ 1 = 0.XXXX`, and writes `precision @ 1/ema` and
+`precision @ 1/raw` summaries plus a line of results.jsonl to --eval_dir. It stops by itself
+after the checkpoint at the run's max_steps, or after --timeout seconds without a new one.
+"""
+
+import datetime
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')  # Hide TensorFlow's start-up INFO lines.
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+import tensorflow as tf
+
+import cifar10_input
+import cifar10_model
+import cifar10_train
+import models
+
+EVAL_BATCH_SIZE = 500  # images per forward pass; any size gives the same counts
+RESULTS_FILE = 'results.jsonl'
+
+
+class Evaluator:
+  """A model and an empty checkpoint of the training layout, to restore into and score."""
+
+  def __init__(self, config, split, batch_size=EVAL_BATCH_SIZE):
+    self.model = models.build(config.model, config.image_size, config.init,
+                              config.weight_decay)
+    variables = self.model.trainable_variables
+    self.step = tf.Variable(0, dtype=tf.int64, trainable=False)
+    self.train_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False)
+    self.ema_shadows = [tf.Variable(tf.zeros_like(v), trainable=False) for v in variables]
+    self.checkpoint = cifar10_model.make_checkpoint(
+        self.model, self.step, self.ema_shadows, train_seconds=self.train_seconds)
+    self.data = cifar10_input.eval_inputs(split, batch_size, config.image_size)
+    self.num_examples = len(split)
+    size = config.image_size
+    self._count_correct = tf.function(self._count_correct, input_signature=(
+        tf.TensorSpec([None, size, size, 3], tf.float32), tf.TensorSpec([None], tf.int32)))
+
+  def _count_correct(self, images, labels):
+    logits = self.model(images, training=False)
+    hits = tf.equal(tf.argmax(logits, axis=1, output_type=tf.int32), labels)
+    return tf.reduce_sum(tf.cast(hits, tf.int64)), tf.size(labels, out_type=tf.int64)
+
+  def precision(self):
+    """Top-1 accuracy of the model's current weights over every image, and the count."""
+    correct = total = 0
+    for images, labels in self.data:
+      hits, count = self._count_correct(images, labels)
+      correct += int(hits)
+      total += int(count)
+    assert total == self.num_examples, (total, self.num_examples)
+    return correct / total, total
+
+  def restore(self, checkpoint_path):
+    self.checkpoint.restore(checkpoint_path).assert_existing_objects_matched()
+
+  def restore_ema_shadows(self):
+    """Copies the EMA shadows into the model, by position in the trainable variables."""
+    for variable, shadow in zip(self.model.trainable_variables, self.ema_shadows):
+      variable.assign(shadow)
+
+
+def eval_once(evaluator, checkpoint_path):
+  """Scores one checkpoint with its raw weights and with its EMA shadows.
+
+  Returns:
+    A dict: step, precision_ema, precision_raw, num_examples, train_seconds, checkpoint.
+  """
+  evaluator.restore(checkpoint_path)
+  raw, count = evaluator.precision()
+  evaluator.restore_ema_shadows()
+  ema, _ = evaluator.precision()
+  return {'step': int(evaluator.step.numpy()), 'precision_ema': ema, 'precision_raw': raw,
+          'num_examples': count, 'train_seconds': float(evaluator.train_seconds.numpy()),
+          'checkpoint': os.path.basename(checkpoint_path)}
+
+
+def record(metrics, eval_dir, writer, use_ema):
+  """Prints the tutorial's line and writes the summaries and results.jsonl."""
+  shown = metrics['precision_ema'] if use_ema else metrics['precision_raw']
+  print(f"{datetime.datetime.now()}: step {metrics['step']}, precision @ 1 = {shown:.4f}",
+        flush=True)
+  with writer.as_default():
+    tf.summary.scalar('precision @ 1/ema', metrics['precision_ema'], step=metrics['step'])
+    tf.summary.scalar('precision @ 1/raw', metrics['precision_raw'], step=metrics['step'])
+  writer.flush()
+  with open(os.path.join(eval_dir, RESULTS_FILE), 'a') as f:
+    f.write(json.dumps(metrics) + '\n')
+
+
+def watch(evaluator, checkpoint_dir, eval_dir, use_ema=True, interval_secs=60.0,
+          timeout_secs=None, run_once=False):
+  """Evaluates each new checkpoint once until the run's final step (or a timeout).
+
+  Returns:
+    The list of metrics dicts, one per evaluated checkpoint.
+  """
+  os.makedirs(eval_dir, exist_ok=True)
+  writer = tf.summary.create_file_writer(eval_dir)
+  evaluated, results, last_new = None, [], time.time()
+  while True:
+    path = tf.train.latest_checkpoint(checkpoint_dir)
+    if path and path != evaluated:
+      try:
+        metrics = eval_once(evaluator, path)
+      except (tf.errors.NotFoundError, tf.errors.DataLossError, ValueError) as e:
+        # The trainer's CheckpointManager rotated it away while we read; take the next one.
+        print(f'{datetime.datetime.now()}: skipped {path} ({type(e).__name__})', flush=True)
+        time.sleep(1.0)
+        continue
+      record(metrics, eval_dir, writer, use_ema)
+      results.append(metrics)
+      evaluated, last_new = path, time.time()
+      config = cifar10_train.read_config(checkpoint_dir)
+      if config is not None and metrics['step'] >= config.max_steps:
+        return results
+    if run_once:
+      if not results:
+        raise FileNotFoundError(f'no checkpoint in {checkpoint_dir}')
+      return results
+    if timeout_secs is not None and time.time() - last_new > timeout_secs:
+      print(f'{datetime.datetime.now()}: no new checkpoint for {timeout_secs:.0f} s; stopping.',
+            flush=True)
+      return results
+    time.sleep(interval_secs)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  checkpoint_dir = _FLAGS['checkpoint_dir'].value
+  config = cifar10_train.read_config(checkpoint_dir)
+  if config is None:
+    sys.exit(f'error: {checkpoint_dir} has no {cifar10_train.CONFIG_FILE}: point '
+             '--checkpoint_dir at the --train_dir of a cifar10_train.py run.')
+  eval_dir = _FLAGS['eval_dir'].value or os.path.join(checkpoint_dir, 'eval')
+  try:
+    batches_dir = cifar10_input.find_batches_dir(_FLAGS['data_dir'].value,
+                                                 _FLAGS['extract_dir'].value)
+    split = cifar10_input.load_split(batches_dir, _FLAGS['eval_data'].value)
+    watch(Evaluator(config, split), checkpoint_dir, eval_dir, _FLAGS['ema'].value,
+          _FLAGS['eval_interval_secs'].value, _FLAGS['timeout'].value,
+          _FLAGS['run_once'].value)
+  except (cifar10_input.DataError, FileNotFoundError) as e:
+    sys.exit(f'error: {e}')
+  except KeyboardInterrupt:
+    sys.exit(130)
+
+
+def define_eval_flags():
+  holders = cifar10_train.define_data_flags()
+  holders.update(
+      checkpoint_dir=flags.DEFINE_string('checkpoint_dir', cifar10_train.TrainConfig.train_dir,
+                                         'The --train_dir of the run to evaluate.'),
+      eval_dir=flags.DEFINE_string('eval_dir', None,
+                                   'Summaries and results.jsonl; default <checkpoint_dir>/eval.'),
+      eval_data=flags.DEFINE_enum('eval_data', 'test', ['test', 'train_eval'],
+                                  'test: the 10,000 test images; train_eval: the 50,000 '
+                                  'training images, undistorted.'),
+      ema=flags.DEFINE_boolean('ema', True, 'Report the EMA shadows (--noema: raw weights).'),
+      eval_interval_secs=flags.DEFINE_float('eval_interval_secs', 60.0,
+                                            'Seconds between looks for a new checkpoint.',
+                                            lower_bound=0.0),
+      timeout=flags.DEFINE_float('timeout', None, 'Stop after this many seconds without a new '
+                                 'checkpoint (default: wait for the final one).',
+                                 lower_bound=0.0),
+      run_once=flags.DEFINE_boolean('run_once', False, 'Evaluate the latest checkpoint and stop.'),
+  )
+  return holders
+
+
+if __name__ == '__main__':
+  _FLAGS = define_eval_flags()
+  app.run(main)

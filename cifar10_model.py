@@ -1,0 +1,358 @@
+"""Layer library, initialisation, weight decay, loss and parameter/FLOP counting.
+
+Every layer is a small tf.Module whose variables are created in `__init__` from explicit
+sizes, so a model's variables exist before the first trace, the EMA and a checkpoint restore.
+Each layer also knows its output shape, parameter count and FLOPs by the study's formulas
+(DESIGN.md section 5), which `count_model` walks to print a per-layer table.
+
+Run as a script it prints that table for one model:
+    python cifar10_model.py --model=tutorial [--image_size=24|32]
+"""
+
+import dataclasses
+import math
+
+import numpy as np
+import tensorflow as tf
+
+INIT_MODES = ('xavier', 'tutorial')
+DECAY_MODES = ('study', 'tutorial')
+STUDY_WEIGHT_DECAY = 500.0  # The study's WD: coefficient = WD / prod(shape(W)).
+TUTORIAL_WEIGHT_DECAY = 0.004  # The tutorial's coefficient on local3 and local4.
+XAVIER_GAIN = 1.3  # The study's factor compensating the truncation at 2 stddev.
+LRN_FLOPS_PER_ELEMENT = 36  # (3 + 2*r*r + 1) with r = 4, as the study counted it.
+
+
+@dataclasses.dataclass(frozen=True)
+class Regime:
+  """How a model's weights are initialised and regularised.
+
+  Attributes:
+    init: 'xavier' (the study's, default) or 'tutorial' (explicit stddevs and biases).
+    decay: 'study' (WD / prod(shape), WD = 500) or 'tutorial' (0.004).
+  """
+  init: str = 'xavier'
+  decay: str = 'study'
+
+  def __post_init__(self):
+    if self.init not in INIT_MODES:
+      raise ValueError(f'init must be one of {INIT_MODES}, got {self.init!r}')
+    if self.decay not in DECAY_MODES:
+      raise ValueError(f'decay must be one of {DECAY_MODES}, got {self.decay!r}')
+
+  def stddev(self, shape, tutorial_stddev):
+    return xavier_stddev(shape) if self.init == 'xavier' else tutorial_stddev
+
+  def bias(self, tutorial_bias):
+    return 0.0 if self.init == 'xavier' else tutorial_bias
+
+  def decay_coefficient(self, shape):
+    """Coefficient for a layer that takes weight decay (the model decides which do)."""
+    if self.decay == 'study':
+      return STUDY_WEIGHT_DECAY / math.prod(shape)
+    return TUTORIAL_WEIGHT_DECAY
+
+
+def xavier_stddev(shape):
+  """The study's Xavier stddev: sqrt(1.3 * 2 / (fan_in + fan_out)).
+
+  For a conv kernel [k, k, C_in, C_out] the fans are k*k*C_in and k*k*C_out; for a dense
+  matrix [rows, cols] they are rows and cols (DESIGN.md section 4).
+  """
+  receptive = math.prod(shape[:-2])
+  fan_in, fan_out = receptive * shape[-2], receptive * shape[-1]
+  return math.sqrt(XAVIER_GAIN * 2.0 / (fan_in + fan_out))
+
+
+def truncated_normal(shape, stddev):
+  return tf.random.truncated_normal(shape, stddev=stddev)
+
+
+# --------------------------------------------------------------------------- layers
+
+
+class Layer(tf.Module):
+  """Base of every layer: shape, parameter and FLOP bookkeeping.
+
+  `weights` lists (kernel, decay coefficient) pairs: the matrices that weight decay,
+  counting and compression work on.
+  """
+
+  weights = ()
+
+  def output_shape(self, input_shape):
+    """(H, W, C) or (D,) out for (H, W, C) or (D,) in."""
+    return input_shape
+
+  def num_params(self):
+    return sum(int(np.prod(v.shape)) for v in self.trainable_variables)
+
+  def flops(self, input_shape):
+    del input_shape
+    return 0
+
+
+class Conv2D(Layer):
+  """k x k convolution, SAME padding, with bias and optional ReLU."""
+
+  def __init__(self, in_channels, out_channels, kernel_size, *, stddev, bias_init=0.0,
+               decay=0.0, relu=True, stride=1, name=None):
+    super().__init__(name=name)
+    shape = [kernel_size, kernel_size, in_channels, out_channels]
+    with self.name_scope:  # Names variables 'conv1/kernel', for summaries and debugging.
+      self.kernel = tf.Variable(truncated_normal(shape, stddev), name='kernel')
+      self.bias = tf.Variable(tf.fill([out_channels], float(bias_init)), name='bias')
+    self.weights = ((self.kernel, decay),)
+    self.relu, self.stride = relu, stride
+
+  def __call__(self, x, training=False):
+    y = tf.nn.conv2d(x, self.kernel, self.stride, 'SAME') + self.bias
+    return tf.nn.relu(y) if self.relu else y
+
+  def output_shape(self, input_shape):
+    h, w, _ = input_shape
+    return (math.ceil(h / self.stride), math.ceil(w / self.stride), self.kernel.shape[3])
+
+  def flops(self, input_shape):
+    k, _, c_in, f = self.kernel.shape
+    h, w, _ = self.output_shape(input_shape)
+    return (1 + 2 * c_in * k * k) * f * w * h + (2 * f * w * h if self.relu else 0)
+
+
+class Dense(Layer):
+  """Fully connected layer with bias and optional ReLU."""
+
+  def __init__(self, in_dim, out_dim, *, stddev, bias_init=0.0, decay=0.0, relu=True,
+               name=None):
+    super().__init__(name=name)
+    with self.name_scope:
+      self.kernel = tf.Variable(truncated_normal([in_dim, out_dim], stddev), name='kernel')
+      self.bias = tf.Variable(tf.fill([out_dim], float(bias_init)), name='bias')
+    self.weights = ((self.kernel, decay),)
+    self.relu = relu
+
+  def __call__(self, x, training=False):
+    y = tf.matmul(x, self.kernel) + self.bias
+    return tf.nn.relu(y) if self.relu else y
+
+  def output_shape(self, input_shape):
+    return (self.kernel.shape[1],)
+
+  def flops(self, input_shape):
+    dim, n = self.kernel.shape
+    return (2 * dim + 1) * n + (2 * n if self.relu else 0)
+
+
+class MaxPool(Layer):
+  """3x3 max pooling, stride 2, SAME (the tutorial's)."""
+
+  def __init__(self, size=3, stride=2, name=None):
+    super().__init__(name=name)
+    self.size, self.stride = size, stride
+
+  def __call__(self, x, training=False):
+    return tf.nn.max_pool2d(x, self.size, self.stride, 'SAME')
+
+  def output_shape(self, input_shape):
+    h, w, c = input_shape
+    return (math.ceil(h / self.stride), math.ceil(w / self.stride), c)
+
+
+class LRN(Layer):
+  """Local response normalization with the tutorial's constants."""
+
+  def __init__(self, depth_radius=4, bias=1.0, alpha=0.001 / 9.0, beta=0.75, name=None):
+    super().__init__(name=name)
+    self.depth_radius, self.bias, self.alpha, self.beta = depth_radius, bias, alpha, beta
+
+  def __call__(self, x, training=False):
+    return tf.nn.local_response_normalization(x, self.depth_radius, self.bias, self.alpha,
+                                              self.beta)
+
+  def flops(self, input_shape):
+    return LRN_FLOPS_PER_ELEMENT * math.prod(input_shape)
+
+
+class Flatten(Layer):
+  """[B, H, W, C] -> [B, H*W*C]."""
+
+  def __call__(self, x, training=False):
+    return tf.reshape(x, [tf.shape(x)[0], -1])
+
+  def output_shape(self, input_shape):
+    return (math.prod(input_shape),)
+
+
+class GlobalAvgPool(Layer):
+  """[B, H, W, C] -> [B, C] by averaging over space (counted as 0 FLOPs, like pooling)."""
+
+  def __call__(self, x, training=False):
+    return tf.reduce_mean(x, axis=[1, 2])
+
+  def output_shape(self, input_shape):
+    return (input_shape[-1],)
+
+
+class Dropout(Layer):
+  """Drops units with probability `rate` in training only."""
+
+  def __init__(self, rate, name=None):
+    super().__init__(name=name)
+    self.rate = rate
+
+  def __call__(self, x, training=False):
+    return tf.nn.dropout(x, self.rate) if training else x
+
+
+class Sequential(Layer):
+  """Layers applied one after another; also the base of every model."""
+
+  def __init__(self, layers, name=None):
+    super().__init__(name=name)
+    self.layers = list(layers)
+
+  def __call__(self, x, training=False):
+    for layer in self.layers:
+      x = layer(x, training=training)
+    return x
+
+  @property
+  def weights(self):
+    return tuple(pair for layer in self.layers for pair in layer.weights)
+
+  def output_shape(self, input_shape):
+    for layer in self.layers:
+      input_shape = layer.output_shape(input_shape)
+    return input_shape
+
+  def flops(self, input_shape):
+    total = 0
+    for layer in self.layers:
+      total += layer.flops(input_shape)
+      input_shape = layer.output_shape(input_shape)
+    return total
+
+
+class Concat(Layer):
+  """Parallel branches on the same input, concatenated along channels."""
+
+  def __init__(self, branches, name=None):
+    super().__init__(name=name)
+    self.branches = list(branches)
+
+  def __call__(self, x, training=False):
+    return tf.concat([branch(x, training=training) for branch in self.branches], axis=-1)
+
+  @property
+  def weights(self):
+    return tuple(pair for branch in self.branches for pair in branch.weights)
+
+  def output_shape(self, input_shape):
+    shapes = [branch.output_shape(input_shape) for branch in self.branches]
+    return shapes[0][:-1] + (sum(s[-1] for s in shapes),)
+
+  def flops(self, input_shape):
+    return sum(branch.flops(input_shape) for branch in self.branches)
+
+
+class Model(Sequential):
+  """A whole network: a Sequential that remembers its input size."""
+
+  def __init__(self, layers, image_size, name=None):
+    super().__init__(layers, name=name)
+    self.input_shape = (image_size, image_size, 3)
+
+
+# --------------------------------------------------------------------------- loss
+
+
+def weight_decay_loss(model):
+  """Sum over the model's weight matrices of coefficient * l2_loss(W) (l2_loss = sum(W^2)/2)."""
+  terms = [decay * tf.nn.l2_loss(kernel) for kernel, decay in model.weights if decay]
+  return tf.add_n(terms) if terms else tf.constant(0.0)
+
+
+def loss(logits, labels, model):
+  """Mean softmax cross-entropy and weight decay, returned separately.
+
+  Args:
+    logits: float32 [B, 10].
+    labels: int32 [B].
+    model: the Model whose weights carry decay coefficients.
+
+  Returns:
+    (cross_entropy, weight_decay): two float32 scalars; the total loss is their sum.
+  """
+  cross_entropy = tf.reduce_mean(
+      tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+  return cross_entropy, weight_decay_loss(model)
+
+
+# --------------------------------------------------------------------------- counting
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerCount:
+  name: str
+  output_shape: tuple
+  params: int
+  flops: int
+
+
+def count_model(model):
+  """Per-layer parameter and FLOP counts of a Model at its input size (DESIGN.md section 5)."""
+  rows, shape = [], model.input_shape
+  for layer in model.layers:
+    flops = layer.flops(shape)
+    shape = layer.output_shape(shape)
+    rows.append(LayerCount(layer.name, shape, layer.num_params(), flops))
+  return rows
+
+
+def format_count_table(rows):
+  """The table `python cifar10_model.py` prints, ending with the totals line."""
+  lines = [f'{"layer":<18} {"output shape":<16} {"params":>12} {"FLOPs":>14}']
+  for row in rows:
+    shape = 'x'.join(str(d) for d in row.output_shape)
+    lines.append(f'{row.name:<18} {shape:<16} {row.params:>12,} {row.flops:>14,}')
+  params = sum(r.params for r in rows)
+  flops = sum(r.flops for r in rows)
+  lines.append(f'total params={params} flops={flops}')
+  return '\n'.join(lines)
+
+
+# --------------------------------------------------------------------------- checkpoint
+
+
+def make_checkpoint(model, step, ema_shadows, **extra):
+  """The checkpoint layout shared by training, evaluation and compression.
+
+  Args:
+    model: the Model (its raw weights).
+    step: int64 scalar tf.Variable, the global step.
+    ema_shadows: list of tf.Variable, the EMA shadow of each of model.trainable_variables,
+      in the same order; restored by position, not by name.
+    **extra: further trackables (e.g. pruning masks).
+  """
+  return tf.train.Checkpoint(model=model, step=step, ema_shadows=list(ema_shadows), **extra)
+
+
+def main(argv):
+  del argv
+  import models  # pylint: disable=g-import-not-at-top
+  try:
+    model = models.build(_MODEL.value, image_size=_IMAGE_SIZE.value)
+  except ValueError as e:
+    raise app.UsageError(str(e))
+  print(f'{_MODEL.value} at {_IMAGE_SIZE.value}x{_IMAGE_SIZE.value}x3')
+  print(format_count_table(count_model(model)))
+
+
+if __name__ == '__main__':
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  _MODEL = flags.DEFINE_string('model', 'tutorial', 'Model name (see models/__init__.py).')
+  # Flags are defined here, not at import, so binaries importing this module keep theirs.
+  _IMAGE_SIZE = flags.DEFINE_integer('image_size', 24, 'Input side in pixels: 24 or 32.')
+  flags.register_validator('image_size', lambda v: v in (24, 32), 'must be 24 or 32')
+  app.run(main)
