@@ -137,22 +137,38 @@ def watch(evaluator, checkpoint_dir, eval_dir, use_ema=True, interval_secs=60.0,
     time.sleep(interval_secs)
 
 
+def wait_for_config(checkpoint_dir, interval_secs, timeout_secs):
+  """The run's TrainConfig, waiting for the trainer to write it (None after the timeout)."""
+  start = time.time()
+  config = cifar10_train.read_config(checkpoint_dir)
+  while config is None:
+    if timeout_secs is not None and time.time() - start > timeout_secs:
+      return None
+    time.sleep(interval_secs)
+    config = cifar10_train.read_config(checkpoint_dir)
+  return config
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   checkpoint_dir = _FLAGS['checkpoint_dir'].value
+  run_once = _FLAGS['run_once'].value
   config = cifar10_train.read_config(checkpoint_dir)
+  if config is None and not run_once:
+    print(f'{datetime.datetime.now()}: waiting for a training run in {checkpoint_dir}',
+          flush=True)
+    config = wait_for_config(checkpoint_dir, _FLAGS['eval_interval_secs'].value,
+                             _FLAGS['timeout'].value)
   if config is None:
     sys.exit(f'error: {checkpoint_dir} has no {cifar10_train.CONFIG_FILE}: point '
              '--checkpoint_dir at the --train_dir of a cifar10_train.py run.')
   eval_dir = _FLAGS['eval_dir'].value or os.path.join(checkpoint_dir, 'eval')
   try:
-    batches_dir = cifar10_input.find_batches_dir(_FLAGS['data_dir'].value,
-                                                 _FLAGS['extract_dir'].value)
+    batches_dir = cifar10_train.find_batches_dir(_FLAGS)
     split = cifar10_input.load_split(batches_dir, _FLAGS['eval_data'].value)
     watch(Evaluator(config, split), checkpoint_dir, eval_dir, _FLAGS['ema'].value,
-          _FLAGS['eval_interval_secs'].value, _FLAGS['timeout'].value,
-          _FLAGS['run_once'].value)
+          _FLAGS['eval_interval_secs'].value, _FLAGS['timeout'].value, run_once)
   except (cifar10_input.DataError, FileNotFoundError) as e:
     sys.exit(f'error: {e}')
   except KeyboardInterrupt:

@@ -58,6 +58,10 @@ class DataError(Exception):
   """The data is missing, malformed or cannot be fetched; the message says what to do."""
 
 
+class DownloadFailed(DataError):
+  """The archive could not be fetched (no network, bad address)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Split:
   """One split of CIFAR-10 held in memory.
@@ -186,10 +190,7 @@ def download_archive(url, target_dir, md5=DATA_MD5, out=sys.stderr):
   except (urllib.error.URLError, OSError) as e:
     if os.path.exists(partial):
       os.remove(partial)
-    raise DataError(
-        f'no CIFAR-10 data in {target_dir} and the download of {url} failed ({e}). '
-        f'Offline, put {ARCHIVE_NAME} in {target_dir} (or pass --data_dir=<folder holding it>).'
-    ) from e
+    raise DownloadFailed(f'the download of {url} failed ({e})') from e
   actual = _md5(partial)
   if md5 and actual != md5:
     os.remove(partial)
@@ -224,7 +225,11 @@ def find_batches_dir(data_dir, extract_dir=None, url=DATA_URL, md5=DATA_MD5,
       check_batches_dir(candidate, records_per_file)
       return candidate
   if not os.path.isfile(archive):
-    archive = download_archive(url, extract_dir, md5)
+    try:
+      archive = download_archive(url, extract_dir, md5)
+    except DownloadFailed as e:
+      raise DataError(f'no CIFAR-10 data in {data_dir} and {e}. Offline, put {ARCHIVE_NAME} '
+                      f'in {data_dir} (or pass --data_dir=<the folder holding it>).') from e
   batches_dir = extract_archive(archive, extract_dir)
   check_batches_dir(batches_dir, records_per_file)
   return batches_dir

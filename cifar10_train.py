@@ -73,7 +73,15 @@ def define_data_flags():
       extract_dir=flags.DEFINE_string(
           'extract_dir', None, 'Where to extract the archive; default --data_dir when it is '
           'writable, else ~/.cache/cifar10.'),
+      data_url=flags.DEFINE_string('data_url', cifar10_input.DATA_URL,
+                                   'Where to download the archive from when it is absent.'),
   )
+
+
+def find_batches_dir(holders):
+  """cifar10_input.find_batches_dir from the data flags."""
+  return cifar10_input.find_batches_dir(holders['data_dir'].value, holders['extract_dir'].value,
+                                        url=holders['data_url'].value)
 
 
 def define_train_flags():
@@ -318,8 +326,7 @@ def main(argv):
   signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
   try:
     config = config_from_flags(_FLAGS)
-    batches_dir = cifar10_input.find_batches_dir(_FLAGS['data_dir'].value,
-                                                 _FLAGS['extract_dir'].value)
+    batches_dir = find_batches_dir(_FLAGS)
     train(config, cifar10_input.load_split(batches_dir, 'train'))
   except (cifar10_input.DataError, TrainingDiverged, ValueError) as e:
     sys.exit(f'error: {e}')

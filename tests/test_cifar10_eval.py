@@ -1,0 +1,93 @@
+"""Tests of evaluation: EMA restore, exact counts, summaries and the watcher's lifetime."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import cifar10_eval
+import cifar10_train
+from test_cifar10_train import tiny_config, tiny_split
+
+
+@pytest.fixture(name='trained_dir')
+def fixture_trained_dir(tmp_path):
+  """A train_dir holding a 20-step run on tiny data (checkpoints at 10 and 20)."""
+  train_dir = tmp_path / 'run'
+  cifar10_train.train(tiny_config(train_dir, max_steps=20), tiny_split())
+  return train_dir
+
+
+def test_eval_restores_exactly_the_ema_shadows(trained_dir):
+  config = cifar10_train.read_config(str(trained_dir))
+  trainer = cifar10_train.Trainer(config)
+  trainer.restore_latest()
+  evaluator = cifar10_eval.Evaluator(config, tiny_split())
+  evaluator.restore(tf.train.latest_checkpoint(str(trained_dir)))
+  for variable, raw in zip(evaluator.model.trainable_variables, trainer.variables):
+    np.testing.assert_array_equal(variable.numpy(), raw.numpy())
+  evaluator.restore_ema_shadows()
+  differs = False
+  for variable, shadow, raw in zip(evaluator.model.trainable_variables, trainer.ema_shadows,
+                                   trainer.variables):
+    np.testing.assert_array_equal(variable.numpy(), shadow.numpy())
+    differs |= not np.array_equal(shadow.numpy(), raw.numpy())
+  assert differs
+
+
+def test_eval_counts_exactly_every_example_with_a_partial_last_batch(trained_dir):
+  config = cifar10_train.read_config(str(trained_dir))
+  split = tiny_split(num=23, seed=3)
+  evaluator = cifar10_eval.Evaluator(config, split, batch_size=5)
+  evaluator.restore(tf.train.latest_checkpoint(str(trained_dir)))
+  precision, count = evaluator.precision()
+  assert count == 23
+  images = tf.image.per_image_standardization(tf.cast(split.images, tf.float32))
+  predicted = np.argmax(evaluator.model(images).numpy(), axis=1)
+  assert precision == pytest.approx(np.mean(predicted == split.labels))
+
+
+def test_eval_once_reports_both_weights_at_the_checkpoint_step(trained_dir):
+  config = cifar10_train.read_config(str(trained_dir))
+  evaluator = cifar10_eval.Evaluator(config, tiny_split())
+  metrics = cifar10_eval.eval_once(evaluator, str(trained_dir / 'ckpt-10'))
+  assert metrics['step'] == 10 and metrics['num_examples'] == 32
+  assert 0 <= metrics['precision_ema'] <= 1 and 0 <= metrics['precision_raw'] <= 1
+  assert metrics['train_seconds'] > 0
+
+
+def test_watcher_exits_after_the_final_checkpoint_and_writes_results(trained_dir, tmp_path,
+                                                                     capsys):
+  config = cifar10_train.read_config(str(trained_dir))
+  eval_dir = tmp_path / 'eval'
+  results = cifar10_eval.watch(cifar10_eval.Evaluator(config, tiny_split()), str(trained_dir),
+                               str(eval_dir), interval_secs=0.1)
+  assert [r['step'] for r in results] == [20]
+  line = capsys.readouterr().out.strip().splitlines()[-1]
+  assert line.endswith(f"step 20, precision @ 1 = {results[0]['precision_ema']:.4f}")
+  with open(eval_dir / cifar10_eval.RESULTS_FILE) as f:
+    assert json.loads(f.readline())['step'] == 20
+  tags = {}
+  for name in os.listdir(eval_dir):
+    if name.startswith('events.out'):
+      for event in tf.compat.v1.train.summary_iterator(str(eval_dir / name)):
+        for value in event.summary.value:
+          tags[value.tag] = event.step
+  assert tags == {'precision @ 1/ema': 20, 'precision @ 1/raw': 20}
+
+
+def test_watcher_stops_after_timeout_without_new_checkpoint(trained_dir, tmp_path):
+  config = cifar10_train.read_config(str(trained_dir))
+  cifar10_train.write_config(tiny_config(trained_dir, max_steps=1000))  # Not finished.
+  results = cifar10_eval.watch(cifar10_eval.Evaluator(config, tiny_split()), str(trained_dir),
+                               str(tmp_path / 'eval'), interval_secs=0.1, timeout_secs=0.5)
+  assert [r['step'] for r in results] == [20]
+
+
+def test_run_once_without_checkpoint_fails_clearly(tmp_path):
+  config = tiny_config(tmp_path)
+  with pytest.raises(FileNotFoundError, match='no checkpoint'):
+    cifar10_eval.watch(cifar10_eval.Evaluator(config, tiny_split()), str(tmp_path),
+                       str(tmp_path / 'eval'), run_once=True)

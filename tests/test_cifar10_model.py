@@ -1,0 +1,179 @@
+"""Tests of the layer library, initialisation, weight decay, loss and counting."""
+
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import cifar10_model as cm
+import models
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _layer(model, name):
+  return next(layer for layer in model.layers if layer.name == name)
+
+
+def test_xavier_stddev_matches_hand_computation():
+  # conv1: fan_in = 5*5*3 = 75, fan_out = 5*5*64 = 1600.
+  assert cm.xavier_stddev([5, 5, 3, 64]) == pytest.approx(math.sqrt(2.6 / 1675))
+  # local3: fan_in = 2304, fan_out = 384.
+  assert cm.xavier_stddev([2304, 384]) == pytest.approx(0.031100, abs=1e-6)
+
+
+def test_xavier_init_draws_truncated_normal_with_that_stddev():
+  tf.random.set_seed(1)
+  model = models.build('tutorial')
+  kernel = _layer(model, 'local3').kernel.numpy()
+  stddev = cm.xavier_stddev([2304, 384])
+  # A normal truncated at 2 stddev keeps 0.8796 of its stddev.
+  assert kernel.std() == pytest.approx(0.8796 * stddev, rel=0.01)
+  assert np.abs(kernel).max() <= 2 * stddev
+  dense_or_conv = [l for l in model.layers if isinstance(l, (cm.Conv2D, cm.Dense))]
+  assert all(not layer.bias.numpy().any() for layer in dense_or_conv)
+
+
+def test_tutorial_init_uses_explicit_stddevs_and_biases():
+  tf.random.set_seed(1)
+  model = models.build('tutorial', init='tutorial')
+  assert _layer(model, 'local4').kernel.numpy().std() == pytest.approx(0.8796 * 0.04, rel=0.02)
+  assert _layer(model, 'conv1').kernel.numpy().std() == pytest.approx(0.8796 * 0.05, rel=0.05)
+  biases = {layer.name: float(layer.bias.numpy()[0])
+            for layer in model.layers if isinstance(layer, (cm.Conv2D, cm.Dense))}
+  assert biases == pytest.approx({'conv1': 0.0, 'conv2': 0.1, 'local3': 0.1, 'local4': 0.1,
+                                  'softmax_linear': 0.0})
+
+
+def test_study_decay_coefficients_on_hidden_dense_layers_only():
+  model = models.build('tutorial')
+  coefficients = {kernel.name.split('/')[0]: decay for kernel, decay in model.weights}
+  assert coefficients['local3'] == pytest.approx(500 / (2304 * 384))  # 5.65e-4
+  assert coefficients['local4'] == pytest.approx(500 / (384 * 192))  # 6.78e-3
+  assert coefficients['local3'] == pytest.approx(5.65e-4, rel=1e-3)
+  assert coefficients['local4'] == pytest.approx(6.78e-3, rel=1e-3)
+  assert coefficients['conv1'] == coefficients['conv2'] == coefficients['softmax_linear'] == 0
+
+
+def test_tutorial_decay_is_0_004_on_local3_and_local4():
+  model = models.build('tutorial', decay='tutorial')
+  coefficients = [decay for _, decay in model.weights]
+  assert coefficients == [0.0, 0.0, 0.004, 0.004, 0.0]
+
+
+def test_weight_decay_loss_is_sum_of_coefficient_times_half_squared_norm():
+  model = models.build('tutorial')
+  expected = sum(decay * np.sum(kernel.numpy().astype(np.float64) ** 2) / 2
+                 for kernel, decay in model.weights)
+  assert float(cm.weight_decay_loss(model)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_loss_returns_cross_entropy_and_decay_separately():
+  model = models.build('tutorial')
+  logits = tf.zeros([4, 10])
+  cross_entropy, decay = cm.loss(logits, tf.constant([0, 1, 2, 3]), model)
+  assert float(cross_entropy) == pytest.approx(math.log(10), rel=1e-6)
+  assert float(decay) == pytest.approx(float(cm.weight_decay_loss(model)))
+
+
+@pytest.mark.parametrize('size,params,flops', [(24, 1_068_298, 37_745_098),
+                                               (32, 1_756_426, 66_983_370)])
+def test_tutorial_golden_params_and_flops(size, params, flops):
+  rows = cm.count_model(models.build('tutorial', image_size=size))
+  assert sum(r.params for r in rows) == params
+  assert sum(r.flops for r in rows) == flops
+  if size == 32:
+    assert round(flops / 1e6, 2) == 66.98  # DESIGN.md's figure
+
+
+def test_counted_params_equal_the_variables():
+  model = models.build('tutorial')
+  variables = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+  assert sum(r.params for r in cm.count_model(model)) == variables
+
+
+def test_conv_flops_by_hand():
+  conv = cm.Conv2D(3, 64, 5, stddev=0.1)
+  # (1 + 2*3*25) * 64 * 24 * 24 multiply-adds plus 2 * 64 * 24 * 24 for the ReLU.
+  assert conv.flops((24, 24, 3)) == 151 * 64 * 576 + 2 * 64 * 576
+  assert cm.LRN().flops((12, 12, 64)) == 36 * 12 * 12 * 64
+
+
+def test_output_shapes_match_the_real_tensors():
+  model = models.build('tutorial')
+  x = tf.zeros([2, 24, 24, 3])
+  for row, layer in zip(cm.count_model(model), model.layers):
+    x = layer(x)
+    assert tuple(x.shape[1:]) == row.output_shape, layer.name
+
+
+def test_table_ends_with_the_totals_line():
+  table = cm.format_count_table(cm.count_model(models.build('tutorial')))
+  assert table.splitlines()[-1] == 'total params=1068298 flops=37745098'
+
+
+def test_script_prints_the_totals_line():
+  result = subprocess.run([sys.executable, 'cifar10_model.py', '--model=tutorial'], cwd=ROOT,
+                          capture_output=True, text=True, check=True)
+  assert result.stdout.splitlines()[-1] == 'total params=1068298 flops=37745098'
+
+
+def test_script_rejects_an_unknown_model_listing_valid_ones():
+  result = subprocess.run([sys.executable, 'cifar10_model.py', '--model=nope'], cwd=ROOT,
+                          capture_output=True, text=True)
+  assert result.returncode != 0
+  assert 'tutorial' in result.stderr and 'Traceback' not in result.stderr
+
+
+def test_registry_resolves_alias_and_lists_names_for_unknown():
+  assert models.canonical_name('tuto') == 'tutorial'
+  with pytest.raises(ValueError, match='valid models: tutorial, tuto'):
+    models.build('resnet')
+
+
+def test_logits_shape_and_eager_equals_tf_function():
+  model = models.build('tutorial', image_size=32)
+  images = tf.random.normal([3, 32, 32, 3])
+  eager = model(images)
+  traced = tf.function(model.__call__)(images)
+  assert eager.shape == (3, 10)
+  np.testing.assert_allclose(eager.numpy(), traced.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_dropout_only_in_training():
+  drop = cm.Dropout(0.5)
+  x = tf.ones([1000])
+  assert np.array_equal(drop(x).numpy(), x.numpy())
+  dropped = drop(x, training=True).numpy()
+  assert 0.4 < np.mean(dropped == 0) < 0.6
+
+
+def test_concat_and_global_average_pool_shapes_and_flops():
+  branches = [cm.Conv2D(8, 4, 1, stddev=0.1), cm.Conv2D(8, 6, 3, stddev=0.1)]
+  block = cm.Concat(branches)
+  y = block(tf.zeros([2, 6, 6, 8]))
+  assert y.shape == (2, 6, 6, 10) and block.output_shape((6, 6, 8)) == (6, 6, 10)
+  assert block.flops((6, 6, 8)) == sum(b.flops((6, 6, 8)) for b in branches)
+  assert len(block.weights) == 2
+  pooled = cm.GlobalAvgPool()(tf.reshape(tf.range(8.0), [1, 2, 2, 2]))
+  np.testing.assert_allclose(pooled.numpy(), [[3.0, 4.0]])
+
+
+def test_checkpoint_round_trip_restores_weights(tmp_path):
+  model = models.build('tutorial')
+  step = tf.Variable(7, dtype=tf.int64)
+  shadows = [tf.Variable(v * 2) for v in model.trainable_variables]
+  path = cm.make_checkpoint(model, step, shadows).write(str(tmp_path / 'ckpt'))
+  other = models.build('tutorial')
+  other_step = tf.Variable(0, dtype=tf.int64)
+  other_shadows = [tf.Variable(tf.zeros_like(v)) for v in other.trainable_variables]
+  cm.make_checkpoint(other, other_step, other_shadows).read(path).assert_consumed()
+  assert int(other_step.numpy()) == 7
+  for a, b in zip(model.trainable_variables, other.trainable_variables):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+  for a, b in zip(shadows, other_shadows):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())

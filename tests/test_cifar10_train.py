@@ -1,0 +1,171 @@
+"""Tests of the training loop: learning, EMA, checkpoints, resume and divergence."""
+
+import dataclasses
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import cifar10_input
+import cifar10_train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_split(num=32, seed=0):
+  """Noise images whose class k shows as a bright band on rows 3k..3k+2: easy to learn."""
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, 10, size=num).astype(np.int32)
+  images = rng.integers(0, 100, size=(num, 32, 32, 3), dtype=np.uint8)
+  for image, label in zip(images, labels):
+    image[3 * label:3 * label + 3] += 150
+  return cifar10_input.Split(images=images, labels=labels)
+
+
+def tiny_config(train_dir, **overrides):
+  values = dict(train_dir=str(train_dir), max_steps=20, batch_size=16, log_frequency=5,
+                checkpoint_steps=10, histogram_steps=10, augment=False, image_size=32)
+  values.update(overrides)
+  return cifar10_train.TrainConfig(**values)
+
+
+def test_staircase_schedule_drops_tenfold_every_350_epochs():
+  config = cifar10_train.TrainConfig(lr_schedule='staircase')
+  assert config.decay_steps == 136_718
+  rate = lambda step: float(cifar10_train.learning_rate(tf.constant(step, tf.int64), config))
+  assert rate(0) == pytest.approx(0.1)
+  assert rate(136_717) == pytest.approx(0.1)
+  assert rate(136_718) == pytest.approx(0.01)
+  assert rate(2 * 136_718) == pytest.approx(0.001)
+
+
+def test_constant_schedule():
+  config = cifar10_train.TrainConfig()
+  assert float(cifar10_train.learning_rate(tf.constant(10**6, tf.int64), config)) == (
+      pytest.approx(0.1))
+
+
+def test_a_few_steps_lower_the_loss_on_tiny_data(tmp_path):
+  tf.random.set_seed(0)
+  config = tiny_config(tmp_path, max_steps=60)
+  trainer = cifar10_train.Trainer(config)
+  batches = iter(cifar10_input.train_inputs(tiny_split(), 16, seed=0, augment=False,
+                                            image_size=32))
+  losses = []
+  for _ in range(config.max_steps):
+    losses.append(float(trainer.train_step(*next(batches))['cross_entropy']))
+  assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10])
+
+
+def test_ema_shadows_follow_the_formula_with_num_updates(tmp_path):
+  tf.random.set_seed(0)
+  trainer = cifar10_train.Trainer(tiny_config(tmp_path))
+  images, labels = next(iter(cifar10_input.train_inputs(tiny_split(), 16, seed=0,
+                                                        augment=False, image_size=32)))
+  before = [v.numpy() for v in trainer.variables]
+  trainer.train_step(images, labels)
+  # After step 1 TF uses decay = min(0.9999, (1 + 1) / (10 + 1)).
+  decay = 2 / 11
+  for old, new, shadow in zip(before, trainer.variables, trainer.ema_shadows):
+    expected = old - (1 - decay) * (old - new.numpy())
+    np.testing.assert_allclose(shadow.numpy(), expected, rtol=1e-5, atol=1e-7)
+  assert not np.allclose(trainer.ema_shadows[0].numpy(), trainer.variables[0].numpy())
+
+
+def test_train_ends_with_a_checkpoint_at_exactly_max_steps(tmp_path):
+  cifar10_train.train(tiny_config(tmp_path, max_steps=13), tiny_split())
+  assert tf.train.latest_checkpoint(str(tmp_path)).endswith('ckpt-13')
+  assert os.path.exists(tmp_path / 'ckpt-10.index')
+  assert cifar10_train.read_config(str(tmp_path)).max_steps == 13
+
+
+def test_resume_continues_the_step_count(tmp_path, capsys):
+  cifar10_train.train(tiny_config(tmp_path, max_steps=10), tiny_split())
+  cifar10_train.train(tiny_config(tmp_path, max_steps=25), tiny_split())
+  out = capsys.readouterr().out
+  assert 'resumed from' in out and 'ckpt-10' in out
+  steps = [int(line.split('step ')[1].split(',')[0]) for line in out.splitlines()
+           if ', loss = ' in line]
+  assert steps == [5, 10, 15, 20, 25]
+  trainer = cifar10_train.Trainer(tiny_config(tmp_path, max_steps=25))
+  assert trainer.restore_latest() == 25
+
+
+def test_log_lines_have_the_tutorial_format(tmp_path, capsys):
+  cifar10_train.train(tiny_config(tmp_path, max_steps=5), tiny_split())
+  line = next(l for l in capsys.readouterr().out.splitlines() if 'loss =' in l)
+  assert __import__('re').fullmatch(
+      r'\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: step 5, loss = \d+\.\d\d '
+      r'\(\d+\.\d examples/sec; \d+\.\d{3} sec/batch\)', line), line
+
+
+def test_a_run_at_max_steps_exits_at_once(tmp_path, capsys):
+  cifar10_train.train(tiny_config(tmp_path, max_steps=10), tiny_split())
+  assert cifar10_train.train(tiny_config(tmp_path, max_steps=10), tiny_split()) is None
+  assert 'nothing to do' in capsys.readouterr().out
+
+
+def test_summaries_hold_losses_rate_accuracy_histograms_and_images(tmp_path):
+  cifar10_train.train(tiny_config(tmp_path, max_steps=10), tiny_split())
+  tags = set()
+  for name in os.listdir(tmp_path):
+    if name.startswith('events.out'):
+      for event in tf.compat.v1.train.summary_iterator(str(tmp_path / name)):
+        tags.update(value.tag for value in event.summary.value)
+  for tag in ('loss', 'cross_entropy', 'weight_decay', 'learning_rate', 'examples_per_sec',
+              'batch_accuracy', 'distorted_inputs', 'local3/kernel:0'):
+    assert tag in tags, (tag, sorted(tags))
+
+
+def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+  cifar10_train.train(tiny_config(tmp_path, max_steps=10), tiny_split())
+  with pytest.raises(cifar10_train.TrainingDiverged, match='diverged'):
+    cifar10_train.train(tiny_config(tmp_path, max_steps=40, learning_rate=1e12), tiny_split())
+  assert tf.train.latest_checkpoint(str(tmp_path)).endswith('ckpt-10')
+
+
+def test_train_dir_of_another_model_is_refused(tmp_path):
+  cifar10_train.write_config(tiny_config(tmp_path, image_size=32))
+  with pytest.raises(ValueError, match='image_size=32'):
+    cifar10_train.write_config(tiny_config(tmp_path, image_size=24, augment=True))
+
+
+def test_config_file_round_trip(tmp_path):
+  config = tiny_config(tmp_path, seed=5)
+  cifar10_train.write_config(config)
+  assert cifar10_train.read_config(str(tmp_path)) == config
+  assert dataclasses.asdict(config)['seed'] == 5
+
+
+def run_binary(*args, **kwargs):
+  return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                        **kwargs)
+
+
+def test_binary_reports_missing_data_without_traceback(tmp_path):
+  result = run_binary('cifar10_train.py', f'--data_dir={tmp_path}',
+                      f'--train_dir={tmp_path / "run"}', '--max_steps=1',
+                      '--data_url=http://127.0.0.1:9/cifar-10-binary.tar.gz', timeout=120)
+  assert result.returncode == 1, result.stderr
+  assert 'error:' in result.stderr and 'Traceback' not in result.stderr
+  assert str(tmp_path) in result.stderr and 'cifar-10-binary.tar.gz' in result.stderr
+
+
+def test_binary_rejects_bad_flags_at_parse_time(tmp_path):
+  result = run_binary('cifar10_train.py', '--batch_size=0', f'--train_dir={tmp_path}',
+                      timeout=120)
+  assert result.returncode != 0 and 'batch_size' in result.stderr
+  result = run_binary('cifar10_train.py', '--model=vgg', f'--train_dir={tmp_path}',
+                      timeout=120)
+  assert result.returncode != 0 and 'tutorial' in result.stderr
+
+
+def test_binary_exits_nonzero_on_divergence(tmp_path, real_data_dir):
+  result = run_binary('cifar10_train.py', f'--data_dir={real_data_dir}',
+                      f'--train_dir={tmp_path}', '--max_steps=30', '--learning_rate=1e12',
+                      '--log_frequency=5', timeout=300)
+  assert result.returncode == 1, result.stderr
+  assert 'diverged' in result.stderr and 'Traceback' not in result.stderr
