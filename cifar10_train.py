@@ -61,6 +61,10 @@ class TrainingDiverged(Exception):
   """The loss became NaN or infinite."""
 
 
+class ConfigError(ValueError):
+  """The flags do not fit the run already in train_dir."""
+
+
 # --------------------------------------------------------------------------- flags
 
 
@@ -148,7 +152,7 @@ def write_config(config):
   if previous is not None:
     for key in ('model', 'image_size'):
       if getattr(previous, key) != getattr(config, key):
-        raise ValueError(
+        raise ConfigError(
             f'{config.train_dir} holds a run with {key}={getattr(previous, key)!r}, not '
             f'{getattr(config, key)!r}: pass another --train_dir (or delete that one).')
   path = os.path.join(config.train_dir, CONFIG_FILE)
@@ -328,7 +332,7 @@ def main(argv):
     config = config_from_flags(_FLAGS)
     batches_dir = find_batches_dir(_FLAGS)
     train(config, cifar10_input.load_split(batches_dir, 'train'))
-  except (cifar10_input.DataError, TrainingDiverged, ValueError) as e:
+  except (cifar10_input.DataError, TrainingDiverged, ConfigError) as e:
     sys.exit(f'error: {e}')
   except KeyboardInterrupt:
     sys.exit(130)

@@ -129,7 +129,7 @@ def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 def test_train_dir_of_another_model_is_refused(tmp_path):
   cifar10_train.write_config(tiny_config(tmp_path, image_size=32))
-  with pytest.raises(ValueError, match='image_size=32'):
+  with pytest.raises(cifar10_train.ConfigError, match='image_size=32'):
     cifar10_train.write_config(tiny_config(tmp_path, image_size=24, augment=True))
 
 
