@@ -255,12 +255,13 @@ def _check_finite(loss, step):
                            'good checkpoint is kept; lower --learning_rate and re-run.')
 
 
-def train(config, train_split):
+def train(config, train_split, on_log=None):
   """Trains until config.max_steps, resuming from train_dir; returns the final metrics.
 
   Args:
     config: a TrainConfig.
     train_split: the cifar10_input.Split to train on.
+    on_log: optional callable(step, examples_per_sec) run at each log line (benchmarks).
 
   Raises:
     TrainingDiverged: the loss became NaN or infinite (no checkpoint is written then).
@@ -292,12 +293,14 @@ def train(config, train_split):
         if step % config.log_frequency == 0 or last:
           loss = float(metrics['loss'])
           _check_finite(loss, step)
-          elapsed = time.time() - window_time
-          rate = (step - window_step) * config.batch_size / elapsed
+          now = time.time()  # Windows abut, so logging time counts against the speed.
+          rate = (step - window_step) * config.batch_size / (now - window_time)
           _log(f'step {step}, loss = {loss:.2f} ({rate:.1f} examples/sec; '
-               f'{elapsed / (step - window_step):.3f} sec/batch)')
+               f'{(now - window_time) / (step - window_step):.3f} sec/batch)')
           _write_scalars(metrics, step, rate)
-          window_step, window_time = step, time.time()
+          if on_log:
+            on_log(step, rate)
+          window_step, window_time = step, now
         if step % config.histogram_steps == 0:
           _write_histograms(trainer, images, step)
         if step % config.checkpoint_steps == 0 or last:

@@ -1,0 +1,168 @@
+"""Training and evaluation speed, side by side in one process (a benchmark, not a test).
+
+    .venv/bin/python bench/train_speed.py --data_dir=data [--model=tutorial]
+
+Times, for one model: (1) the bare train step on one fixed in-memory batch, (2) the full
+loop exactly as cifar10_train.py runs it, (3) the input pipeline alone, (4) the same network
+as a tf.keras.Sequential trained with model.fit on the same pipeline, (5) evaluation of the
+whole test set. Each figure is the median over --windows timed windows after a warm-up. It
+prints images/s, the ratios 2/1, 3/2 and 2/4, and the GFLOP/s of 1 and 2 (a train step counted
+as 3x the forward FLOPs of cifar10_model's counting).
+"""
+
+import dataclasses
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+import tensorflow as tf
+
+import cifar10_eval
+import cifar10_input
+import cifar10_model
+import cifar10_train
+import models
+
+_FLAGS = cifar10_train.define_data_flags()
+_MODEL = flags.DEFINE_enum('model', 'tutorial', models.names(), 'Model to time.')
+_WINDOW = flags.DEFINE_integer('window', 20, 'Steps per timed window.', lower_bound=1)
+_WINDOWS = flags.DEFINE_integer('windows', 7, 'Timed windows per candidate.', lower_bound=1)
+_WARMUP = flags.DEFINE_integer('warmup', 20, 'Untimed steps first.', lower_bound=1)
+
+
+def median_rate(run_window, images_per_window, warmup, windows):
+  """Median images/s of `windows` calls of run_window after `warmup` untimed calls."""
+  for _ in range(warmup):
+    run_window()
+  rates = []
+  for _ in range(windows):
+    start = time.perf_counter()
+    run_window()
+    rates.append(images_per_window / (time.perf_counter() - start))
+  return statistics.median(rates)
+
+
+def bare_step(config, images, labels):
+  trainer = cifar10_train.Trainer(config)
+  def run_window():
+    for _ in range(_WINDOW.value):
+      metrics = trainer.train_step(images, labels)
+    float(metrics['loss'])
+  return median_rate(run_window, _WINDOW.value * config.batch_size, 1, _WINDOWS.value)
+
+
+def full_loop(config, split):
+  """The loop of cifar10_train.train, timed by its own log windows (log_frequency steps)."""
+  rates = []
+  steps = _WARMUP.value + _WINDOW.value * _WINDOWS.value
+  with tempfile.TemporaryDirectory() as train_dir:
+    run = dataclasses.replace(config, train_dir=train_dir, max_steps=steps)
+    cifar10_train.train(run, split, on_log=lambda step, rate: rates.append((step, rate)))
+  timed = [rate for step, rate in rates if step > _WARMUP.value]
+  return statistics.median(timed)
+
+
+def input_pipeline(config, split):
+  batches = iter(cifar10_input.train_inputs(split, config.batch_size, seed=0,
+                                            augment=config.augment,
+                                            image_size=config.image_size))
+  def run_window():
+    for _ in range(_WINDOW.value):
+      next(batches)
+  return median_rate(run_window, _WINDOW.value * config.batch_size, _WARMUP.value,
+                     _WINDOWS.value)
+
+
+def keras_tutorial(image_size):
+  """The tutorial network as tf.keras.Sequential (the peer most users would write)."""
+  layers = tf.keras.layers
+  lrn = lambda: layers.Lambda(
+      lambda x: tf.nn.local_response_normalization(x, 4, 1.0, 0.001 / 9.0, 0.75))
+  return tf.keras.Sequential([
+      layers.Input((image_size, image_size, 3)),
+      layers.Conv2D(64, 5, padding='same', activation='relu'),
+      layers.MaxPool2D(3, 2, padding='same'), lrn(),
+      layers.Conv2D(64, 5, padding='same', activation='relu'), lrn(),
+      layers.MaxPool2D(3, 2, padding='same'),
+      layers.Flatten(),
+      layers.Dense(384, activation='relu', kernel_regularizer=tf.keras.regularizers.l2(1e-4)),
+      layers.Dense(192, activation='relu', kernel_regularizer=tf.keras.regularizers.l2(1e-4)),
+      layers.Dense(10),
+  ])
+
+
+class _BatchClock(tf.keras.callbacks.Callback):
+  def __init__(self):
+    super().__init__()
+    self.times = []
+
+  def on_train_batch_end(self, batch, logs=None):
+    self.times.append(time.perf_counter())
+
+
+def keras_fit(config, split):
+  if config.model != 'tutorial':
+    return float('nan')
+  model = keras_tutorial(config.image_size)
+  model.compile(optimizer=tf.keras.optimizers.SGD(config.learning_rate),
+                loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                metrics=['accuracy'])
+  data = cifar10_input.train_inputs(split, config.batch_size, seed=0, augment=config.augment,
+                                    image_size=config.image_size)
+  clock = _BatchClock()
+  steps = _WARMUP.value + _WINDOW.value * _WINDOWS.value
+  model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[clock])
+  ends = clock.times[_WARMUP.value - 1::_WINDOW.value]
+  rates = [_WINDOW.value * config.batch_size / (b - a) for a, b in zip(ends, ends[1:])]
+  return statistics.median(rates)
+
+
+def evaluation(config, test_split):
+  evaluator = cifar10_eval.Evaluator(config, test_split)
+  evaluator.precision()  # Trace and warm up.
+  times = []
+  for _ in range(3):
+    start = time.perf_counter()
+    evaluator.precision()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def main(argv):
+  del argv
+  config = cifar10_train.TrainConfig(model=models.canonical_name(_MODEL.value))
+  batches_dir = cifar10_train.find_batches_dir(_FLAGS)
+  train_split = cifar10_input.load_split(batches_dir, 'train')
+  test_split = cifar10_input.load_split(batches_dir, 'test')
+  images, labels = next(iter(cifar10_input.train_inputs(train_split, config.batch_size, 0)))
+  flops = sum(r.flops for r in cifar10_model.count_model(
+      models.build(config.model, config.image_size)))
+
+  rates = {}
+  rates['1 bare step'] = bare_step(config, images, labels)
+  rates['2 full loop'] = full_loop(config, train_split)
+  rates['3 input pipeline'] = input_pipeline(config, train_split)
+  rates['4 keras fit'] = keras_fit(config, train_split)
+  eval_secs = evaluation(config, test_split)
+
+  print(f'\nmodel {config.model}, batch {config.batch_size}, {config.image_size}x'
+        f'{config.image_size}, median of {_WINDOWS.value} windows of {_WINDOW.value} steps')
+  for name, rate in rates.items():
+    print(f'{name:<20} {rate:>10.1f} images/s')
+  print(f'{"5 eval (10,000)":<20} {eval_secs:>10.2f} s '
+        f'({len(test_split) / eval_secs:.0f} images/s)')
+  one, two, three, four = rates.values()
+  print(f'ratio 2/1 = {two / one:.3f}   ratio 3/2 = {three / two:.2f}   '
+        f'ratio 2/4 = {two / four:.2f}')
+  print(f'GFLOP/s: bare step {3 * flops * one / 1e9:.1f}, full loop {3 * flops * two / 1e9:.1f}')
+
+
+if __name__ == '__main__':
+  app.run(main)
