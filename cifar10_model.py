@@ -5,8 +5,9 @@ sizes, so a model's variables exist before the first trace, the EMA and a checkp
 Each layer also knows its output shape, parameter count and FLOPs by the study's formulas
 (DESIGN.md section 5), which `count_model` walks to print a per-layer table.
 
-Run as a script it prints that table for one model:
+Run as a script it prints that table for one model, or one row per model:
     python cifar10_model.py --model=tutorial [--image_size=24|32]
+    python cifar10_model.py --model=all
 """
 
 import dataclasses
@@ -263,6 +264,31 @@ class Model(Sequential):
     self.input_shape = (image_size, image_size, 3)
 
 
+def conv(regime, name, in_channels, out_channels, kernel_size, *, tutorial_stddev=5e-2,
+         tutorial_bias=0.0, relu=True):
+  """A Conv2D initialised by `regime` (convolutions never take weight decay here)."""
+  shape = [kernel_size, kernel_size, in_channels, out_channels]
+  return Conv2D(in_channels, out_channels, kernel_size,
+                stddev=regime.stddev(shape, tutorial_stddev),
+                bias_init=regime.bias(tutorial_bias), relu=relu, name=name)
+
+
+def dense(regime, name, in_dim, out_dim, *, tutorial_stddev, tutorial_bias=0.0, relu=True,
+          decay=True):
+  """A Dense initialised by `regime`, with its weight decay when `decay` is set."""
+  shape = [in_dim, out_dim]
+  return Dense(in_dim, out_dim, stddev=regime.stddev(shape, tutorial_stddev),
+               bias_init=regime.bias(tutorial_bias), relu=relu,
+               decay=regime.decay_coefficient(shape) if decay else 0.0, name=name)
+
+
+def pooled_size(size, pools):
+  """Side after `pools` stride-2 SAME poolings: 24 -> 12 -> 6 -> 3."""
+  for _ in range(pools):
+    size = math.ceil(size / 2)
+  return size
+
+
 # --------------------------------------------------------------------------- loss
 
 
@@ -337,21 +363,37 @@ def make_checkpoint(model, step, ema_shadows, **extra):
   return tf.train.Checkpoint(model=model, step=step, ema_shadows=list(ema_shadows), **extra)
 
 
+def format_summary_rows(named_models):
+  """One row per model: name, params, MFLOPs (the study's table)."""
+  lines = [f'{"model":<10} {"params":>10} {"MFLOPs":>8}']
+  for name, model in named_models:
+    rows = count_model(model)
+    lines.append(f'{name:<10} {sum(r.params for r in rows):>10,} '
+                 f'{sum(r.flops for r in rows) / 1e6:>8.2f}')
+  return '\n'.join(lines)
+
+
 def main(argv):
   del argv
   import models  # pylint: disable=g-import-not-at-top
+  size = _IMAGE_SIZE.value
+  if _MODEL.value == 'all':
+    print(f'every model at {size}x{size}x3')
+    print(format_summary_rows((name, models.build(name, size)) for name in models.MODELS))
+    return
   try:
-    model = models.build(_MODEL.value, image_size=_IMAGE_SIZE.value)
+    model = models.build(_MODEL.value, image_size=size)
   except ValueError as e:
     raise app.UsageError(str(e))
-  print(f'{_MODEL.value} at {_IMAGE_SIZE.value}x{_IMAGE_SIZE.value}x3')
+  print(f'{_MODEL.value} at {size}x{size}x3')
   print(format_count_table(count_model(model)))
 
 
 if __name__ == '__main__':
   from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
-  _MODEL = flags.DEFINE_string('model', 'tutorial', 'Model name (see models/__init__.py).')
+  _MODEL = flags.DEFINE_string('model', 'tutorial',
+                               "Model name (see models/__init__.py), or 'all' for a summary.")
   # Flags are defined here, not at import, so binaries importing this module keep theirs.
   _IMAGE_SIZE = flags.DEFINE_integer('image_size', 24, 'Input side in pixels: 24 or 32.')
   flags.register_validator('image_size', lambda v: v in (24, 32), 'must be 24 or 32')

@@ -1,22 +1,42 @@
 """The model registry: one literal dict from name to builder.
 
-Every builder has the signature `build(regime, image_size) -> cifar10_model.Model`.
+Every builder has the signature `build(regime, image_size) -> cifar10_model.Model`; a family
+file exposes one builder whose `variant` argument is bound here.
 """
 
+import functools
+
 import cifar10_model
+from models import alex
+from models import nin
+from models import squeeze
 from models import tutorial
 
 MODELS = {
     'tutorial': tutorial.build,
+    'alex0': functools.partial(alex.build, variant=0),
+    'alex1': functools.partial(alex.build, variant=1),
+    'alex2': functools.partial(alex.build, variant=2),
+    'alex3': functools.partial(alex.build, variant=3),
+    'alex4': functools.partial(alex.build, variant=4),
+    'nin0': functools.partial(nin.build, variant=0),
+    'nin1': functools.partial(nin.build, variant=1),
+    'nin2': functools.partial(nin.build, variant=2),
+    'squeeze0': functools.partial(squeeze.build, variant=0),
+    'squeeze1': functools.partial(squeeze.build, variant=1),
 }
+# Short names; each family name stands for its best model in the study.
 ALIASES = {
     'tuto': 'tutorial',
+    'alex': 'alex4',
+    'nin': 'nin2',
+    'squeeze': 'squeeze1',
 }
 
 
 def names():
   """Every accepted --model value, canonical names first."""
-  return sorted(MODELS) + sorted(ALIASES)
+  return list(MODELS) + list(ALIASES)
 
 
 def canonical_name(name):

@@ -1,0 +1,83 @@
+"""Tests of the model zoo: golden counts, forward shapes, checkpoints and the registry."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import cifar10_model as cm
+import models
+
+# DESIGN.md section 6 at 24x24 (params, FLOPs), computed by hand with section 5's formulas;
+# the study's table shows them rounded to 0.01 M.
+GOLDEN = {
+    'tutorial': (1_068_298, 37_745_098, 1.07, 37.75),
+    'alex0': (1_463_594, 25_243_594, 1.46, 25.24),
+    'alex1': (322_506, 43_510_858, 0.32, 43.51),
+    'alex2': (1_068_298, 37_081_546, 1.07, 37.08),
+    'alex3': (996_298, 37_600_906, 1.00, 37.60),
+    'alex4': (1_493_674, 35_196_874, 1.49, 35.20),
+    'nin0': (120_458, 46_213_344, 0.12, 46.21),
+    'nin1': (178_890, 69_327_072, 0.18, 69.33),
+    'nin2': (966_986, 251_362_872, 0.97, 251.36),
+    'squeeze0': (122_986, 16_039_224, 0.12, 16.04),
+    'squeeze1': (146_570, 22_836_024, 0.15, 22.84),
+}
+
+
+@pytest.mark.parametrize('name', sorted(GOLDEN))
+def test_golden_params_and_flops(name):
+  params, flops, study_mparams, study_mflops = GOLDEN[name]
+  rows = cm.count_model(models.build(name))
+  assert sum(r.params for r in rows) == params
+  assert sum(r.flops for r in rows) == flops
+  assert round(params / 1e6, 2) == study_mparams
+  assert round(flops / 1e6, 2) == study_mflops
+
+
+def test_registry_lists_every_model_and_family_aliases():
+  assert set(models.MODELS) == set(GOLDEN)
+  assert models.canonical_name('alex') == 'alex4'
+  assert models.canonical_name('nin') == 'nin2'
+  assert models.canonical_name('squeeze') == 'squeeze1'
+
+
+@pytest.mark.parametrize('name', sorted(GOLDEN))
+@pytest.mark.parametrize('size', [24, 32])
+def test_forward_gives_logits_and_counts_match_variables(name, size):
+  model = models.build(name, image_size=size)
+  logits = model(tf.random.normal([2, size, size, 3]))
+  assert logits.shape == (2, 10)
+  variables = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+  assert sum(r.params for r in cm.count_model(model)) == variables
+
+
+@pytest.mark.parametrize('name', ['nin0', 'squeeze1'])
+def test_nin_and_squeeze_have_no_decay_and_relu_logits(name):
+  model = models.build(name)
+  assert all(decay == 0 for _, decay in model.weights)
+  assert np.all(model(tf.random.normal([4, 24, 24, 3])).numpy() >= 0)  # ReLU before the pool
+
+
+def test_alex_decay_only_on_hidden_dense_layers():
+  model = models.build('alex1')
+  decays = {kernel.name.split('/')[0]: decay for kernel, decay in model.weights}
+  assert decays['local4'] == pytest.approx(500 / (576 * 192))
+  assert decays['softmax_linear'] == 0 and decays['conv3'] == 0
+
+
+def test_nin2_dropout_only_in_training():
+  model = models.build('nin2')
+  images = tf.random.normal([4, 24, 24, 3])
+  np.testing.assert_array_equal(model(images).numpy(), model(images).numpy())
+  assert not np.array_equal(model(images, training=True).numpy(),
+                            model(images, training=True).numpy())
+
+
+@pytest.mark.parametrize('name', sorted(GOLDEN))
+def test_checkpoint_round_trip(name, tmp_path):
+  model = models.build(name)
+  path = tf.train.Checkpoint(model=model).write(str(tmp_path / 'ckpt'))
+  other = models.build(name)
+  tf.train.Checkpoint(model=other).read(path).assert_consumed()
+  images = tf.random.normal([2, 24, 24, 3])
+  np.testing.assert_allclose(model(images).numpy(), other(images).numpy(), rtol=1e-6)
