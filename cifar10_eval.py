@@ -28,6 +28,13 @@ import models
 
 EVAL_BATCH_SIZE = 500  # images per forward pass; any size gives the same counts
 RESULTS_FILE = 'results.jsonl'
+EVAL_INTERVAL_SECS = 60.0  # seconds between looks for a new checkpoint
+TIMEOUT_SECS = 3600.0  # seconds without a new checkpoint before the watcher gives up
+READ_ATTEMPTS = 3  # tries to read one checkpoint before calling it unreadable
+
+
+class UnreadableCheckpoint(Exception):
+  """A checkpoint cannot be read, or does not fit the run's model."""
 
 
 class Evaluator:
@@ -64,7 +71,12 @@ class Evaluator:
     return correct / total, total
 
   def restore(self, checkpoint_path):
-    self.checkpoint.restore(checkpoint_path).assert_existing_objects_matched()
+    try:
+      status = self.checkpoint.restore(checkpoint_path)
+      status.assert_existing_objects_matched().expect_partial()  # The trainer saves more.
+    except (AssertionError, ValueError) as e:
+      raise UnreadableCheckpoint(f'{checkpoint_path} does not match the model in the run\'s '
+                                 f'{cifar10_train.CONFIG_FILE} ({e})') from e
 
   def restore_ema_shadows(self):
     """Copies the EMA shadows into the model, by position in the trainable variables."""
@@ -100,29 +112,38 @@ def record(metrics, eval_dir, writer, use_ema):
     f.write(json.dumps(metrics) + '\n')
 
 
-def watch(evaluator, checkpoint_dir, eval_dir, use_ema=True, interval_secs=60.0,
+def watch(evaluator, checkpoint_dir, eval_dir, use_ema=True, interval_secs=EVAL_INTERVAL_SECS,
           timeout_secs=None, run_once=False):
   """Evaluates each new checkpoint once until the run's final step (or a timeout).
 
   Returns:
     The list of metrics dicts, one per evaluated checkpoint.
+
+  Raises:
+    UnreadableCheckpoint: the latest checkpoint failed READ_ATTEMPTS reads in a row.
+    FileNotFoundError: run_once and there is no checkpoint.
   """
   os.makedirs(eval_dir, exist_ok=True)
   writer = tf.summary.create_file_writer(eval_dir)
-  evaluated, results, last_new = None, [], time.time()
+  evaluated, results, failures, last_new = None, [], 0, time.time()
   while True:
     path = tf.train.latest_checkpoint(checkpoint_dir)
     if path and path != evaluated:
       try:
         metrics = eval_once(evaluator, path)
-      except (tf.errors.NotFoundError, tf.errors.DataLossError, ValueError) as e:
-        # The trainer's CheckpointManager rotated it away while we read; take the next one.
-        print(f'{datetime.datetime.now()}: skipped {path} ({type(e).__name__})', flush=True)
+      except (tf.errors.OpError, IndexError) as e:
+        # Usually the trainer's CheckpointManager rotated it away while we read; a file that
+        # stays unreadable (truncated, another model's) ends the watcher after a few tries.
+        failures += 1
+        if failures >= READ_ATTEMPTS:
+          raise UnreadableCheckpoint(f'{path} is unreadable ({type(e).__name__}: '
+                                     f'{str(e).strip()[:300]})') from e
+        print(f'{datetime.datetime.now()}: could not read {path}; retrying', flush=True)
         time.sleep(1.0)
         continue
       record(metrics, eval_dir, writer, use_ema)
       results.append(metrics)
-      evaluated, last_new = path, time.time()
+      evaluated, failures, last_new = path, 0, time.time()
       config = cifar10_train.read_config(checkpoint_dir)
       if config is not None and metrics['step'] >= config.max_steps:
         return results
@@ -153,26 +174,31 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   checkpoint_dir = _FLAGS['checkpoint_dir'].value
-  run_once = _FLAGS['run_once'].value
+  try:
+    split = cifar10_input.load_split(cifar10_train.batches_dir_from_flags(_FLAGS),
+                                     _FLAGS['eval_data'].value)
+    run(split, checkpoint_dir, _FLAGS['eval_dir'].value or os.path.join(checkpoint_dir, 'eval'),
+        use_ema=_FLAGS['ema'].value, interval_secs=_FLAGS['eval_interval_secs'].value,
+        timeout_secs=_FLAGS['timeout'].value, run_once=_FLAGS['run_once'].value)
+  except (cifar10_input.DataError, cifar10_train.ConfigError, UnreadableCheckpoint,
+          FileNotFoundError) as e:
+    sys.exit(f'error: {e}')
+  except KeyboardInterrupt:
+    sys.exit(130)
+
+
+def run(split, checkpoint_dir, eval_dir, use_ema, interval_secs, timeout_secs, run_once):
+  """Waits for the run's config.json unless run_once, then watches its checkpoints."""
   config = cifar10_train.read_config(checkpoint_dir)
   if config is None and not run_once:
     print(f'{datetime.datetime.now()}: waiting for a training run in {checkpoint_dir}',
           flush=True)
-    config = wait_for_config(checkpoint_dir, _FLAGS['eval_interval_secs'].value,
-                             _FLAGS['timeout'].value)
+    config = wait_for_config(checkpoint_dir, interval_secs, timeout_secs)
   if config is None:
-    sys.exit(f'error: {checkpoint_dir} has no {cifar10_train.CONFIG_FILE}: point '
-             '--checkpoint_dir at the --train_dir of a cifar10_train.py run.')
-  eval_dir = _FLAGS['eval_dir'].value or os.path.join(checkpoint_dir, 'eval')
-  try:
-    batches_dir = cifar10_train.find_batches_dir(_FLAGS)
-    split = cifar10_input.load_split(batches_dir, _FLAGS['eval_data'].value)
-    watch(Evaluator(config, split), checkpoint_dir, eval_dir, _FLAGS['ema'].value,
-          _FLAGS['eval_interval_secs'].value, _FLAGS['timeout'].value, run_once)
-  except (cifar10_input.DataError, FileNotFoundError) as e:
-    sys.exit(f'error: {e}')
-  except KeyboardInterrupt:
-    sys.exit(130)
+    raise FileNotFoundError(f'{checkpoint_dir} has no {cifar10_train.CONFIG_FILE}: point '
+                            '--checkpoint_dir at the --train_dir of a cifar10_train.py run.')
+  return watch(Evaluator(config, split), checkpoint_dir, eval_dir, use_ema, interval_secs,
+               timeout_secs, run_once)
 
 
 def define_eval_flags():
@@ -186,11 +212,11 @@ def define_eval_flags():
                                   'test: the 10,000 test images; train_eval: the 50,000 '
                                   'training images, undistorted.'),
       ema=flags.DEFINE_boolean('ema', True, 'Report the EMA shadows (--noema: raw weights).'),
-      eval_interval_secs=flags.DEFINE_float('eval_interval_secs', 60.0,
+      eval_interval_secs=flags.DEFINE_float('eval_interval_secs', EVAL_INTERVAL_SECS,
                                             'Seconds between looks for a new checkpoint.',
                                             lower_bound=0.0),
-      timeout=flags.DEFINE_float('timeout', None, 'Stop after this many seconds without a new '
-                                 'checkpoint (default: wait for the final one).',
+      timeout=flags.DEFINE_float('timeout', TIMEOUT_SECS, 'Stop after this many seconds '
+                                 'without a new checkpoint (the trainer may have died).',
                                  lower_bound=0.0),
       run_once=flags.DEFINE_boolean('run_once', False, 'Evaluate the latest checkpoint and stop.'),
   )

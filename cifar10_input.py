@@ -14,7 +14,9 @@ Used by the binaries; run alone it checks the data and prints its facts:
 """
 
 import dataclasses
+import gzip
 import hashlib
+import http.client
 import os
 import shutil
 import stat
@@ -123,43 +125,62 @@ def default_extract_dir(data_dir):
   return os.path.join(cache, 'cifar10')
 
 
-def extract_archive(archive, target_dir):
+def _make_writable_dir(path):
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise DataError(f'cannot create {path} ({e}): pass a writable --extract_dir.') from e
+
+
+def _extract_members(archive, staging):
+  """Copies the expected members into staging; returns the names found."""
+  wanted = {f'{BATCHES_DIR}/{name}' for name in TRAIN_FILES + TEST_FILES + (META_FILE,)}
+  found = set()
+  with tarfile.open(archive, 'r:*') as tar:
+    for member in tar:
+      name = member.name[2:] if member.name.startswith('./') else member.name
+      if name not in wanted or not member.isfile():
+        continue
+      with open(os.path.join(staging, os.path.basename(name)), 'wb') as out:
+        shutil.copyfileobj(tar.extractfile(member), out, 1 << 20)
+      found.add(name)
+  missing = sorted(n for n in wanted - found if not n.endswith(META_FILE))
+  if missing:
+    raise DataError(f'{archive} lacks {", ".join(missing)}: it is not the CIFAR-10 '
+                    f'binary archive ({ARCHIVE_NAME}).')
+
+
+def extract_archive(archive, target_dir, records_per_file=RECORDS_PER_FILE):
   """Extracts the expected .bin members of `archive` into target_dir/cifar-10-batches-bin.
 
   Only the known member names are written, as regular files at paths built here, so a
-  hostile archive cannot write outside target_dir. The folder appears atomically (rename).
+  hostile archive cannot write outside target_dir. The folder appears atomically (rename);
+  if another process finished the same extraction first, its folder is kept.
 
   Returns:
     The path of the extracted cifar-10-batches-bin folder.
   """
-  wanted = {f'{BATCHES_DIR}/{name}' for name in TRAIN_FILES + TEST_FILES + (META_FILE,)}
-  os.makedirs(target_dir, exist_ok=True)
+  _make_writable_dir(target_dir)
   final_dir = os.path.join(target_dir, BATCHES_DIR)
-  staging = tempfile.mkdtemp(prefix='.extract-', dir=target_dir)
   try:
-    found = set()
-    with tarfile.open(archive, 'r:*') as tar:
-      for member in tar:
-        name = member.name[2:] if member.name.startswith('./') else member.name
-        if name not in wanted or not member.isfile():
-          continue
-        source = tar.extractfile(member)
-        with open(os.path.join(staging, os.path.basename(name)), 'wb') as out:
-          shutil.copyfileobj(source, out, 1 << 20)
-        found.add(name)
-    missing = sorted(n for n in wanted - found if not n.endswith(META_FILE))
-    if missing:
-      raise DataError(f'{archive} lacks {", ".join(missing)}: it is not the CIFAR-10 '
-                      'binary archive (cifar-10-binary.tar.gz).')
-    if os.path.exists(final_dir):
-      shutil.rmtree(final_dir)
-    os.rename(staging, final_dir)
-  except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+    staging = tempfile.mkdtemp(prefix='.extract-', dir=target_dir)
+  except OSError as e:
+    raise DataError(f'cannot write to {target_dir} ({e}): pass a writable --extract_dir.') from e
+  try:
+    _extract_members(archive, staging)
+    if os.path.isdir(final_dir):
+      check_batches_dir(final_dir, records_per_file)  # Raises if it is a broken copy.
+    else:
+      os.rename(staging, final_dir)
+  except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
     raise DataError(f'{archive} is corrupt or unreadable ({type(e).__name__}: {e}). '
                     f'Replace it with a fresh copy of {ARCHIVE_NAME}.') from e
+  except OSError as e:
+    raise DataError(f'extracting {archive} into {target_dir} failed ({e}): check that the '
+                    'folder is writable and the disk has 200 MB free.') from e
   finally:
     if os.path.exists(staging):
-      shutil.rmtree(staging)
+      shutil.rmtree(staging, ignore_errors=True)
   return final_dir
 
 
@@ -173,7 +194,7 @@ def _md5(path):
 
 def download_archive(url, target_dir, md5=DATA_MD5, out=sys.stderr):
   """Downloads the archive to target_dir with a progress display and checks its md5."""
-  os.makedirs(target_dir, exist_ok=True)
+  _make_writable_dir(target_dir)
   path = os.path.join(target_dir, ARCHIVE_NAME)
   partial = path + '.part'
   try:
@@ -187,7 +208,7 @@ def download_archive(url, target_dir, md5=DATA_MD5, out=sys.stderr):
         out.write(f'\rdownloading {url}: {shown}')
         out.flush()
     out.write('\n')
-  except (urllib.error.URLError, OSError) as e:
+  except (urllib.error.URLError, http.client.HTTPException, ValueError, OSError) as e:
     if os.path.exists(partial):
       os.remove(partial)
     raise DownloadFailed(f'the download of {url} failed ({e})') from e
@@ -230,7 +251,7 @@ def find_batches_dir(data_dir, extract_dir=None, url=DATA_URL, md5=DATA_MD5,
     except DownloadFailed as e:
       raise DataError(f'no CIFAR-10 data in {data_dir} and {e}. Offline, put {ARCHIVE_NAME} '
                       f'in {data_dir} (or pass --data_dir=<the folder holding it>).') from e
-  batches_dir = extract_archive(archive, extract_dir)
+  batches_dir = extract_archive(archive, extract_dir, records_per_file)
   check_batches_dir(batches_dir, records_per_file)
   return batches_dir
 

@@ -75,11 +75,11 @@ def truncated_normal(shape, stddev):
 class Layer(tf.Module):
   """Base of every layer: shape, parameter and FLOP bookkeeping.
 
-  `weights` lists (kernel, decay coefficient) pairs: the matrices that weight decay,
+  `kernels` lists (kernel, decay coefficient) pairs: the matrices that weight decay,
   counting and compression work on.
   """
 
-  weights = ()
+  kernels = ()
 
   def output_shape(self, input_shape):
     """(H, W, C) or (D,) out for (H, W, C) or (D,) in."""
@@ -103,7 +103,7 @@ class Conv2D(Layer):
     with self.name_scope:  # Names variables 'conv1/kernel', for summaries and debugging.
       self.kernel = tf.Variable(truncated_normal(shape, stddev), name='kernel')
       self.bias = tf.Variable(tf.fill([out_channels], float(bias_init)), name='bias')
-    self.weights = ((self.kernel, decay),)
+    self.kernels = ((self.kernel, decay),)
     self.relu, self.stride = relu, stride
 
   def __call__(self, x, training=False):
@@ -129,7 +129,7 @@ class Dense(Layer):
     with self.name_scope:
       self.kernel = tf.Variable(truncated_normal([in_dim, out_dim], stddev), name='kernel')
       self.bias = tf.Variable(tf.fill([out_dim], float(bias_init)), name='bias')
-    self.weights = ((self.kernel, decay),)
+    self.kernels = ((self.kernel, decay),)
     self.relu = relu
 
   def __call__(self, x, training=False):
@@ -218,8 +218,8 @@ class Sequential(Layer):
     return x
 
   @property
-  def weights(self):
-    return tuple(pair for layer in self.layers for pair in layer.weights)
+  def kernels(self):
+    return tuple(pair for layer in self.layers for pair in layer.kernels)
 
   def output_shape(self, input_shape):
     for layer in self.layers:
@@ -245,8 +245,8 @@ class Concat(Layer):
     return tf.concat([branch(x, training=training) for branch in self.branches], axis=-1)
 
   @property
-  def weights(self):
-    return tuple(pair for branch in self.branches for pair in branch.weights)
+  def kernels(self):
+    return tuple(pair for branch in self.branches for pair in branch.kernels)
 
   def output_shape(self, input_shape):
     shapes = [branch.output_shape(input_shape) for branch in self.branches]
@@ -294,7 +294,7 @@ def pooled_size(size, pools):
 
 def weight_decay_loss(model):
   """Sum over the model's weight matrices of coefficient * l2_loss(W) (l2_loss = sum(W^2)/2)."""
-  terms = [decay * tf.nn.l2_loss(kernel) for kernel, decay in model.weights if decay]
+  terms = [decay * tf.nn.l2_loss(kernel) for kernel, decay in model.kernels if decay]
   return tf.add_n(terms) if terms else tf.constant(0.0)
 
 

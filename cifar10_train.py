@@ -13,8 +13,10 @@ import datetime
 import json
 import math
 import os
+import shutil
 import signal
 import sys
+import threading
 import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')  # Hide TensorFlow's start-up INFO lines.
@@ -49,6 +51,7 @@ class TrainConfig:
   log_frequency: int = 10  # steps between log lines and scalar summaries
   checkpoint_steps: int = 1000  # steps between checkpoints
   histogram_steps: int = 1000  # steps between weight histograms and sample images
+  keep_checkpoints: int = 5  # most recent checkpoints kept in train_dir
   seed: int = 0
 
   @property
@@ -82,9 +85,10 @@ def define_data_flags():
   )
 
 
-def find_batches_dir(holders):
+def batches_dir_from_flags(holders):
   """cifar10_input.find_batches_dir from the data flags."""
-  return cifar10_input.find_batches_dir(holders['data_dir'].value, holders['extract_dir'].value,
+  return cifar10_input.find_batches_dir(holders['data_dir'].value,
+                                        holders['extract_dir'].value,
                                         url=holders['data_url'].value)
 
 
@@ -126,6 +130,8 @@ def define_train_flags():
       histogram_steps=flags.DEFINE_integer('histogram_steps', d.histogram_steps,
                                            'Steps between histograms and images.',
                                            lower_bound=1),
+      keep_checkpoints=flags.DEFINE_integer('keep_checkpoints', d.keep_checkpoints,
+                                            'Most recent checkpoints kept.', lower_bound=1),
       seed=flags.DEFINE_integer('seed', d.seed, 'Seed of init, shuffling and distortions.'),
   )
   return holders
@@ -146,28 +152,44 @@ def config_from_flags(holders):
 
 
 def write_config(config):
-  """Saves the run's config in train_dir, refusing a train_dir that holds another model."""
-  os.makedirs(config.train_dir, exist_ok=True)
+  """Saves the run's config in train_dir, refusing a train_dir that holds another model.
+
+  Returns:
+    The settings that differ from the run already in train_dir, as 'name: old -> new'.
+  """
   previous = read_config(config.train_dir)
+  changed = []
   if previous is not None:
     for key in ('model', 'image_size'):
       if getattr(previous, key) != getattr(config, key):
         raise ConfigError(
             f'{config.train_dir} holds a run with {key}={getattr(previous, key)!r}, not '
             f'{getattr(config, key)!r}: pass another --train_dir (or delete that one).')
+    changed = [f'{f.name}: {getattr(previous, f.name)!r} -> {getattr(config, f.name)!r}'
+               for f in dataclasses.fields(config)
+               if getattr(previous, f.name) != getattr(config, f.name)]
   path = os.path.join(config.train_dir, CONFIG_FILE)
-  with open(path + '.tmp', 'w') as f:
-    json.dump(dataclasses.asdict(config), f, indent=1)
-  os.replace(path + '.tmp', path)
+  try:
+    os.makedirs(config.train_dir, exist_ok=True)
+    with open(path + '.tmp', 'w') as f:
+      json.dump(dataclasses.asdict(config), f, indent=1)
+    os.replace(path + '.tmp', path)
+  except OSError as e:
+    raise ConfigError(f'cannot write {path} ({e}): pass a writable --train_dir.') from e
+  return changed
 
 
 def read_config(train_dir):
-  """The TrainConfig saved in train_dir, or None."""
+  """The TrainConfig saved in train_dir, or None when there is none yet."""
   path = os.path.join(train_dir, CONFIG_FILE)
   if not os.path.exists(path):
     return None
-  with open(path) as f:
-    return TrainConfig(**json.load(f))
+  try:
+    with open(path) as f:
+      return TrainConfig(**json.load(f))
+  except (OSError, ValueError, TypeError) as e:
+    raise ConfigError(f'{path} is unreadable ({e}): it must be the config.json that '
+                      'cifar10_train.py wrote.') from e
 
 
 # --------------------------------------------------------------------------- training
@@ -198,7 +220,8 @@ class Trainer:
     self.ema_shadows = [self.ema.average(v) for v in self.variables]
     self.checkpoint = cifar10_model.make_checkpoint(
         self.model, self.step, self.ema_shadows, train_seconds=self.train_seconds)
-    self.manager = tf.train.CheckpointManager(self.checkpoint, config.train_dir, max_to_keep=5)
+    self.manager = tf.train.CheckpointManager(self.checkpoint, config.train_dir,
+                                              max_to_keep=config.keep_checkpoints)
     size = config.image_size
     self.train_step = tf.function(self._train_step, input_signature=(
         tf.TensorSpec([config.batch_size, size, size, 3], tf.float32),
@@ -225,7 +248,17 @@ class Trainer:
     return {'loss': total, 'cross_entropy': cross_entropy, 'weight_decay': decay,
             'learning_rate': rate, 'batch_accuracy': tf.reduce_mean(tf.cast(correct, tf.float32))}
 
-  def save(self, step):
+  def weights_finite(self):
+    return all(bool(tf.reduce_all(tf.math.is_finite(v)))
+               for v in list(self.variables) + self.ema_shadows)
+
+  def save(self, train_seconds):
+    """Checkpoints the current state, named by its step; refuses non-finite weights."""
+    step = int(self.step.numpy())
+    if not self.weights_finite():
+      raise TrainingDiverged(f'weights are not finite at step {step}: training diverged. The '
+                             'last good checkpoint is kept; lower --learning_rate and re-run.')
+    self.train_seconds.assign(train_seconds)
     return self.manager.save(checkpoint_number=step)
 
 
@@ -255,6 +288,44 @@ def _check_finite(loss, step):
                            'good checkpoint is kept; lower --learning_rate and re-run.')
 
 
+def _remove_partial_saves(train_dir):
+  """Drops the '<prefix>_temp' folders a kill during a save leaves behind."""
+  for name in os.listdir(train_dir):
+    path = os.path.join(train_dir, name)
+    if name.endswith('_temp') and os.path.isdir(path):
+      shutil.rmtree(path, ignore_errors=True)
+
+
+class StopRequested(Exception):
+  """SIGINT or SIGTERM arrived; raised between steps, after the state was saved."""
+
+
+_STOP = threading.Event()  # Set by the signal handlers of main(); read between steps.
+
+
+class _Clock:
+  """Times the windows between log lines and the whole run (for examples/sec and ETA)."""
+
+  def __init__(self, step, previous_seconds):
+    self.start_step, self.start = step, time.time()
+    self.window_step, self.window_start = step, self.start
+    self.previous_seconds = previous_seconds
+
+  def lap(self, step):
+    """Ends the current window at `step`: returns (seconds, steps) of the window."""
+    now = time.time()  # Windows abut, so logging time counts against the speed.
+    window = (now - self.window_start, step - self.window_step)
+    self.window_step, self.window_start = step, now
+    return window
+
+  def total_seconds(self):
+    return self.previous_seconds + time.time() - self.start
+
+  def eta(self, step, max_steps):
+    per_step = (time.time() - self.start) / max(step - self.start_step, 1)
+    return datetime.timedelta(seconds=round((max_steps - step) * per_step))
+
+
 def train(config, train_split, on_log=None):
   """Trains until config.max_steps, resuming from train_dir; returns the final metrics.
 
@@ -264,10 +335,13 @@ def train(config, train_split, on_log=None):
     on_log: optional callable(step, examples_per_sec) run at each log line (benchmarks).
 
   Raises:
-    TrainingDiverged: the loss became NaN or infinite (no checkpoint is written then).
+    TrainingDiverged: the loss or the weights became NaN or infinite (nothing is saved then).
+    StopRequested: a signal asked to stop; the state was saved first.
   """
   tf.random.set_seed(config.seed)
-  write_config(config)
+  for change in write_config(config):
+    _log(f'note: changed since the last run in {config.train_dir}: {change}')
+  _remove_partial_saves(config.train_dir)
   trainer = Trainer(config)
   step = trainer.restore_latest()
   if step >= config.max_steps:
@@ -279,65 +353,60 @@ def train(config, train_split, on_log=None):
   batches = iter(cifar10_input.train_inputs(
       train_split, config.batch_size, seed=config.seed + step, augment=config.augment,
       image_size=config.image_size))
-  writer = tf.summary.create_file_writer(config.train_dir)
-  start_step, start_time, start_seconds = step, time.time(), float(trainer.train_seconds.numpy())
-  window_step, window_time = step, time.time()
-  metrics = None
-  with writer.as_default():
-    try:
-      while step < config.max_steps:
-        images, labels = next(batches)
-        metrics = trainer.train_step(images, labels)
-        step += 1
-        last = step == config.max_steps
-        if step % config.log_frequency == 0 or last:
-          loss = float(metrics['loss'])
-          _check_finite(loss, step)
-          now = time.time()  # Windows abut, so logging time counts against the speed.
-          rate = (step - window_step) * config.batch_size / (now - window_time)
-          _log(f'step {step}, loss = {loss:.2f} ({rate:.1f} examples/sec; '
-               f'{(now - window_time) / (step - window_step):.3f} sec/batch)')
-          _write_scalars(metrics, step, rate)
-          if on_log:
-            on_log(step, rate)
-          window_step, window_time = step, now
-        if step % config.histogram_steps == 0:
-          _write_histograms(trainer, images, step)
-        if step % config.checkpoint_steps == 0 or last:
-          _check_finite(float(metrics['loss']), step)
-          trainer.train_seconds.assign(start_seconds + time.time() - start_time)
-          path = trainer.save(step)
-          done = (step - start_step) / (time.time() - start_time)
-          eta = datetime.timedelta(seconds=round((config.max_steps - step) / done))
-          _log(f'saved {path} ({done * config.batch_size:.0f} examples/sec since start, '
-               f'ETA {eta})')
-    except KeyboardInterrupt:
-      # Ctrl-C or SIGTERM: keep the work done so far unless the weights went bad.
-      if metrics is not None and math.isfinite(float(metrics['loss'])):
-        trainer.train_seconds.assign(start_seconds + time.time() - start_time)
-        _log(f'interrupted: saved {trainer.save(step)}')
-      raise
-  _log(f'done: step {step}, {time.time() - start_time:.1f} s this run, '
-       f'{float(trainer.train_seconds.numpy()):.1f} s in all')
+  clock = _Clock(step, float(trainer.train_seconds.numpy()))
+  with tf.summary.create_file_writer(config.train_dir).as_default():
+    while step < config.max_steps:
+      if _STOP.is_set():
+        _log(f'stopping on a signal: saved {trainer.save(clock.total_seconds())}')
+        raise StopRequested()
+      images, labels = next(batches)
+      metrics = trainer.train_step(images, labels)
+      step += 1
+      if step % config.log_frequency == 0 or step == config.max_steps:
+        _log_step(config, metrics, step, clock, on_log)
+      if step % config.histogram_steps == 0:
+        _write_histograms(trainer, images, step)
+      if step % config.checkpoint_steps == 0 or step == config.max_steps:
+        path = trainer.save(clock.total_seconds())
+        _log(f'saved {path} (ETA {clock.eta(step, config.max_steps)})')
+  _log(f'done: step {step}, {clock.total_seconds() - clock.previous_seconds:.1f} s this run, '
+       f'{clock.total_seconds():.1f} s in all')
   return {name: float(value) for name, value in metrics.items()}
 
 
-def _raise_keyboard_interrupt(signum, frame):
-  del signum, frame
-  raise KeyboardInterrupt
+def _log_step(config, metrics, step, clock, on_log):
+  """The tutorial's log line, the scalar summaries and the divergence check."""
+  loss = float(metrics['loss'])
+  _check_finite(loss, step)
+  seconds, steps = clock.lap(step)
+  rate = steps * config.batch_size / seconds
+  _log(f'step {step}, loss = {loss:.2f} ({rate:.1f} examples/sec; '
+       f'{seconds / steps:.3f} sec/batch)')
+  _write_scalars(metrics, step, rate)
+  if on_log:
+    on_log(step, rate)
+
+
+def _request_stop(signum, frame):
+  del frame
+  if _STOP.is_set():  # A second Ctrl-C stops at once.
+    raise KeyboardInterrupt
+  _STOP.set()
+  print(f'\nsignal {signum}: saving a checkpoint and stopping...', file=sys.stderr, flush=True)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+  signal.signal(signal.SIGTERM, _request_stop)
+  signal.signal(signal.SIGINT, _request_stop)
   try:
     config = config_from_flags(_FLAGS)
-    batches_dir = find_batches_dir(_FLAGS)
+    batches_dir = batches_dir_from_flags(_FLAGS)
     train(config, cifar10_input.load_split(batches_dir, 'train'))
   except (cifar10_input.DataError, TrainingDiverged, ConfigError) as e:
     sys.exit(f'error: {e}')
-  except KeyboardInterrupt:
+  except (StopRequested, KeyboardInterrupt):
     sys.exit(130)
 
 

@@ -138,7 +138,7 @@ def evaluation(config, test_split):
 def main(argv):
   del argv
   config = cifar10_train.TrainConfig(model=models.canonical_name(_MODEL.value))
-  batches_dir = cifar10_train.find_batches_dir(_FLAGS)
+  batches_dir = cifar10_train.batches_dir_from_flags(_FLAGS)
   train_split = cifar10_input.load_split(batches_dir, 'train')
   test_split = cifar10_input.load_split(batches_dir, 'test')
   images, labels = next(iter(cifar10_input.train_inputs(train_split, config.batch_size, 0)))

@@ -29,7 +29,7 @@ def real_data_location():
   location = os.environ.get(DATA_ENV)
   if not location:
     pytest.fail(MISSING_DATA_MESSAGE, pytrace=False)
-  if not os.path.exists(location):
+  if location.endswith('.tar.gz') and not os.path.isfile(location):
     # Checked here so a typo fails fast instead of downloading 170 MB.
     pytest.fail(f'{DATA_ENV}={location} does not exist: it must be a folder holding '
                 f'{cifar10_input.ARCHIVE_NAME} or the archive itself.', pytrace=False)
@@ -38,11 +38,18 @@ def real_data_location():
 
 @pytest.fixture(scope='session')
 def real_batches_dir(tmp_path_factory):
-  """The real cifar-10-batches-bin folder, extracted into a session temp folder."""
+  """The real cifar-10-batches-bin folder.
+
+  An archive path is extracted into a session temp folder (never beside it: ../shared is
+  read-only in CI). A folder is used as cifar10_train.py --data_dir uses it: its extracted
+  data, else its archive extracted in place, else a download into it (a fresh `make test`).
+  """
+  location = real_data_location()
+  if not os.path.isfile(location):
+    yield cifar10_input.find_batches_dir(location)
+    return
   extract_dir = tmp_path_factory.mktemp('cifar10_real')
-  batches_dir = cifar10_input.find_batches_dir(real_data_location(),
-                                               extract_dir=str(extract_dir))
-  yield batches_dir
+  yield cifar10_input.find_batches_dir(location, extract_dir=str(extract_dir))
   # 180 MB per session: do not let pytest's kept temp folders pile them up.
   shutil.rmtree(extract_dir, ignore_errors=True)
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -9,7 +10,24 @@ import tensorflow as tf
 
 import cifar10_eval
 import cifar10_train
-from test_cifar10_train import tiny_config, tiny_split
+from fixtures import tiny_config, tiny_split
+
+
+def watch_with_deadline(*args, deadline_secs=120, **kwargs):
+  """cifar10_eval.watch in a thread, so a watcher that never returns fails the test."""
+  outcome = {}
+  def target():
+    try:
+      outcome['results'] = cifar10_eval.watch(*args, **kwargs)
+    except Exception as e:  # pylint: disable=broad-except
+      outcome['error'] = e
+  thread = threading.Thread(target=target, daemon=True)
+  thread.start()
+  thread.join(deadline_secs)
+  assert not thread.is_alive(), f'the watcher did not return within {deadline_secs} s'
+  if 'error' in outcome:
+    raise outcome['error']
+  return outcome['results']
 
 
 @pytest.fixture(name='trained_dir')
@@ -62,8 +80,8 @@ def test_watcher_exits_after_the_final_checkpoint_and_writes_results(trained_dir
                                                                      capsys):
   config = cifar10_train.read_config(str(trained_dir))
   eval_dir = tmp_path / 'eval'
-  results = cifar10_eval.watch(cifar10_eval.Evaluator(config, tiny_split()), str(trained_dir),
-                               str(eval_dir), interval_secs=0.1)
+  results = watch_with_deadline(cifar10_eval.Evaluator(config, tiny_split()),
+                                str(trained_dir), str(eval_dir), interval_secs=0.1)
   assert [r['step'] for r in results] == [20]
   line = capsys.readouterr().out.strip().splitlines()[-1]
   assert line.endswith(f"step 20, precision @ 1 = {results[0]['precision_ema']:.4f}")
@@ -81,8 +99,9 @@ def test_watcher_exits_after_the_final_checkpoint_and_writes_results(trained_dir
 def test_watcher_stops_after_timeout_without_new_checkpoint(trained_dir, tmp_path):
   config = cifar10_train.read_config(str(trained_dir))
   cifar10_train.write_config(tiny_config(trained_dir, max_steps=1000))  # Not finished.
-  results = cifar10_eval.watch(cifar10_eval.Evaluator(config, tiny_split()), str(trained_dir),
-                               str(tmp_path / 'eval'), interval_secs=0.1, timeout_secs=0.5)
+  results = watch_with_deadline(cifar10_eval.Evaluator(config, tiny_split()),
+                                str(trained_dir), str(tmp_path / 'eval'), interval_secs=0.1,
+                                timeout_secs=0.5)
   assert [r['step'] for r in results] == [20]
 
 
@@ -91,3 +110,19 @@ def test_run_once_without_checkpoint_fails_clearly(tmp_path):
   with pytest.raises(FileNotFoundError, match='no checkpoint'):
     cifar10_eval.watch(cifar10_eval.Evaluator(config, tiny_split()), str(tmp_path),
                        str(tmp_path / 'eval'), run_once=True)
+
+
+def test_unreadable_latest_checkpoint_fails_clearly_after_retries(trained_dir, tmp_path):
+  config = cifar10_train.read_config(str(trained_dir))
+  data = next(p for p in trained_dir.iterdir() if p.name.startswith('ckpt-20.data'))
+  data.write_bytes(data.read_bytes()[:100])  # Truncated, as a broken disk would leave it.
+  with pytest.raises(cifar10_eval.UnreadableCheckpoint, match='ckpt-20 is unreadable'):
+    watch_with_deadline(cifar10_eval.Evaluator(config, tiny_split()), str(trained_dir),
+                        str(tmp_path / 'eval'), interval_secs=0.1)
+
+
+def test_checkpoint_of_another_model_is_reported(trained_dir):
+  config = tiny_config(trained_dir, image_size=24)  # The run was trained at 32x32.
+  evaluator = cifar10_eval.Evaluator(config, tiny_split())
+  with pytest.raises(cifar10_eval.UnreadableCheckpoint, match='does not match the model'):
+    evaluator.restore(str(trained_dir / 'ckpt-20'))

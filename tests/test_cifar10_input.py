@@ -272,7 +272,6 @@ def test_no_data_no_network_names_folder_and_archive(tmp_path):
 
 
 def test_no_data_no_network_names_data_dir_not_extract_dir(tmp_path):
-  # BUG (cifar10_input.download_archive / find_batches_dir): with a separate extract_dir
   # (the CI case: read-only data_dir, extraction into a cache), the message says "no CIFAR-10
   # data in <extract_dir>" and "put cifar-10-binary.tar.gz in <extract_dir>", but
   # find_batches_dir only ever looks for the archive in data_dir, so that advice cannot work

@@ -51,7 +51,7 @@ def test_tutorial_init_uses_explicit_stddevs_and_biases():
 
 def test_study_decay_coefficients_on_hidden_dense_layers_only():
   model = models.build('tutorial')
-  coefficients = {kernel.name.split('/')[0]: decay for kernel, decay in model.weights}
+  coefficients = {kernel.name.split('/')[0]: decay for kernel, decay in model.kernels}
   assert coefficients['local3'] == pytest.approx(500 / (2304 * 384))  # 5.65e-4
   assert coefficients['local4'] == pytest.approx(500 / (384 * 192))  # 6.78e-3
   assert coefficients['local3'] == pytest.approx(5.65e-4, rel=1e-3)
@@ -61,14 +61,14 @@ def test_study_decay_coefficients_on_hidden_dense_layers_only():
 
 def test_tutorial_decay_is_0_004_on_local3_and_local4():
   model = models.build('tutorial', decay='tutorial')
-  coefficients = [decay for _, decay in model.weights]
+  coefficients = [decay for _, decay in model.kernels]
   assert coefficients == [0.0, 0.0, 0.004, 0.004, 0.0]
 
 
 def test_weight_decay_loss_is_sum_of_coefficient_times_half_squared_norm():
   model = models.build('tutorial')
   expected = sum(decay * np.sum(kernel.numpy().astype(np.float64) ** 2) / 2
-                 for kernel, decay in model.weights)
+                 for kernel, decay in model.kernels)
   assert float(cm.weight_decay_loss(model)) == pytest.approx(expected, rel=1e-5)
 
 
@@ -158,7 +158,7 @@ def test_concat_and_global_average_pool_shapes_and_flops():
   y = block(tf.zeros([2, 6, 6, 8]))
   assert y.shape == (2, 6, 6, 10) and block.output_shape((6, 6, 8)) == (6, 6, 10)
   assert block.flops((6, 6, 8)) == sum(b.flops((6, 6, 8)) for b in branches)
-  assert len(block.weights) == 2
+  assert len(block.kernels) == 2
   pooled = cm.GlobalAvgPool()(tf.reshape(tf.range(8.0), [1, 2, 2, 2]))
   np.testing.assert_allclose(pooled.numpy(), [[3.0, 4.0]])
 

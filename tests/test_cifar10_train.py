@@ -1,7 +1,7 @@
 """Tests of the training loop: learning, EMA, checkpoints, resume and divergence."""
 
-import dataclasses
 import os
+import re
 import subprocess
 import sys
 
@@ -11,25 +11,9 @@ import tensorflow as tf
 
 import cifar10_input
 import cifar10_train
+from fixtures import tiny_config, tiny_split
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_split(num=32, seed=0):
-  """Noise images whose class k shows as a bright band on rows 3k..3k+2: easy to learn."""
-  rng = np.random.default_rng(seed)
-  labels = rng.integers(0, 10, size=num).astype(np.int32)
-  images = rng.integers(0, 100, size=(num, 32, 32, 3), dtype=np.uint8)
-  for image, label in zip(images, labels):
-    image[3 * label:3 * label + 3] += 150
-  return cifar10_input.Split(images=images, labels=labels)
-
-
-def tiny_config(train_dir, **overrides):
-  values = dict(train_dir=str(train_dir), max_steps=20, batch_size=16, log_frequency=5,
-                checkpoint_steps=10, histogram_steps=10, augment=False, image_size=32)
-  values.update(overrides)
-  return cifar10_train.TrainConfig(**values)
 
 
 def test_staircase_schedule_drops_tenfold_every_350_epochs():
@@ -92,12 +76,15 @@ def test_resume_continues_the_step_count(tmp_path, capsys):
   assert steps == [5, 10, 15, 20, 25]
   trainer = cifar10_train.Trainer(tiny_config(tmp_path, max_steps=25))
   assert trainer.restore_latest() == 25
+  saved = tf.train.load_checkpoint(str(tmp_path / 'ckpt-25'))
+  key = 'model/layers/0/kernel/.ATTRIBUTES/VARIABLE_VALUE'
+  np.testing.assert_array_equal(trainer.model.layers[0].kernel.numpy(), saved.get_tensor(key))
 
 
 def test_log_lines_have_the_tutorial_format(tmp_path, capsys):
   cifar10_train.train(tiny_config(tmp_path, max_steps=5), tiny_split())
   line = next(l for l in capsys.readouterr().out.splitlines() if 'loss =' in l)
-  assert __import__('re').fullmatch(
+  assert re.fullmatch(
       r'\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: step 5, loss = \d+\.\d\d '
       r'\(\d+\.\d examples/sec; \d+\.\d{3} sec/batch\)', line), line
 
@@ -133,11 +120,51 @@ def test_train_dir_of_another_model_is_refused(tmp_path):
     cifar10_train.write_config(tiny_config(tmp_path, image_size=24, augment=True))
 
 
-def test_config_file_round_trip(tmp_path):
+def test_config_file_round_trip_and_changes(tmp_path):
   config = tiny_config(tmp_path, seed=5)
-  cifar10_train.write_config(config)
+  assert cifar10_train.write_config(config) == []
   assert cifar10_train.read_config(str(tmp_path)) == config
-  assert dataclasses.asdict(config)['seed'] == 5
+  assert cifar10_train.write_config(tiny_config(tmp_path, seed=5, learning_rate=0.01)) == [
+      'learning_rate: 0.1 -> 0.01']
+
+
+def test_unreadable_config_file_is_a_config_error(tmp_path):
+  (tmp_path / cifar10_train.CONFIG_FILE).write_text('{"model": "tutorial", "nope": 1}')
+  with pytest.raises(cifar10_train.ConfigError, match='config.json is unreadable'):
+    cifar10_train.read_config(str(tmp_path))
+
+
+def test_non_finite_weights_are_never_saved(tmp_path):
+  cifar10_train.train(tiny_config(tmp_path, max_steps=10), tiny_split())
+  trainer = cifar10_train.Trainer(tiny_config(tmp_path, max_steps=10))
+  trainer.restore_latest()
+  trainer.variables[0].assign(tf.fill(trainer.variables[0].shape, float('inf')))
+  trainer.step.assign(11)
+  with pytest.raises(cifar10_train.TrainingDiverged, match='not finite at step 11'):
+    trainer.save(1.0)
+  assert tf.train.latest_checkpoint(str(tmp_path)).endswith('ckpt-10')
+
+
+def test_stop_request_saves_the_current_step_then_stops(tmp_path):
+  def stop_at_15(step, rate):
+    del rate
+    if step == 15:
+      cifar10_train._STOP.set()  # pylint: disable=protected-access
+  try:
+    with pytest.raises(cifar10_train.StopRequested):
+      cifar10_train.train(tiny_config(tmp_path, max_steps=40), tiny_split(), on_log=stop_at_15)
+  finally:
+    cifar10_train._STOP.clear()  # pylint: disable=protected-access
+  assert tf.train.latest_checkpoint(str(tmp_path)).endswith('ckpt-15')
+  trainer = cifar10_train.Trainer(tiny_config(tmp_path, max_steps=40))
+  assert trainer.restore_latest() == 15
+
+
+def test_partial_saves_of_a_killed_run_are_removed(tmp_path):
+  (tmp_path / 'ckpt-30_temp').mkdir()
+  (tmp_path / 'ckpt-30_temp' / 'part-00000-of-00001.data-00000-of-00001').write_bytes(b'x')
+  cifar10_train.train(tiny_config(tmp_path, max_steps=5), tiny_split())
+  assert not (tmp_path / 'ckpt-30_temp').exists()
 
 
 def run_binary(*args, **kwargs):

@@ -1,9 +1,12 @@
 """Real-data tests of the binaries: learning well above chance, and surviving SIGKILL."""
 
 import os
+import random
 import subprocess
 import sys
 import time
+
+import numpy as np
 
 import tensorflow as tf
 
@@ -39,7 +42,7 @@ def _wait_for(predicate, process, timeout, what):
 def test_sigkill_then_rerun_finishes_with_the_watcher_running(tmp_path, real_data_dir):
   train_dir = str(tmp_path / 'run')
   train_cmd = [sys.executable, 'cifar10_train.py', f'--data_dir={real_data_dir}',
-               f'--train_dir={train_dir}', '--max_steps=60', '--checkpoint_steps=10',
+               f'--train_dir={train_dir}', '--max_steps=100', '--checkpoint_steps=10',
                '--log_frequency=5']
   trainer = subprocess.Popen(train_cmd, cwd=ROOT, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
@@ -56,19 +59,46 @@ def test_sigkill_then_rerun_finishes_with_the_watcher_running(tmp_path, real_dat
     trainer.kill()  # SIGKILL: no handler runs, no final save.
     trainer.wait()
     killed_at = latest_step()
-    assert 20 <= killed_at < 60
+    assert 20 <= killed_at < 100
 
     rerun = subprocess.run(train_cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    assert f'resumed from' in rerun.stdout and f'ckpt-{killed_at}' in rerun.stdout
-    assert tf.train.latest_checkpoint(train_dir).endswith('ckpt-60')
+    assert 'resumed from' in rerun.stdout and f'ckpt-{killed_at}' in rerun.stdout
+    logged = [int(line.split('step ')[1].split(',')[0]) for line in rerun.stdout.splitlines()
+              if ', loss = ' in line]
+    assert logged[0] == killed_at + 5 and logged[-1] == 100  # Nothing repeated or skipped.
+    assert tf.train.latest_checkpoint(train_dir).endswith('ckpt-100')
 
     out, _ = watcher.communicate(timeout=600)
     assert watcher.returncode == 0, out
-    assert 'step 60, precision @ 1 = 0.' in out, out
+    assert 'step 100, precision @ 1 = 0.' in out, out
     assert 'Traceback' not in out
   finally:
     for process in (trainer, watcher):
       if process.poll() is None:
         process.kill()
         process.wait()
+
+
+def test_kills_at_random_moments_never_leave_an_unreadable_checkpoint(tmp_path, real_data_dir):
+  """A checkpoint every step, so some kills land inside a save."""
+  train_dir = str(tmp_path / 'run')
+  train_cmd = [sys.executable, 'cifar10_train.py', f'--data_dir={real_data_dir}',
+               f'--train_dir={train_dir}', '--max_steps=1000', '--checkpoint_steps=1',
+               '--log_frequency=1', '--keep_checkpoints=2']
+  rng = random.Random(0)
+  for _ in range(3):
+    trainer = subprocess.Popen(train_cmd, cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    before = tf.train.latest_checkpoint(train_dir)
+    _wait_for(lambda: tf.train.latest_checkpoint(train_dir) != before, trainer, 600,
+              'a new checkpoint')
+    time.sleep(rng.uniform(0.0, 1.0))
+    trainer.kill()
+    trainer.wait()
+    path = tf.train.latest_checkpoint(train_dir)
+    config = cifar10_train.read_config(train_dir)
+    evaluator = cifar10_eval.Evaluator(config, cifar10_input.Split(
+        images=np.zeros((4, 32, 32, 3), np.uint8), labels=np.zeros(4, np.int32)))
+    evaluator.restore(path)  # Raises if the checkpoint were unreadable.
+    assert int(evaluator.step.numpy()) == int(path.rsplit('-', 1)[1])

@@ -54,13 +54,13 @@ def test_forward_gives_logits_and_counts_match_variables(name, size):
 @pytest.mark.parametrize('name', ['nin0', 'squeeze1'])
 def test_nin_and_squeeze_have_no_decay_and_relu_logits(name):
   model = models.build(name)
-  assert all(decay == 0 for _, decay in model.weights)
+  assert all(decay == 0 for _, decay in model.kernels)
   assert np.all(model(tf.random.normal([4, 24, 24, 3])).numpy() >= 0)  # ReLU before the pool
 
 
 def test_alex_decay_only_on_hidden_dense_layers():
   model = models.build('alex1')
-  decays = {kernel.name.split('/')[0]: decay for kernel, decay in model.weights}
+  decays = {kernel.name.split('/')[0]: decay for kernel, decay in model.kernels}
   assert decays['local4'] == pytest.approx(500 / (576 * 192))
   assert decays['softmax_linear'] == 0 and decays['conv3'] == 0
 

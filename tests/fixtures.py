@@ -1,0 +1,24 @@
+"""Tiny in-memory data and configs shared by the training and evaluation tests."""
+
+import numpy as np
+
+import cifar10_input
+import cifar10_train
+
+
+def tiny_split(num=32, seed=0):
+  """Noise images whose class k shows as a bright band on rows 3k..3k+2: easy to learn."""
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, 10, size=num).astype(np.int32)
+  images = rng.integers(0, 100, size=(num, 32, 32, 3), dtype=np.uint8)
+  for image, label in zip(images, labels):
+    image[3 * label:3 * label + 3] += 150
+  return cifar10_input.Split(images=images, labels=labels)
+
+
+def tiny_config(train_dir, **overrides):
+  """A fast TrainConfig: batch 16, 32x32 without augmentation, frequent logs and saves."""
+  values = dict(train_dir=str(train_dir), max_steps=20, batch_size=16, log_frequency=5,
+                checkpoint_steps=10, histogram_steps=10, augment=False, image_size=32)
+  values.update(overrides)
+  return cifar10_train.TrainConfig(**values)

@@ -1,0 +1,92 @@
+"""Bad input through the binaries: one clear `error:` line, exit code 1, no traceback."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import cifar10_input
+import cifar10_train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FILE_BYTES = cifar10_input.RECORDS_PER_FILE * cifar10_input.RECORD_BYTES  # 30,730,000
+
+
+def make_batches_dir(data_dir, resize=None, bad_label=None):
+  """Full-size .bin files of zeros (sparse, so instant); optionally one bad size or label.
+
+  Args:
+    data_dir: folder to create cifar-10-batches-bin in.
+    resize: (file name, byte delta) to make one file truncated or oversized.
+    bad_label: (file name, record index) whose label byte becomes 10.
+  """
+  batches_dir = os.path.join(data_dir, cifar10_input.BATCHES_DIR)
+  os.makedirs(batches_dir)
+  for name in cifar10_input.TRAIN_FILES + cifar10_input.TEST_FILES:
+    with open(os.path.join(batches_dir, name), 'wb') as f:
+      f.truncate(FILE_BYTES + (resize[1] if resize and resize[0] == name else 0))
+  if bad_label:
+    with open(os.path.join(batches_dir, bad_label[0]), 'r+b') as f:
+      f.seek(bad_label[1] * cifar10_input.RECORD_BYTES)
+      f.write(bytes([10]))
+  return batches_dir
+
+
+CASES = {
+    'truncated': (dict(resize=('data_batch_3.bin', -1)),
+                  ['data_batch_3.bin is truncated', '30,730,000', '30,729,999']),
+    'oversized': (dict(resize=('test_batch.bin', 5)),
+                  ['test_batch.bin is oversized', '30,730,000', '30,730,005']),
+    'bad_label': (dict(bad_label=('data_batch_2.bin', 7)),
+                  ['data_batch_2.bin: record 7 has label byte 10, expected 0-9']),
+    'bad_test_label': (dict(bad_label=('test_batch.bin', 3)),
+                       ['test_batch.bin: record 3 has label byte 10']),
+}
+
+
+def run(args):
+  result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+  assert 'Traceback' not in result.stderr, result.stderr
+  return result
+
+
+@pytest.mark.parametrize('case', ['truncated', 'oversized', 'bad_label'])
+def test_train_binary_reports_bad_data(case, tmp_path):
+  kwargs, expected = CASES[case]
+  make_batches_dir(str(tmp_path), **kwargs)
+  result = run(['cifar10_train.py', f'--data_dir={tmp_path}', f'--train_dir={tmp_path / "run"}',
+                '--max_steps=1'])
+  assert result.returncode == 1
+  assert result.stderr.startswith('error: ')
+  for text in expected:
+    assert text in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize('case', ['truncated', 'bad_test_label'])
+def test_eval_binary_reports_bad_data(case, tmp_path):
+  kwargs, expected = CASES[case]
+  make_batches_dir(str(tmp_path), **kwargs)
+  cifar10_train.write_config(cifar10_train.TrainConfig(train_dir=str(tmp_path / 'run')))
+  result = run(['cifar10_eval.py', f'--data_dir={tmp_path}', f'--checkpoint_dir={tmp_path / "run"}',
+                '--run_once'])
+  assert result.returncode == 1
+  for text in expected:
+    assert text in result.stderr, result.stderr
+
+
+def test_train_binary_reports_corrupt_archive(tmp_path):
+  (tmp_path / cifar10_input.ARCHIVE_NAME).write_bytes(os.urandom(4096))
+  result = run(['cifar10_train.py', f'--data_dir={tmp_path}', f'--extract_dir={tmp_path / "x"}',
+                f'--train_dir={tmp_path / "run"}', '--max_steps=1'])
+  assert result.returncode == 1
+  assert f'{tmp_path / cifar10_input.ARCHIVE_NAME} is corrupt' in result.stderr, result.stderr
+
+
+def test_eval_binary_reports_a_folder_without_a_run(tmp_path):
+  make_batches_dir(str(tmp_path))
+  result = run(['cifar10_eval.py', f'--data_dir={tmp_path}', f'--checkpoint_dir={tmp_path}',
+                '--run_once'])
+  assert result.returncode == 1
+  assert f'{tmp_path} has no config.json' in result.stderr, result.stderr
