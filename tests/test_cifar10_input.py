@@ -272,10 +272,8 @@ def test_no_data_no_network_names_folder_and_archive(tmp_path):
 
 
 def test_no_data_no_network_names_data_dir_not_extract_dir(tmp_path):
-  # (the CI case: read-only data_dir, extraction into a cache), the message says "no CIFAR-10
-  # data in <extract_dir>" and "put cifar-10-binary.tar.gz in <extract_dir>", but
-  # find_batches_dir only ever looks for the archive in data_dir, so that advice cannot work
-  # and the folder the user passed is never named. This test fails until that is fixed.
+  # The archive is only looked for in data_dir, so that is the folder the advice must name
+  # even when extraction goes elsewhere (the CI case: read-only data_dir, a cache).
   data_dir, extract_dir = tmp_path / 'empty', tmp_path / 'cache'
   data_dir.mkdir()
   with pytest.raises(DataError) as error:
