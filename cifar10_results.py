@@ -1,0 +1,138 @@
+"""Collects evaluated runs into a markdown table and an accuracy-versus-cost plot.
+
+    python cifar10_results.py --runs=runs/tutorial,runs/alex4 --out_dir=docs
+
+Each run is a --train_dir whose checkpoints cifar10_eval.py evaluated: the model comes from
+its config.json, the accuracies from <run>/eval/results.jsonl (one line per evaluated
+checkpoint), params and MFLOPs from cifar10_model's counting. Writes results.md (model,
+params, MFLOPs, EMA precision @ 1 at every evaluated step, training wall time) and
+results.png (precision against MFLOPs and against parameters, Pareto front marked).
+"""
+
+import dataclasses
+import json
+import os
+import sys
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')  # Hide TensorFlow's start-up INFO lines.
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+
+import cifar10_eval
+import cifar10_model
+import cifar10_train
+import models
+
+
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+  """One evaluated training run."""
+  name: str
+  model: str
+  params: int
+  flops: int
+  precision_by_step: dict  # step -> EMA precision @ 1 (fraction)
+  train_seconds: float  # wall time of training up to the last evaluated step
+
+  @property
+  def final_precision(self):
+    return self.precision_by_step[max(self.precision_by_step)]
+
+
+def read_run(train_dir, eval_dir=None):
+  """Reads one run's config, counts and evaluation results.
+
+  Raises:
+    FileNotFoundError: the run has no config.json or no results.jsonl.
+  """
+  config = cifar10_train.read_config(train_dir)
+  if config is None:
+    raise FileNotFoundError(f'{train_dir} has no {cifar10_train.CONFIG_FILE}')
+  path = os.path.join(eval_dir or os.path.join(train_dir, 'eval'), cifar10_eval.RESULTS_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} is missing: run cifar10_eval.py --checkpoint_dir='
+                            f'{train_dir} first')
+  with open(path) as f:
+    lines = [json.loads(line) for line in f if line.strip()]
+  rows = cifar10_model.count_model(models.build(config.model, config.image_size))
+  last = max(lines, key=lambda line: line['step'])
+  return RunResult(name=os.path.basename(os.path.normpath(train_dir)), model=config.model,
+                   params=sum(r.params for r in rows), flops=sum(r.flops for r in rows),
+                   precision_by_step={l['step']: l['precision_ema'] for l in lines},
+                   train_seconds=last['train_seconds'])
+
+
+def pareto_front(points):
+  """Indices of the points no other point beats on both cost (lower) and accuracy (higher).
+
+  Args:
+    points: list of (cost, accuracy).
+  """
+  front = []
+  for i, (cost, accuracy) in enumerate(points):
+    dominated = any(c <= cost and a >= accuracy and (c, a) != (cost, accuracy)
+                    for c, a in points)
+    if not dominated:
+      front.append(i)
+  return front
+
+
+def markdown_table(results):
+  """One row per run; one precision column per evaluated step found in any run."""
+  steps = sorted({step for r in results for step in r.precision_by_step})
+  header = ['run', 'model', 'params', 'MFLOPs'] + [f'@{s:,}' for s in steps] + ['wall time']
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  for r in sorted(results, key=lambda r: r.flops):
+    cells = [r.name, r.model, f'{r.params:,}', f'{r.flops / 1e6:.2f}']
+    cells += [f'{100 * r.precision_by_step[s]:.2f}' if s in r.precision_by_step else ''
+              for s in steps]
+    cells.append(f'{r.train_seconds / 60:.0f} min')
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
+def plot(results, path):
+  """Precision @ 1 against MFLOPs and against params, Pareto fronts as lines."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  figure, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+  for axis, cost_name, cost_of in ((axes[0], 'MFLOPs (at the run\'s input size)', lambda r: r.flops / 1e6),
+                                   (axes[1], 'parameters (millions)', lambda r: r.params / 1e6)):
+    points = [(cost_of(r), 100 * r.final_precision) for r in results]
+    axis.scatter(*zip(*points), color='tab:blue', zorder=3)
+    for r, (x, y) in zip(results, points):
+      axis.annotate(r.name, (x, y), textcoords='offset points', xytext=(4, 4), fontsize=8)
+    front = sorted(points[i] for i in pareto_front(points))
+    axis.step(*zip(*front), where='post', color='tab:orange', label='Pareto front')
+    axis.set_xscale('log')
+    axis.set_xlabel(cost_name)
+    axis.grid(True, which='both', alpha=0.3)
+    axis.legend(loc='lower right')
+  axes[0].set_ylabel('EMA precision @ 1 (%), last evaluated step')
+  figure.tight_layout()
+  figure.savefig(path, dpi=80)
+  plt.close(figure)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  try:
+    results = [read_run(run) for run in _RUNS.value]
+  except (FileNotFoundError, cifar10_train.ConfigError) as e:
+    sys.exit(f'error: {e}')
+  os.makedirs(_OUT_DIR.value, exist_ok=True)
+  table = markdown_table(results)
+  with open(os.path.join(_OUT_DIR.value, 'results.md'), 'w') as f:
+    f.write(table + '\n')
+  plot(results, os.path.join(_OUT_DIR.value, 'results.png'))
+  print(table)
+
+
+if __name__ == '__main__':
+  _RUNS = flags.DEFINE_list('runs', None, 'Comma-separated train dirs evaluated by '
+                            'cifar10_eval.py.', required=True)
+  _OUT_DIR = flags.DEFINE_string('out_dir', 'docs', 'Where results.md and results.png go.')
+  app.run(main)

@@ -1,0 +1,55 @@
+"""Tests of the results tool: reading runs, the Pareto front, the table and the plot."""
+
+import json
+import os
+
+import pytest
+
+import cifar10_results
+import cifar10_train
+
+
+def write_run(train_dir, model, lines):
+  cifar10_train.write_config(cifar10_train.TrainConfig(train_dir=str(train_dir), model=model))
+  os.makedirs(train_dir / 'eval')
+  with open(train_dir / 'eval' / 'results.jsonl', 'w') as f:
+    for step, precision, seconds in lines:
+      f.write(json.dumps({'step': step, 'precision_ema': precision, 'precision_raw': 0.5,
+                          'num_examples': 10000, 'train_seconds': seconds}) + '\n')
+
+
+def test_pareto_front_by_hand():
+  points = [(10, 80), (20, 85), (15, 79), (30, 84), (5, 70), (20, 85)]
+  # (15, 79) loses to (10, 80); (30, 84) to (20, 85); the duplicate (20, 85) stays twice.
+  assert cifar10_results.pareto_front(points) == [0, 1, 4, 5]
+
+
+def test_read_run_counts_the_model_and_takes_the_last_step(tmp_path):
+  write_run(tmp_path / 'a', 'squeeze1', [(1000, 0.5, 60.0), (10000, 0.66, 600.0)])
+  result = cifar10_results.read_run(str(tmp_path / 'a'))
+  assert (result.model, result.params, result.flops) == ('squeeze1', 146_570, 22_836_024)
+  assert result.final_precision == 0.66 and result.train_seconds == 600.0
+
+
+def test_read_run_without_results_names_the_missing_file(tmp_path):
+  cifar10_train.write_config(cifar10_train.TrainConfig(train_dir=str(tmp_path)))
+  with pytest.raises(FileNotFoundError, match='results.jsonl is missing'):
+    cifar10_results.read_run(str(tmp_path))
+
+
+def test_table_has_a_column_per_step_and_rows_by_cost(tmp_path):
+  write_run(tmp_path / 'tuto', 'tutorial', [(10000, 0.8141, 3960.0)])
+  write_run(tmp_path / 'sq', 'squeeze1', [(5000, 0.6, 300.0), (10000, 0.66, 600.0)])
+  table = cifar10_results.markdown_table(
+      [cifar10_results.read_run(str(tmp_path / name)) for name in ('tuto', 'sq')])
+  lines = table.splitlines()
+  assert lines[0] == '| run | model | params | MFLOPs | @5,000 | @10,000 | wall time |'
+  assert lines[2] == '| sq | squeeze1 | 146,570 | 22.84 | 60.00 | 66.00 | 10 min |'
+  assert lines[3] == '| tuto | tutorial | 1,068,298 | 37.75 |  | 81.41 | 66 min |'
+
+
+def test_plot_writes_a_png(tmp_path):
+  write_run(tmp_path / 'tuto', 'tutorial', [(10000, 0.8141, 3960.0)])
+  path = tmp_path / 'results.png'
+  cifar10_results.plot([cifar10_results.read_run(str(tmp_path / 'tuto'))], str(path))
+  assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
