@@ -12,8 +12,11 @@ Run as a script it prints that table for one model, or one row per model:
 
 import dataclasses
 import math
+import os
 
-import numpy as np
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')  # Hide TensorFlow's start-up INFO lines.
+
+import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf
 
 INIT_MODES = ('xavier', 'tutorial')

@@ -8,6 +8,7 @@ import functools
 
 import cifar10_model
 from models import alex
+from models import inception
 from models import nin
 from models import squeeze
 from models import tutorial
@@ -24,6 +25,8 @@ MODELS = {
     'nin2': functools.partial(nin.build, variant=2),
     'squeeze0': functools.partial(squeeze.build, variant=0),
     'squeeze1': functools.partial(squeeze.build, variant=1),
+    'inception0': functools.partial(inception.build, variant=0),
+    'inception1': functools.partial(inception.build, variant=1),
 }
 # Short names; each family name stands for its best model in the study.
 ALIASES = {
@@ -31,6 +34,7 @@ ALIASES = {
     'alex': 'alex4',
     'nin': 'nin2',
     'squeeze': 'squeeze1',
+    'inception': 'inception0',
 }
 
 

@@ -24,6 +24,33 @@ GOLDEN = {
 }
 
 
+# Ours, not the study's: small Inception-style models inside the tutorial's budget.
+INCEPTION_GOLDEN = {
+    'inception0': (788_922, 27_988_842),  # by hand: 5,640,192 + 12,763,008 + 8,336,736 + head
+    'inception1': (688_266, 36_581_898),
+}
+BUDGET_PARAMS, BUDGET_FLOPS = 1_100_000, 40_000_000
+
+
+@pytest.mark.parametrize('name', sorted(INCEPTION_GOLDEN))
+def test_inception_golden_counts_inside_the_budget(name):
+  rows = cm.count_model(models.build(name))
+  params, flops = sum(r.params for r in rows), sum(r.flops for r in rows)
+  assert (params, flops) == INCEPTION_GOLDEN[name]
+  assert params <= BUDGET_PARAMS and flops <= BUDGET_FLOPS
+
+
+def test_inception_block_flops_by_hand():
+  block = models.inception.Inception(cm.Regime(), 'mixed', 64, (32, (48, 64), (16, 24), 24))
+  relu_conv = lambda c_in, c_out, k, hw=144: ((1 + 2 * c_in * k * k) + 2) * c_out * hw
+  expected = (relu_conv(64, 32, 1) + relu_conv(64, 48, 1) + relu_conv(48, 64, 3)
+              + relu_conv(64, 16, 1) + relu_conv(16, 24, 3) + relu_conv(24, 24, 3)
+              + relu_conv(64, 24, 1))
+  assert block.flops((12, 12, 64)) == expected
+  assert block.output_shape((12, 12, 64)) == (12, 12, 144)
+  assert block(tf.zeros([1, 12, 12, 64])).shape == (1, 12, 12, 144)
+
+
 @pytest.mark.parametrize('name', sorted(GOLDEN))
 def test_golden_params_and_flops(name):
   params, flops, study_mparams, study_mflops = GOLDEN[name]
@@ -35,13 +62,13 @@ def test_golden_params_and_flops(name):
 
 
 def test_registry_lists_every_model_and_family_aliases():
-  assert set(models.MODELS) == set(GOLDEN)
+  assert set(models.MODELS) == set(GOLDEN) | set(INCEPTION_GOLDEN)
   assert models.canonical_name('alex') == 'alex4'
   assert models.canonical_name('nin') == 'nin2'
   assert models.canonical_name('squeeze') == 'squeeze1'
 
 
-@pytest.mark.parametrize('name', sorted(GOLDEN))
+@pytest.mark.parametrize('name', sorted(GOLDEN) + sorted(INCEPTION_GOLDEN))
 @pytest.mark.parametrize('size', [24, 32])
 def test_forward_gives_logits_and_counts_match_variables(name, size):
   model = models.build(name, image_size=size)
@@ -73,7 +100,7 @@ def test_nin2_dropout_only_in_training():
                             model(images, training=True).numpy())
 
 
-@pytest.mark.parametrize('name', sorted(GOLDEN))
+@pytest.mark.parametrize('name', sorted(GOLDEN) + sorted(INCEPTION_GOLDEN))
 def test_checkpoint_round_trip(name, tmp_path):
   model = models.build(name)
   path = tf.train.Checkpoint(model=model).write(str(tmp_path / 'ckpt'))
