@@ -17,6 +17,7 @@ import tensorflow as tf
 
 import cifar10_input
 from cifar10_input import DataError
+from fixtures import tiny_split
 
 RECORDS_PER_FILE = 4
 PLANE = 32 * 32
@@ -545,13 +546,6 @@ def test_eval_batch_is_standardized_central_crop():
 
 
 # --------------------------------------------------------------------------- pipelines
-
-
-def tiny_split(count, seed_value=0):
-  rng = np.random.default_rng(seed_value)
-  return cifar10_input.Split(
-      images=rng.integers(0, 256, size=(count, 32, 32, 3), dtype=np.uint8),
-      labels=(np.arange(count) % 10).astype(np.int32))
 
 
 def test_train_inputs_augmented_batches():
