@@ -27,7 +27,10 @@ import urllib.error
 import urllib.request
 import zlib
 
-import numpy as np
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')  # Hide TensorFlow's start-up INFO lines.
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')  # ~1.7x faster here; bench/README.md.
+
+import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf
 
 # Dataset facts (DESIGN.md section 2).

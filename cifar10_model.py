@@ -15,6 +15,7 @@ import math
 import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')  # Hide TensorFlow's start-up INFO lines.
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')  # ~1.7x faster here; bench/README.md.
 
 import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf
@@ -170,8 +171,23 @@ class LRN(Layer):
     self.depth_radius, self.bias, self.alpha, self.beta = depth_radius, bias, alpha, beta
 
   def __call__(self, x, training=False):
-    return tf.nn.local_response_normalization(x, self.depth_radius, self.bias, self.alpha,
-                                              self.beta)
+    """x / (bias + alpha * sum of x^2 over the 2r+1 nearest channels)^beta.
+
+    The same values as tf.nn.local_response_normalization, written as a matmul of the
+    squares with a 0/1 band matrix: its autodiff gradient runs about twice as fast on the
+    CPU as TensorFlow's LRNGrad kernel (bench/README.md).
+    """
+    channels = x.shape[-1]
+    index = np.arange(channels)
+    band = tf.constant(np.abs(index[:, None] - index[None, :]) <= self.depth_radius,
+                       tf.float32)
+    squares = tf.reshape(tf.square(x), [-1, channels])
+    window_sums = tf.reshape(tf.matmul(squares, band), tf.shape(x))
+    scale = self.bias + self.alpha * window_sums
+    if self.beta == 0.75:  # The tutorial's: scale^-3/4 = rsqrt(s) * sqrt(rsqrt(s)), no pow.
+      inverse_root = tf.math.rsqrt(scale)
+      return x * inverse_root * tf.sqrt(inverse_root)
+    return x * tf.pow(scale, -self.beta)
 
   def flops(self, input_shape):
     return LRN_FLOPS_PER_ELEMENT * math.prod(input_shape)

@@ -103,6 +103,31 @@ def test_conv_flops_by_hand():
   assert cm.LRN().flops((12, 12, 64)) == 36 * 12 * 12 * 64
 
 
+@pytest.mark.parametrize('beta', [0.75, 0.5])
+def test_lrn_matches_tensorflows_op_and_its_gradient(beta):
+  x = tf.random.stateless_normal([4, 5, 5, 64], seed=[1, 2]) * 20.0  # Large: scale far from 1.
+  lrn = cm.LRN(beta=beta)
+  with tf.GradientTape(persistent=True) as tape:
+    tape.watch(x)
+    ours = lrn(x)
+    theirs = tf.nn.local_response_normalization(x, 4, 1.0, 0.001 / 9.0, beta)
+    weights = tf.random.stateless_normal(x.shape, seed=[3, 4])
+    ours_loss, theirs_loss = tf.reduce_sum(ours * weights), tf.reduce_sum(theirs * weights)
+  np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(tape.gradient(ours_loss, x), tape.gradient(theirs_loss, x),
+                             rtol=1e-4, atol=1e-5)
+
+
+def test_lrn_by_hand_at_the_channel_edges():
+  # One pixel, 10 channels of 3.0, radius 4: channel 0 sees channels 0-4 (5 squares = 45),
+  # channel 5 sees 1-9 (9 squares = 81).
+  x = tf.fill([1, 1, 1, 10], 3.0)
+  y = cm.LRN(depth_radius=4, bias=2.0, alpha=0.1, beta=0.75)(x).numpy().ravel()
+  assert y[0] == pytest.approx(3.0 / (2.0 + 0.1 * 45) ** 0.75, rel=1e-6)
+  assert y[5] == pytest.approx(3.0 / (2.0 + 0.1 * 81) ** 0.75, rel=1e-6)
+  assert y[9] == pytest.approx(y[0], rel=1e-6)
+
+
 def test_output_shapes_match_the_real_tensors():
   model = models.build('tutorial')
   x = tf.zeros([2, 24, 24, 3])
