@@ -27,7 +27,7 @@ import cifar10_model
 import cifar10_train
 import models
 
-EVAL_BATCH_SIZE = 500  # images per forward pass; any size gives the same counts
+EVAL_BATCH_SIZE = 200  # images per forward pass (fastest here); any size gives the same counts
 RESULTS_FILE = 'results.jsonl'
 EVAL_INTERVAL_SECS = 60.0  # seconds between looks for a new checkpoint
 TIMEOUT_SECS = 3600.0  # seconds without a new checkpoint before the watcher gives up
@@ -50,26 +50,31 @@ class Evaluator:
     self.ema_shadows = [tf.Variable(tf.zeros_like(v), trainable=False) for v in variables]
     self.checkpoint = cifar10_model.make_checkpoint(
         self.model, self.step, self.ema_shadows, train_seconds=self.train_seconds)
-    self.data = cifar10_input.eval_inputs(split, batch_size, config.image_size)
+    self.images = cifar10_input.eval_images(split, config.image_size)
+    self.labels = tf.constant(split.labels)
     self.num_examples = len(split)
-    size = config.image_size
-    self._count_correct = tf.function(self._count_correct, input_signature=(
-        tf.TensorSpec([None, size, size, 3], tf.float32), tf.TensorSpec([None], tf.int32)))
+    self.batch_size = batch_size
+    self._count_correct = tf.function(self._count_correct)
 
   def _count_correct(self, images, labels):
-    logits = self.model(images, training=False)
-    hits = tf.equal(tf.argmax(logits, axis=1, output_type=tf.int32), labels)
-    return tf.reduce_sum(tf.cast(hits, tf.int64)), tf.size(labels, out_type=tf.int64)
+    """Correct predictions over all images, in one call: no Python between the batches."""
+    def hits(start, size):
+      logits = self.model(images[start:start + size], training=False)
+      predicted = tf.argmax(logits, axis=1, output_type=tf.int32)
+      return tf.reduce_sum(tf.cast(tf.equal(predicted, labels[start:start + size]), tf.int64))
+
+    full_batches, remainder = divmod(self.num_examples, self.batch_size)
+    correct = tf.constant(0, tf.int64)
+    for batch in tf.range(full_batches):
+      correct += hits(batch * self.batch_size, self.batch_size)
+    if remainder:
+      correct += hits(full_batches * self.batch_size, remainder)
+    return correct
 
   def precision(self):
     """Top-1 accuracy of the model's current weights over every image, and the count."""
-    correct = total = 0
-    for images, labels in self.data:
-      hits, count = self._count_correct(images, labels)
-      correct += int(hits)
-      total += int(count)
-    assert total == self.num_examples, (total, self.num_examples)
-    return correct / total, total
+    correct = int(self._count_correct(self.images, self.labels))
+    return correct / self.num_examples, self.num_examples
 
   def restore(self, checkpoint_path):
     try:

@@ -388,13 +388,14 @@ def train_inputs(split, batch_size, seed, augment=True, image_size=CROP_SIZE):
   return data.prefetch(tf.data.AUTOTUNE)
 
 
-def eval_inputs(split, batch_size, image_size=CROP_SIZE):
-  """One pass over every image of the split, in order; the last batch may be smaller."""
-  data = tf.data.Dataset.from_tensor_slices((split.images, split.labels))
-  data = data.batch(batch_size, drop_remainder=False)
-  data = data.map(lambda images, labels: (eval_batch(images, image_size), labels),
-                  num_parallel_calls=tf.data.AUTOTUNE)
-  return data.prefetch(tf.data.AUTOTUNE)
+def eval_images(split, image_size=CROP_SIZE, chunk=1000):
+  """Every image of the split, centrally cropped and standardized once: float32 [N, s, s, 3].
+
+  Evaluation scores the same images at every checkpoint, so it prepares them once and keeps
+  them in memory (10,000 test images at 24x24 are 69 MB) instead of re-running a pipeline.
+  """
+  return tf.concat([eval_batch(split.images[start:start + chunk], image_size)
+                    for start in range(0, len(split), chunk)], axis=0)
 
 
 def main():

@@ -173,17 +173,16 @@ class LRN(Layer):
   def __call__(self, x, training=False):
     """x / (bias + alpha * sum of x^2 over the 2r+1 nearest channels)^beta.
 
-    The same values as tf.nn.local_response_normalization, written as a matmul of the
-    squares with a 0/1 band matrix: its autodiff gradient runs about twice as fast on the
-    CPU as TensorFlow's LRNGrad kernel (bench/README.md).
+    The same values as tf.nn.local_response_normalization, with the window sums computed as
+    a 1x1 convolution of the squares with a band matrix (alpha on the band, 0 off it): with
+    oneDNN this runs forward and backward about twice as fast on the CPU as TensorFlow's
+    LRN and LRNGrad kernels (bench/README.md).
     """
     channels = x.shape[-1]
     index = np.arange(channels)
-    band = tf.constant(np.abs(index[:, None] - index[None, :]) <= self.depth_radius,
-                       tf.float32)
-    squares = tf.reshape(tf.square(x), [-1, channels])
-    window_sums = tf.reshape(tf.matmul(squares, band), tf.shape(x))
-    scale = self.bias + self.alpha * window_sums
+    band = np.abs(index[:, None] - index[None, :]) <= self.depth_radius
+    band = tf.constant(self.alpha * band[np.newaxis, np.newaxis], tf.float32)
+    scale = self.bias + tf.nn.conv2d(tf.square(x), band, 1, 'VALID')
     if self.beta == 0.75:  # The tutorial's: scale^-3/4 = rsqrt(s) * sqrt(rsqrt(s)), no pow.
       inverse_root = tf.math.rsqrt(scale)
       return x * inverse_root * tf.sqrt(inverse_root)

@@ -566,13 +566,11 @@ def test_train_inputs_without_augmentation_32():
     assert set(labels.numpy()) <= set(split.labels)
 
 
-def test_eval_inputs_covers_split_in_order():
+def test_eval_images_are_every_image_in_order_across_chunks():
   split = tiny_split(10)
-  batches = list(cifar10_input.eval_inputs(split, batch_size=3))
-  assert [len(labels) for _, labels in batches] == [3, 3, 3, 1]
-  assert all(images.shape[1:] == (24, 24, 3) for images, _ in batches)
-  np.testing.assert_array_equal(np.concatenate([labels.numpy() for _, labels in batches]),
-                                split.labels)
+  images = cifar10_input.eval_images(split, chunk=3)  # Chunks of 3, 3, 3, 1.
+  assert images.shape == (10, 24, 24, 3) and images.dtype == tf.float32
+  np.testing.assert_array_equal(images, cifar10_input.eval_batch(split.images, 24))
 
 
 # --------------------------------------------------------------------------- real data
