@@ -1,5 +1,7 @@
 # make train: set up .venv, train the default model, then evaluate its last checkpoint.
 # make test:  set up .venv and run the test suite (real-data tests read $(CIFAR10_DATA)).
+# make zoo:   train and evaluate every model of $(ZOO) in $(ZOO_DIR)/<model>, then write
+#             docs/results.md and docs/results.png (about 30 min per model here, resumable).
 PYTHON ?= python3
 VENV ?= .venv
 DATA_DIR ?= data
@@ -7,9 +9,14 @@ MODEL ?= tutorial
 MAX_STEPS ?= 10000
 TRAIN_DIR ?= runs/$(MODEL)
 CIFAR10_DATA ?= $(DATA_DIR)
+ZOO ?= tutorial alex0 alex1 alex2 alex3 alex4 nin0 nin1 squeeze0 squeeze1 inception0 inception1
+ZOO_DIR ?= runs/zoo
 PY := $(VENV)/bin/python
+comma := ,
+empty :=
+space := $(empty) $(empty)
 
-.PHONY: train eval test clean-venv
+.PHONY: train eval test zoo clean-venv
 
 $(VENV)/installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +32,13 @@ eval: $(VENV)/installed
 
 test: $(VENV)/installed
 	CIFAR10_DATA=$(CIFAR10_DATA) $(PY) -m pytest -q tests
+
+zoo: $(VENV)/installed
+	for model in $(ZOO); do \
+	  $(PY) cifar10_train.py --model=$$model --data_dir=$(DATA_DIR) --train_dir=$(ZOO_DIR)/$$model --max_steps=$(MAX_STEPS) && \
+	  $(PY) cifar10_eval.py --checkpoint_dir=$(ZOO_DIR)/$$model --data_dir=$(DATA_DIR) --run_once || exit 1; \
+	done
+	$(PY) cifar10_results.py --runs=$(subst $(space),$(comma),$(addprefix $(ZOO_DIR)/,$(ZOO))) --out_dir=docs
 
 clean-venv:
 	rm -rf $(VENV)

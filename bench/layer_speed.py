@@ -1,0 +1,149 @@
+"""Candidate implementations of single layers, timed side by side (a benchmark, not a test).
+
+    .venv/bin/python bench/layer_speed.py [--batch=128]
+
+For each layer it times the forward pass and forward + backward of every candidate on the
+same input (median of --windows windows of --steps calls), checks that the candidates agree
+with the first one, and prints times and ratios to the first. The candidates are the ones
+bench/README.md lists as tried: LRN as TensorFlow's op, as a band matmul, as a 1x1 band
+convolution (the layer's own); the first conv's filter gradient as TensorFlow's kernel and as
+a batch/channel-swapped convolution; max pooling as TensorFlow's op and as a composite.
+"""
+
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+import numpy as np
+import tensorflow as tf
+
+import cifar10_model
+
+_BATCH = flags.DEFINE_integer('batch', 128, 'Batch size of the inputs.', lower_bound=1)
+_STEPS = flags.DEFINE_integer('steps', 20, 'Calls per timed window.', lower_bound=1)
+_WINDOWS = flags.DEFINE_integer('windows', 7, 'Timed windows per candidate.', lower_bound=1)
+
+
+def lrn_tensorflow(x):
+  return tf.nn.local_response_normalization(x, 4, 1.0, 0.001 / 9.0, 0.75)
+
+
+def lrn_band_matmul(x):
+  channels = x.shape[-1]
+  index = np.arange(channels)
+  band = tf.constant(np.abs(index[:, None] - index[None, :]) <= 4, tf.float32)
+  sums = tf.reshape(tf.matmul(tf.reshape(tf.square(x), [-1, channels]), band), tf.shape(x))
+  inverse_root = tf.math.rsqrt(1.0 + 0.001 / 9.0 * sums)
+  return x * inverse_root * tf.sqrt(inverse_root)
+
+
+lrn_layer = cifar10_model.LRN()  # The 1x1 band convolution.
+
+
+def conv1_tensorflow(x, kernel):
+  return tf.nn.conv2d(x, kernel, 1, 'SAME')
+
+
+def conv1_swapped_filter_gradient(x, kernel):
+  """Gradient to the kernel only, as a forward conv with batch and channels swapped."""
+  @tf.custom_gradient
+  def conv(kernel):
+    def gradient(dy):
+      padded = tf.pad(x, [[0, 0], [2, 2], [2, 2], [0, 0]])
+      swapped = tf.nn.conv2d(tf.transpose(padded, [3, 1, 2, 0]),
+                             tf.transpose(dy, [1, 2, 0, 3]), 1, 'VALID')
+      return tf.transpose(swapped, [1, 2, 0, 3])
+    return tf.nn.conv2d(x, kernel, 1, 'SAME'), gradient
+  return conv(kernel)
+
+
+def pool_tensorflow(x):
+  return tf.nn.max_pool2d(x, 3, 2, 'SAME')
+
+
+def pool_strided_maximum(x):
+  """3x3/2 SAME max pooling as the maximum of 9 strided slices of the padded input."""
+  size = x.shape[1]
+  out = -(-size // 2)
+  pad = 2 * out + 1 - size
+  x = tf.pad(x, [[0, 0], [pad // 2, pad - pad // 2], [pad // 2, pad - pad // 2], [0, 0]],
+             constant_values=tf.float32.min)
+  result = None
+  for dy in range(3):
+    for dx in range(3):
+      part = x[:, dy:dy + 2 * out - 1:2, dx:dx + 2 * out - 1:2, :]
+      result = part if result is None else tf.maximum(result, part)
+  return result
+
+
+def median_ms(function):
+  function()
+  times = []
+  for _ in range(_WINDOWS.value):
+    start = time.perf_counter()
+    for _ in range(_STEPS.value):
+      result = function()
+    tf.nest.flatten(result)[0].numpy()
+    times.append((time.perf_counter() - start) / _STEPS.value * 1000)
+  return statistics.median(times)
+
+
+def compare(title, candidates, x, kernel=None):
+  """Times forward and forward + backward of each candidate; gradients w.r.t. the kernel
+  when there is one, else w.r.t. x."""
+  weights = tf.random.stateless_normal(candidates[0](x, kernel).shape if kernel is not None
+                                       else candidates[0](x).shape, seed=[1, 2])
+  print(f'\n{title}')
+  reference = None
+  for candidate in candidates:
+    call = (lambda x, c=candidate: c(x, kernel)) if kernel is not None else candidate
+
+    @tf.function
+    def forward(x, call=call):
+      return call(x)
+
+    @tf.function
+    def backward(x, call=call):
+      source = kernel if kernel is not None else x
+      with tf.GradientTape() as tape:
+        tape.watch(source)
+        loss = tf.reduce_sum(call(x) * weights)
+      return tape.gradient(loss, source)
+
+    gradient = backward(x)
+    if reference is None:
+      reference = (forward(x), gradient)
+    error = float(tf.reduce_max(tf.abs(gradient - reference[1])) /
+                  tf.reduce_max(tf.abs(reference[1])))
+    times = median_ms(lambda: forward(x)), median_ms(lambda: backward(x))
+    if candidate is candidates[0]:
+      base = times
+    name = getattr(candidate, '__name__', type(candidate).__name__)
+    print(f'  {name:32} forward {times[0]:7.2f} ms ({base[0] / times[0]:.2f}x)   '
+          f'forward+backward {times[1]:7.2f} ms ({base[1] / times[1]:.2f}x)   '
+          f'gradient error {error:.1e}')
+
+
+def main(argv):
+  del argv
+  batch = _BATCH.value
+  after_pool = tf.nn.relu(tf.random.stateless_normal([batch, 12, 12, 64], seed=[3, 4])) * 3
+  compare('LRN on [B, 12, 12, 64]', [lrn_tensorflow, lrn_band_matmul, lrn_layer], after_pool)
+  images = tf.random.stateless_normal([batch, 24, 24, 3], seed=[5, 6])
+  kernel = tf.random.stateless_normal([5, 5, 3, 64], seed=[7, 8]) * 0.05
+  compare('first conv 5x5x3x64 on [B, 24, 24, 3], gradient to the kernel',
+          [conv1_tensorflow, conv1_swapped_filter_gradient], images, kernel)
+  conv_out = tf.nn.relu(tf.random.stateless_normal([batch, 24, 24, 64], seed=[9, 10]))
+  compare('max pool 3x3/2 on [B, 24, 24, 64]', [pool_tensorflow, pool_strided_maximum],
+          conv_out)
+
+
+if __name__ == '__main__':
+  app.run(main)
