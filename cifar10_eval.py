@@ -28,7 +28,6 @@ import cifar10_train
 import models
 
 EVAL_BATCH_SIZE = 200  # images per forward pass (fastest here); any size gives the same counts
-EVAL_PARALLEL_BATCHES = 2  # batches scored side by side (bench/README.md)
 RESULTS_FILE = 'results.jsonl'
 EVAL_INTERVAL_SECS = 60.0  # seconds between looks for a new checkpoint
 TIMEOUT_SECS = 3600.0  # seconds without a new checkpoint before the watcher gives up
@@ -42,8 +41,7 @@ class UnreadableCheckpoint(Exception):
 class Evaluator:
   """A model and an empty checkpoint of the training layout, to restore into and score."""
 
-  def __init__(self, config, split, batch_size=EVAL_BATCH_SIZE,
-               parallel_batches=EVAL_PARALLEL_BATCHES):
+  def __init__(self, config, split, batch_size=EVAL_BATCH_SIZE):
     self.model = models.build(config.model, config.image_size, config.init,
                               config.weight_decay)
     variables = self.model.trainable_variables
@@ -55,27 +53,22 @@ class Evaluator:
     self.images = cifar10_input.eval_images(split, config.image_size)
     self.labels = tf.constant(split.labels)
     self.num_examples = len(split)
-    self.batch_size, self.parallel_batches = batch_size, parallel_batches
+    self.batch_size = batch_size
     self._count_correct = tf.function(self._count_correct)
 
   def _count_correct(self, images, labels):
-    """Correct predictions over all images, in one call: no Python between the batches.
-
-    Each loop iteration scores `parallel_batches` independent batches, which TensorFlow's
-    executor runs side by side on its inter-op threads.
-    """
+    """Correct predictions over all images, in one call: no Python between the batches."""
     def hits(start, size):
       logits = self.model(images[start:start + size], training=False)
       predicted = tf.argmax(logits, axis=1, output_type=tf.int32)
       return tf.reduce_sum(tf.cast(tf.equal(predicted, labels[start:start + size]), tf.int64))
 
-    size, group = self.batch_size, self.batch_size * self.parallel_batches
-    groups, rest = divmod(self.num_examples, group)
+    full_batches, remainder = divmod(self.num_examples, self.batch_size)
     correct = tf.constant(0, tf.int64)
-    for start in tf.range(0, groups * group, group):
-      correct += tf.add_n([hits(start + i * size, size) for i in range(self.parallel_batches)])
-    for start in range(groups * group, self.num_examples, size):  # At most parallel_batches.
-      correct += hits(start, min(size, self.num_examples - start))
+    for batch in tf.range(full_batches):
+      correct += hits(batch * self.batch_size, self.batch_size)
+    if remainder:
+      correct += hits(full_batches * self.batch_size, remainder)
     return correct
 
   def precision(self):

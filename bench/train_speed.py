@@ -126,19 +126,14 @@ def keras_fit(config, split):
 
 
 def evaluation(config, test_split):
-  """Seconds for the whole test set: the default evaluator and one batch at a time, alternating."""
-  evaluators = {
-      cifar10_eval.EVAL_PARALLEL_BATCHES: cifar10_eval.Evaluator(config, test_split),
-      1: cifar10_eval.Evaluator(config, test_split, parallel_batches=1)}
-  times = {parallel: [] for parallel in evaluators}
-  for evaluator in evaluators.values():
-    evaluator.precision()  # Trace and warm up.
-  for _ in range(5):
-    for parallel, evaluator in evaluators.items():
-      start = time.perf_counter()
-      evaluator.precision()
-      times[parallel].append(time.perf_counter() - start)
-  return {parallel: statistics.median(seconds) for parallel, seconds in times.items()}
+  evaluator = cifar10_eval.Evaluator(config, test_split)
+  evaluator.precision()  # Trace and warm up.
+  times = []
+  for _ in range(3):
+    start = time.perf_counter()
+    evaluator.precision()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
 
 
 def main(argv):
@@ -162,11 +157,8 @@ def main(argv):
         f'{config.image_size}, median of {_WINDOWS.value} windows of {_WINDOW.value} steps')
   for name, rate in rates.items():
     print(f'{name:<20} {rate:>10.1f} images/s')
-  for parallel, seconds in eval_secs.items():
-    name = f'5 eval (10,000){" *" if parallel == cifar10_eval.EVAL_PARALLEL_BATCHES else ""}'
-    print(f'{name:<20} {seconds:>10.2f} s ({len(test_split) / seconds:.0f} images/s; '
-          f'{parallel} batch{"es" if parallel > 1 else ""} of {cifar10_eval.EVAL_BATCH_SIZE} '
-          'side by side)')
+  print(f'{"5 eval (10,000)":<20} {eval_secs:>10.2f} s '
+        f'({len(test_split) / eval_secs:.0f} images/s)')
   one, two, three, four = rates.values()
   print(f'ratio 2/1 = {two / one:.3f}   ratio 3/2 = {three / two:.2f}   '
         f'ratio 2/4 = {two / four:.2f}')
