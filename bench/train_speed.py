@@ -5,9 +5,10 @@
 Times, for one model: (1) the bare train step on one fixed in-memory batch, (2) the full
 loop exactly as cifar10_train.py runs it, (3) the input pipeline alone, (4) the same network
 as a tf.keras.Sequential trained with model.fit on the same pipeline, (5) evaluation of the
-whole test set. Each figure is the median over --windows timed windows after a warm-up. It
-prints images/s, the ratios 2/1, 3/2 and 2/4, and the GFLOP/s of 1 and 2 (a train step counted
-as 3x the forward FLOPs of cifar10_model's counting).
+whole test set. Each figure is the median over its timed windows after a warm-up; 1, 2 and 4
+run in turn --rounds times, so the machine's drifting speed hits them alike. It prints
+images/s, the ratios 2/1, 3/2 and 2/4, and the GFLOP/s of 1 and 2 (a train step counted as
+3x the forward FLOPs of cifar10_model's counting).
 """
 
 import dataclasses
@@ -36,10 +37,12 @@ _MODEL = flags.DEFINE_enum('model', 'tutorial', models.names(), 'Model to time.'
 _WINDOW = flags.DEFINE_integer('window', 20, 'Steps per timed window.', lower_bound=1)
 _WINDOWS = flags.DEFINE_integer('windows', 7, 'Timed windows per candidate.', lower_bound=1)
 _WARMUP = flags.DEFINE_integer('warmup', 20, 'Untimed steps first.', lower_bound=1)
+_ROUNDS = flags.DEFINE_integer('rounds', 2, 'Rounds of 1, 2 and 4 in turn, so that the '
+                               "machine's drifting speed hits all three alike.", lower_bound=1)
 
 
-def median_rate(run_window, images_per_window, warmup, windows):
-  """Median images/s of `windows` calls of run_window after `warmup` untimed calls."""
+def window_rates(run_window, images_per_window, warmup, windows):
+  """Images/s of each of `windows` calls of run_window after `warmup` untimed calls."""
   for _ in range(warmup):
     run_window()
   rates = []
@@ -47,7 +50,7 @@ def median_rate(run_window, images_per_window, warmup, windows):
     start = time.perf_counter()
     run_window()
     rates.append(images_per_window / (time.perf_counter() - start))
-  return statistics.median(rates)
+  return rates
 
 
 def bare_step(config, images, labels):
@@ -56,7 +59,7 @@ def bare_step(config, images, labels):
     for _ in range(_WINDOW.value):
       metrics = trainer.train_step(images, labels)
     float(metrics['loss'])
-  return median_rate(run_window, _WINDOW.value * config.batch_size, 1, _WINDOWS.value)
+  return window_rates(run_window, _WINDOW.value * config.batch_size, 1, _WINDOWS.value)
 
 
 def full_loop(config, split):
@@ -66,8 +69,7 @@ def full_loop(config, split):
   with tempfile.TemporaryDirectory() as train_dir:
     run = dataclasses.replace(config, train_dir=train_dir, max_steps=steps)
     cifar10_train.train(run, split, on_log=lambda step, rate: rates.append((step, rate)))
-  timed = [rate for step, rate in rates if step > _WARMUP.value]
-  return statistics.median(timed)
+  return [rate for step, rate in rates if step > _WARMUP.value]
 
 
 def input_pipeline(config, split):
@@ -77,8 +79,8 @@ def input_pipeline(config, split):
   def run_window():
     for _ in range(_WINDOW.value):
       next(batches)
-  return median_rate(run_window, _WINDOW.value * config.batch_size, _WARMUP.value,
-                     _WINDOWS.value)
+  return statistics.median(window_rates(run_window, _WINDOW.value * config.batch_size,
+                                         _WARMUP.value, _WINDOWS.value))
 
 
 def keras_tutorial(image_size):
@@ -110,7 +112,7 @@ class _BatchClock(tf.keras.callbacks.Callback):
 
 def keras_fit(config, split):
   if config.model != 'tutorial':
-    return float('nan')
+    return [float('nan')]
   model = keras_tutorial(config.image_size)
   model.compile(optimizer=tf.keras.optimizers.SGD(config.learning_rate),
                 loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -122,7 +124,7 @@ def keras_fit(config, split):
   model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[clock])
   ends = clock.times[_WARMUP.value - 1::_WINDOW.value]
   rates = [_WINDOW.value * config.batch_size / (b - a) for a, b in zip(ends, ends[1:])]
-  return statistics.median(rates)
+  return rates
 
 
 def evaluation(config, test_split):
@@ -146,15 +148,19 @@ def main(argv):
   flops = sum(r.flops for r in cifar10_model.count_model(
       models.build(config.model, config.image_size)))
 
-  rates = {}
-  rates['1 bare step'] = bare_step(config, images, labels)
-  rates['2 full loop'] = full_loop(config, train_split)
+  windows = {'1 bare step': [], '2 full loop': [], '4 keras fit': []}
+  for _ in range(_ROUNDS.value):
+    windows['1 bare step'] += bare_step(config, images, labels)
+    windows['2 full loop'] += full_loop(config, train_split)
+    windows['4 keras fit'] += keras_fit(config, train_split)
+  rates = {name: statistics.median(found) for name, found in windows.items()}
   rates['3 input pipeline'] = input_pipeline(config, train_split)
-  rates['4 keras fit'] = keras_fit(config, train_split)
+  rates = {name: rates[name] for name in sorted(rates)}
   eval_secs = evaluation(config, test_split)
 
   print(f'\nmodel {config.model}, batch {config.batch_size}, {config.image_size}x'
-        f'{config.image_size}, median of {_WINDOWS.value} windows of {_WINDOW.value} steps')
+        f'{config.image_size}, median of {_ROUNDS.value} x {_WINDOWS.value} windows of '
+        f'{_WINDOW.value} steps')
   for name, rate in rates.items():
     print(f'{name:<20} {rate:>10.1f} images/s')
   print(f'{"5 eval (10,000)":<20} {eval_secs:>10.2f} s '
