@@ -153,9 +153,10 @@ def main(argv):
     windows['1 bare step'] += bare_step(config, images, labels)
     windows['2 full loop'] += full_loop(config, train_split)
     windows['4 keras fit'] += keras_fit(config, train_split)
-  rates = {name: statistics.median(found) for name, found in windows.items()}
-  rates['3 input pipeline'] = input_pipeline(config, train_split)
-  rates = {name: rates[name] for name in sorted(rates)}
+  rates = {'1 bare step': statistics.median(windows['1 bare step']),
+           '2 full loop': statistics.median(windows['2 full loop']),
+           '3 input pipeline': input_pipeline(config, train_split),
+           '4 keras fit': statistics.median(windows['4 keras fit'])}
   eval_secs = evaluation(config, test_split)
 
   print(f'\nmodel {config.model}, batch {config.batch_size}, {config.image_size}x'
