@@ -300,6 +300,11 @@ def dense(regime, name, in_dim, out_dim, *, tutorial_stddev, tutorial_bias=0.0, 
                decay=regime.decay_coefficient(shape) if decay else 0.0, name=name)
 
 
+def kernel_layer_name(kernel):
+  """The name of the layer that owns `kernel`: 'conv1' for the variable 'conv1/kernel:0'."""
+  return kernel.name.rsplit('/kernel', 1)[0]
+
+
 def pooled_size(size, pools):
   """Side after `pools` stride-2 SAME poolings: 24 -> 12 -> 6 -> 3."""
   for _ in range(pools):

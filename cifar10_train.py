@@ -229,9 +229,13 @@ class Trainer:
         tf.TensorSpec([config.batch_size], tf.int32)))
 
   def restore_latest(self):
-    """Restores the latest checkpoint if there is one; returns the step reached."""
-    if self.manager.latest_checkpoint:
-      self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+    """Restores the latest checkpoint if there is one; returns the step reached.
+
+    Sets `restored_from` to the checkpoint's path (None for a fresh start).
+    """
+    self.restored_from = self.manager.latest_checkpoint
+    if self.restored_from:
+      self.checkpoint.restore(self.restored_from).assert_existing_objects_matched()
     return int(self.step.numpy())
 
   def _train_step(self, images, labels):
@@ -327,13 +331,14 @@ class _Clock:
     return datetime.timedelta(seconds=round((max_steps - step) * per_step))
 
 
-def train(config, train_split, on_log=None):
+def train(config, train_split, on_log=None, make_trainer=Trainer):
   """Trains until config.max_steps, resuming from train_dir; returns the final metrics.
 
   Args:
     config: a TrainConfig.
     train_split: the cifar10_input.Split to train on.
     on_log: optional callable(step, examples_per_sec) run at each log line (benchmarks).
+    make_trainer: callable(config) -> Trainer; compress/prune.py passes a pruning one.
 
   Raises:
     TrainingDiverged: the loss or the weights became NaN or infinite (nothing is saved then).
@@ -343,14 +348,14 @@ def train(config, train_split, on_log=None):
   for change in write_config(config):
     _log(f'note: changed since the last run in {config.train_dir}: {change}')
   _remove_partial_saves(config.train_dir)
-  trainer = Trainer(config)
+  trainer = make_trainer(config)
   step = trainer.restore_latest()
   if step >= config.max_steps:
     _log(f'{config.train_dir} is already at step {step} >= max_steps {config.max_steps}; '
          'nothing to do.')
     return None
   if step:
-    _log(f'resumed from {trainer.manager.latest_checkpoint} at step {step}')
+    _log(f'resumed from {trainer.restored_from} at step {step}')
   batches = iter(cifar10_input.train_inputs(
       train_split, config.batch_size, seed=config.seed + step, augment=config.augment,
       image_size=config.image_size))
@@ -388,7 +393,8 @@ def _log_step(config, metrics, step, clock, on_log):
     on_log(step, rate)
 
 
-def _request_stop(signum, frame):
+def request_stop(signum, frame):
+  """Signal handler: asks train() to save and stop between steps (twice: stop at once)."""
   del frame
   if _STOP.is_set():  # A second Ctrl-C stops at once.
     raise KeyboardInterrupt
@@ -399,8 +405,8 @@ def _request_stop(signum, frame):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  signal.signal(signal.SIGTERM, _request_stop)
-  signal.signal(signal.SIGINT, _request_stop)
+  signal.signal(signal.SIGTERM, request_stop)
+  signal.signal(signal.SIGINT, request_stop)
   try:
     config = config_from_flags(_FLAGS)
     batches_dir = batches_dir_from_flags(_FLAGS)

@@ -1,0 +1,1 @@
+"""Compression of trained runs: magnitude pruning (prune.py) and its file format (sparse.py)."""

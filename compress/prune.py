@@ -1,0 +1,377 @@
+"""Magnitude pruning by hand: masks, the gradual schedule, fine-tuning from a trained run.
+
+    python compress/prune.py --source_dir=runs/tutorial --train_dir=runs/tutorial_p90 \
+        --target_sparsity=0.9 --finetune_steps=5000
+
+Starts from the latest checkpoint of --source_dir (a cifar10_train.py run), fine-tunes it with
+cifar10_train.py's own loop while the sparsity of every conv and dense matrix rises from
+--initial_sparsity to --target_sparsity between --begin_step and --end_step, then writes a
+report (printed and prune_report.json) and the EMA weights in the sparse format of
+compress/sparse.py (model_sparse.npz). The new --train_dir is an ordinary run that
+`cifar10_eval.py --checkpoint_dir=...` evaluates unchanged: pruned weights are exactly zero in
+the raw weights and in the EMA shadows. Re-running the same command resumes.
+
+Modes (DESIGN.md section 8): gradual, the cubic schedule of Zhu & Gupta (2017) with masks
+recomputed every --frequency steps; oneshot, the target at --begin_step then fine-tuning with
+fixed masks; iterative, Han et al. (2015)'s prune -> retrain cycles: --rounds equal sparsity
+steps spread evenly from --begin_step to --end_step.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import sys
+
+if __package__ in (None, ''):  # Run as `python compress/prune.py`: import the project.
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')  # Hide TensorFlow's start-up INFO lines.
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')  # ~1.7x faster here; bench/README.md.
+
+import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+import cifar10_input
+import cifar10_model
+import cifar10_train
+from compress import sparse
+
+MODES = ('gradual', 'oneshot', 'iterative')
+THRESHOLDS = ('per_layer', 'global')
+SETTINGS_FILE = 'pruning.json'
+REPORT_FILE = 'prune_report.json'
+SPARSE_FILE = 'model_sparse.npz'
+FLOAT32_BYTES = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class PruningSettings:
+  """What to prune, how far and when; steps count from the start of the source run."""
+  target_sparsity: float = 0.9  # fraction of each pruned matrix (or of all, global) at zero
+  initial_sparsity: float = 0.0
+  begin_step: int = 0  # first mask update
+  end_step: int = 0  # target reached here; fixed masks afterwards
+  frequency: int = 100  # steps between mask updates (gradual)
+  mode: str = 'gradual'
+  rounds: int = 4  # prune -> retrain cycles (iterative)
+  threshold: str = 'per_layer'  # or 'global': one magnitude threshold over every matrix
+  dense_layers: tuple = ()  # layers whose matrix is never pruned, e.g. ('conv1',)
+
+  def __post_init__(self):
+    if not 0.0 <= self.initial_sparsity <= self.target_sparsity < 1.0:
+      raise ValueError('need 0 <= initial_sparsity <= target_sparsity < 1, got '
+                       f'{self.initial_sparsity} and {self.target_sparsity}')
+    if not 0 <= self.begin_step <= self.end_step:
+      raise ValueError(f'need 0 <= begin_step <= end_step, got {self.begin_step} and '
+                       f'{self.end_step}')
+    if self.mode not in MODES or self.threshold not in THRESHOLDS:
+      raise ValueError(f'mode must be one of {MODES} and threshold one of {THRESHOLDS}')
+    if self.frequency < 1 or self.rounds < 1:
+      raise ValueError('frequency and rounds must be >= 1')
+
+  def round_starts(self):
+    """The steps at which oneshot and iterative modes raise the sparsity."""
+    if self.mode == 'oneshot' or self.rounds == 1:
+      return [self.begin_step]
+    span = self.end_step - self.begin_step
+    return [self.begin_step + r * span // (self.rounds - 1) for r in range(self.rounds)]
+
+  def sparsity(self, step):
+    """Target sparsity at `step` (int64 scalar tensor): 0 before begin_step.
+
+    gradual: s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (t_end - t0))^3, clipped to the span.
+    """
+    step = tf.cast(step, tf.float64)
+    s_i, s_f = self.initial_sparsity, self.target_sparsity
+    if self.mode == 'gradual':
+      span = max(self.end_step - self.begin_step, 1)
+      progress = tf.clip_by_value((step - self.begin_step) / span, 0.0, 1.0)
+      value = s_f + (s_i - s_f) * (1.0 - progress) ** 3
+    else:
+      starts = tf.constant(self.round_starts(), tf.float64)
+      done = tf.reduce_sum(tf.cast(starts <= step, tf.float64))
+      value = s_i + (s_f - s_i) * done / len(self.round_starts())
+    return tf.where(step < self.begin_step, tf.constant(0.0, tf.float64), value)
+
+  def is_update_step(self, step):
+    """Whether the masks are recomputed before the update of `step` (bool scalar tensor)."""
+    if self.mode != 'gradual':
+      return tf.reduce_any(tf.equal(tf.constant(self.round_starts(), tf.int64), step))
+    inside = tf.logical_and(step >= self.begin_step, step <= self.end_step)
+    on_beat = tf.logical_or(tf.equal((step - self.begin_step) % self.frequency, 0),
+                            tf.equal(step, self.end_step))
+    return tf.logical_and(inside, on_beat)
+
+
+def keep_largest(magnitudes, sparsity):
+  """A 0/1 mask keeping exactly the n - floor(sparsity * n) largest of `magnitudes`.
+
+  Args:
+    magnitudes: float32 tensor of any shape (|W|).
+    sparsity: float64 scalar in [0, 1).
+
+  Returns:
+    float32 tensor shaped like `magnitudes`; ties go to the lower flat index (tf.math.top_k).
+  """
+  flat = tf.reshape(magnitudes, [-1])
+  size = tf.size(flat)
+  keep = size - tf.cast(tf.floor(sparsity * tf.cast(size, tf.float64)), tf.int32)
+  _, indices = tf.math.top_k(flat, keep, sorted=False)
+  mask = tf.scatter_nd(indices[:, tf.newaxis], tf.ones([keep]), [size])
+  return tf.reshape(mask, tf.shape(magnitudes))
+
+
+def new_masks(kernels, sparsity, threshold):
+  """Masks for `kernels` at `sparsity`, per matrix or with one global threshold."""
+  if threshold == 'per_layer':
+    return [keep_largest(tf.abs(k), sparsity) for k in kernels]
+  flat = keep_largest(tf.concat([tf.reshape(tf.abs(k), [-1]) for k in kernels], 0), sparsity)
+  pieces = tf.split(flat, [math.prod(k.shape) for k in kernels])
+  return [tf.reshape(piece, k.shape) for piece, k in zip(pieces, kernels)]
+
+
+class PruningTrainer(cifar10_train.Trainer):
+  """cifar10_train.Trainer whose conv and dense matrices carry magnitude masks.
+
+  The masks are non-trainable variables, one beside each pruned matrix (in the order of
+  model.kernels), saved in the checkpoint as `masks`. A mask multiplies its matrix and the
+  matrix's EMA shadow after every update, so pruned entries are exactly zero in both; with
+  plain SGD that equals masking the gradient (Zhu & Gupta's masked updates).
+  """
+
+  def __init__(self, config, settings, source_checkpoint=None):
+    super().__init__(config)
+    self.settings, self.source_checkpoint = settings, source_checkpoint
+    names = [cifar10_model.kernel_layer_name(k) for k, _ in self.model.kernels]
+    unknown = sorted(set(settings.dense_layers) - set(names))
+    if unknown:
+      raise cifar10_train.ConfigError(f'dense_layers {unknown} are not layers of {config.model}; its '
+                       f'layers with weights: {", ".join(names)}')
+    self.pruned = [k for (k, _), name in zip(self.model.kernels, names)
+                   if name not in settings.dense_layers]
+    self.pruned_shadows = [self.ema.average(k) for k in self.pruned]
+    self.masks = [tf.Variable(tf.ones_like(k), trainable=False,
+                              name=f'{cifar10_model.kernel_layer_name(k)}/mask')
+                  for k in self.pruned]
+    self.plain_checkpoint = self.checkpoint  # The layout of the source run, without masks.
+    self.checkpoint = cifar10_model.make_checkpoint(
+        self.model, self.step, self.ema_shadows, train_seconds=self.train_seconds,
+        masks=self.masks)
+    self.manager = tf.train.CheckpointManager(self.checkpoint, config.train_dir,
+                                              max_to_keep=config.keep_checkpoints)
+    self.num_weights = sum(math.prod(k.shape) for k, _ in self.model.kernels)
+    self.num_dense = self.num_weights - sum(math.prod(k.shape) for k in self.pruned)
+
+  def restore_latest(self):
+    """Resumes this run, or starts from the source checkpoint with all-ones masks."""
+    if self.manager.latest_checkpoint or not self.source_checkpoint:
+      return super().restore_latest()
+    self.restored_from = self.source_checkpoint
+    self.plain_checkpoint.restore(self.source_checkpoint).assert_existing_objects_matched()
+    return int(self.step.numpy())
+
+  def _train_step(self, images, labels):
+    if self.settings.is_update_step(self.step):
+      self.update_masks(self.settings.sparsity(self.step))
+    metrics = super(PruningTrainer, self)._train_step(images, labels)
+    self.apply_masks()
+    metrics['sparsity'] = self.sparsity()
+    return metrics
+
+  def update_masks(self, sparsity):
+    for mask, new in zip(self.masks, new_masks(self.pruned, sparsity, self.settings.threshold)):
+      mask.assign(new)
+    self.apply_masks()
+
+  def apply_masks(self):
+    for kernel, shadow, mask in zip(self.pruned, self.pruned_shadows, self.masks):
+      kernel.assign(kernel * mask)
+      shadow.assign(shadow * mask)
+
+  def sparsity(self):
+    """Fraction of zeros over every conv and dense matrix, the dense ones included."""
+    kept = tf.add_n([tf.reduce_sum(mask) for mask in self.masks]) + self.num_dense
+    return 1.0 - kept / self.num_weights
+
+
+# --------------------------------------------------------------------------- report
+
+
+def ema_weights(trainer):
+  """{variable name: EMA value as NumPy} for every trainable variable, in model order."""
+  return {v.name.split(':')[0]: s.numpy() for v, s in zip(trainer.variables,
+                                                          trainer.ema_shadows)}
+
+
+def layer_rows(trainer, weights):
+  """Per conv/dense matrix: layer, shape, size, nonzeros, pruned (bool) of the EMA weights."""
+  pruned = {id(k) for k in trainer.pruned}
+  rows = []
+  for kernel, _ in trainer.model.kernels:
+    value = weights[kernel.name.split(':')[0]]
+    rows.append({'layer': cifar10_model.kernel_layer_name(kernel), 'shape': list(value.shape),
+                 'size': int(value.size), 'nonzeros': int((value != 0).sum()),
+                 'pruned': id(kernel) in pruned})
+  return rows
+
+
+def build_report(trainer, sparse_path):
+  """The report of a restored PruningTrainer; writes its EMA weights to `sparse_path`."""
+  weights = ema_weights(trainer)
+  config = trainer.config
+  sparse.save(sparse_path, weights, {'model': config.model, 'image_size': config.image_size,
+                                     'step': int(trainer.step.numpy()), 'weights': 'ema'})
+  rows = layer_rows(trainer, weights)
+  size, nonzeros = sum(r['size'] for r in rows), sum(r['nonzeros'] for r in rows)
+  params = sum(w.size for w in weights.values())
+  return {'model': config.model, 'step': int(trainer.step.numpy()),
+          'settings': dataclasses.asdict(trainer.settings), 'layers': rows,
+          'weights': size, 'nonzeros': nonzeros, 'sparsity': 1.0 - nonzeros / size,
+          'params': int(params), 'dense_float32_bytes': int(params) * FLOAT32_BYTES,
+          'sparse_payload_bytes': sparse.nbytes(sparse.pack(weights)),
+          'sparse_file': os.path.basename(sparse_path),
+          'sparse_file_bytes': os.path.getsize(sparse_path)}
+
+
+def format_report(report):
+  """The printed form of `build_report`'s dict."""
+  lines = [f'{report["model"]} at step {report["step"]}: per conv/dense matrix (EMA weights)',
+           f'{"layer":<22} {"shape":<16} {"weights":>10} {"nonzeros":>10} {"sparsity":>9}']
+  for row in report['layers']:
+    shape = 'x'.join(str(d) for d in row['shape'])
+    mark = '' if row['pruned'] else '  (kept dense)'
+    lines.append(f'{row["layer"]:<22} {shape:<16} {row["size"]:>10,} {row["nonzeros"]:>10,} '
+                 f'{1 - row["nonzeros"] / row["size"]:>8.2%}{mark}')
+  lines.append(f'all matrices: {report["nonzeros"]:,} of {report["weights"]:,} nonzero, '
+               f'sparsity {report["sparsity"]:.2%}')
+  ratio = report['dense_float32_bytes'] / report['sparse_file_bytes']
+  lines.append(f'size: dense float32 {report["dense_float32_bytes"]:,} B; sparse '
+               f'{report["sparse_file"]} {report["sparse_file_bytes"]:,} B on disk '
+               f'({report["sparse_payload_bytes"]:,} B payload), {ratio:.2f}x smaller')
+  return '\n'.join(lines)
+
+
+# --------------------------------------------------------------------------- binary
+
+
+def checkpoint_step(path):
+  """The global step saved in a checkpoint of the training layout."""
+  return int(tf.train.load_checkpoint(path).get_tensor('step/.ATTRIBUTES/VARIABLE_VALUE'))
+
+
+def write_settings(train_dir, settings, source_checkpoint):
+  """Saves the pruning settings in train_dir; refuses to resume a run pruned differently."""
+  record = {'source_checkpoint': source_checkpoint, **dataclasses.asdict(settings)}
+  record['dense_layers'] = list(settings.dense_layers)
+  path = os.path.join(train_dir, SETTINGS_FILE)
+  if os.path.exists(path):
+    with open(path) as f:
+      previous = json.load(f)
+    changed = [f'{key}: {previous.get(key)!r} -> {value!r}' for key, value in record.items()
+               if previous.get(key) != value]
+    if changed:
+      raise cifar10_train.ConfigError(
+          f'{train_dir} holds a pruning run with other settings ({"; ".join(changed)}): pass '
+          'another --train_dir to prune differently.')
+  os.makedirs(train_dir, exist_ok=True)
+  with open(path, 'w') as f:
+    json.dump(record, f, indent=1)
+
+
+def prepare(values):
+  """(TrainConfig, PruningSettings, source checkpoint) from the flag values, checked."""
+  source_dir, train_dir = values['source_dir'], values['train_dir']
+  source_config = cifar10_train.read_config(source_dir)
+  source = tf.train.latest_checkpoint(source_dir) if source_config else None
+  if source is None:
+    raise cifar10_train.ConfigError(
+        f'--source_dir={source_dir} holds no trained run (config.json and a checkpoint): '
+        'point it at the --train_dir of a cifar10_train.py run.')
+  if os.path.abspath(source_dir) == os.path.abspath(train_dir):
+    raise cifar10_train.ConfigError('--train_dir must differ from --source_dir: pruning '
+                                    'writes a new run and never touches the source.')
+  start = checkpoint_step(source)
+  begin = start if values['begin_step'] is None else values['begin_step']
+  end = values['end_step']
+  if end is None:
+    end = begin + values['finetune_steps'] // 2
+  try:
+    settings = PruningSettings(
+        target_sparsity=values['target_sparsity'], initial_sparsity=values['initial_sparsity'],
+        begin_step=begin, end_step=end, frequency=values['frequency'], mode=values['mode'],
+        rounds=values['rounds'], threshold=values['threshold'],
+        dense_layers=tuple(values['dense_layers']))
+  except ValueError as e:
+    raise cifar10_train.ConfigError(f'pruning flags: {e}') from e
+  learning_rate = values['learning_rate']
+  config = dataclasses.replace(
+      source_config, train_dir=train_dir, max_steps=start + values['finetune_steps'],
+      learning_rate=source_config.learning_rate if learning_rate is None else learning_rate)
+  return config, settings, source
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  signal.signal(signal.SIGTERM, cifar10_train.request_stop)
+  signal.signal(signal.SIGINT, cifar10_train.request_stop)
+  values = {name: holder.value for name, holder in _FLAGS.items()}
+  try:
+    config, settings, source = prepare(values)
+    write_settings(config.train_dir, settings, source)
+    trainer = PruningTrainer(config, settings, source)  # Checks --dense_layers early.
+    split = cifar10_input.load_split(cifar10_train.batches_dir_from_flags(_FLAGS), 'train')
+    cifar10_train.train(config, split, make_trainer=lambda _: trainer)
+    report = build_report(trainer, os.path.join(config.train_dir, SPARSE_FILE))
+  except (cifar10_input.DataError, cifar10_train.TrainingDiverged,
+          cifar10_train.ConfigError) as e:
+    sys.exit(f'error: {e}')
+  except (cifar10_train.StopRequested, KeyboardInterrupt):
+    sys.exit(130)
+  with open(os.path.join(config.train_dir, REPORT_FILE), 'w') as f:
+    json.dump(report, f, indent=1)
+  print(format_report(report))
+
+
+def define_prune_flags():
+  """The data flags of cifar10_train.py plus this binary's; returns {name: FlagHolder}."""
+  d = PruningSettings
+  holders = cifar10_train.define_data_flags()
+  holders.update(
+      source_dir=flags.DEFINE_string('source_dir', None, 'The --train_dir of a trained run.',
+                                     required=True),
+      train_dir=flags.DEFINE_string('train_dir', None, 'The new run (checkpoints, report).',
+                                    required=True),
+      finetune_steps=flags.DEFINE_integer('finetune_steps', 5000, 'Steps of fine-tuning '
+                                          'after the source checkpoint.', lower_bound=1),
+      target_sparsity=flags.DEFINE_float('target_sparsity', d.target_sparsity,
+                                         'Final fraction of zeros.', 0.0, 0.999),
+      initial_sparsity=flags.DEFINE_float('initial_sparsity', d.initial_sparsity,
+                                          'Sparsity at --begin_step.', 0.0, 0.999),
+      begin_step=flags.DEFINE_integer('begin_step', None, 'First mask update (a global '
+                                      "step); default the source's last step.", lower_bound=0),
+      end_step=flags.DEFINE_integer('end_step', None, 'Step where the target is reached; '
+                                    'default --begin_step + --finetune_steps/2.',
+                                    lower_bound=0),
+      frequency=flags.DEFINE_integer('frequency', d.frequency, 'Steps between mask updates '
+                                     '(gradual).', lower_bound=1),
+      mode=flags.DEFINE_enum('mode', d.mode, list(MODES), 'gradual (Zhu & Gupta), oneshot, '
+                             'or iterative prune -> retrain rounds (Han et al.).'),
+      rounds=flags.DEFINE_integer('rounds', d.rounds, 'Prune -> retrain rounds (iterative).',
+                                  lower_bound=1),
+      threshold=flags.DEFINE_enum('threshold', d.threshold, list(THRESHOLDS),
+                                  'per_layer: each matrix to the target; global: one '
+                                  'magnitude threshold over all of them.'),
+      dense_layers=flags.DEFINE_list('dense_layers', [], 'Layers never pruned, e.g. conv1.'),
+      learning_rate=flags.DEFINE_float('learning_rate', None, "Fine-tuning SGD rate; "
+                                       "default the source run's.", lower_bound=0.0),
+  )
+  return holders
+
+
+if __name__ == '__main__':
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  _FLAGS = define_prune_flags()
+  app.run(main)

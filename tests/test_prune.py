@@ -1,0 +1,174 @@
+"""Tests of magnitude pruning: the schedule, the masks, zeros that stay zero, the pruned run."""
+
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import cifar10_eval
+import cifar10_input
+import cifar10_train
+from compress import prune
+from compress import sparse
+from fixtures import tiny_config, tiny_split
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def at(function, step):
+  return function(tf.constant(step, tf.int64)).numpy()
+
+
+def test_gradual_schedule_ends_and_midpoint_follow_the_cubic_formula():
+  settings = prune.PruningSettings(target_sparsity=0.9, initial_sparsity=0.1, begin_step=100,
+                                   end_step=300, frequency=50)
+  assert at(settings.sparsity, 99) == 0.0  # Nothing is pruned before begin_step.
+  assert at(settings.sparsity, 100) == pytest.approx(0.1)
+  # 0.9 + (0.1 - 0.9) * (1 - 100 / 200)^3 = 0.9 - 0.8 / 8.
+  assert at(settings.sparsity, 200) == pytest.approx(0.8)
+  assert at(settings.sparsity, 300) == pytest.approx(0.9)
+  assert at(settings.sparsity, 10_000) == pytest.approx(0.9)
+
+
+def test_gradual_masks_update_every_frequency_steps_and_at_the_end():
+  settings = prune.PruningSettings(begin_step=100, end_step=320, frequency=50)
+  updates = [s for s in range(0, 500) if at(settings.is_update_step, s)]
+  assert updates == [100, 150, 200, 250, 300, 320]
+
+
+def test_iterative_rounds_raise_the_sparsity_in_equal_steps():
+  settings = prune.PruningSettings(target_sparsity=0.8, begin_step=100, end_step=400,
+                                   mode='iterative', rounds=4)
+  assert settings.round_starts() == [100, 200, 300, 400]
+  assert [s for s in range(500) if at(settings.is_update_step, s)] == [100, 200, 300, 400]
+  assert [at(settings.sparsity, s) for s in (99, 100, 250, 399, 400)] == pytest.approx(
+      [0.0, 0.2, 0.4, 0.6, 0.8])
+
+
+def test_oneshot_prunes_to_the_target_once():
+  settings = prune.PruningSettings(target_sparsity=0.75, begin_step=10, end_step=90,
+                                   mode='oneshot')
+  assert [s for s in range(100) if at(settings.is_update_step, s)] == [10]
+  assert at(settings.sparsity, 10) == pytest.approx(0.75)
+
+
+def test_bad_settings_are_refused():
+  with pytest.raises(ValueError, match='initial_sparsity <= target_sparsity'):
+    prune.PruningSettings(target_sparsity=0.5, initial_sparsity=0.6)
+  with pytest.raises(ValueError, match='begin_step <= end_step'):
+    prune.PruningSettings(begin_step=10, end_step=5)
+
+
+def test_mask_keeps_exactly_the_k_largest_magnitudes():
+  magnitudes = np.random.default_rng(0).permutation(1000).astype(np.float32).reshape(10, 100)
+  mask = prune.keep_largest(tf.constant(magnitudes), tf.constant(0.75, tf.float64)).numpy()
+  assert mask.sum() == 250
+  np.testing.assert_array_equal(mask.astype(bool), magnitudes >= 750)
+
+
+def test_mask_keeps_exactly_k_even_when_magnitudes_tie():
+  mask = prune.keep_largest(tf.zeros([7, 9]), tf.constant(0.5, tf.float64)).numpy()
+  assert mask.sum() == 63 - math.floor(0.5 * 63)
+
+
+def test_global_threshold_prunes_the_smallest_matrix_entries_first():
+  small = tf.constant(np.arange(1, 101, dtype=np.float32).reshape(10, 10) * 1e-3)
+  large = tf.constant(np.arange(1, 301, dtype=np.float32).reshape(3, 100))
+  masks = prune.new_masks([small, large], tf.constant(0.5, tf.float64), 'global')
+  assert masks[0].numpy().sum() == 0  # All 100 small entries go before any large one.
+  assert masks[1].numpy().sum() == 200
+  per_layer = prune.new_masks([small, large], tf.constant(0.5, tf.float64), 'per_layer')
+  assert [m.numpy().sum() for m in per_layer] == [50, 150]
+
+
+@pytest.fixture(scope='module')
+def source_run(tmp_path_factory):
+  """A 10-step tiny training run to prune."""
+  tf.random.set_seed(0)
+  config = tiny_config(tmp_path_factory.mktemp('source'), max_steps=10)
+  cifar10_train.train(config, tiny_split())
+  return config
+
+
+def pruning_trainer(source_run, train_dir, max_steps=30, **overrides):
+  values = dict(target_sparsity=0.8, begin_step=10, end_step=20, frequency=5,
+                dense_layers=('conv1',))
+  values.update(overrides)
+  config = tiny_config(train_dir, max_steps=max_steps)
+  return prune.PruningTrainer(config, prune.PruningSettings(**values),
+                              tf.train.latest_checkpoint(source_run.train_dir))
+
+
+def pruned_run(source_run, train_dir, **overrides):
+  trainer = pruning_trainer(source_run, train_dir, **overrides)
+  cifar10_train.train(trainer.config, tiny_split(), make_trainer=lambda _: trainer)
+  return trainer
+
+
+def test_pruned_weights_are_zero_in_raw_weights_and_ema_shadows(source_run, tmp_path):
+  trainer = pruned_run(source_run, tmp_path)
+  assert int(trainer.step.numpy()) == 30
+  assert [mask.name for mask in trainer.masks][0] == 'conv2/mask:0'  # conv1 is left dense.
+  for kernel, shadow, mask in zip(trainer.pruned, trainer.pruned_shadows, trainer.masks):
+    size = math.prod(kernel.shape)
+    assert mask.numpy().sum() == size - math.floor(0.8 * size)
+    dropped = mask.numpy() == 0
+    assert np.all(kernel.numpy()[dropped] == 0)
+    assert np.all(shadow.numpy()[dropped] == 0)
+  assert np.count_nonzero(trainer.model.layers[0].kernel.numpy()) == 5 * 5 * 3 * 64
+
+
+def test_pruned_weights_stay_zero_across_train_steps(source_run, tmp_path):
+  trainer = pruned_run(source_run, tmp_path)
+  masks = [mask.numpy().copy() for mask in trainer.masks]
+  batches = iter(cifar10_input.train_inputs(tiny_split(), 16, seed=1, augment=False,
+                                            image_size=32))
+  for _ in range(5):
+    trainer.train_step(*next(batches))
+  for kernel, shadow, mask, before in zip(trainer.pruned, trainer.pruned_shadows,
+                                          trainer.masks, masks):
+    np.testing.assert_array_equal(mask.numpy(), before)  # Past end_step: masks are fixed.
+    assert np.all(kernel.numpy()[before == 0] == 0)
+    assert np.all(shadow.numpy()[before == 0] == 0)
+    assert np.all(kernel.numpy()[before == 1] != 0)
+
+
+def test_pruned_checkpoint_resumes_with_its_masks_and_evaluates(source_run, tmp_path):
+  trainer = pruned_run(source_run, tmp_path)
+  resumed = pruning_trainer(source_run, tmp_path)
+  assert resumed.restore_latest() == 30
+  for mask, saved in zip(resumed.masks, trainer.masks):
+    np.testing.assert_array_equal(mask.numpy(), saved.numpy())
+  evaluator = cifar10_eval.Evaluator(trainer.config, tiny_split())
+  metrics = cifar10_eval.eval_once(evaluator, tf.train.latest_checkpoint(str(tmp_path)))
+  assert metrics['step'] == 30 and metrics['num_examples'] == 32
+  for variable, shadow in zip(evaluator.model.trainable_variables, trainer.ema_shadows):
+    np.testing.assert_array_equal(variable.numpy(), shadow.numpy())
+
+
+def test_report_and_sparse_file_hold_the_ema_weights(source_run, tmp_path):
+  trainer = pruned_run(source_run, tmp_path, dense_layers=())
+  report = prune.build_report(trainer, str(tmp_path / prune.SPARSE_FILE))
+  arrays, meta = sparse.load(tmp_path / prune.SPARSE_FILE)
+  assert meta['step'] == 30 and meta['model'] == 'tutorial'
+  for variable, shadow in zip(trainer.variables, trainer.ema_shadows):
+    np.testing.assert_array_equal(arrays[variable.name.split(':')[0]], shadow.numpy())
+  sizes = [row['size'] for row in report['layers']]
+  assert report['nonzeros'] == sum(s - math.floor(0.8 * s) for s in sizes)
+  assert report['sparsity'] == pytest.approx(0.8, abs=1e-5)
+  assert report['sparse_file_bytes'] < 0.3 * report['dense_float32_bytes']
+  assert 'sparsity 80.00%' in prune.format_report(report)
+
+
+def test_prune_binary_reports_a_source_without_a_run(tmp_path):
+  result = subprocess.run(
+      [sys.executable, 'compress/prune.py', f'--source_dir={tmp_path}',
+       f'--train_dir={tmp_path / "pruned"}'], cwd=ROOT, capture_output=True, text=True,
+      timeout=300)
+  assert result.returncode == 1
+  assert 'Traceback' not in result.stderr, result.stderr
+  assert f'--source_dir={tmp_path} holds no trained run' in result.stderr, result.stderr

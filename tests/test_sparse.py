@@ -1,0 +1,69 @@
+"""Tests of the sparse model file: exact round trips, and the smaller form chosen per array."""
+
+import zlib
+
+import numpy as np
+import pytest
+
+from compress import sparse
+
+
+def random_sparse(shape, sparsity, dtype=np.float32, seed=0):
+  rng = np.random.default_rng(seed)
+  values = rng.normal(size=shape).astype(np.float32)
+  if np.issubdtype(dtype, np.integer):
+    values = rng.integers(1, 127, size=shape) * rng.choice([-1, 1], size=shape)
+  values = values.astype(dtype)
+  values[rng.random(shape) < sparsity] = 0
+  return values
+
+
+@pytest.mark.parametrize('dtype', [np.float32, np.int8])
+def test_encode_decode_round_trip_is_exact(dtype):
+  array = random_sparse((5, 5, 64, 64), 0.9, dtype)
+  parts = sparse.encode(array)
+  assert parts['values'].dtype == dtype
+  assert parts['values'].size == np.count_nonzero(array)
+  np.testing.assert_array_equal(sparse.decode(**parts), array)
+
+
+def test_mask_is_a_deflated_bitmask_in_c_order():
+  array = np.array([[0, 2.5, 0], [0, 0, -1]], np.float32)
+  parts = sparse.encode(array)
+  bits = np.unpackbits(np.frombuffer(zlib.decompress(parts['mask'].tobytes()), np.uint8))
+  np.testing.assert_array_equal(bits[:6], [0, 1, 0, 0, 0, 1])
+  np.testing.assert_array_equal(parts['values'], [2.5, -1])
+  np.testing.assert_array_equal(parts['shape'], [2, 3])
+
+
+def test_a_mask_that_disagrees_with_the_values_is_refused():
+  parts = sparse.encode(random_sparse((100,), 0.5))
+  with pytest.raises(ValueError, match='corrupt sparse array'):
+    sparse.decode(parts['shape'], parts['mask'], parts['values'][1:])
+
+
+def test_pack_stores_dense_arrays_densely_and_sparse_ones_sparsely():
+  arrays = {'conv1/kernel': random_sparse((5, 5, 3, 64), 0.9),
+            'conv1/bias': np.linspace(-1, 1, 64).astype(np.float32)}
+  entries = sparse.pack(arrays)
+  assert sorted(entries) == ['conv1/bias', 'conv1/kernel/mask', 'conv1/kernel/shape',
+                             'conv1/kernel/values']
+  # 10 % of 4,800 float32 values plus a mask well under 4,800 / 8 bytes.
+  assert sparse.nbytes(entries) < 0.1 * 4800 * 4 + 600 + 64 * 4 + 16
+
+
+def test_save_load_round_trip(tmp_path):
+  arrays = {'conv1/kernel': random_sparse((5, 5, 3, 64), 0.9),
+            'local3/kernel': random_sparse((2304, 384), 0.95, seed=1),
+            'local3/bias': np.ones(384, np.float32),
+            'q/kernel': random_sparse((3, 3, 8, 8), 0.8, np.int8)}
+  path = tmp_path / 'model.npz'
+  sparse.save(path, arrays, {'model': 'tutorial', 'image_size': 24})
+  loaded, meta = sparse.load(path)
+  assert meta == {'model': 'tutorial', 'image_size': 24}
+  assert sorted(loaded) == sorted(arrays)
+  for name, array in arrays.items():
+    assert loaded[name].dtype == array.dtype
+    np.testing.assert_array_equal(loaded[name], array)
+  dense_bytes = sum(a.nbytes for a in arrays.values())
+  assert path.stat().st_size < 0.2 * dense_bytes
