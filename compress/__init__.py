@@ -1,1 +1,3 @@
-"""Compression of trained runs: magnitude pruning (prune.py) and its file format (sparse.py)."""
+"""Compression of trained runs: magnitude pruning (prune.py), int8 quantization (quantize.py),
+the NumPy integer runner (int8.py) and the sparse file format they share (sparse.py).
+"""

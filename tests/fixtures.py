@@ -1,5 +1,7 @@
 """Tiny in-memory data and configs shared by the training and evaluation tests."""
 
+import os
+
 import numpy as np
 
 import cifar10_input
@@ -22,3 +24,18 @@ def tiny_config(train_dir, **overrides):
                 checkpoint_steps=10, histogram_steps=10, augment=False, image_size=32)
   values.update(overrides)
   return cifar10_train.TrainConfig(**values)
+
+
+def write_batches_dir(root, split):
+  """Every train and test .bin file of cifar-10-batches-bin under root, each holding `split`.
+
+  Returns:
+    The batches folder (for cifar10_input.load_split).
+  """
+  batches_dir = os.path.join(root, cifar10_input.BATCHES_DIR)
+  os.makedirs(batches_dir, exist_ok=True)
+  planes = split.images.transpose(0, 3, 1, 2).reshape(len(split), -1)  # HWC -> CHW records
+  records = np.concatenate([split.labels.astype(np.uint8)[:, None], planes], axis=1)
+  for name in cifar10_input.TRAIN_FILES + cifar10_input.TEST_FILES:
+    records.astype(np.uint8).tofile(os.path.join(batches_dir, name))
+  return batches_dir

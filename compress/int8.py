@@ -1,0 +1,355 @@
+"""Integer-only int8 inference in NumPy: the kernels, and a runner for exported models.
+
+    python compress/int8.py --model_file=runs/tutorial_int8/model_int8.npz \
+        --data_dir=../shared/data
+
+This file never imports TensorFlow. compress/quantize.py writes the model file (one .npz in
+the format of compress/sparse.py: int8 weights, int32 biases, float32 per-channel weight
+scales, and a JSON `meta` with the op list, every tensor's scale and zero point and the data
+layout); this runner loads it, reads the CIFAR-10 test batch itself and reports precision @ 1
+and images/s.
+
+Arithmetic (Jacob et al. 2018; TFLite's int8 spec, DESIGN.md section 8): real = scale * (q - zp).
+A conv or dense layer computes acc = sum (x_q - zp_x) * w_q + b_q exactly, then
+y_q = clamp(zp_y + round(acc * M), low, 127) with M = s_x * s_w / s_y applied as a Q31
+fixed-point multiplier m0 and a right shift; ReLU is the clamp at low = zp_y. The int8 x int8
+products are summed by float32 BLAS, which is exact here: every partial sum is an integer
+below 128 * max_c sum_k |w_q[k, c]|, checked to be under 2^24 when the model is loaded (layers
+over it use float64, exact to 2^53). Max-pooling works on int8 directly; the global average
+pool sums int32 and requantizes. LRN is the one float step: dequantize, normalise in float32,
+quantize to its calibrated output range (an integer LRN would need a table of x^-0.75).
+"""
+
+import json
+import os
+import sys
+import tarfile
+import time
+
+import numpy as np
+
+if __package__ in (None, ''):  # Run as `python compress/int8.py`: import the project.
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from compress import sparse  # pylint: disable=g-import-not-at-top
+
+INT8_MIN, INT8_MAX = -128, 127
+WEIGHT_MAX = 127  # Symmetric weights use [-127, 127], so -w is always representable.
+FLOAT32_EXACT = 2 ** 24  # float32 holds every integer of smaller magnitude exactly.
+Q31 = 31  # Bits of the fixed-point multiplier m0 (m0 / 2^31 in [0.5, 1)).
+BATCH_SIZE = 500  # images per forward pass of the runner
+
+
+# --------------------------------------------------------------------------- arithmetic
+
+
+def quantize(x, scale, zero_point):
+  """float -> int8: clamp(round(x / scale) + zero_point)."""
+  q = np.round(np.asarray(x, np.float64) / scale) + zero_point
+  return np.clip(q, INT8_MIN, INT8_MAX).astype(np.int8)
+
+
+def dequantize(q, scale, zero_point):
+  return (q.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)
+
+
+def quantize_multiplier(multiplier):
+  """M (> 0, any shape) -> (m0, shift) with M = m0 * 2^-(31 + shift), m0 in [2^30, 2^31).
+
+  Returns:
+    m0 int64 and shift int64 arrays shaped like `multiplier`.
+  """
+  fraction, exponent = np.frexp(np.asarray(multiplier, np.float64))  # M = f * 2^e, f in [.5, 1)
+  m0 = np.round(fraction * 2.0 ** Q31).astype(np.int64)
+  carry = m0 == 2 ** Q31  # f rounded up to 1.0: use 0.5 and one more power of two.
+  m0 = np.where(carry, 2 ** (Q31 - 1), m0)
+  return m0, (-exponent - carry).astype(np.int64)
+
+
+def requantize(acc, m0, shift, zero_point, low=INT8_MIN):
+  """int64 accumulators -> int8: clamp(zero_point + round(acc * m0 / 2^(31 + shift)), low, 127).
+
+  Rounds half up, in int64 (|acc| < 2^31 and m0 < 2^31, so the product fits).
+  """
+  total = Q31 + shift
+  rounded = (acc * m0 + (np.int64(1) << (total - 1))) >> total
+  return np.clip(rounded + zero_point, low, INT8_MAX).astype(np.int8)
+
+
+def requantize_folded(acc, layer):
+  """`requantize` of (acc + offset) with the per-channel constants folded into one.
+
+  (acc + offset) * m0 + 2^(t-1), shifted right by t, plus zp equals
+  (acc * m0 + bias_term) >> t with bias_term = offset * m0 + 2^(t-1) + zp * 2^t (exact:
+  zp * 2^t is a multiple of 2^t), so the int64 work is one multiply, one add, one shift.
+
+  Args:
+    acc: exact integer accumulators [..., C_out] as float32/float64 (from the GEMM).
+    layer: a prepared linear op (m0, total_shift, bias_term, low).
+  """
+  x = acc.astype(np.int64)
+  x *= layer['m0']
+  x += layer['bias_term']
+  x >>= layer['total_shift']
+  np.clip(x, layer['low'], INT8_MAX, out=x)
+  return x.astype(np.int8)
+
+
+def accumulator_dtype(weights):
+  """float32 when every partial sum of int8 x weights stays below 2^24, else float64."""
+  columns = weights.reshape(-1, weights.shape[-1]).astype(np.int64)
+  bound = -INT8_MIN * np.abs(columns).sum(axis=0).max()
+  return np.float32 if bound < FLOAT32_EXACT else np.float64
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+def same_padding(size, kernel, stride):
+  """(before, after) padding of TensorFlow's SAME for one spatial axis."""
+  out = -(-size // stride)
+  total = max((out - 1) * stride + kernel - size, 0)
+  return total // 2, total - total // 2
+
+
+def patches(x, kernel, stride, pad_value):
+  """[B, H, W, C] -> [B, Ho, Wo, kernel * kernel * C] windows in (row, column, channel) order."""
+  _, h, w, _ = x.shape
+  pads = ((0, 0), same_padding(h, kernel, stride), same_padding(w, kernel, stride), (0, 0))
+  x = np.pad(x, pads, constant_values=pad_value)
+  rows, cols = -(-h // stride), -(-w // stride)
+  views = [x[:, i:i + stride * rows:stride, j:j + stride * cols:stride, :]
+           for i in range(kernel) for j in range(kernel)]
+  return views[0] if kernel == 1 else np.concatenate(views, axis=-1)
+
+
+def accumulate(x_q, layer):
+  """sum_k x_q[k] * w_q[k, c] of a conv ([B, H, W, C] in) or dense ([B, D] in) layer.
+
+  Returns:
+    Exact integers in the layer's float type, [B, Ho, Wo, C_out] or [B, C_out]. Padding
+    uses the input's zero point (real 0), whose products the offset cancels.
+  """
+  if layer['type'] == 'conv':
+    x_q = patches(x_q, layer['kernel_size'], layer['stride'], layer['input_zero_point'])
+  weights = layer['matrix']  # w_q as [K, C_out] in the accumulator's float type
+  acc = x_q.reshape(-1, weights.shape[0]).astype(weights.dtype) @ weights
+  return acc.reshape(x_q.shape[:-1] + (weights.shape[1],))
+
+
+def linear(x_q, layer):
+  """Integer conv or dense layer: accumulate, then requantize (ReLU is the clamp)."""
+  return requantize_folded(accumulate(x_q, layer), layer)
+
+
+def max_pool(x_q, size, stride):
+  """Max pooling of [B, H, W, C] (int8, or accumulators), SAME padding; pads never win."""
+  _, h, w, _ = x_q.shape
+  pads = ((0, 0), same_padding(h, size, stride), same_padding(w, size, stride), (0, 0))
+  lowest = INT8_MIN if x_q.dtype == np.int8 else -np.inf
+  x_q = np.pad(x_q, pads, constant_values=lowest)
+  rows, cols = -(-h // stride), -(-w // stride)
+  out = x_q[:, :stride * rows:stride, :stride * cols:stride, :]
+  for i in range(size):
+    for j in range(size):
+      out = np.maximum(out, x_q[:, i:i + stride * rows:stride, j:j + stride * cols:stride, :])
+  return out
+
+
+def average_pool(x_q, layer, tensors):
+  """Global average pool: int32 sums of (x_q - zp_x), requantized by s_x / (s_y * H * W)."""
+  x, y = tensors[layer['inputs'][0]], tensors[layer['output']]
+  _, h, w, _ = x_q.shape
+  sums = x_q.astype(np.int64).sum(axis=(1, 2)) - h * w * x['zero_point']
+  m0, shift = quantize_multiplier(x['scale'] / (y['scale'] * h * w))
+  return requantize(sums, m0, shift, y['zero_point'])
+
+
+def local_response_norm(x_q, layer, tensors):
+  """LRN as a float island: dequantize, x / (bias + alpha * window sum of x^2)^beta, quantize."""
+  x, y = tensors[layer['inputs'][0]], tensors[layer['output']]
+  values = dequantize(x_q, x['scale'], x['zero_point'])
+  channels, radius = values.shape[-1], layer['depth_radius']
+  index = np.arange(channels)
+  band = (np.abs(index[:, None] - index[None, :]) <= radius).astype(np.float32)
+  scale = np.float32(layer['bias']) + np.float32(layer['alpha']) * (np.square(values) @ band)
+  if layer['beta'] == 0.75:  # s^-3/4 = rsqrt(s) * sqrt(rsqrt(s)), no pow (as the TF layer).
+    inverse_root = 1 / np.sqrt(scale)
+    values *= inverse_root * np.sqrt(inverse_root)
+  else:
+    values *= scale ** np.float32(-layer['beta'])
+  return quantize(values, y['scale'], y['zero_point'])
+
+
+# --------------------------------------------------------------------------- model
+
+
+def prepare_layer(layer, arrays, tensors):
+  """Adds the arrays and derived integer constants (m0, shift, offset) to a linear op."""
+  name = layer['name']
+  weights, bias = arrays[f'{name}/weights'], arrays[f'{name}/bias'].astype(np.int64)
+  weight_scale = arrays[f'{name}/weight_scale'].astype(np.float64)
+  x, y = tensors[layer['inputs'][0]], tensors[layer['output']]
+  m0, shift = quantize_multiplier(x['scale'] * weight_scale / y['scale'])
+  matrix = weights.reshape(-1, weights.shape[-1])
+  offset = bias - x['zero_point'] * matrix.astype(np.int64).sum(axis=0)
+  total_shift = Q31 + shift
+  return dict(layer, matrix=matrix.astype(accumulator_dtype(weights)), m0=m0, shift=shift,
+              offset=offset, input_zero_point=x['zero_point'], total_shift=total_shift,
+              bias_term=(offset * m0 + (np.int64(1) << (total_shift - 1))
+                         + (np.int64(y['zero_point']) << total_shift)),
+              low=y['zero_point'] if layer['relu'] else INT8_MIN)
+
+
+class Int8Model:
+  """A quantized model: its ops in order, the int8 arrays and every tensor's scale/zero point."""
+
+  def __init__(self, meta, arrays):
+    self.meta, self.arrays = meta, arrays
+    self.tensors = meta['tensors']
+    self.ops = [prepare_layer(op, arrays, self.tensors) if op['type'] in ('conv', 'dense')
+                else op for op in meta['ops']]
+    self.last_reader = {tensor: index for index, op in enumerate(self.ops)
+                        for tensor in op['inputs']}
+    readers = {}
+    for index, op in enumerate(self.ops):
+      for tensor in op['inputs']:
+        readers.setdefault(tensor, []).append(index)
+    # A conv or dense whose only reader is a max-pool: pooled before it is requantized.
+    self.pool_after = {index: readers[op['output']][0] for index, op in enumerate(self.ops)
+                       if op['type'] in ('conv', 'dense')
+                       and len(readers.get(op['output'], [])) == 1
+                       and self.ops[readers[op['output']][0]]['type'] == 'max_pool'}
+
+  @classmethod
+  def load(cls, path):
+    arrays, meta = sparse.load(path)
+    return cls(meta, arrays)
+
+  def save(self, path):
+    sparse.save(path, self.arrays, self.meta)
+
+  def run(self, x_q, keep_all=False):
+    """int8 input [B, s, s, 3] -> int8 logits [B, 10] (or every tensor by id, keep_all).
+
+    Unless keep_all, a conv followed by a max-pool pools its accumulators and requantizes
+    the pooled ones: requantization never decreases with the accumulator (per channel), so
+    max then requantize equals requantize then max, on a quarter of the values.
+    """
+    values, fused = {self.meta['input']: x_q}, set()
+    for index, op in enumerate(self.ops):
+      if index in fused:
+        continue
+      inputs = [values[i] for i in op['inputs']]
+      pool = None if keep_all else self.pool_after.get(index)
+      if pool is None:
+        values[op['output']] = self.apply(op, inputs)
+      else:
+        pool_op = self.ops[pool]
+        acc = max_pool(accumulate(inputs[0], op), pool_op['size'], pool_op['stride'])
+        values[pool_op['output']] = requantize_folded(acc, op)
+        fused.add(pool)
+      if not keep_all:  # Frees the tensors no later op reads.
+        for tensor in set(op['inputs']):
+          if self.last_reader[tensor] == index:
+            del values[tensor]
+    return values if keep_all else values[self.meta['output']]
+
+  def apply(self, op, inputs):
+    """One op on its int8 inputs."""
+    kind = op['type']
+    if kind in ('conv', 'dense'):
+      return linear(inputs[0], op)
+    if kind == 'max_pool':
+      return max_pool(inputs[0], op['size'], op['stride'])
+    if kind == 'flatten':
+      return inputs[0].reshape(inputs[0].shape[0], -1)
+    if kind == 'avg_pool':
+      return average_pool(inputs[0], op, self.tensors)
+    if kind == 'lrn':
+      return local_response_norm(inputs[0], op, self.tensors)
+    if kind == 'concat':
+      return np.concatenate(inputs, axis=-1)
+    raise ValueError(f'unknown op type {kind!r} in the model file')
+
+  def quantize_input(self, images):
+    x = self.tensors[self.meta['input']]
+    return quantize(images, x['scale'], x['zero_point'])
+
+  def predict(self, images, batch_size=BATCH_SIZE):
+    """Class predictions int64 [N] for standardized float32 images [N, s, s, 3]."""
+    return np.concatenate([np.argmax(self.run(self.quantize_input(images[i:i + batch_size])),
+                                     axis=1) for i in range(0, len(images), batch_size)])
+
+
+# --------------------------------------------------------------------------- data
+
+
+def standardize(images):
+  """tf.image.per_image_standardization in NumPy: (x - mean) / max(std, 1 / sqrt(N))."""
+  x = images.astype(np.float32)
+  axes = tuple(range(1, x.ndim))
+  mean = x.mean(axis=axes, keepdims=True)
+  std = np.sqrt(np.maximum(np.square(x).mean(axis=axes, keepdims=True) - mean ** 2, 0))
+  return (x - mean) / np.maximum(std, 1 / np.sqrt(np.prod(x.shape[1:])).astype(np.float32))
+
+
+def eval_preprocess(images, crop):
+  """Central crop x crop of uint8 [N, H, W, 3] and standardization -> float32."""
+  offset = (images.shape[1] - crop) // 2
+  return standardize(images[:, offset:offset + crop, offset:offset + crop, :])
+
+
+def read_test_batch(data_dir, data):
+  """(images uint8 [N, H, W, C], labels int64 [N]) of the test file named in the model's meta.
+
+  Reads <data_dir>/<batches_dir>/<test_file>, or the member of <data_dir>/<archive> (or of
+  data_dir itself when it is the archive).
+  """
+  folder = os.path.join(data_dir, data['batches_dir'], data['test_file'])
+  archive = data_dir if data_dir.endswith('.tar.gz') else os.path.join(data_dir, data['archive'])
+  if os.path.isfile(folder):
+    raw = np.fromfile(folder, np.uint8)
+  elif os.path.isfile(archive):
+    with tarfile.open(archive) as tar:
+      raw = np.frombuffer(tar.extractfile(f'{data["batches_dir"]}/{data["test_file"]}').read(),
+                          np.uint8)
+  else:
+    raise FileNotFoundError(f'neither {folder} nor {archive} exists: pass the --data_dir '
+                            'given to cifar10_train.py')
+  side, channels = data['image_size'], data['channels']
+  records = raw.reshape(-1, data['label_bytes'] + side * side * channels)
+  images = records[:, data['label_bytes']:].reshape(-1, channels, side, side)
+  return np.ascontiguousarray(images.transpose(0, 2, 3, 1)), records[:, 0].astype(np.int64)
+
+
+def evaluate(model, images, labels, batch_size=BATCH_SIZE):
+  """(precision @ 1, images/s) of the integer model on uint8 images, preprocessing included."""
+  start = time.perf_counter()
+  predictions = model.predict(eval_preprocess(images, model.meta['data']['crop']), batch_size)
+  seconds = time.perf_counter() - start
+  return float(np.mean(predictions == labels)), len(images) / seconds
+
+
+def main(argv):
+  del argv
+  try:
+    model = Int8Model.load(_MODEL_FILE.value)
+    images, labels = read_test_batch(_DATA_DIR.value, model.meta['data'])
+  except (OSError, KeyError, ValueError) as e:
+    sys.exit(f'error: {e}')
+  precision, rate = evaluate(model, images, labels, _BATCH_SIZE.value)
+  print(json.dumps({'model_file': _MODEL_FILE.value, 'precision': precision,
+                    'num_examples': len(labels), 'images_per_sec': round(rate, 1)}))
+
+
+if __name__ == '__main__':
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  _MODEL_FILE = flags.DEFINE_string('model_file', None, 'An .npz from compress/quantize.py.',
+                                    required=True)
+  _DATA_DIR = flags.DEFINE_string('data_dir', 'data', 'Folder with cifar-10-batches-bin/ or '
+                                  'cifar-10-binary.tar.gz, or the archive itself.')
+  _BATCH_SIZE = flags.DEFINE_integer('batch_size', BATCH_SIZE, 'Images per forward pass.',
+                                     lower_bound=1)
+  app.run(main)

@@ -1,0 +1,423 @@
+"""Post-training int8 quantization by hand, checked against integer arithmetic.
+
+    python compress/quantize.py --checkpoint_dir=runs/tutorial --out_dir=runs/tutorial_int8
+
+Loads the latest checkpoint of a cifar10_train.py (or compress/prune.py) run with its EMA
+shadows, calibrates every activation's range on --calibration_images training images
+(min/max, or a percentile that ignores outliers), quantizes (DESIGN.md section 8; Jacob et
+al. 2018): weights symmetric int8 per output channel (convs and dense layers alike: one code
+path, and a dense layer's rows differ in scale as much as a conv's filters), activations
+asymmetric int8 per tensor, biases int32 at scale s_x * s_w. It then scores the test set three
+ways: float, fake-quant in TensorFlow (quantize-dequantize at every tensor boundary, float
+kernels) and integer-only (compress/int8.py), compares the last two layer by layer on the same
+int8 inputs, exports the model to <out_dir>/model_int8.npz, and reloads it to check that the
+NumPy-only runner gives the same predictions. Report: printed and <out_dir>/quant_report.json.
+
+Tensors that only move values (max-pool, flatten) keep their input's scale; the branches of
+a concat are requantized straight to the concat's scale, as TFLite does.
+"""
+
+import dataclasses
+import json
+import os
+import sys
+
+if __package__ in (None, ''):  # Run as `python compress/quantize.py`: import the project.
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')  # Hide TensorFlow's start-up INFO lines.
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')  # ~1.7x faster here; bench/README.md.
+
+import numpy as np  # pylint: disable=g-import-not-at-top
+import tensorflow as tf
+
+import cifar10_eval
+import cifar10_input
+import cifar10_model as cm
+import cifar10_train
+from compress import int8
+from compress import sparse
+
+CALIBRATION_METHODS = ('minmax', 'percentile')
+MODEL_FILE = 'model_int8.npz'
+REPORT_FILE = 'quant_report.json'
+INPUT = 'input'
+VALUE_OPS = ('max_pool', 'flatten')  # ops whose output keeps the input's scale
+FLOAT32_BYTES = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+  images: int = 500  # training images, eval preprocessing
+  method: str = 'minmax'
+  percentile: float = 99.99  # 'percentile': range from the (100 - p)th to the pth percentile
+  seed: int = 0  # which training images
+
+
+# --------------------------------------------------------------------------- the op list
+
+
+def trace_ops(model):
+  """The model as ops over named tensors, in execution order.
+
+  Returns:
+    (ops, leaves, output): ops are JSON-able dicts (type, name, inputs, output and the
+    layer's hyperparameters); leaves[i] is the layer object of ops[i] (None for a concat);
+    output is the id of the logits tensor.
+  """
+  ops, leaves = [], []
+
+  def add(op, leaf, inputs):
+    op.update(inputs=list(inputs), output=f't{len(ops)}')
+    op.setdefault('name', f'{op["type"]}{len(ops)}')
+    ops.append(op)
+    leaves.append(leaf)
+    return op['output']
+
+  def walk(layer, tensor):
+    if isinstance(layer, cm.Sequential):
+      for inner in layer.layers:
+        tensor = walk(inner, tensor)
+      return tensor
+    if isinstance(layer, cm.Concat):
+      return add({'type': 'concat'}, None, [walk(b, tensor) for b in layer.branches])
+    if isinstance(layer, cm.Dropout):
+      return tensor  # Identity at inference.
+    return add(leaf_op(layer), layer, [tensor])
+
+  return ops, leaves, walk(model, INPUT)
+
+
+def leaf_op(layer):
+  """The op dict of one layer (its type and hyperparameters)."""
+  if isinstance(layer, cm.Conv2D):
+    return {'type': 'conv', 'name': layer.name, 'kernel_size': int(layer.kernel.shape[0]),
+            'stride': layer.stride, 'relu': layer.relu}
+  if isinstance(layer, cm.Dense):
+    return {'type': 'dense', 'name': layer.name, 'relu': layer.relu}
+  if isinstance(layer, cm.MaxPool):
+    return {'type': 'max_pool', 'size': layer.size, 'stride': layer.stride}
+  if isinstance(layer, cm.LRN):
+    return {'type': 'lrn', 'depth_radius': layer.depth_radius, 'bias': layer.bias,
+            'alpha': layer.alpha, 'beta': layer.beta}
+  if isinstance(layer, cm.Flatten):
+    return {'type': 'flatten'}
+  if isinstance(layer, cm.GlobalAvgPool):
+    return {'type': 'avg_pool'}
+  raise ValueError(f'no int8 form for layer {layer.name!r} ({type(layer).__name__})')
+
+
+def run_float(ops, leaves, images, tensor_fn=None):
+  """Runs the ops in TensorFlow; tensor_fn (e.g. fake quantization) maps each new tensor.
+
+  Returns:
+    {tensor id: float32 tensor} for the input and every op's output.
+  """
+  tensor_fn = tensor_fn or (lambda tensor_id, value: value)
+  values = {INPUT: tensor_fn(INPUT, tf.convert_to_tensor(images, tf.float32))}
+  for op, leaf in zip(ops, leaves):
+    inputs = [values[i] for i in op['inputs']]
+    value = tf.concat(inputs, axis=-1) if leaf is None else leaf(inputs[0], training=False)
+    values[op['output']] = tensor_fn(op['output'], value)
+  return values
+
+
+# --------------------------------------------------------------------------- quantization
+
+
+def value_range(values, calibration):
+  """(low, high) of a calibration tensor, widened to contain 0."""
+  flat = np.asarray(values).reshape(-1)
+  if calibration.method == 'minmax':
+    low, high = flat.min(), flat.max()
+  else:
+    low, high = np.percentile(flat, [100 - calibration.percentile, calibration.percentile])
+  return min(float(low), 0.0), max(float(high), 0.0)
+
+
+def affine_params(low, high):
+  """{'scale', 'zero_point'} mapping [low, high] (0 inside) onto [-128, 127], 0 exact."""
+  scale = (high - low) / (int8.INT8_MAX - int8.INT8_MIN) or 1.0
+  zero_point = int(np.clip(round(int8.INT8_MIN - low / scale), int8.INT8_MIN, int8.INT8_MAX))
+  return {'scale': scale, 'zero_point': zero_point}
+
+
+def tensor_params(ops, ranges):
+  """Every tensor's scale and zero point from its calibrated (low, high)."""
+  params = {INPUT: affine_params(*ranges[INPUT])}
+  producer = {op['output']: op for op in ops}
+  for op in ops:
+    tied = op['type'] in VALUE_OPS
+    params[op['output']] = params[op['inputs'][0]] if tied else affine_params(*ranges[op['output']])
+  for op in ops:
+    if op['type'] == 'concat':
+      for tensor in op['inputs']:
+        if producer[tensor]['type'] not in ('conv', 'dense'):
+          raise ValueError(f'concat {op["name"]}: input {tensor} comes from a '
+                           f'{producer[tensor]["type"]}, which cannot requantize')
+        params[tensor] = params[op['output']]
+  return params
+
+
+def quantize_weights(kernel, bias, input_scale):
+  """Symmetric per-output-channel int8 weights and int32 biases at scale s_x * s_w.
+
+  Returns:
+    {'weights': int8, 'bias': int32, 'weight_scale': float32 [C_out]}.
+  """
+  kernel = np.asarray(kernel, np.float64)
+  columns = kernel.reshape(-1, kernel.shape[-1])
+  scale = (np.abs(columns).max(axis=0) / int8.WEIGHT_MAX).astype(np.float32)
+  scale[scale == 0] = 1.0  # An all-zero (pruned) channel: any scale gives zeros.
+  weights = np.clip(np.round(kernel / scale), -int8.WEIGHT_MAX, int8.WEIGHT_MAX)
+  bias_q = np.round(np.asarray(bias, np.float64) / (input_scale * scale.astype(np.float64)))
+  return {'weights': weights.astype(np.int8), 'weight_scale': scale,
+          'bias': np.clip(bias_q, -2**31, 2**31 - 1).astype(np.int32)}
+
+
+def quantize_model(model, calibration_images, calibration):
+  """The int8 form of `model` (its current weights) as an int8.Int8Model's (meta, arrays)."""
+  ops, leaves, output = trace_ops(model)
+  values = run_float(ops, leaves, calibration_images)
+  ranges = {tensor: value_range(value, calibration) for tensor, value in values.items()}
+  params = tensor_params(ops, ranges)
+  arrays = {}
+  for op, leaf in zip(ops, leaves):
+    if op['type'] in ('conv', 'dense'):
+      parts = quantize_weights(leaf.kernel.numpy(), leaf.bias.numpy(),
+                               params[op['inputs'][0]]['scale'])
+      arrays.update({f'{op["name"]}/{key}': value for key, value in parts.items()})
+  meta = {'input': INPUT, 'output': output, 'ops': ops, 'tensors': params,
+          'calibration': dataclasses.asdict(calibration), 'data': data_layout(model)}
+  return meta, arrays
+
+
+def data_layout(model):
+  """The dataset facts the NumPy runner needs to read and prepare the test images."""
+  return {'archive': cifar10_input.ARCHIVE_NAME, 'batches_dir': cifar10_input.BATCHES_DIR,
+          'test_file': cifar10_input.TEST_FILES[0], 'image_size': cifar10_input.IMAGE_SIZE,
+          'channels': cifar10_input.CHANNELS, 'label_bytes': cifar10_input.LABEL_BYTES,
+          'crop': model.input_shape[0]}
+
+
+# --------------------------------------------------------------------------- fake quant
+
+
+def fake_quantize(value, params):
+  """Quantize-dequantize in float32: (clamp(round(x / s) + zp) - zp) * s."""
+  scale, zero_point = params['scale'], params['zero_point']
+  q = tf.clip_by_value(tf.round(value / scale) + zero_point, int8.INT8_MIN, int8.INT8_MAX)
+  return (q - zero_point) * scale
+
+
+def load_fake_quant_weights(leaves, ops, arrays, params):
+  """Sets each conv/dense layer's variables to its dequantized int8 weights and bias."""
+  for op, leaf in zip(ops, leaves):
+    if op['type'] in ('conv', 'dense'):
+      name, s_x = op['name'], params[op['inputs'][0]]['scale']
+      s_w = arrays[f'{name}/weight_scale'].astype(np.float64)
+      leaf.kernel.assign(arrays[f'{name}/weights'] * s_w)
+      leaf.bias.assign(arrays[f'{name}/bias'] * (s_x * s_w))
+
+
+def run_fake_quant(ops, leaves, params, images):
+  return run_float(ops, leaves, images, lambda t, v: fake_quantize(v, params[t]))
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def compare_layers(ops, leaves, int_model, images):
+  """Each op in float (fake-quant weights) and in integers, on the same int8 inputs.
+
+  Args:
+    images: standardized float32 [N, s, s, 3].
+
+  Returns:
+    One dict per op: name, type, max_step_difference, fraction_different (of its outputs).
+  """
+  params = int_model.tensors
+  values = int_model.run(int_model.quantize_input(images), keep_all=True)
+  rows = []
+  for op, leaf in zip(ops, leaves):
+    inputs = [int8.dequantize(values[t], **params[t]) for t in op['inputs']]
+    output = tf.concat(inputs, axis=-1) if leaf is None else leaf(inputs[0], training=False)
+    expected = int8.quantize(output.numpy(), **params[op['output']])
+    difference = np.abs(expected.astype(np.int32) - values[op['output']].astype(np.int32))
+    rows.append({'name': op['name'], 'type': op['type'],
+                 'max_step_difference': int(difference.max()),
+                 'fraction_different': float(np.mean(difference > 0))})
+  return rows
+
+
+def fake_quant_precision(ops, leaves, params, images, labels, batch_size=500):
+  """Precision @ 1 of the fake-quant path over standardized float32 images."""
+  correct = 0
+  for start in range(0, len(labels), batch_size):
+    batch = images[start:start + batch_size]
+    logits = run_fake_quant(ops, leaves, params, batch)[ops[-1]['output']]
+    correct += int(np.sum(np.argmax(logits.numpy(), axis=1) == labels[start:start + batch_size]))
+  return correct / len(labels)
+
+
+def layer_scales(int_model):
+  """Per op: input/output scale and zero point, and the range of per-channel weight scales."""
+  rows = []
+  for op in int_model.ops:
+    row = {'name': op['name'], 'type': op['type'],
+           'input': int_model.tensors[op['inputs'][0]], 'output': int_model.tensors[op['output']]}
+    if op['type'] in ('conv', 'dense'):
+      scales = int_model.arrays[f'{op["name"]}/weight_scale']
+      row.update(weight_scale_min=float(scales.min()), weight_scale_max=float(scales.max()),
+                 accumulator=np.dtype(op['matrix'].dtype).name)
+    rows.append(row)
+  return rows
+
+
+def model_bytes(float_params, arrays, path):
+  """Sizes: float32 dense, int8 dense and int8 sparse payloads, and the exported file."""
+  return {'float32_dense': float_params * FLOAT32_BYTES,
+          'int8_dense': sparse.nbytes(arrays),
+          'int8_sparse': sparse.nbytes(sparse.pack(arrays)),
+          'int8_file': os.path.getsize(path)}
+
+
+# --------------------------------------------------------------------------- binary
+
+
+def calibration_images(train_split, calibration, image_size):
+  """`calibration.images` training images picked by the seed, centrally cropped, standardized."""
+  rng = np.random.default_rng(calibration.seed)
+  index = np.sort(rng.choice(len(train_split), calibration.images, replace=False))
+  subset = cifar10_input.Split(images=train_split.images[index],
+                               labels=train_split.labels[index])
+  return cifar10_input.eval_images(subset, image_size).numpy()
+
+
+def latest_run(checkpoint_dir):
+  """(TrainConfig, latest checkpoint path) of a run; FileNotFoundError when there is none."""
+  config = cifar10_train.read_config(checkpoint_dir)
+  checkpoint = tf.train.latest_checkpoint(checkpoint_dir) if config else None
+  if checkpoint is None:
+    raise FileNotFoundError(f'{checkpoint_dir} holds no trained run (config.json and a '
+                            'checkpoint): point --checkpoint_dir at a --train_dir.')
+  return config, checkpoint
+
+
+def quantize_run(checkpoint_dir, out_dir, batches_dir, calibration, use_ema=True,
+                 compare_images=200):
+  """Quantizes the latest checkpoint of a run, scores it three ways, exports it; the report."""
+  config, checkpoint = latest_run(checkpoint_dir)
+  test = cifar10_input.load_split(batches_dir, 'test')
+  evaluator = cifar10_eval.Evaluator(config, test)
+  evaluator.restore(checkpoint)
+  if use_ema:
+    evaluator.restore_ema_shadows()
+  float_precision, _ = evaluator.precision()
+  model = evaluator.model
+  float_params = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+  calibration_data = calibration_images(cifar10_input.load_split(batches_dir, 'train'),
+                                        calibration, config.image_size)
+  meta, arrays = quantize_model(model, calibration_data, calibration)
+  meta.update(model=config.model, image_size=config.image_size,
+              step=int(evaluator.step.numpy()), weights='ema' if use_ema else 'raw')
+  int_model = int8.Int8Model(meta, arrays)
+  int_precision, int_rate = int8.evaluate(int_model, test.images, test.labels)
+
+  ops, leaves, _ = trace_ops(model)
+  load_fake_quant_weights(leaves, ops, arrays, meta['tensors'])
+  fake_precision = fake_quant_precision(ops, leaves, meta['tensors'], evaluator.images.numpy(),
+                                        test.labels)
+  prepared = int8.eval_preprocess(test.images[:compare_images], config.image_size)
+  layers = compare_layers(ops, leaves, int_model, prepared)
+
+  os.makedirs(out_dir, exist_ok=True)
+  path = os.path.join(out_dir, MODEL_FILE)
+  int_model.save(path)
+  reloaded = int8.Int8Model.load(path)
+  prepared = int8.eval_preprocess(test.images, config.image_size)
+  same = bool(np.array_equal(reloaded.predict(prepared), int_model.predict(prepared)))
+  runner_precision, runner_rate = int8.evaluate(reloaded, test.images, test.labels)
+  return {'checkpoint': checkpoint, 'model': config.model, 'step': meta['step'],
+          'weights': meta['weights'], 'calibration': meta['calibration'],
+          'num_examples': len(test), 'precision': {
+              'float': float_precision, 'fake_quant': fake_precision, 'int8': int_precision,
+              'runner': runner_precision},
+          'runner_same_predictions': same, 'runner_images_per_sec': runner_rate,
+          'int8_images_per_sec': int_rate,
+          'max_step_difference': max(row['max_step_difference'] for row in layers),
+          'layers': layers, 'scales': layer_scales(int_model),
+          'bytes': model_bytes(float_params, arrays, path), 'model_file': path}
+
+
+def format_report(report):
+  """The printed form of `quantize_run`'s report."""
+  p, b = report['precision'], report['bytes']
+  lines = [f'{report["model"]} step {report["step"]} ({report["weights"]} weights), '
+           f'calibration {report["calibration"]}',
+           f'{"op":<20} {"type":<9} {"out scale":>10} {"zp":>5} {"max diff":>9} '
+           f'{"differ":>8}']
+  for scales, check in zip(report['scales'], report['layers']):
+    lines.append(f'{scales["name"]:<20} {scales["type"]:<9} {scales["output"]["scale"]:>10.5f} '
+                 f'{scales["output"]["zero_point"]:>5} {check["max_step_difference"]:>9} '
+                 f'{check["fraction_different"]:>8.2%}')
+  lines.append(f'precision @ 1 on {report["num_examples"]:,} test images: float '
+               f'{p["float"]:.4f}, fake-quant {p["fake_quant"]:.4f}, int8 {p["int8"]:.4f}, '
+               f'runner {p["runner"]:.4f} (same predictions: {report["runner_same_predictions"]})')
+  lines.append(f'bytes: float32 dense {b["float32_dense"]:,}; int8 dense {b["int8_dense"]:,} '
+               f'({b["float32_dense"] / b["int8_dense"]:.2f}x smaller); int8 sparse '
+               f'{b["int8_sparse"]:,} ({b["float32_dense"] / b["int8_sparse"]:.2f}x); file '
+               f'{b["int8_file"]:,} ({b["float32_dense"] / b["int8_file"]:.2f}x)')
+  lines.append(f'NumPy runner: {report["runner_images_per_sec"]:,.0f} images/s '
+               f'(batches of {int8.BATCH_SIZE}, preprocessing included)')
+  return '\n'.join(lines)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  checkpoint_dir = _FLAGS['checkpoint_dir'].value
+  out_dir = _FLAGS['out_dir'].value or os.path.join(checkpoint_dir, 'int8')
+  calibration = Calibration(images=_FLAGS['calibration_images'].value,
+                            method=_FLAGS['calibration'].value,
+                            percentile=_FLAGS['percentile'].value)
+  try:
+    latest_run(checkpoint_dir)  # Fails before the data is looked for.
+    report = quantize_run(checkpoint_dir, out_dir,
+                          cifar10_train.batches_dir_from_flags(_FLAGS), calibration,
+                          use_ema=_FLAGS['ema'].value,
+                          compare_images=_FLAGS['compare_images'].value)
+  except (cifar10_input.DataError, cifar10_train.ConfigError, cifar10_eval.UnreadableCheckpoint,
+          FileNotFoundError, ValueError) as e:
+    sys.exit(f'error: {e}')
+  with open(os.path.join(out_dir, REPORT_FILE), 'w') as f:
+    json.dump(report, f, indent=1)
+  print(format_report(report))
+
+
+def define_quantize_flags():
+  d = Calibration
+  holders = cifar10_train.define_data_flags()
+  holders.update(
+      checkpoint_dir=flags.DEFINE_string('checkpoint_dir', None, 'The --train_dir of a run.',
+                                         required=True),
+      out_dir=flags.DEFINE_string('out_dir', None, 'Where model_int8.npz and the report go; '
+                                  'default <checkpoint_dir>/int8.'),
+      calibration_images=flags.DEFINE_integer('calibration_images', d.images,
+                                              'Training images for the ranges.', lower_bound=1),
+      calibration=flags.DEFINE_enum('calibration', d.method, list(CALIBRATION_METHODS),
+                                    'minmax, or percentile (ignores outliers).'),
+      percentile=flags.DEFINE_float('percentile', d.percentile, 'Upper percentile of '
+                                    "--calibration=percentile.", 50.0, 100.0),
+      ema=flags.DEFINE_boolean('ema', True, 'Quantize the EMA shadows (--noema: raw weights).'),
+      compare_images=flags.DEFINE_integer('compare_images', 200, 'Test images for the '
+                                          'layer-by-layer check.', lower_bound=1),
+  )
+  return holders
+
+
+if __name__ == '__main__':
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  _FLAGS = define_quantize_flags()
+  app.run(main)

@@ -1,0 +1,90 @@
+"""Tests of the NumPy integer kernels: rounding, fixed-point multipliers, pooling, preprocessing."""
+
+import fractions
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from compress import int8
+
+
+def test_quantize_dequantize_round_trip_is_within_half_a_step():
+  scale, zero_point = 0.05, -20
+  x = np.linspace((-128 - zero_point) * scale, (127 - zero_point) * scale, 10001)
+  error = np.abs(int8.dequantize(int8.quantize(x, scale, zero_point), scale, zero_point) - x)
+  assert error.max() <= scale / 2 + 1e-6
+
+
+def test_quantize_saturates_outside_the_range():
+  np.testing.assert_array_equal(int8.quantize([-1e6, 1e6], 0.1, 0), [-128, 127])
+
+
+@pytest.mark.parametrize('multiplier', [1e-6, 0.0123, 0.49999, 0.5, 0.75, 0.99999999, 1.0, 3.7])
+def test_multiplier_decomposition_reproduces_m_to_int32_precision(multiplier):
+  m0, shift = int8.quantize_multiplier(multiplier)
+  assert 2**30 <= m0 < 2**31
+  exact = fractions.Fraction(int(m0), 2 ** (31 + int(shift)))
+  # m0 is M * 2^(31 + shift) rounded to an integer: off by at most half a unit of m0.
+  assert abs(exact - fractions.Fraction(multiplier)) <= fractions.Fraction(1, 2 ** (32 + int(shift)))
+
+
+def test_requantize_rounds_half_up_like_exact_arithmetic():
+  rng = np.random.default_rng(0)
+  acc = rng.integers(-2**24, 2**24, size=2000)
+  m0, shift = int8.quantize_multiplier(0.000317)
+  got = int8.requantize(acc, m0, shift, zero_point=3)
+  for a, g in zip(acc[:300], got[:300]):
+    real = fractions.Fraction(int(a) * int(m0), 2 ** (31 + int(shift)))
+    expected = min(max(int(np.floor(real + fractions.Fraction(1, 2))) + 3, -128), 127)
+    assert g == expected
+
+
+def test_folded_requantization_equals_the_plain_formula():
+  rng = np.random.default_rng(1)
+  m0, shift = int8.quantize_multiplier(rng.uniform(1e-4, 1e-2, size=8))
+  offset = rng.integers(-10**6, 10**6, size=8)
+  layer = {'m0': m0, 'total_shift': 31 + shift, 'low': -5,
+           'bias_term': offset * m0 + (np.int64(1) << (30 + shift)) + (np.int64(-5) << (31 + shift))}
+  acc = rng.integers(-2**23, 2**23, size=(50, 8)).astype(np.float32)
+  np.testing.assert_array_equal(int8.requantize_folded(acc, layer),
+                                int8.requantize(acc.astype(np.int64) + offset, m0, shift, -5, -5))
+
+
+def test_accumulator_is_float32_only_when_every_partial_sum_is_exact():
+  small = np.full((1600, 4), 10, np.int8)  # 128 * 16,000 < 2^24
+  large = np.full((1600, 4), 127, np.int8)  # 128 * 203,200 > 2^24
+  assert int8.accumulator_dtype(small) == np.float32
+  assert int8.accumulator_dtype(large) == np.float64
+
+
+@pytest.mark.parametrize('size,stride,side', [(3, 2, 24), (3, 2, 12), (3, 1, 6), (2, 2, 7)])
+def test_int8_max_pool_matches_tensorflow(size, stride, side):
+  x = np.random.default_rng(2).integers(-128, 128, size=(2, side, side, 5)).astype(np.int8)
+  expected = tf.nn.max_pool2d(tf.constant(x, tf.float32), size, stride, 'SAME').numpy()
+  np.testing.assert_array_equal(int8.max_pool(x, size, stride), expected)
+
+
+def test_patches_pad_with_the_zero_point_like_a_same_convolution():
+  x = np.random.default_rng(3).integers(-3, 4, size=(2, 6, 6, 2)).astype(np.int8)
+  kernel = np.random.default_rng(4).integers(-3, 4, size=(5, 5, 2, 3)).astype(np.float32)
+  windows = int8.patches(x, 5, 1, pad_value=0).astype(np.float32)
+  got = windows.reshape(-1, 50) @ kernel.reshape(50, 3)
+  expected = tf.nn.conv2d(tf.constant(x, tf.float32), kernel, 1, 'SAME').numpy()
+  np.testing.assert_array_equal(got.reshape(expected.shape), expected)
+
+
+def test_numpy_standardization_matches_tensorflow():
+  images = np.random.default_rng(5).integers(0, 256, size=(4, 32, 32, 3)).astype(np.uint8)
+  images[0] = 7  # A flat image: the 1 / sqrt(N) floor of the stddev.
+  expected = tf.image.per_image_standardization(tf.constant(images[:, 4:28, 4:28], tf.float32))
+  np.testing.assert_allclose(int8.eval_preprocess(images, 24), expected.numpy(), atol=2e-5)
+
+
+def test_the_runner_module_does_not_import_tensorflow():
+  code = 'import sys; import compress.int8; print("tensorflow" in sys.modules)'
+  result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          cwd=int8.__file__.rsplit('/compress/', 1)[0], check=True)
+  assert result.stdout.strip() == 'False'

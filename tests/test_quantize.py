@@ -1,0 +1,187 @@
+"""Tests of post-training int8 quantization: calibration, weights, integer vs fake-quant, export."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import cifar10_input
+import cifar10_model as cm
+import cifar10_train
+from compress import int8
+from compress import quantize
+from compress import sparse
+from fixtures import tiny_config, tiny_split, write_batches_dir
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REGIME = cm.Regime()
+
+
+def tutorial_like():
+  """conv -> pool -> LRN -> conv -> flatten -> dense -> linear logits, at 8x8."""
+  return cm.Model([cm.conv(REGIME, 'c1', 3, 8, 5), cm.MaxPool(name='p1'), cm.LRN(name='n1'),
+                   cm.conv(REGIME, 'c2', 8, 8, 3), cm.Flatten(name='f'),
+                   cm.dense(REGIME, 'd1', 4 * 4 * 8, 16, tutorial_stddev=0.04),
+                   cm.dense(REGIME, 'logits', 16, 10, tutorial_stddev=0.04, relu=False)],
+                  image_size=8)
+
+
+def squeeze_like():
+  """conv -> fire (1x1 squeeze, concat of 1x1 and 3x3 expands) -> 1x1 conv -> global average."""
+  return cm.Model([cm.conv(REGIME, 'c1', 3, 8, 3),
+                   cm.Sequential([cm.conv(REGIME, 's', 8, 4, 1),
+                                  cm.Concat([cm.conv(REGIME, 'e1', 4, 6, 1),
+                                             cm.conv(REGIME, 'e3', 4, 6, 3)])]),
+                   cm.conv(REGIME, 'logits', 12, 10, 1), cm.GlobalAvgPool(name='avg')],
+                  image_size=8)
+
+
+def images(n, seed=0):
+  return tf.random.stateless_normal([n, 8, 8, 3], seed=[seed, 1]).numpy()
+
+
+def randomize_biases(model, seed=0):
+  """Nonzero biases, so the int32 bias path is exercised."""
+  for i, variable in enumerate(model.trainable_variables):
+    if 'bias' in variable.name:
+      variable.assign(tf.random.stateless_normal(variable.shape, [seed, i], stddev=0.1))
+
+
+@pytest.mark.parametrize('build', [tutorial_like, squeeze_like])
+def test_integer_layers_match_fake_quant_within_one_step(build):
+  tf.random.set_seed(0)
+  model = build()
+  randomize_biases(model)
+  meta, arrays = quantize.quantize_model(model, images(64), quantize.Calibration())
+  int_model = int8.Int8Model(meta, arrays)
+  ops, leaves, _ = quantize.trace_ops(model)
+  quantize.load_fake_quant_weights(leaves, ops, arrays, meta['tensors'])
+  rows = quantize.compare_layers(ops, leaves, int_model, images(32, seed=1))
+  assert [row['type'] for row in rows][:2] == ['conv', 'max_pool' if build is tutorial_like
+                                               else 'conv']
+  assert max(row['max_step_difference'] for row in rows) <= 1, rows
+  # The whole integer model against the whole fake-quant model, end to end.
+  logits = quantize.run_fake_quant(ops, leaves, meta['tensors'], images(32, seed=1))
+  out = meta['tensors'][meta['output']]
+  expected = int8.quantize(logits[meta['output']].numpy(), **out)
+  got = int_model.run(int_model.quantize_input(images(32, seed=1)))
+  assert np.mean(np.abs(got.astype(int) - expected.astype(int)) <= 1) > 0.95
+
+
+def test_fused_conv_and_pool_equal_the_unfused_ops():
+  tf.random.set_seed(1)
+  model = tutorial_like()
+  int_model = int8.Int8Model(*quantize.quantize_model(model, images(16), quantize.Calibration()))
+  assert int_model.pool_after == {0: 1}
+  x_q = int_model.quantize_input(images(8, seed=2))
+  np.testing.assert_array_equal(int_model.run(x_q),
+                                int_model.run(x_q, keep_all=True)[int_model.meta['output']])
+
+
+def test_minmax_ranges_cover_the_calibration_data_and_percentiles_clip_it():
+  tf.random.set_seed(2)
+  model = tutorial_like()
+  data = images(64)
+  ops, leaves, _ = quantize.trace_ops(model)
+  values = quantize.run_float(ops, leaves, data)
+  for method, covers in (('minmax', True), ('percentile', False)):
+    calibration = quantize.Calibration(method=method, percentile=99.0)
+    meta, _ = quantize.quantize_model(model, data, calibration)
+    params = meta['tensors'][ops[0]['output']]  # conv1's output
+    high = (127 - params['zero_point']) * params['scale']
+    peak = float(tf.reduce_max(values[ops[0]['output']]))
+    assert (high >= peak * (1 - 1e-6)) == covers
+  tensors = quantize.quantize_model(model, data, quantize.Calibration())[0]['tensors']
+  for tensor, value in values.items():
+    low, high = quantize.value_range(value, quantize.Calibration())
+    assert low <= float(tf.reduce_min(value)) and high >= float(tf.reduce_max(value))
+    # The int8 grid covers it too, up to the half step by which the zero point is rounded.
+    params = tensors[tensor]
+    half_step = params['scale'] / 2 * (1 + 1e-6)
+    assert (-128 - params['zero_point']) * params['scale'] <= float(tf.reduce_min(value)) + half_step
+    assert (127 - params['zero_point']) * params['scale'] >= float(tf.reduce_max(value)) - half_step
+
+
+def test_affine_params_keep_zero_exact():
+  params = quantize.affine_params(-1.0, 3.0)
+  assert params['scale'] == pytest.approx(4.0 / 255)
+  assert int8.dequantize(np.int8(params['zero_point']), **params) == 0.0
+  assert quantize.affine_params(0.0, 6.0)['zero_point'] == -128  # After a ReLU: 0 -> -128.
+
+
+def test_weights_are_symmetric_per_output_channel_and_zeros_stay_zero():
+  kernel = np.zeros((3, 3, 2, 4), np.float32)
+  kernel[0, 0, 0] = [0.5, -2.0, 0.0, 1e-3]
+  kernel[1, 2, 1] = [-0.25, 1.0, 0.0, -1e-3]
+  parts = quantize.quantize_weights(kernel, np.array([0.1, 0.2, 0.3, 0.4]), input_scale=0.05)
+  np.testing.assert_allclose(parts['weight_scale'], [0.5 / 127, 2.0 / 127, 1.0, 1e-3 / 127])
+  assert parts['weights'][0, 0, 0].tolist() == [127, -127, 0, 127]
+  assert parts['weights'][1, 2, 1].tolist() == [-64, 64, 0, -127]  # -63.5 rounds to even.
+  assert np.count_nonzero(parts['weights']) == np.count_nonzero(kernel)
+  np.testing.assert_array_equal(
+      parts['bias'], np.round(np.array([0.1, 0.2, 0.3, 0.4]) / (0.05 * parts['weight_scale'])))
+  assert parts['bias'].dtype == np.int32
+
+
+def test_exported_file_round_trips(tmp_path):
+  tf.random.set_seed(3)
+  model = squeeze_like()
+  int_model = int8.Int8Model(*quantize.quantize_model(model, images(16), quantize.Calibration()))
+  int_model.save(tmp_path / 'm.npz')
+  loaded = int8.Int8Model.load(tmp_path / 'm.npz')
+  assert loaded.meta == int_model.meta
+  for name, array in int_model.arrays.items():
+    assert loaded.arrays[name].dtype == array.dtype
+    np.testing.assert_array_equal(loaded.arrays[name], array)
+  x_q = int_model.quantize_input(images(8, seed=4))
+  np.testing.assert_array_equal(loaded.run(x_q), int_model.run(x_q))
+
+
+@pytest.fixture(scope='module')
+def tiny_run(tmp_path_factory):
+  """A 20-step tiny tutorial run and a batches folder of the same tiny images."""
+  root = tmp_path_factory.mktemp('quantize')
+  tf.random.set_seed(0)
+  config = tiny_config(root / 'run', max_steps=20)
+  cifar10_train.train(config, tiny_split())
+  return config, write_batches_dir(str(root), tiny_split())
+
+
+def test_quantize_run_scores_three_ways_and_the_runner_agrees(tiny_run, tmp_path):
+  config, batches_dir = tiny_run
+  report = quantize.quantize_run(config.train_dir, str(tmp_path), batches_dir,
+                                 quantize.Calibration(images=16), compare_images=8)
+  assert set(report['precision']) == {'float', 'fake_quant', 'int8', 'runner'}
+  assert report['precision']['runner'] == report['precision']['int8']
+  assert report['runner_same_predictions'] is True
+  assert report['max_step_difference'] <= 1
+  assert report['bytes']['float32_dense'] / report['bytes']['int8_dense'] > 3.9
+  assert 'runner' in quantize.format_report(report)
+  # The NumPy runner as a program, reading the test file itself.
+  result = subprocess.run(
+      [sys.executable, 'compress/int8.py', f'--model_file={report["model_file"]}',
+       f'--data_dir={os.path.dirname(batches_dir)}'], cwd=ROOT, capture_output=True, text=True,
+      timeout=300)
+  assert result.returncode == 0, result.stderr
+  assert f'"precision": {report["precision"]["int8"]}' in result.stdout
+
+
+def test_a_pruned_kernel_stays_sparse_in_int8():
+  kernel = np.random.default_rng(0).normal(size=(5, 5, 64, 64)).astype(np.float32)
+  kernel[np.random.default_rng(1).random(kernel.shape) < 0.9] = 0
+  parts = quantize.quantize_weights(kernel, np.zeros(64), input_scale=0.1)
+  assert np.all(parts['weights'][kernel == 0] == 0)  # Tiny weights may round to 0 as well.
+  assert np.count_nonzero(parts['weights']) > 0.98 * np.count_nonzero(kernel)
+  assert sparse.nbytes(sparse.pack(parts)) < 0.25 * sparse.nbytes(parts)
+
+
+def test_quantize_binary_reports_a_folder_without_a_run(tmp_path):
+  result = subprocess.run(
+      [sys.executable, 'compress/quantize.py', f'--checkpoint_dir={tmp_path}',
+       f'--data_dir={tmp_path}'], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 1
+  assert 'Traceback' not in result.stderr, result.stderr
+  assert f'{tmp_path} holds no trained run' in result.stderr, result.stderr
