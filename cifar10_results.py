@@ -26,6 +26,15 @@ import cifar10_train
 import models
 
 
+# The study's published EMA precision @ 1 (%) at 10,000 steps (DESIGN.md section 7).
+STUDY_PRECISION_10K = {
+    'tutorial': 81.4, 'alex0': 82.2, 'alex1': 81.8, 'alex2': 81.4, 'alex3': 81.2,
+    'alex4': 81.2, 'nin0': 70.9, 'nin1': 69.7, 'nin2': 74.2, 'squeeze0': 63.9,
+    'squeeze1': 66.0,
+}
+STUDY_STEP = 10000
+
+
 @dataclasses.dataclass(frozen=True)
 class RunResult:
   """One evaluated training run."""
@@ -80,14 +89,22 @@ def pareto_front(points):
 
 
 def markdown_table(results):
-  """One row per run; one precision column per evaluated step found in any run."""
+  """One row per run; one precision column per evaluated step found in any run.
+
+  The study's figure at 10k steps (when it published one) and our difference to it follow.
+  """
   steps = sorted({step for r in results for step in r.precision_by_step})
-  header = ['run', 'model', 'params', 'MFLOPs'] + [f'@{s:,}' for s in steps] + ['wall time']
+  header = (['run', 'model', 'params', 'MFLOPs'] + [f'@{s:,}' for s in steps]
+            + ['study @10,000', 'difference', 'wall time'])
   lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   for r in sorted(results, key=lambda r: r.flops):
     cells = [r.name, r.model, f'{r.params:,}', f'{r.flops / 1e6:.2f}']
     cells += [f'{100 * r.precision_by_step[s]:.2f}' if s in r.precision_by_step else ''
               for s in steps]
+    study = STUDY_PRECISION_10K.get(r.model)
+    ours = r.precision_by_step.get(STUDY_STEP)
+    cells.append('' if study is None else f'{study:.1f}')
+    cells.append('' if study is None or ours is None else f'{100 * ours - study:+.2f}')
     cells.append(f'{r.train_seconds / 60:.0f} min')
     lines.append('| ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)

@@ -39,13 +39,21 @@ def test_read_run_without_results_names_the_missing_file(tmp_path):
 
 def test_table_has_a_column_per_step_and_rows_by_cost(tmp_path):
   write_run(tmp_path / 'tuto', 'tutorial', [(10000, 0.8141, 3960.0)])
-  write_run(tmp_path / 'sq', 'squeeze1', [(5000, 0.6, 300.0), (10000, 0.66, 600.0)])
+  write_run(tmp_path / 'sq', 'squeeze1', [(5000, 0.6, 300.0), (10000, 0.663, 600.0)])
   table = cifar10_results.markdown_table(
       [cifar10_results.read_run(str(tmp_path / name)) for name in ('tuto', 'sq')])
   lines = table.splitlines()
-  assert lines[0] == '| run | model | params | MFLOPs | @5,000 | @10,000 | wall time |'
-  assert lines[2] == '| sq | squeeze1 | 146,570 | 22.84 | 60.00 | 66.00 | 10 min |'
-  assert lines[3] == '| tuto | tutorial | 1,068,298 | 37.75 |  | 81.41 | 66 min |'
+  assert lines[0] == ('| run | model | params | MFLOPs | @5,000 | @10,000 | study @10,000 | '
+                      'difference | wall time |')
+  assert lines[2] == '| sq | squeeze1 | 146,570 | 22.84 | 60.00 | 66.30 | 66.0 | +0.30 | 10 min |'
+  assert lines[3] == ('| tuto | tutorial | 1,068,298 | 37.75 |  | 81.41 | 81.4 | +0.01 | '
+                      '66 min |')
+
+
+def test_table_leaves_the_study_columns_empty_for_new_models(tmp_path):
+  write_run(tmp_path / 'inc', 'inception0', [(10000, 0.8145, 1800.0)])
+  table = cifar10_results.markdown_table([cifar10_results.read_run(str(tmp_path / 'inc'))])
+  assert table.splitlines()[2].endswith('| 81.45 |  |  | 30 min |')
 
 
 def test_plot_writes_a_png(tmp_path):
