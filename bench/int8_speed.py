@@ -3,16 +3,19 @@
     python bench/int8_speed.py --model_file=runs/speed_aug/int8/model_int8.npz \
         --data_dir=../shared/data
 
-Times Int8Model.run over --images test images (already quantized: preprocessing is timed
-separately), --rounds times per batch size, alternating the sizes; prints the median images/s
-of each and the median time per op at the largest batch size. A benchmark, not a test.
+Times Int8Model.predict over --images test images (already standardized: preprocessing is
+timed separately), --rounds times per (batch size, threads), alternating them; prints the
+median images/s of each and the median time per op at one thread. BLAS runs one thread per
+worker thread, as in the runner. A benchmark, not a test.
 """
 
 import os
 import sys
 import time
 
-import numpy as np
+os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')  # As compress/int8.py's runner.
+
+import numpy as np  # pylint: disable=g-import-not-at-top
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -26,15 +29,15 @@ _MODEL_FILE = flags.DEFINE_string('model_file', None, 'An .npz from compress/qua
 _DATA_DIR = flags.DEFINE_string('data_dir', 'data', 'Folder or archive of CIFAR-10.')
 _IMAGES = flags.DEFINE_integer('images', 2000, 'Test images per timing.', lower_bound=1)
 _ROUNDS = flags.DEFINE_integer('rounds', 3, 'Timings per batch size.', lower_bound=1)
-_BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['1', '50', '100', '250', '500'],
+_BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['1', '10', '25', '50', '100'],
                                  'Batch sizes to compare.')
+_THREADS = flags.DEFINE_list('threads', ['1', '2'], 'Worker thread counts to compare.')
 
 
-def images_per_sec(model, x_q, batch_size):
+def images_per_sec(model, images, batch_size, threads):
   start = time.perf_counter()
-  for i in range(0, len(x_q), batch_size):
-    model.run(x_q[i:i + batch_size])
-  return len(x_q) / (time.perf_counter() - start)
+  model.predict(images, batch_size, threads)
+  return len(images) / (time.perf_counter() - start)
 
 
 def op_seconds(model, x_q):
@@ -56,17 +59,19 @@ def main(argv):
   prepared = int8.eval_preprocess(images, model.meta['data']['crop'])
   x_q = model.quantize_input(prepared)
   prepare_rate = len(images) / (time.perf_counter() - start)
-  sizes = [int(s) for s in _BATCH_SIZES.value]
-  rates = {size: [] for size in sizes}
+  cases = [(int(size), int(threads)) for size in _BATCH_SIZES.value
+           for threads in _THREADS.value]
+  rates = {case: [] for case in cases}
   for _ in range(_ROUNDS.value):
-    for size in sizes:
-      count = min(len(x_q), 200) if size == 1 else len(x_q)  # Batch 1 is slow: fewer images.
-      rates[size].append(images_per_sec(model, x_q[:count], size))
+    for size, threads in cases:
+      count = min(len(prepared), 200) if size == 1 else len(prepared)  # Batch 1: fewer images.
+      rates[size, threads].append(images_per_sec(model, prepared[:count], size, threads))
   print(f'{model.meta.get("model")} int8, {len(images)} images, median of {_ROUNDS.value}')
   print(f'preprocessing + input quantization: {prepare_rate:,.0f} images/s')
-  for size in sizes:
-    print(f'batch {size:>4}: {np.median(rates[size]):>8,.0f} images/s')
-  batch = x_q[:max(sizes)]
+  for size, threads in cases:
+    print(f'batch {size:>4}, {threads} threads: {np.median(rates[size, threads]):>8,.0f} '
+          'images/s (input quantization included)')
+  batch = x_q[:int(_BATCH_SIZES.value[-1])]
   per_op = np.median([op_seconds(model, batch) for _ in range(_ROUNDS.value)], axis=0)
   print(f'per op, batch {len(batch)} (ms per image, unfused):')
   for op, seconds in zip(model.ops, per_op):

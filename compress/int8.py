@@ -20,13 +20,17 @@ pool sums int32 and requantizes. LRN is the one float step: dequantize, normalis
 quantize to its calibrated output range (an integer LRN would need a table of x^-0.75).
 """
 
+import concurrent.futures
 import json
 import os
 import sys
 import tarfile
 import time
 
-import numpy as np
+if __name__ == '__main__':  # The runner: one BLAS thread per worker thread (see predict).
+  os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
+
+import numpy as np  # pylint: disable=g-import-not-at-top
 
 if __package__ in (None, ''):  # Run as `python compress/int8.py`: import the project.
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -37,39 +41,54 @@ INT8_MIN, INT8_MAX = -128, 127
 WEIGHT_MAX = 127  # Symmetric weights use [-127, 127], so -w is always representable.
 FLOAT32_EXACT = 2 ** 24  # float32 holds every integer of smaller magnitude exactly.
 Q31 = 31  # Bits of the fixed-point multiplier m0 (m0 / 2^31 in [0.5, 1)).
-BATCH_SIZE = 500  # images per forward pass of the runner
+MAX_TOTAL_SHIFT = 54  # Keeps every int64 term of requantization below 2^62 (see requantize).
+ACCUMULATOR_LIMIT = 2 ** 31  # |acc + offset| must stay below this (int32 accumulators).
+CHANNEL_MAJOR_BELOW = 16  # input channels under which conv patches go channel-major
+BATCH_SIZE = 10  # images per forward pass (fastest here with 2 threads: bench/int8_speed.py)
 
 
 # --------------------------------------------------------------------------- arithmetic
 
 
-def quantize(x, scale, zero_point):
-  """float -> int8: clamp(round(x / scale) + zero_point)."""
-  q = np.round(np.asarray(x, np.float64) / scale) + zero_point
-  return np.clip(q, INT8_MIN, INT8_MAX).astype(np.int8)
+def quantize(x, scale, zero_point, dtype=np.float64):
+  """float -> int8: clamp(round(x / scale) + zero_point), rounding half to even, in `dtype`."""
+  q = np.round(np.asarray(x, dtype) / dtype(scale)) + dtype(zero_point)
+  np.clip(q, INT8_MIN, INT8_MAX, out=q)
+  return q.astype(np.int8)
 
 
 def dequantize(q, scale, zero_point):
+  """int8 -> float32: scale * (q - zero_point)."""
   return (q.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)
 
 
 def quantize_multiplier(multiplier):
   """M (> 0, any shape) -> (m0, shift) with M = m0 * 2^-(31 + shift), m0 in [2^30, 2^31).
 
+  For M below 2^-23 the total shift 31 + shift is capped at 54 and m0 keeps fewer bits
+  (m0 = round(M * 2^54)): such a channel moves by one output step per 2^23 accumulator
+  units, so it is constant in practice, and the cap keeps requantization inside int64.
+
   Returns:
     m0 int64 and shift int64 arrays shaped like `multiplier`.
   """
-  fraction, exponent = np.frexp(np.asarray(multiplier, np.float64))  # M = f * 2^e, f in [.5, 1)
+  multiplier = np.asarray(multiplier, np.float64)
+  fraction, exponent = np.frexp(multiplier)  # M = f * 2^e, f in [0.5, 1)
   m0 = np.round(fraction * 2.0 ** Q31).astype(np.int64)
   carry = m0 == 2 ** Q31  # f rounded up to 1.0: use 0.5 and one more power of two.
   m0 = np.where(carry, 2 ** (Q31 - 1), m0)
-  return m0, (-exponent - carry).astype(np.int64)
+  shift = (-exponent - carry).astype(np.int64)
+  tiny = Q31 + shift > MAX_TOTAL_SHIFT
+  m0 = np.where(tiny, np.round(multiplier * 2.0 ** MAX_TOTAL_SHIFT).astype(np.int64), m0)
+  return m0, np.where(tiny, MAX_TOTAL_SHIFT - Q31, shift)
 
 
 def requantize(acc, m0, shift, zero_point, low=INT8_MIN):
   """int64 accumulators -> int8: clamp(zero_point + round(acc * m0 / 2^(31 + shift)), low, 127).
 
-  Rounds half up, in int64 (|acc| < 2^31 and m0 < 2^31, so the product fits).
+  Rounds half up (quantize() rounds half to even; the two differ only on exact ties). Fits in
+  int64 when |acc| < 2^31 (Int8Model checks it per layer) and 31 + shift <= 54: then
+  |acc * m0| < 2^62, the rounding term is at most 2^53 and |zero_point| * 2^54 <= 2^61.
   """
   total = Q31 + shift
   rounded = (acc * m0 + (np.int64(1) << (total - 1))) >> total
@@ -112,12 +131,21 @@ def same_padding(size, kernel, stride):
   return total // 2, total - total // 2
 
 
-def patches(x, kernel, stride, pad_value):
-  """[B, H, W, C] -> [B, Ho, Wo, kernel * kernel * C] windows in (row, column, channel) order."""
+def patches(x, kernel, stride, pad_value, channel_major=False):
+  """[B, H, W, C] -> [B, Ho, Wo, kernel * kernel * C] windows of a SAME convolution.
+
+  Entries in (row, column, channel) order, or (channel, row, column) with channel_major,
+  which copies runs of whole windows and is ~2x faster for the 3 channels of an image
+  (bench/int8_speed.py); with many channels, runs of C channels are the longer ones.
+  """
   _, h, w, _ = x.shape
   pads = ((0, 0), same_padding(h, kernel, stride), same_padding(w, kernel, stride), (0, 0))
   x = np.pad(x, pads, constant_values=pad_value)
   rows, cols = -(-h // stride), -(-w // stride)
+  if channel_major:
+    windows = np.lib.stride_tricks.sliding_window_view(x, (kernel, kernel), axis=(1, 2))
+    windows = windows[:, :stride * rows:stride, :stride * cols:stride]  # [B, Ho, Wo, C, k, k]
+    return windows.reshape(windows.shape[:3] + (-1,))
   views = [x[:, i:i + stride * rows:stride, j:j + stride * cols:stride, :]
            for i in range(kernel) for j in range(kernel)]
   return views[0] if kernel == 1 else np.concatenate(views, axis=-1)
@@ -131,8 +159,9 @@ def accumulate(x_q, layer):
     uses the input's zero point (real 0), whose products the offset cancels.
   """
   if layer['type'] == 'conv':
-    x_q = patches(x_q, layer['kernel_size'], layer['stride'], layer['input_zero_point'])
-  weights = layer['matrix']  # w_q as [K, C_out] in the accumulator's float type
+    x_q = patches(x_q, layer['kernel_size'], layer['stride'], layer['input_zero_point'],
+                  layer['channel_major'])
+  weights = layer['matrix']  # w_q as [K, C_out], rows in the patches' order, float type
   acc = x_q.reshape(-1, weights.shape[0]).astype(weights.dtype) @ weights
   return acc.reshape(x_q.shape[:-1] + (weights.shape[1],))
 
@@ -178,23 +207,35 @@ def local_response_norm(x_q, layer, tensors):
     values *= inverse_root * np.sqrt(inverse_root)
   else:
     values *= scale ** np.float32(-layer['beta'])
-  return quantize(values, y['scale'], y['zero_point'])
+  return quantize(values, y['scale'], y['zero_point'], np.float32)
 
 
 # --------------------------------------------------------------------------- model
 
 
 def prepare_layer(layer, arrays, tensors):
-  """Adds the arrays and derived integer constants (m0, shift, offset) to a linear op."""
+  """Adds the arrays and derived integer constants (m0, shift, offset) to a linear op.
+
+  Raises:
+    ValueError: the layer's accumulators could leave int32 (requantize's int64 bound).
+  """
   name = layer['name']
   weights, bias = arrays[f'{name}/weights'], arrays[f'{name}/bias'].astype(np.int64)
   weight_scale = arrays[f'{name}/weight_scale'].astype(np.float64)
   x, y = tensors[layer['inputs'][0]], tensors[layer['output']]
   m0, shift = quantize_multiplier(x['scale'] * weight_scale / y['scale'])
-  matrix = weights.reshape(-1, weights.shape[-1])
+  channel_major = layer['type'] == 'conv' and weights.shape[2] < CHANNEL_MAJOR_BELOW
+  if channel_major:  # Rows in (channel, row, column) order, as patches() then gives them.
+    matrix = weights.transpose(2, 0, 1, 3).reshape(-1, weights.shape[-1])
+  else:
+    matrix = weights.reshape(-1, weights.shape[-1])
   offset = bias - x['zero_point'] * matrix.astype(np.int64).sum(axis=0)
+  bound = -INT8_MIN * np.abs(matrix.astype(np.int64)).sum(axis=0) + np.abs(offset)
+  if bound.max() >= ACCUMULATOR_LIMIT:
+    raise ValueError(f'layer {name}: accumulators may reach {bound.max():,}, beyond int32')
   total_shift = Q31 + shift
   return dict(layer, matrix=matrix.astype(accumulator_dtype(weights)), m0=m0, shift=shift,
+              channel_major=channel_major,
               offset=offset, input_zero_point=x['zero_point'], total_shift=total_shift,
               bias_term=(offset * m0 + (np.int64(1) << (total_shift - 1))
                          + (np.int64(y['zero_point']) << total_shift)),
@@ -273,13 +314,26 @@ class Int8Model:
     raise ValueError(f'unknown op type {kind!r} in the model file')
 
   def quantize_input(self, images):
+    """Standardized float32 images -> int8 at the input tensor's scale and zero point."""
     x = self.tensors[self.meta['input']]
     return quantize(images, x['scale'], x['zero_point'])
 
-  def predict(self, images, batch_size=BATCH_SIZE):
-    """Class predictions int64 [N] for standardized float32 images [N, s, s, 3]."""
-    return np.concatenate([np.argmax(self.run(self.quantize_input(images[i:i + batch_size])),
-                                     axis=1) for i in range(0, len(images), batch_size)])
+  def predict(self, images, batch_size=BATCH_SIZE, threads=1):
+    """Class predictions int64 [N] for standardized float32 images [N, s, s, 3].
+
+    With threads > 1, each thread runs its own batches: NumPy's elementwise work holds one
+    core per call, so this is how the runner uses both cores here (with one BLAS thread
+    each; the runner sets OPENBLAS_NUM_THREADS=1 before NumPy starts).
+    Ties between int8 logits go to the lowest class index, as np.argmax (and TFLite) do.
+    """
+    def classify(start):
+      return np.argmax(self.run(self.quantize_input(images[start:start + batch_size])), axis=1)
+
+    starts = range(0, len(images), batch_size)
+    if threads == 1:
+      return np.concatenate([classify(start) for start in starts])
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+      return np.concatenate(list(pool.map(classify, starts)))
 
 
 # --------------------------------------------------------------------------- data
@@ -289,9 +343,9 @@ def standardize(images):
   """tf.image.per_image_standardization in NumPy: (x - mean) / max(std, 1 / sqrt(N))."""
   x = images.astype(np.float32)
   axes = tuple(range(1, x.ndim))
-  mean = x.mean(axis=axes, keepdims=True)
-  std = np.sqrt(np.maximum(np.square(x).mean(axis=axes, keepdims=True) - mean ** 2, 0))
-  return (x - mean) / np.maximum(std, 1 / np.sqrt(np.prod(x.shape[1:])).astype(np.float32))
+  centred = x - x.mean(axis=axes, keepdims=True)
+  std = np.sqrt(np.square(centred).mean(axis=axes, keepdims=True))  # Two passes, as TF.
+  return centred / np.maximum(std, 1 / np.sqrt(np.prod(x.shape[1:])).astype(np.float32))
 
 
 def eval_preprocess(images, crop):
@@ -323,12 +377,13 @@ def read_test_batch(data_dir, data):
   return np.ascontiguousarray(images.transpose(0, 2, 3, 1)), records[:, 0].astype(np.int64)
 
 
-def evaluate(model, images, labels, batch_size=BATCH_SIZE):
-  """(precision @ 1, images/s) of the integer model on uint8 images, preprocessing included."""
+def evaluate(model, images, labels, batch_size=BATCH_SIZE, threads=1):
+  """(precision @ 1, images/s, predictions) on uint8 images, preprocessing included."""
   start = time.perf_counter()
-  predictions = model.predict(eval_preprocess(images, model.meta['data']['crop']), batch_size)
+  predictions = model.predict(eval_preprocess(images, model.meta['data']['crop']), batch_size,
+                              threads)
   seconds = time.perf_counter() - start
-  return float(np.mean(predictions == labels)), len(images) / seconds
+  return float(np.mean(predictions == labels)), len(images) / seconds, predictions
 
 
 def main(argv):
@@ -338,9 +393,13 @@ def main(argv):
     images, labels = read_test_batch(_DATA_DIR.value, model.meta['data'])
   except (OSError, KeyError, ValueError) as e:
     sys.exit(f'error: {e}')
-  precision, rate = evaluate(model, images, labels, _BATCH_SIZE.value)
+  precision, rate, predictions = evaluate(model, images, labels, _BATCH_SIZE.value,
+                                          _THREADS.value)
+  if _PREDICTIONS_OUT.value:
+    np.save(_PREDICTIONS_OUT.value, predictions)
   print(json.dumps({'model_file': _MODEL_FILE.value, 'precision': precision,
-                    'num_examples': len(labels), 'images_per_sec': round(rate, 1)}))
+                    'num_examples': len(labels), 'images_per_sec': round(rate, 1),
+                    'batch_size': _BATCH_SIZE.value, 'threads': _THREADS.value}))
 
 
 if __name__ == '__main__':
@@ -352,4 +411,8 @@ if __name__ == '__main__':
                                   'cifar-10-binary.tar.gz, or the archive itself.')
   _BATCH_SIZE = flags.DEFINE_integer('batch_size', BATCH_SIZE, 'Images per forward pass.',
                                      lower_bound=1)
+  _THREADS = flags.DEFINE_integer('threads', os.cpu_count() or 1, 'Worker threads, each on '
+                                  'its own batches; default one per core.', lower_bound=1)
+  _PREDICTIONS_OUT = flags.DEFINE_string('predictions_out', None, 'Optional .npy file for the '
+                                         'predicted classes, in test-file order.')
   app.run(main)

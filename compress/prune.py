@@ -42,7 +42,6 @@ THRESHOLDS = ('per_layer', 'global')
 SETTINGS_FILE = 'pruning.json'
 REPORT_FILE = 'prune_report.json'
 SPARSE_FILE = 'model_sparse.npz'
-FLOAT32_BYTES = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,8 +84,9 @@ class PruningSettings:
     step = tf.cast(step, tf.float64)
     s_i, s_f = self.initial_sparsity, self.target_sparsity
     if self.mode == 'gradual':
-      span = max(self.end_step - self.begin_step, 1)
-      progress = tf.clip_by_value((step - self.begin_step) / span, 0.0, 1.0)
+      span = self.end_step - self.begin_step
+      progress = (tf.clip_by_value((step - self.begin_step) / span, 0.0, 1.0) if span
+                  else tf.constant(1.0, tf.float64))  # begin == end: the target at once.
       value = s_f + (s_i - s_f) * (1.0 - progress) ** 3
     else:
       starts = tf.constant(self.round_starts(), tf.float64)
@@ -146,8 +146,9 @@ class PruningTrainer(cifar10_train.Trainer):
     names = [cifar10_model.kernel_layer_name(k) for k, _ in self.model.kernels]
     unknown = sorted(set(settings.dense_layers) - set(names))
     if unknown:
-      raise cifar10_train.ConfigError(f'dense_layers {unknown} are not layers of {config.model}; its '
-                       f'layers with weights: {", ".join(names)}')
+      raise cifar10_train.ConfigError(
+          f'dense_layers {unknown} are not layers of {config.model}; its layers with weights: '
+          f'{", ".join(names)}')
     self.pruned = [k for (k, _), name in zip(self.model.kernels, names)
                    if name not in settings.dense_layers]
     self.pruned_shadows = [self.ema.average(k) for k in self.pruned]
@@ -166,7 +167,12 @@ class PruningTrainer(cifar10_train.Trainer):
   def restore_latest(self):
     """Resumes this run, or starts from the source checkpoint with all-ones masks."""
     if self.manager.latest_checkpoint or not self.source_checkpoint:
-      return super().restore_latest()
+      try:
+        return super().restore_latest()
+      except AssertionError as e:  # e.g. an ordinary training run: no masks to restore.
+        raise cifar10_train.ConfigError(
+            f'{self.manager.latest_checkpoint} is not a pruning checkpoint of this layout '
+            f'({str(e)[:200]}): pass a new --train_dir.') from e
     self.restored_from = self.source_checkpoint
     self.plain_checkpoint.restore(self.source_checkpoint).assert_existing_objects_matched()
     return int(self.step.numpy())
@@ -199,17 +205,17 @@ class PruningTrainer(cifar10_train.Trainer):
 
 
 def ema_weights(trainer):
-  """{variable name: EMA value as NumPy} for every trainable variable, in model order."""
+  """{variable name: EMA value as NumPy} for every trainable variable (the file's keys)."""
   return {v.name.split(':')[0]: s.numpy() for v, s in zip(trainer.variables,
                                                           trainer.ema_shadows)}
 
 
-def layer_rows(trainer, weights):
+def layer_rows(trainer):
   """Per conv/dense matrix: layer, shape, size, nonzeros, pruned (bool) of the EMA weights."""
   pruned = {id(k) for k in trainer.pruned}
   rows = []
   for kernel, _ in trainer.model.kernels:
-    value = weights[kernel.name.split(':')[0]]
+    value = trainer.ema.average(kernel).numpy()
     rows.append({'layer': cifar10_model.kernel_layer_name(kernel), 'shape': list(value.shape),
                  'size': int(value.size), 'nonzeros': int((value != 0).sum()),
                  'pruned': id(kernel) in pruned})
@@ -222,13 +228,13 @@ def build_report(trainer, sparse_path):
   config = trainer.config
   sparse.save(sparse_path, weights, {'model': config.model, 'image_size': config.image_size,
                                      'step': int(trainer.step.numpy()), 'weights': 'ema'})
-  rows = layer_rows(trainer, weights)
+  rows = layer_rows(trainer)
   size, nonzeros = sum(r['size'] for r in rows), sum(r['nonzeros'] for r in rows)
   params = sum(w.size for w in weights.values())
   return {'model': config.model, 'step': int(trainer.step.numpy()),
           'settings': dataclasses.asdict(trainer.settings), 'layers': rows,
           'weights': size, 'nonzeros': nonzeros, 'sparsity': 1.0 - nonzeros / size,
-          'params': int(params), 'dense_float32_bytes': int(params) * FLOAT32_BYTES,
+          'params': int(params), 'dense_float32_bytes': int(params) * sparse.FLOAT32_BYTES,
           'sparse_payload_bytes': sparse.nbytes(sparse.pack(weights)),
           'sparse_file': os.path.basename(sparse_path),
           'sparse_file_bytes': os.path.getsize(sparse_path)}
@@ -292,10 +298,13 @@ def prepare(values):
     raise cifar10_train.ConfigError('--train_dir must differ from --source_dir: pruning '
                                     'writes a new run and never touches the source.')
   start = checkpoint_step(source)
+  last = start + values['finetune_steps']
   begin = start if values['begin_step'] is None else values['begin_step']
-  end = values['end_step']
-  if end is None:
-    end = begin + values['finetune_steps'] // 2
+  end = begin + values['finetune_steps'] // 2 if values['end_step'] is None else values['end_step']
+  if not start <= begin <= end <= last:
+    raise cifar10_train.ConfigError(
+        f'the pruning window --begin_step={begin} .. --end_step={end} must lie within the '
+        f'fine-tuning steps {start} .. {last} (the source is at step {start}).')
   try:
     settings = PruningSettings(
         target_sparsity=values['target_sparsity'], initial_sparsity=values['initial_sparsity'],
@@ -306,7 +315,7 @@ def prepare(values):
     raise cifar10_train.ConfigError(f'pruning flags: {e}') from e
   learning_rate = values['learning_rate']
   config = dataclasses.replace(
-      source_config, train_dir=train_dir, max_steps=start + values['finetune_steps'],
+      source_config, train_dir=train_dir, max_steps=last,
       learning_rate=source_config.learning_rate if learning_rate is None else learning_rate)
   return config, settings, source
 
@@ -319,8 +328,8 @@ def main(argv):
   values = {name: holder.value for name, holder in _FLAGS.items()}
   try:
     config, settings, source = prepare(values)
+    trainer = PruningTrainer(config, settings, source)  # Checks --dense_layers first.
     write_settings(config.train_dir, settings, source)
-    trainer = PruningTrainer(config, settings, source)  # Checks --dense_layers early.
     split = cifar10_input.load_split(cifar10_train.batches_dir_from_flags(_FLAGS), 'train')
     cifar10_train.train(config, split, make_trainer=lambda _: trainer)
     report = build_report(trainer, os.path.join(config.train_dir, SPARSE_FILE))

@@ -20,6 +20,7 @@ a concat are requantized straight to the concat's scale, as TFLite does.
 import dataclasses
 import json
 import os
+import subprocess
 import sys
 
 if __package__ in (None, ''):  # Run as `python compress/quantize.py`: import the project.
@@ -40,10 +41,16 @@ from compress import sparse
 
 CALIBRATION_METHODS = ('minmax', 'percentile')
 MODEL_FILE = 'model_int8.npz'
+RUNNER_PREDICTIONS = 'runner_predictions.npy'
 REPORT_FILE = 'quant_report.json'
 INPUT = 'input'
 VALUE_OPS = ('max_pool', 'flatten')  # ops whose output keeps the input's scale
-FLOAT32_BYTES = 4
+COMPARE_IMAGES = 200  # test images of the layer-by-layer check
+ZERO_CHANNEL_MULTIPLIER = 2.0 ** -16  # M of an all-zero channel, so its bias stays precise
+
+
+class QuantizationError(ValueError):
+  """The model has a layer or a layout the int8 path cannot represent."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +111,7 @@ def leaf_op(layer):
     return {'type': 'flatten'}
   if isinstance(layer, cm.GlobalAvgPool):
     return {'type': 'avg_pool'}
-  raise ValueError(f'no int8 form for layer {layer.name!r} ({type(layer).__name__})')
+  raise QuantizationError(f'no int8 form for layer {layer.name!r} ({type(layer).__name__})')
 
 
 def run_float(ops, leaves, images, tensor_fn=None):
@@ -143,36 +150,52 @@ def affine_params(low, high):
 
 
 def tensor_params(ops, ranges):
-  """Every tensor's scale and zero point from its calibrated (low, high)."""
+  """Every tensor's scale and zero point from its calibrated (low, high).
+
+  In three passes: each computing op's output from its own range; then a concat's inputs
+  take the concat's; then max-pool and flatten outputs copy their (now final) input's.
+  """
   params = {INPUT: affine_params(*ranges[INPUT])}
   producer = {op['output']: op for op in ops}
   for op in ops:
-    tied = op['type'] in VALUE_OPS
-    params[op['output']] = params[op['inputs'][0]] if tied else affine_params(*ranges[op['output']])
+    if op['type'] not in VALUE_OPS:
+      params[op['output']] = affine_params(*ranges[op['output']])
   for op in ops:
     if op['type'] == 'concat':
       for tensor in op['inputs']:
-        if producer[tensor]['type'] not in ('conv', 'dense'):
-          raise ValueError(f'concat {op["name"]}: input {tensor} comes from a '
-                           f'{producer[tensor]["type"]}, which cannot requantize')
+        if producer.get(tensor, {}).get('type') not in ('conv', 'dense'):
+          raise QuantizationError(f'concat {op["name"]}: its input {tensor} does not come '
+                                  'from a conv or dense layer, which could requantize it')
         params[tensor] = params[op['output']]
+  for op in ops:
+    if op['type'] in VALUE_OPS:
+      params[op['output']] = params[op['inputs'][0]]
   return params
 
 
-def quantize_weights(kernel, bias, input_scale):
+def quantize_weights(kernel, bias, input_scale, output_scale):
   """Symmetric per-output-channel int8 weights and int32 biases at scale s_x * s_w.
+
+  An all-zero (pruned) channel gets s_w = 2^-16 * s_y / s_x: its weights are 0 at any
+  scale, and its bias is then exact to 2^-16 of an output step.
 
   Returns:
     {'weights': int8, 'bias': int32, 'weight_scale': float32 [C_out]}.
+
+  Raises:
+    QuantizationError: a bias does not fit in int32 at its scale.
   """
   kernel = np.asarray(kernel, np.float64)
   columns = kernel.reshape(-1, kernel.shape[-1])
   scale = (np.abs(columns).max(axis=0) / int8.WEIGHT_MAX).astype(np.float32)
-  scale[scale == 0] = 1.0  # An all-zero (pruned) channel: any scale gives zeros.
+  scale[scale == 0] = ZERO_CHANNEL_MULTIPLIER * output_scale / input_scale
   weights = np.clip(np.round(kernel / scale), -int8.WEIGHT_MAX, int8.WEIGHT_MAX)
   bias_q = np.round(np.asarray(bias, np.float64) / (input_scale * scale.astype(np.float64)))
+  if np.abs(bias_q).max(initial=0) >= 2**31:
+    raise QuantizationError(f'a bias of {np.abs(bias).max():.3g} does not fit in int32 at '
+                            f'scale {input_scale:.3g} x weight scale')
   return {'weights': weights.astype(np.int8), 'weight_scale': scale,
-          'bias': np.clip(bias_q, -2**31, 2**31 - 1).astype(np.int32)}
+          'bias': bias_q.astype(np.int32)}
 
 
 def quantize_model(model, calibration_images, calibration):
@@ -185,7 +208,7 @@ def quantize_model(model, calibration_images, calibration):
   for op, leaf in zip(ops, leaves):
     if op['type'] in ('conv', 'dense'):
       parts = quantize_weights(leaf.kernel.numpy(), leaf.bias.numpy(),
-                               params[op['inputs'][0]]['scale'])
+                               params[op['inputs'][0]]['scale'], params[op['output']]['scale'])
       arrays.update({f'{op["name"]}/{key}': value for key, value in parts.items()})
   meta = {'input': INPUT, 'output': output, 'ops': ops, 'tensors': params,
           'calibration': dataclasses.asdict(calibration), 'data': data_layout(model)}
@@ -221,6 +244,7 @@ def load_fake_quant_weights(leaves, ops, arrays, params):
 
 
 def run_fake_quant(ops, leaves, params, images):
+  """run_float with every tensor quantized and dequantized with its params (path 1)."""
   return run_float(ops, leaves, images, lambda t, v: fake_quantize(v, params[t]))
 
 
@@ -250,7 +274,7 @@ def compare_layers(ops, leaves, int_model, images):
   return rows
 
 
-def fake_quant_precision(ops, leaves, params, images, labels, batch_size=500):
+def fake_quant_precision(ops, leaves, params, images, labels, batch_size=int8.BATCH_SIZE):
   """Precision @ 1 of the fake-quant path over standardized float32 images."""
   correct = 0
   for start in range(0, len(labels), batch_size):
@@ -276,7 +300,7 @@ def layer_scales(int_model):
 
 def model_bytes(float_params, arrays, path):
   """Sizes: float32 dense, int8 dense and int8 sparse payloads, and the exported file."""
-  return {'float32_dense': float_params * FLOAT32_BYTES,
+  return {'float32_dense': float_params * sparse.FLOAT32_BYTES,
           'int8_dense': sparse.nbytes(arrays),
           'int8_sparse': sparse.nbytes(sparse.pack(arrays)),
           'int8_file': os.path.getsize(path)}
@@ -305,7 +329,7 @@ def latest_run(checkpoint_dir):
 
 
 def quantize_run(checkpoint_dir, out_dir, batches_dir, calibration, use_ema=True,
-                 compare_images=200):
+                 compare_images=COMPARE_IMAGES):
   """Quantizes the latest checkpoint of a run, scores it three ways, exports it; the report."""
   config, checkpoint = latest_run(checkpoint_dir)
   test = cifar10_input.load_split(batches_dir, 'test')
@@ -321,33 +345,48 @@ def quantize_run(checkpoint_dir, out_dir, batches_dir, calibration, use_ema=True
   meta, arrays = quantize_model(model, calibration_data, calibration)
   meta.update(model=config.model, image_size=config.image_size,
               step=int(evaluator.step.numpy()), weights='ema' if use_ema else 'raw')
-  int_model = int8.Int8Model(meta, arrays)
-  int_precision, int_rate = int8.evaluate(int_model, test.images, test.labels)
-
+  try:
+    int_model = int8.Int8Model(meta, arrays)
+  except ValueError as e:
+    raise QuantizationError(str(e)) from e
+  int_precision, _, predictions = int8.evaluate(int_model, test.images, test.labels)
   ops, leaves, _ = trace_ops(model)
   load_fake_quant_weights(leaves, ops, arrays, meta['tensors'])
   fake_precision = fake_quant_precision(ops, leaves, meta['tensors'], evaluator.images.numpy(),
                                         test.labels)
-  prepared = int8.eval_preprocess(test.images[:compare_images], config.image_size)
-  layers = compare_layers(ops, leaves, int_model, prepared)
-
+  layers = compare_layers(ops, leaves, int_model,
+                          int8.eval_preprocess(test.images[:compare_images], config.image_size))
   os.makedirs(out_dir, exist_ok=True)
   path = os.path.join(out_dir, MODEL_FILE)
   int_model.save(path)
-  reloaded = int8.Int8Model.load(path)
-  prepared = int8.eval_preprocess(test.images, config.image_size)
-  same = bool(np.array_equal(reloaded.predict(prepared), int_model.predict(prepared)))
-  runner_precision, runner_rate = int8.evaluate(reloaded, test.images, test.labels)
+  runner = run_runner(path, os.path.dirname(batches_dir), out_dir)
   return {'checkpoint': checkpoint, 'model': config.model, 'step': meta['step'],
           'weights': meta['weights'], 'calibration': meta['calibration'],
           'num_examples': len(test), 'precision': {
               'float': float_precision, 'fake_quant': fake_precision, 'int8': int_precision,
-              'runner': runner_precision},
-          'runner_same_predictions': same, 'runner_images_per_sec': runner_rate,
-          'int8_images_per_sec': int_rate,
+              'runner': runner['precision']},
+          'runner_same_predictions': bool(np.array_equal(runner['predictions'], predictions)),
+          'runner': {k: v for k, v in runner.items() if k != 'predictions'},
           'max_step_difference': max(row['max_step_difference'] for row in layers),
           'layers': layers, 'scales': layer_scales(int_model),
           'bytes': model_bytes(float_params, arrays, path), 'model_file': path}
+
+
+def run_runner(model_file, data_dir, out_dir):
+  """Runs compress/int8.py on the exported file in its own process (no TensorFlow there).
+
+  Returns:
+    The runner's JSON line as a dict, plus its `predictions` (int64 [N]).
+  """
+  predictions_file = os.path.join(out_dir, RUNNER_PREDICTIONS)
+  result = subprocess.run(
+      [sys.executable, int8.__file__, f'--model_file={model_file}', f'--data_dir={data_dir}',
+       f'--predictions_out={predictions_file}'], capture_output=True, text=True, check=False)
+  if result.returncode:
+    raise QuantizationError(f'the NumPy runner failed: {result.stderr.strip()[-500:]}')
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  report['predictions'] = np.load(predictions_file)
+  return report
 
 
 def format_report(report):
@@ -368,8 +407,9 @@ def format_report(report):
                f'({b["float32_dense"] / b["int8_dense"]:.2f}x smaller); int8 sparse '
                f'{b["int8_sparse"]:,} ({b["float32_dense"] / b["int8_sparse"]:.2f}x); file '
                f'{b["int8_file"]:,} ({b["float32_dense"] / b["int8_file"]:.2f}x)')
-  lines.append(f'NumPy runner: {report["runner_images_per_sec"]:,.0f} images/s '
-               f'(batches of {int8.BATCH_SIZE}, preprocessing included)')
+  runner = report['runner']
+  lines.append(f'NumPy runner: {runner["images_per_sec"]:,.0f} images/s (batches of '
+               f'{runner["batch_size"]}, {runner["threads"]} threads, preprocessing included)')
   return '\n'.join(lines)
 
 
@@ -388,7 +428,7 @@ def main(argv):
                           use_ema=_FLAGS['ema'].value,
                           compare_images=_FLAGS['compare_images'].value)
   except (cifar10_input.DataError, cifar10_train.ConfigError, cifar10_eval.UnreadableCheckpoint,
-          FileNotFoundError, ValueError) as e:
+          FileNotFoundError, QuantizationError) as e:
     sys.exit(f'error: {e}')
   with open(os.path.join(out_dir, REPORT_FILE), 'w') as f:
     json.dump(report, f, indent=1)
@@ -396,6 +436,7 @@ def main(argv):
 
 
 def define_quantize_flags():
+  """The data flags of cifar10_train.py plus this binary's; returns {name: FlagHolder}."""
   d = Calibration
   holders = cifar10_train.define_data_flags()
   holders.update(
@@ -410,8 +451,8 @@ def define_quantize_flags():
       percentile=flags.DEFINE_float('percentile', d.percentile, 'Upper percentile of '
                                     "--calibration=percentile.", 50.0, 100.0),
       ema=flags.DEFINE_boolean('ema', True, 'Quantize the EMA shadows (--noema: raw weights).'),
-      compare_images=flags.DEFINE_integer('compare_images', 200, 'Test images for the '
-                                          'layer-by-layer check.', lower_bound=1),
+      compare_images=flags.DEFINE_integer('compare_images', COMPARE_IMAGES, 'Test images for '
+                                          'the layer-by-layer check.', lower_bound=1),
   )
   return holders
 

@@ -20,6 +20,8 @@ import numpy as np
 
 ZLIB_LEVEL = 9  # Smallest output; the masks are small, so the time does not matter.
 SPARSE_PARTS = ('shape', 'mask', 'values')
+META = 'meta'
+FLOAT32_BYTES = 4  # what a dense float32 weight costs, the baseline of every size report
 
 
 def encode(array):
@@ -35,10 +37,13 @@ def encode(array):
 def decode(shape, mask, values):
   """The dense array of a sparse form (the inverse of `encode`)."""
   size = int(np.prod(shape))
-  nonzero = np.unpackbits(np.frombuffer(zlib.decompress(mask.tobytes()), np.uint8))[:size]
-  if int(nonzero.sum()) != values.size:
-    raise ValueError(f'corrupt sparse array: the mask has {int(nonzero.sum())} ones but there '
-                     f'are {values.size} values')
+  try:
+    nonzero = np.unpackbits(np.frombuffer(zlib.decompress(mask.tobytes()), np.uint8))[:size]
+  except zlib.error as e:
+    raise ValueError(f'corrupt sparse array: its mask does not inflate ({e})') from e
+  if nonzero.size != size or int(nonzero.sum()) != values.size:
+    raise ValueError(f'corrupt sparse array: its mask covers {nonzero.size} of {size} entries '
+                     f'with {int(nonzero.sum())} ones, for {values.size} values')
   dense = np.zeros(size, values.dtype)
   dense[nonzero.astype(bool)] = values
   return dense.reshape(shape)
@@ -53,6 +58,8 @@ def pack(arrays):
   """{name: array} -> {file entry: array}, each array sparse only where that is smaller."""
   entries = {}
   for name, array in arrays.items():
+    if name == META or name.rpartition('/')[2] in SPARSE_PARTS:
+      raise ValueError(f'array name {name!r} is reserved by the file format')
     array = np.asarray(array)
     sparse = encode(array)
     if nbytes(sparse) < array.nbytes:
@@ -78,7 +85,7 @@ def unpack(entries):
 def save(path, arrays, meta):
   """Writes {name: array} and a JSON-able `meta` dict as one uncompressed .npz at `path`."""
   entries = pack(arrays)
-  entries['meta'] = np.array(json.dumps(meta, sort_keys=True))
+  entries[META] = np.array(json.dumps(meta, sort_keys=True))
   with open(path, 'wb') as f:
     np.savez(f, **entries)
 
@@ -87,5 +94,5 @@ def load(path):
   """(arrays, meta) from a file written by `save`: {name: dense array}, dict."""
   with np.load(path, allow_pickle=False) as data:
     entries = {key: data[key] for key in data.files}
-  meta = json.loads(str(entries.pop('meta')))
+  meta = json.loads(str(entries.pop(META)))
   return unpack(entries), meta

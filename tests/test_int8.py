@@ -42,6 +42,17 @@ def test_requantize_rounds_half_up_like_exact_arithmetic():
     assert g == expected
 
 
+@pytest.mark.parametrize('multiplier', [1e-8, 2.0**-40])
+def test_tiny_multipliers_cap_the_shift_and_stay_exact_in_int64(multiplier):
+  m0, shift = int8.quantize_multiplier(multiplier)
+  assert 31 + shift == int8.MAX_TOTAL_SHIFT
+  acc = np.array([-2**31 + 1, -5 * 10**8, 0, 7, 2**31 - 1])
+  got = int8.requantize(acc, m0, shift, zero_point=-128, low=-128)
+  expected = [min(max(int(np.floor(fractions.Fraction(int(a) * int(m0), 2**54) + fractions.Fraction(1, 2))) - 128, -128), 127)
+              for a in acc]
+  assert got.tolist() == expected
+
+
 def test_folded_requantization_equals_the_plain_formula():
   rng = np.random.default_rng(1)
   m0, shift = int8.quantize_multiplier(rng.uniform(1e-4, 1e-2, size=8))
@@ -67,12 +78,15 @@ def test_int8_max_pool_matches_tensorflow(size, stride, side):
   np.testing.assert_array_equal(int8.max_pool(x, size, stride), expected)
 
 
-def test_patches_pad_with_the_zero_point_like_a_same_convolution():
-  x = np.random.default_rng(3).integers(-3, 4, size=(2, 6, 6, 2)).astype(np.int8)
+@pytest.mark.parametrize('stride', [1, 2])
+@pytest.mark.parametrize('channel_major', [False, True])
+def test_patches_pad_with_the_zero_point_like_a_same_convolution(channel_major, stride):
+  x = np.random.default_rng(3).integers(-3, 4, size=(2, 7, 7, 2)).astype(np.int8)
   kernel = np.random.default_rng(4).integers(-3, 4, size=(5, 5, 2, 3)).astype(np.float32)
-  windows = int8.patches(x, 5, 1, pad_value=0).astype(np.float32)
-  got = windows.reshape(-1, 50) @ kernel.reshape(50, 3)
-  expected = tf.nn.conv2d(tf.constant(x, tf.float32), kernel, 1, 'SAME').numpy()
+  windows = int8.patches(x, 5, stride, 0, channel_major).astype(np.float32)
+  matrix = kernel.transpose(2, 0, 1, 3) if channel_major else kernel
+  got = windows.reshape(-1, 50) @ matrix.reshape(50, 3)
+  expected = tf.nn.conv2d(tf.constant(x, tf.float32), kernel, stride, 'SAME').numpy()
   np.testing.assert_array_equal(got.reshape(expected.shape), expected)
 
 

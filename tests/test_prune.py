@@ -56,6 +56,12 @@ def test_oneshot_prunes_to_the_target_once():
   assert at(settings.sparsity, 10) == pytest.approx(0.75)
 
 
+def test_gradual_with_begin_equal_to_end_prunes_to_the_target_at_once():
+  settings = prune.PruningSettings(target_sparsity=0.6, begin_step=50, end_step=50)
+  assert [s for s in range(100) if at(settings.is_update_step, s)] == [50]
+  assert at(settings.sparsity, 50) == pytest.approx(0.6)
+
+
 def test_bad_settings_are_refused():
   with pytest.raises(ValueError, match='initial_sparsity <= target_sparsity'):
     prune.PruningSettings(target_sparsity=0.5, initial_sparsity=0.6)
@@ -172,3 +178,29 @@ def test_prune_binary_reports_a_source_without_a_run(tmp_path):
   assert result.returncode == 1
   assert 'Traceback' not in result.stderr, result.stderr
   assert f'--source_dir={tmp_path} holds no trained run' in result.stderr, result.stderr
+
+
+def prune_values(source_dir, train_dir, **overrides):
+  values = dict(source_dir=str(source_dir), train_dir=str(train_dir), finetune_steps=20,
+                target_sparsity=0.5, initial_sparsity=0.0, begin_step=None, end_step=None,
+                frequency=5, mode='gradual', rounds=4, threshold='per_layer', dense_layers=[],
+                learning_rate=None)
+  values.update(overrides)
+  return values
+
+
+def test_prepare_derives_the_window_from_the_source_step(source_run, tmp_path):
+  config, settings, source = prune.prepare(prune_values(source_run.train_dir, tmp_path))
+  assert (settings.begin_step, settings.end_step, config.max_steps) == (10, 20, 30)
+  assert source.endswith('ckpt-10') and config.train_dir == str(tmp_path)
+
+
+@pytest.mark.parametrize('window', [dict(end_step=5), dict(begin_step=5), dict(end_step=31)])
+def test_prepare_refuses_a_window_outside_the_fine_tuning(source_run, tmp_path, window):
+  with pytest.raises(cifar10_train.ConfigError, match='pruning window'):
+    prune.prepare(prune_values(source_run.train_dir, tmp_path, **window))
+
+
+def test_an_ordinary_run_is_refused_as_a_pruning_train_dir(source_run):
+  with pytest.raises(cifar10_train.ConfigError, match='not a pruning checkpoint'):
+    pruning_trainer(source_run, source_run.train_dir).restore_latest()

@@ -105,6 +105,20 @@ def test_minmax_ranges_cover_the_calibration_data_and_percentiles_clip_it():
     assert (127 - params['zero_point']) * params['scale'] >= float(tf.reduce_max(value)) - half_step
 
 
+def test_concat_inputs_take_the_concat_scale_and_pools_their_input_scale():
+  ops = [{'type': 'conv', 'inputs': ['input'], 'output': 't0'},
+         {'type': 'conv', 'inputs': ['input'], 'output': 't1'},
+         {'type': 'concat', 'name': 'c', 'inputs': ['t0', 't1'], 'output': 't2'},
+         {'type': 'max_pool', 'inputs': ['t2'], 'output': 't3'}]
+  ranges = {'input': (-1, 1), 't0': (0, 1), 't1': (0, 4), 't2': (0, 4), 't3': (0, 3)}
+  params = quantize.tensor_params(ops, ranges)
+  assert params['t0'] == params['t1'] == params['t2'] == params['t3']
+  assert params['t2']['scale'] == pytest.approx(4 / 255)
+  ops[1]['type'] = 'max_pool'
+  with pytest.raises(quantize.QuantizationError, match='does not come from a conv'):
+    quantize.tensor_params(ops, ranges)
+
+
 def test_affine_params_keep_zero_exact():
   params = quantize.affine_params(-1.0, 3.0)
   assert params['scale'] == pytest.approx(4.0 / 255)
@@ -116,8 +130,10 @@ def test_weights_are_symmetric_per_output_channel_and_zeros_stay_zero():
   kernel = np.zeros((3, 3, 2, 4), np.float32)
   kernel[0, 0, 0] = [0.5, -2.0, 0.0, 1e-3]
   kernel[1, 2, 1] = [-0.25, 1.0, 0.0, -1e-3]
-  parts = quantize.quantize_weights(kernel, np.array([0.1, 0.2, 0.3, 0.4]), input_scale=0.05)
-  np.testing.assert_allclose(parts['weight_scale'], [0.5 / 127, 2.0 / 127, 1.0, 1e-3 / 127])
+  parts = quantize.quantize_weights(kernel, np.array([0.1, 0.2, 0.3, 0.4]), input_scale=0.05,
+                                    output_scale=0.1)
+  # The all-zero channel: s_w = 2^-16 * s_y / s_x, so its bias is exact to 2^-16 of a step.
+  np.testing.assert_allclose(parts['weight_scale'], [0.5 / 127, 2.0 / 127, 2**-15, 1e-3 / 127])
   assert parts['weights'][0, 0, 0].tolist() == [127, -127, 0, 127]
   assert parts['weights'][1, 2, 1].tolist() == [-64, 64, 0, -127]  # -63.5 rounds to even.
   assert np.count_nonzero(parts['weights']) == np.count_nonzero(kernel)
@@ -172,7 +188,7 @@ def test_quantize_run_scores_three_ways_and_the_runner_agrees(tiny_run, tmp_path
 def test_a_pruned_kernel_stays_sparse_in_int8():
   kernel = np.random.default_rng(0).normal(size=(5, 5, 64, 64)).astype(np.float32)
   kernel[np.random.default_rng(1).random(kernel.shape) < 0.9] = 0
-  parts = quantize.quantize_weights(kernel, np.zeros(64), input_scale=0.1)
+  parts = quantize.quantize_weights(kernel, np.zeros(64), input_scale=0.1, output_scale=0.1)
   assert np.all(parts['weights'][kernel == 0] == 0)  # Tiny weights may round to 0 as well.
   assert np.count_nonzero(parts['weights']) > 0.98 * np.count_nonzero(kernel)
   assert sparse.nbytes(sparse.pack(parts)) < 0.25 * sparse.nbytes(parts)

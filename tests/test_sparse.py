@@ -67,3 +67,15 @@ def test_save_load_round_trip(tmp_path):
     np.testing.assert_array_equal(loaded[name], array)
   dense_bytes = sum(a.nbytes for a in arrays.values())
   assert path.stat().st_size < 0.2 * dense_bytes
+
+
+@pytest.mark.parametrize('name', ['meta', 'conv1/mask', 'x/values', 'y/shape'])
+def test_reserved_names_are_refused(name):
+  with pytest.raises(ValueError, match='reserved'):
+    sparse.pack({name: np.zeros(3, np.float32)})
+
+
+def test_a_mask_that_does_not_inflate_is_refused():
+  parts = sparse.encode(random_sparse((100,), 0.5))
+  with pytest.raises(ValueError, match='does not inflate'):
+    sparse.decode(parts['shape'], parts['mask'][:-3], parts['values'])
