@@ -395,11 +395,11 @@ def format_report(report):
   lines = [f'{report["model"]} step {report["step"]} ({report["weights"]} weights), '
            f'calibration {report["calibration"]}',
            f'{"op":<20} {"type":<9} {"out scale":>10} {"zp":>5} {"max diff":>9} '
-           f'{"differ":>8}']
+           f'{"share off":>9}']
   for scales, check in zip(report['scales'], report['layers']):
     lines.append(f'{scales["name"]:<20} {scales["type"]:<9} {scales["output"]["scale"]:>10.5f} '
                  f'{scales["output"]["zero_point"]:>5} {check["max_step_difference"]:>9} '
-                 f'{check["fraction_different"]:>8.2%}')
+                 f'{check["fraction_different"]:>9.1e}')
   lines.append(f'precision @ 1 on {report["num_examples"]:,} test images: float '
                f'{p["float"]:.4f}, fake-quant {p["fake_quant"]:.4f}, int8 {p["int8"]:.4f}, '
                f'runner {p["runner"]:.4f} (same predictions: {report["runner_same_predictions"]})')
