@@ -111,20 +111,26 @@ def markdown_table(results):
 
 
 def plot(results, path):
-  """Precision @ 1 against MFLOPs and against params, Pareto fronts as lines."""
+  """Precision @ 1 against MFLOPs and against params; Pareto-front models ringed and joined."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
   figure, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
-  for axis, cost_name, cost_of in ((axes[0], 'MFLOPs (at the run\'s input size)', lambda r: r.flops / 1e6),
+  for axis, cost_name, cost_of in ((axes[0], "MFLOPs (at the run's input size)", lambda r: r.flops / 1e6),
                                    (axes[1], 'parameters (millions)', lambda r: r.params / 1e6)):
     points = [(cost_of(r), 100 * r.final_precision) for r in results]
     axis.scatter(*zip(*points), color='tab:blue', zorder=3)
     for r, (x, y) in zip(results, points):
-      axis.annotate(r.name, (x, y), textcoords='offset points', xytext=(4, 4), fontsize=8)
+      axis.annotate(r.model, (x, y), textcoords='offset points', xytext=(4, 4), fontsize=8)
     front = sorted(points[i] for i in pareto_front(points))
-    axis.step(*zip(*front), where='post', color='tab:orange', label='Pareto front')
+    axis.plot(*zip(*front), color='tab:orange', marker='o', markersize=11, fillstyle='none',
+              label='Pareto front', zorder=2)
     axis.set_xscale('log')
+    axis.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
+    axis.xaxis.set_major_formatter(ticker.FormatStrFormatter('%g'))
+    axis.xaxis.set_minor_formatter(ticker.NullFormatter())
+    axis.margins(x=0.08, y=0.1)
     axis.set_xlabel(cost_name)
     axis.grid(True, which='both', alpha=0.3)
     axis.legend(loc='lower right')
