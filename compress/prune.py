@@ -42,6 +42,7 @@ THRESHOLDS = ('per_layer', 'global')
 SETTINGS_FILE = 'pruning.json'
 REPORT_FILE = 'prune_report.json'
 SPARSE_FILE = 'model_sparse.npz'
+FINETUNE_STEPS = 5000  # steps after the source checkpoint (90 % costs 0.6 point at 5k here)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -352,7 +353,7 @@ def define_prune_flags():
                                      required=True),
       train_dir=flags.DEFINE_string('train_dir', None, 'The new run (checkpoints, report).',
                                     required=True),
-      finetune_steps=flags.DEFINE_integer('finetune_steps', 5000, 'Steps of fine-tuning '
+      finetune_steps=flags.DEFINE_integer('finetune_steps', FINETUNE_STEPS, 'Steps of fine-tuning '
                                           'after the source checkpoint.', lower_bound=1),
       target_sparsity=flags.DEFINE_float('target_sparsity', d.target_sparsity,
                                          'Final fraction of zeros.', 0.0, 0.999),
