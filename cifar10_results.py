@@ -117,8 +117,9 @@ def plot(results, path):
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   from matplotlib import ticker  # pylint: disable=g-import-not-at-top
   figure, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
-  for axis, cost_name, cost_of in ((axes[0], "MFLOPs (at the run's input size)", lambda r: r.flops / 1e6),
-                                   (axes[1], 'parameters (millions)', lambda r: r.params / 1e6)):
+  costs = ((axes[0], "MFLOPs (at the run's input size)", lambda r: r.flops / 1e6),
+           (axes[1], 'parameters (millions)', lambda r: r.params / 1e6))
+  for axis, cost_name, cost_of in costs:
     points = [(cost_of(r), 100 * r.final_precision) for r in results]
     axis.scatter(*zip(*points), color='tab:blue', zorder=3)
     for r, (x, y) in zip(results, points):

@@ -353,8 +353,9 @@ def define_prune_flags():
                                      required=True),
       train_dir=flags.DEFINE_string('train_dir', None, 'The new run (checkpoints, report).',
                                     required=True),
-      finetune_steps=flags.DEFINE_integer('finetune_steps', FINETUNE_STEPS, 'Steps of fine-tuning '
-                                          'after the source checkpoint.', lower_bound=1),
+      finetune_steps=flags.DEFINE_integer('finetune_steps', FINETUNE_STEPS, 'Steps of '
+                                          'fine-tuning after the source checkpoint.',
+                                          lower_bound=1),
       target_sparsity=flags.DEFINE_float('target_sparsity', d.target_sparsity,
                                          'Final fraction of zeros.', 0.0, 0.999),
       initial_sparsity=flags.DEFINE_float('initial_sparsity', d.initial_sparsity,

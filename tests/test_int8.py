@@ -28,7 +28,8 @@ def test_multiplier_decomposition_reproduces_m_to_int32_precision(multiplier):
   assert 2**30 <= m0 < 2**31
   exact = fractions.Fraction(int(m0), 2 ** (31 + int(shift)))
   # m0 is M * 2^(31 + shift) rounded to an integer: off by at most half a unit of m0.
-  assert abs(exact - fractions.Fraction(multiplier)) <= fractions.Fraction(1, 2 ** (32 + int(shift)))
+  half_unit = fractions.Fraction(1, 2 ** (32 + int(shift)))
+  assert abs(exact - fractions.Fraction(multiplier)) <= half_unit
 
 
 def test_requantize_rounds_half_up_like_exact_arithmetic():
@@ -48,8 +49,9 @@ def test_tiny_multipliers_cap_the_shift_and_stay_exact_in_int64(multiplier):
   assert 31 + shift == int8.MAX_TOTAL_SHIFT
   acc = np.array([-2**31 + 1, -5 * 10**8, 0, 7, 2**31 - 1])
   got = int8.requantize(acc, m0, shift, zero_point=-128, low=-128)
-  expected = [min(max(int(np.floor(fractions.Fraction(int(a) * int(m0), 2**54) + fractions.Fraction(1, 2))) - 128, -128), 127)
-              for a in acc]
+  rounded = [np.floor(fractions.Fraction(int(a) * int(m0), 2**54) + fractions.Fraction(1, 2))
+             for a in acc]
+  expected = [min(max(int(r) - 128, -128), 127) for r in rounded]
   assert got.tolist() == expected
 
 
@@ -58,7 +60,8 @@ def test_folded_requantization_equals_the_plain_formula():
   m0, shift = int8.quantize_multiplier(rng.uniform(1e-4, 1e-2, size=8))
   offset = rng.integers(-10**6, 10**6, size=8)
   layer = {'m0': m0, 'total_shift': 31 + shift, 'low': -5,
-           'bias_term': offset * m0 + (np.int64(1) << (30 + shift)) + (np.int64(-5) << (31 + shift))}
+           'bias_term': (offset * m0 + (np.int64(1) << (30 + shift))
+                         + (np.int64(-5) << (31 + shift)))}
   acc = rng.integers(-2**23, 2**23, size=(50, 8)).astype(np.float32)
   np.testing.assert_array_equal(int8.requantize_folded(acc, layer),
                                 int8.requantize(acc.astype(np.int64) + offset, m0, shift, -5, -5))

@@ -101,7 +101,8 @@ def test_minmax_ranges_cover_the_calibration_data_and_percentiles_clip_it():
     # The int8 grid covers it too, up to the half step by which the zero point is rounded.
     params = tensors[tensor]
     half_step = params['scale'] / 2 * (1 + 1e-6)
-    assert (-128 - params['zero_point']) * params['scale'] <= float(tf.reduce_min(value)) + half_step
+    lowest = (-128 - params['zero_point']) * params['scale']
+    assert lowest <= float(tf.reduce_min(value)) + half_step
     assert (127 - params['zero_point']) * params['scale'] >= float(tf.reduce_max(value)) - half_step
 
 
