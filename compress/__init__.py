@@ -1,3 +1,4 @@
-"""Compression of trained runs: magnitude pruning (prune.py), int8 quantization (quantize.py),
+"""Compression of trained runs: magnitude pruning (prune.py), int8 quantization (quantize.py,
+fake_quant.py),
 the NumPy integer runner (int8.py) and the sparse file format they share (sparse.py).
 """

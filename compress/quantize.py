@@ -9,15 +9,17 @@ al. 2018): weights symmetric int8 per output channel (convs and dense layers ali
 path, and a dense layer's rows differ in scale as much as a conv's filters), activations
 asymmetric int8 per tensor, biases int32 at scale s_x * s_w. It then scores the test set three
 ways: float, fake-quant in TensorFlow (quantize-dequantize at every tensor boundary, float
-kernels) and integer-only (compress/int8.py), compares the last two layer by layer on the same
-int8 inputs, exports the model to <out_dir>/model_int8.npz, and reloads it to check that the
-NumPy-only runner gives the same predictions. Report: printed and <out_dir>/quant_report.json.
+kernels; compress/fake_quant.py) and integer-only (compress/int8.py), compares the last two op
+by op on the same int8 inputs, exports the model to <out_dir>/model_int8.npz, and runs the
+NumPy-only runner on that file in its own process, which must give the same predictions.
+Report: printed and <out_dir>/quant_report.json.
 
 Tensors that only move values (max-pool, flatten) keep their input's scale; the branches of
 a concat are requantized straight to the concat's scale, as TFLite does.
 """
 
 import dataclasses
+import datetime
 import json
 import os
 import subprocess
@@ -34,8 +36,8 @@ import tensorflow as tf
 
 import cifar10_eval
 import cifar10_input
-import cifar10_model as cm
 import cifar10_train
+from compress import fake_quant
 from compress import int8
 from compress import sparse
 
@@ -43,14 +45,9 @@ CALIBRATION_METHODS = ('minmax', 'percentile')
 MODEL_FILE = 'model_int8.npz'
 RUNNER_PREDICTIONS = 'runner_predictions.npy'
 REPORT_FILE = 'quant_report.json'
-INPUT = 'input'
 VALUE_OPS = ('max_pool', 'flatten')  # ops whose output keeps the input's scale
 COMPARE_IMAGES = 200  # test images of the layer-by-layer check
 ZERO_CHANNEL_MULTIPLIER = 2.0 ** -16  # M of an all-zero channel, so its bias stays precise
-
-
-class QuantizationError(ValueError):
-  """The model has a layer or a layout the int8 path cannot represent."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,74 +56,6 @@ class Calibration:
   method: str = 'minmax'
   percentile: float = 99.99  # 'percentile': range from the (100 - p)th to the pth percentile
   seed: int = 0  # which training images
-
-
-# --------------------------------------------------------------------------- the op list
-
-
-def trace_ops(model):
-  """The model as ops over named tensors, in execution order.
-
-  Returns:
-    (ops, leaves, output): ops are JSON-able dicts (type, name, inputs, output and the
-    layer's hyperparameters); leaves[i] is the layer object of ops[i] (None for a concat);
-    output is the id of the logits tensor.
-  """
-  ops, leaves = [], []
-
-  def add(op, leaf, inputs):
-    op.update(inputs=list(inputs), output=f't{len(ops)}')
-    op.setdefault('name', f'{op["type"]}{len(ops)}')
-    ops.append(op)
-    leaves.append(leaf)
-    return op['output']
-
-  def walk(layer, tensor):
-    if isinstance(layer, cm.Sequential):
-      for inner in layer.layers:
-        tensor = walk(inner, tensor)
-      return tensor
-    if isinstance(layer, cm.Concat):
-      return add({'type': 'concat'}, None, [walk(b, tensor) for b in layer.branches])
-    if isinstance(layer, cm.Dropout):
-      return tensor  # Identity at inference.
-    return add(leaf_op(layer), layer, [tensor])
-
-  return ops, leaves, walk(model, INPUT)
-
-
-def leaf_op(layer):
-  """The op dict of one layer (its type and hyperparameters)."""
-  if isinstance(layer, cm.Conv2D):
-    return {'type': 'conv', 'name': layer.name, 'kernel_size': int(layer.kernel.shape[0]),
-            'stride': layer.stride, 'relu': layer.relu}
-  if isinstance(layer, cm.Dense):
-    return {'type': 'dense', 'name': layer.name, 'relu': layer.relu}
-  if isinstance(layer, cm.MaxPool):
-    return {'type': 'max_pool', 'size': layer.size, 'stride': layer.stride}
-  if isinstance(layer, cm.LRN):
-    return {'type': 'lrn', 'depth_radius': layer.depth_radius, 'bias': layer.bias,
-            'alpha': layer.alpha, 'beta': layer.beta}
-  if isinstance(layer, cm.Flatten):
-    return {'type': 'flatten'}
-  if isinstance(layer, cm.GlobalAvgPool):
-    return {'type': 'avg_pool'}
-  raise QuantizationError(f'no int8 form for layer {layer.name!r} ({type(layer).__name__})')
-
-
-def run_float(ops, leaves, images, tensor_fn=None):
-  """Runs the ops in TensorFlow; tensor_fn (e.g. fake quantization) maps each new tensor.
-
-  Returns:
-    {tensor id: float32 tensor} for the input and every op's output.
-  """
-  tensor_fn = tensor_fn or (lambda tensor_id, value: value)
-  values = {INPUT: tensor_fn(INPUT, tf.convert_to_tensor(images, tf.float32))}
-  for op, leaf in zip(ops, leaves):
-    inputs = [values[i] for i in op['inputs']]
-    value = tf.concat(inputs, axis=-1) if leaf is None else leaf(inputs[0], training=False)
-    values[op['output']] = tensor_fn(op['output'], value)
-  return values
 
 
 # --------------------------------------------------------------------------- quantization
@@ -155,7 +84,7 @@ def tensor_params(ops, ranges):
   In three passes: each computing op's output from its own range; then a concat's inputs
   take the concat's; then max-pool and flatten outputs copy their (now final) input's.
   """
-  params = {INPUT: affine_params(*ranges[INPUT])}
+  params = {fake_quant.INPUT: affine_params(*ranges[fake_quant.INPUT])}
   producer = {op['output']: op for op in ops}
   for op in ops:
     if op['type'] not in VALUE_OPS:
@@ -164,8 +93,9 @@ def tensor_params(ops, ranges):
     if op['type'] == 'concat':
       for tensor in op['inputs']:
         if producer.get(tensor, {}).get('type') not in ('conv', 'dense'):
-          raise QuantizationError(f'concat {op["name"]}: its input {tensor} does not come '
-                                  'from a conv or dense layer, which could requantize it')
+          raise fake_quant.QuantizationError(
+              f'concat {op["name"]}: its input {tensor} does not come from a conv or dense '
+              'layer, which could requantize it')
         params[tensor] = params[op['output']]
   for op in ops:
     if op['type'] in VALUE_OPS:
@@ -183,7 +113,7 @@ def quantize_weights(kernel, bias, input_scale, output_scale):
     {'weights': int8, 'bias': int32, 'weight_scale': float32 [C_out]}.
 
   Raises:
-    QuantizationError: a bias does not fit in int32 at its scale.
+    fake_quant.QuantizationError: a bias does not fit in int32 at its scale.
   """
   kernel = np.asarray(kernel, np.float64)
   columns = kernel.reshape(-1, kernel.shape[-1])
@@ -192,16 +122,16 @@ def quantize_weights(kernel, bias, input_scale, output_scale):
   weights = np.clip(np.round(kernel / scale), -int8.WEIGHT_MAX, int8.WEIGHT_MAX)
   bias_q = np.round(np.asarray(bias, np.float64) / (input_scale * scale.astype(np.float64)))
   if np.abs(bias_q).max(initial=0) >= 2**31:
-    raise QuantizationError(f'a bias of {np.abs(bias).max():.3g} does not fit in int32 at '
-                            f'scale {input_scale:.3g} x weight scale')
+    raise fake_quant.QuantizationError(f'a bias of {np.abs(bias).max():.3g} does not fit in '
+                                       f'int32 at scale {input_scale:.3g} x weight scale')
   return {'weights': weights.astype(np.int8), 'weight_scale': scale,
           'bias': bias_q.astype(np.int32)}
 
 
 def quantize_model(model, calibration_images, calibration):
   """The int8 form of `model` (its current weights) as an int8.Int8Model's (meta, arrays)."""
-  ops, leaves, output = trace_ops(model)
-  values = run_float(ops, leaves, calibration_images)
+  ops, leaves, output = fake_quant.trace_ops(model)
+  values = fake_quant.run_float(ops, leaves, calibration_images)
   ranges = {tensor: value_range(value, calibration) for tensor, value in values.items()}
   params = tensor_params(ops, ranges)
   arrays = {}
@@ -210,7 +140,7 @@ def quantize_model(model, calibration_images, calibration):
       parts = quantize_weights(leaf.kernel.numpy(), leaf.bias.numpy(),
                                params[op['inputs'][0]]['scale'], params[op['output']]['scale'])
       arrays.update({f'{op["name"]}/{key}': value for key, value in parts.items()})
-  meta = {'input': INPUT, 'output': output, 'ops': ops, 'tensors': params,
+  meta = {'input': fake_quant.INPUT, 'output': output, 'ops': ops, 'tensors': params,
           'calibration': dataclasses.asdict(calibration), 'data': data_layout(model)}
   return meta, arrays
 
@@ -223,65 +153,7 @@ def data_layout(model):
           'crop': model.input_shape[0]}
 
 
-# --------------------------------------------------------------------------- fake quant
-
-
-def fake_quantize(value, params):
-  """Quantize-dequantize in float32: (clamp(round(x / s) + zp) - zp) * s."""
-  scale, zero_point = params['scale'], params['zero_point']
-  q = tf.clip_by_value(tf.round(value / scale) + zero_point, int8.INT8_MIN, int8.INT8_MAX)
-  return (q - zero_point) * scale
-
-
-def load_fake_quant_weights(leaves, ops, arrays, params):
-  """Sets each conv/dense layer's variables to its dequantized int8 weights and bias."""
-  for op, leaf in zip(ops, leaves):
-    if op['type'] in ('conv', 'dense'):
-      name, s_x = op['name'], params[op['inputs'][0]]['scale']
-      s_w = arrays[f'{name}/weight_scale'].astype(np.float64)
-      leaf.kernel.assign(arrays[f'{name}/weights'] * s_w)
-      leaf.bias.assign(arrays[f'{name}/bias'] * (s_x * s_w))
-
-
-def run_fake_quant(ops, leaves, params, images):
-  """run_float with every tensor quantized and dequantized with its params (path 1)."""
-  return run_float(ops, leaves, images, lambda t, v: fake_quantize(v, params[t]))
-
-
 # --------------------------------------------------------------------------- checks
-
-
-def compare_layers(ops, leaves, int_model, images):
-  """Each op in float (fake-quant weights) and in integers, on the same int8 inputs.
-
-  Args:
-    images: standardized float32 [N, s, s, 3].
-
-  Returns:
-    One dict per op: name, type, max_step_difference, fraction_different (of its outputs).
-  """
-  params = int_model.tensors
-  values = int_model.run(int_model.quantize_input(images), keep_all=True)
-  rows = []
-  for op, leaf in zip(ops, leaves):
-    inputs = [int8.dequantize(values[t], **params[t]) for t in op['inputs']]
-    output = tf.concat(inputs, axis=-1) if leaf is None else leaf(inputs[0], training=False)
-    expected = int8.quantize(output.numpy(), **params[op['output']])
-    difference = np.abs(expected.astype(np.int32) - values[op['output']].astype(np.int32))
-    rows.append({'name': op['name'], 'type': op['type'],
-                 'max_step_difference': int(difference.max()),
-                 'fraction_different': float(np.mean(difference > 0))})
-  return rows
-
-
-def fake_quant_precision(ops, leaves, params, images, labels, batch_size=int8.BATCH_SIZE):
-  """Precision @ 1 of the fake-quant path over standardized float32 images."""
-  correct = 0
-  for start in range(0, len(labels), batch_size):
-    batch = images[start:start + batch_size]
-    logits = run_fake_quant(ops, leaves, params, batch)[ops[-1]['output']]
-    correct += int(np.sum(np.argmax(logits.numpy(), axis=1) == labels[start:start + batch_size]))
-  return correct / len(labels)
 
 
 def layer_scales(int_model):
@@ -329,9 +201,13 @@ def latest_run(checkpoint_dir):
 
 
 def quantize_run(checkpoint_dir, out_dir, batches_dir, calibration, use_ema=True,
-                 compare_images=COMPARE_IMAGES):
-  """Quantizes the latest checkpoint of a run, scores it three ways, exports it; the report."""
+                 compare_images=COMPARE_IMAGES, log=lambda message: None):
+  """Quantizes the latest checkpoint of a run, scores it three ways, exports it; the report.
+
+  `log(message)` hears about each stage (the binary prints them with a timestamp).
+  """
   config, checkpoint = latest_run(checkpoint_dir)
+  log(f'restoring {checkpoint} and scoring the float model')
   test = cifar10_input.load_split(batches_dir, 'test')
   evaluator = cifar10_eval.Evaluator(config, test)
   evaluator.restore(checkpoint)
@@ -340,6 +216,7 @@ def quantize_run(checkpoint_dir, out_dir, batches_dir, calibration, use_ema=True
   float_precision, _ = evaluator.precision()
   model = evaluator.model
   float_params = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+  log(f'float {float_precision:.4f}; calibrating on {calibration.images} training images')
   calibration_data = calibration_images(cifar10_input.load_split(batches_dir, 'train'),
                                         calibration, config.image_size)
   meta, arrays = quantize_model(model, calibration_data, calibration)
@@ -348,17 +225,20 @@ def quantize_run(checkpoint_dir, out_dir, batches_dir, calibration, use_ema=True
   try:
     int_model = int8.Int8Model(meta, arrays)
   except ValueError as e:
-    raise QuantizationError(str(e)) from e
+    raise fake_quant.QuantizationError(str(e)) from e
+  log('scoring the integer path (NumPy, in this process)')
   int_precision, _, predictions = int8.evaluate(int_model, test.images, test.labels)
-  ops, leaves, _ = trace_ops(model)
-  load_fake_quant_weights(leaves, ops, arrays, meta['tensors'])
-  fake_precision = fake_quant_precision(ops, leaves, meta['tensors'], evaluator.images.numpy(),
+  log(f'int8 {int_precision:.4f}; scoring the fake-quant path and comparing the ops')
+  ops, leaves, _ = fake_quant.trace_ops(model)
+  fake_quant.load_weights(leaves, ops, arrays, meta['tensors'])
+  fake_precision = fake_quant.precision(ops, leaves, meta['tensors'], evaluator.images.numpy(),
                                         test.labels)
-  layers = compare_layers(ops, leaves, int_model,
-                          int8.eval_preprocess(test.images[:compare_images], config.image_size))
+  compared = int8.eval_preprocess(test.images[:compare_images], config.image_size)
+  layers = fake_quant.compare_layers(ops, leaves, int_model, compared)
   os.makedirs(out_dir, exist_ok=True)
   path = os.path.join(out_dir, MODEL_FILE)
   int_model.save(path)
+  log(f'wrote {path}; running the NumPy runner on it in its own process')
   runner = run_runner(path, os.path.dirname(batches_dir), out_dir)
   return {'checkpoint': checkpoint, 'model': config.model, 'step': meta['step'],
           'weights': meta['weights'], 'calibration': meta['calibration'],
@@ -383,7 +263,7 @@ def run_runner(model_file, data_dir, out_dir):
       [sys.executable, int8.__file__, f'--model_file={model_file}', f'--data_dir={data_dir}',
        f'--predictions_out={predictions_file}'], capture_output=True, text=True, check=False)
   if result.returncode:
-    raise QuantizationError(f'the NumPy runner failed: {result.stderr.strip()[-500:]}')
+    raise fake_quant.QuantizationError(f'the NumPy runner failed: {result.stderr.strip()[-500:]}')
   report = json.loads(result.stdout.strip().splitlines()[-1])
   report['predictions'] = np.load(predictions_file)
   return report
@@ -426,9 +306,11 @@ def main(argv):
     report = quantize_run(checkpoint_dir, out_dir,
                           cifar10_train.batches_dir_from_flags(_FLAGS), calibration,
                           use_ema=_FLAGS['ema'].value,
-                          compare_images=_FLAGS['compare_images'].value)
+                          compare_images=_FLAGS['compare_images'].value,
+                          log=lambda message: print(f'{datetime.datetime.now()}: {message}',
+                                                    flush=True))
   except (cifar10_input.DataError, cifar10_train.ConfigError, cifar10_eval.UnreadableCheckpoint,
-          FileNotFoundError, QuantizationError) as e:
+          FileNotFoundError, fake_quant.QuantizationError) as e:
     sys.exit(f'error: {e}')
   with open(os.path.join(out_dir, REPORT_FILE), 'w') as f:
     json.dump(report, f, indent=1)

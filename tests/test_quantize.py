@@ -11,6 +11,7 @@ import tensorflow as tf
 import cifar10_input
 import cifar10_model as cm
 import cifar10_train
+from compress import fake_quant
 from compress import int8
 from compress import quantize
 from compress import sparse
@@ -57,14 +58,14 @@ def test_integer_layers_match_fake_quant_within_one_step(build):
   randomize_biases(model)
   meta, arrays = quantize.quantize_model(model, images(64), quantize.Calibration())
   int_model = int8.Int8Model(meta, arrays)
-  ops, leaves, _ = quantize.trace_ops(model)
-  quantize.load_fake_quant_weights(leaves, ops, arrays, meta['tensors'])
-  rows = quantize.compare_layers(ops, leaves, int_model, images(32, seed=1))
+  ops, leaves, _ = fake_quant.trace_ops(model)
+  fake_quant.load_weights(leaves, ops, arrays, meta['tensors'])
+  rows = fake_quant.compare_layers(ops, leaves, int_model, images(32, seed=1))
   assert [row['type'] for row in rows][:2] == ['conv', 'max_pool' if build is tutorial_like
                                                else 'conv']
   assert max(row['max_step_difference'] for row in rows) <= 1, rows
   # The whole integer model against the whole fake-quant model, end to end.
-  logits = quantize.run_fake_quant(ops, leaves, meta['tensors'], images(32, seed=1))
+  logits = fake_quant.run(ops, leaves, meta['tensors'], images(32, seed=1))
   out = meta['tensors'][meta['output']]
   expected = int8.quantize(logits[meta['output']].numpy(), **out)
   got = int_model.run(int_model.quantize_input(images(32, seed=1)))
@@ -85,8 +86,8 @@ def test_minmax_ranges_cover_the_calibration_data_and_percentiles_clip_it():
   tf.random.set_seed(2)
   model = tutorial_like()
   data = images(64)
-  ops, leaves, _ = quantize.trace_ops(model)
-  values = quantize.run_float(ops, leaves, data)
+  ops, leaves, _ = fake_quant.trace_ops(model)
+  values = fake_quant.run_float(ops, leaves, data)
   for method, covers in (('minmax', True), ('percentile', False)):
     calibration = quantize.Calibration(method=method, percentile=99.0)
     meta, _ = quantize.quantize_model(model, data, calibration)
@@ -116,7 +117,7 @@ def test_concat_inputs_take_the_concat_scale_and_pools_their_input_scale():
   assert params['t0'] == params['t1'] == params['t2'] == params['t3']
   assert params['t2']['scale'] == pytest.approx(4 / 255)
   ops[1]['type'] = 'max_pool'
-  with pytest.raises(quantize.QuantizationError, match='does not come from a conv'):
+  with pytest.raises(fake_quant.QuantizationError, match='does not come from a conv'):
     quantize.tensor_params(ops, ranges)
 
 
