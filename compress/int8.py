@@ -41,7 +41,7 @@ INT8_MIN, INT8_MAX = -128, 127
 WEIGHT_MAX = 127  # Symmetric weights use [-127, 127], so -w is always representable.
 FLOAT32_EXACT = 2 ** 24  # float32 holds every integer of smaller magnitude exactly.
 Q31 = 31  # Bits of the fixed-point multiplier m0 (m0 / 2^31 in [0.5, 1)).
-MAX_TOTAL_SHIFT = 54  # Keeps every int64 term of requantization below 2^62 (see requantize).
+MAX_TOTAL_SHIFT = 54  # Keeps every int64 term of requantization below 2^62 (requantizer).
 ACCUMULATOR_LIMIT = 2 ** 31  # |acc + offset| must stay below this (int32 accumulators).
 CHANNEL_MAJOR_BELOW = 16  # input channels under which conv patches go channel-major
 BATCH_SIZE = 10  # images per forward pass (fastest here with 2 threads: bench/int8_speed.py)
@@ -83,34 +83,38 @@ def quantize_multiplier(multiplier):
   return m0, np.where(tiny, MAX_TOTAL_SHIFT - Q31, shift)
 
 
-def requantize(acc, m0, shift, zero_point, low=INT8_MIN):
-  """int64 accumulators -> int8: clamp(zero_point + round(acc * m0 / 2^(31 + shift)), low, 127).
+def requantizer(m0, shift, zero_point, low=INT8_MIN, offset=0):
+  """The constants of `requantize` for multiplier m0 * 2^-(31 + shift) (per channel or not).
 
-  Rounds half up (quantize() rounds half to even; the two differ only on exact ties). Fits in
-  int64 when |acc| < 2^31 (Int8Model checks it per layer) and 31 + shift <= 54: then
-  |acc * m0| < 2^62, the rounding term is at most 2^53 and |zero_point| * 2^54 <= 2^61.
-  """
-  total = Q31 + shift
-  rounded = (acc * m0 + (np.int64(1) << (total - 1))) >> total
-  return np.clip(rounded + zero_point, low, INT8_MAX).astype(np.int8)
-
-
-def requantize_folded(acc, layer):
-  """`requantize` of (acc + offset) with the per-channel constants folded into one.
-
-  (acc + offset) * m0 + 2^(t-1), shifted right by t, plus zp equals
-  (acc * m0 + bias_term) >> t with bias_term = offset * m0 + 2^(t-1) + zp * 2^t (exact:
-  zp * 2^t is a multiple of 2^t), so the int64 work is one multiply, one add, one shift.
+  zero_point + round((acc + offset) * m0 / 2^t), t = 31 + shift, rounding half up, equals
+  (acc * m0 + bias_term) >> t with bias_term = offset * m0 + 2^(t-1) + zero_point * 2^t
+  (exact: zero_point * 2^t is a multiple of 2^t), so the int64 work per value is one
+  multiply, one add and one shift. It fits in int64 when |acc + offset| < 2^31 (Int8Model
+  checks it per layer) and t <= 54: |(acc + offset) * m0| < 2^62, the rounding term is at
+  most 2^53 and |zero_point| * 2^54 <= 2^61.
 
   Args:
-    acc: exact integer accumulators [..., C_out] as float32/float64 (from the GEMM).
-    layer: a prepared linear op (m0, total_shift, bias_term, low).
+    m0, shift: from quantize_multiplier.
+    zero_point: the output's.
+    low: the clamp's lower end (the zero point after a ReLU, else -128).
+    offset: int64 added to every accumulator first (a layer's b_q - zp_x * sum_k w_q).
+  """
+  total_shift = Q31 + np.asarray(shift, np.int64)
+  bias_term = (np.asarray(offset, np.int64) * m0 + (np.int64(1) << (total_shift - 1))
+               + (np.int64(zero_point) << total_shift))
+  return {'m0': m0, 'total_shift': total_shift, 'bias_term': bias_term, 'low': low}
+
+
+def requantize(acc, constants):
+  """Accumulators (exact integers, any numeric dtype) -> int8 with `requantizer` constants.
+
+  Rounds half up (quantize() rounds half to even; the two differ only on exact ties).
   """
   x = acc.astype(np.int64)
-  x *= layer['m0']
-  x += layer['bias_term']
-  x >>= layer['total_shift']
-  np.clip(x, layer['low'], INT8_MAX, out=x)
+  x *= constants['m0']
+  x += constants['bias_term']
+  x >>= constants['total_shift']
+  np.clip(x, constants['low'], INT8_MAX, out=x)
   return x.astype(np.int8)
 
 
@@ -168,7 +172,7 @@ def accumulate(x_q, layer):
 
 def linear(x_q, layer):
   """Integer conv or dense layer: accumulate, then requantize (ReLU is the clamp)."""
-  return requantize_folded(accumulate(x_q, layer), layer)
+  return requantize(accumulate(x_q, layer), layer)
 
 
 def max_pool(x_q, size, stride):
@@ -191,7 +195,7 @@ def average_pool(x_q, layer, tensors):
   _, h, w, _ = x_q.shape
   sums = x_q.astype(np.int64).sum(axis=(1, 2)) - h * w * x['zero_point']
   m0, shift = quantize_multiplier(x['scale'] / (y['scale'] * h * w))
-  return requantize(sums, m0, shift, y['zero_point'])
+  return requantize(sums, requantizer(m0, shift, y['zero_point']))
 
 
 def local_response_norm(x_q, layer, tensors):
@@ -214,10 +218,10 @@ def local_response_norm(x_q, layer, tensors):
 
 
 def prepare_layer(layer, arrays, tensors):
-  """Adds the arrays and derived integer constants (m0, shift, offset) to a linear op.
+  """Adds the weight matrix and the requantizer constants to a linear op.
 
   Raises:
-    ValueError: the layer's accumulators could leave int32 (requantize's int64 bound).
+    ValueError: the layer's accumulators could leave int32 (requantizer's int64 bound).
   """
   name = layer['name']
   weights, bias = arrays[f'{name}/weights'], arrays[f'{name}/bias'].astype(np.int64)
@@ -233,13 +237,10 @@ def prepare_layer(layer, arrays, tensors):
   bound = -INT8_MIN * np.abs(matrix.astype(np.int64)).sum(axis=0) + np.abs(offset)
   if bound.max() >= ACCUMULATOR_LIMIT:
     raise ValueError(f'layer {name}: accumulators may reach {bound.max():,}, beyond int32')
-  total_shift = Q31 + shift
-  return dict(layer, matrix=matrix.astype(accumulator_dtype(weights)), m0=m0, shift=shift,
-              channel_major=channel_major,
-              offset=offset, input_zero_point=x['zero_point'], total_shift=total_shift,
-              bias_term=(offset * m0 + (np.int64(1) << (total_shift - 1))
-                         + (np.int64(y['zero_point']) << total_shift)),
-              low=y['zero_point'] if layer['relu'] else INT8_MIN)
+  low = y['zero_point'] if layer['relu'] else INT8_MIN
+  return dict(layer, matrix=matrix.astype(accumulator_dtype(weights)),
+              channel_major=channel_major, input_zero_point=x['zero_point'],
+              **requantizer(m0, shift, y['zero_point'], low, offset))
 
 
 class Int8Model:
@@ -250,12 +251,11 @@ class Int8Model:
     self.tensors = meta['tensors']
     self.ops = [prepare_layer(op, arrays, self.tensors) if op['type'] in ('conv', 'dense')
                 else op for op in meta['ops']]
-    self.last_reader = {tensor: index for index, op in enumerate(self.ops)
-                        for tensor in op['inputs']}
-    readers = {}
+    readers = {}  # tensor -> indices of the ops that read it, in order
     for index, op in enumerate(self.ops):
       for tensor in op['inputs']:
         readers.setdefault(tensor, []).append(index)
+    self.last_reader = {tensor: indices[-1] for tensor, indices in readers.items()}
     # A conv or dense whose only reader is a max-pool: pooled before it is requantized.
     self.pool_after = {index: readers[op['output']][0] for index, op in enumerate(self.ops)
                        if op['type'] in ('conv', 'dense')
@@ -288,7 +288,7 @@ class Int8Model:
       else:
         pool_op = self.ops[pool]
         acc = max_pool(accumulate(inputs[0], op), pool_op['size'], pool_op['stride'])
-        values[pool_op['output']] = requantize_folded(acc, op)
+        values[pool_op['output']] = requantize(acc, op)
         fused.add(pool)
       if not keep_all:  # Frees the tensors no later op reads.
         for tensor in set(op['inputs']):

@@ -36,7 +36,7 @@ def test_requantize_rounds_half_up_like_exact_arithmetic():
   rng = np.random.default_rng(0)
   acc = rng.integers(-2**24, 2**24, size=2000)
   m0, shift = int8.quantize_multiplier(0.000317)
-  got = int8.requantize(acc, m0, shift, zero_point=3)
+  got = int8.requantize(acc, int8.requantizer(m0, shift, zero_point=3))
   for a, g in zip(acc[:300], got[:300]):
     real = fractions.Fraction(int(a) * int(m0), 2 ** (31 + int(shift)))
     expected = min(max(int(np.floor(real + fractions.Fraction(1, 2))) + 3, -128), 127)
@@ -48,23 +48,26 @@ def test_tiny_multipliers_cap_the_shift_and_stay_exact_in_int64(multiplier):
   m0, shift = int8.quantize_multiplier(multiplier)
   assert 31 + shift == int8.MAX_TOTAL_SHIFT
   acc = np.array([-2**31 + 1, -5 * 10**8, 0, 7, 2**31 - 1])
-  got = int8.requantize(acc, m0, shift, zero_point=-128, low=-128)
+  got = int8.requantize(acc, int8.requantizer(m0, shift, zero_point=-128, low=-128))
   rounded = [np.floor(fractions.Fraction(int(a) * int(m0), 2**54) + fractions.Fraction(1, 2))
              for a in acc]
   expected = [min(max(int(r) - 128, -128), 127) for r in rounded]
   assert got.tolist() == expected
 
 
-def test_folded_requantization_equals_the_plain_formula():
+def test_an_offset_folded_into_the_constants_equals_adding_it_first():
   rng = np.random.default_rng(1)
   m0, shift = int8.quantize_multiplier(rng.uniform(1e-4, 1e-2, size=8))
   offset = rng.integers(-10**6, 10**6, size=8)
-  layer = {'m0': m0, 'total_shift': 31 + shift, 'low': -5,
-           'bias_term': (offset * m0 + (np.int64(1) << (30 + shift))
-                         + (np.int64(-5) << (31 + shift)))}
   acc = rng.integers(-2**23, 2**23, size=(50, 8)).astype(np.float32)
-  np.testing.assert_array_equal(int8.requantize_folded(acc, layer),
-                                int8.requantize(acc.astype(np.int64) + offset, m0, shift, -5, -5))
+  folded = int8.requantize(acc, int8.requantizer(m0, shift, -5, -5, offset))
+  added = int8.requantize(acc.astype(np.int64) + offset, int8.requantizer(m0, shift, -5, -5))
+  np.testing.assert_array_equal(folded, added)
+  # And both against exact rational arithmetic, on a few entries.
+  for (i, c) in [(0, 0), (7, 3), (49, 7)]:
+    real = fractions.Fraction((int(acc[i, c]) + int(offset[c])) * int(m0[c]),
+                              2 ** (31 + int(shift[c])))
+    assert added[i, c] == min(max(int(np.floor(real + fractions.Fraction(1, 2))) - 5, -5), 127)
 
 
 def test_accumulator_is_float32_only_when_every_partial_sum_is_exact():
