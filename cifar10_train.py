@@ -193,6 +193,20 @@ def read_config(train_dir):
                       'cifar10_train.py wrote.') from e
 
 
+def latest_run(train_dir, flag='--train_dir'):
+  """(TrainConfig, latest checkpoint path) of the run in train_dir, for tools that read one.
+
+  Raises:
+    ConfigError: no config.json or no checkpoint there (the message names `flag`).
+  """
+  config = read_config(train_dir)
+  checkpoint = tf.train.latest_checkpoint(train_dir) if config else None
+  if checkpoint is None:
+    raise ConfigError(f'{flag}={train_dir} holds no trained run (config.json and a '
+                      'checkpoint): point it at the --train_dir of a cifar10_train.py run.')
+  return config, checkpoint
+
+
 # --------------------------------------------------------------------------- training
 
 

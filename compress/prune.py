@@ -289,12 +289,7 @@ def write_settings(train_dir, settings, source_checkpoint):
 def prepare(values):
   """(TrainConfig, PruningSettings, source checkpoint) from the flag values, checked."""
   source_dir, train_dir = values['source_dir'], values['train_dir']
-  source_config = cifar10_train.read_config(source_dir)
-  source = tf.train.latest_checkpoint(source_dir) if source_config else None
-  if source is None:
-    raise cifar10_train.ConfigError(
-        f'--source_dir={source_dir} holds no trained run (config.json and a checkpoint): '
-        'point it at the --train_dir of a cifar10_train.py run.')
+  source_config, source = cifar10_train.latest_run(source_dir, '--source_dir')
   if os.path.abspath(source_dir) == os.path.abspath(train_dir):
     raise cifar10_train.ConfigError('--train_dir must differ from --source_dir: pruning '
                                     'writes a new run and never touches the source.')

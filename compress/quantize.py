@@ -32,7 +32,6 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')  # Hide TensorFlow's start-up
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')  # ~1.7x faster here; bench/README.md.
 
 import numpy as np  # pylint: disable=g-import-not-at-top
-import tensorflow as tf
 
 import cifar10_eval
 import cifar10_input
@@ -190,23 +189,13 @@ def calibration_images(train_split, calibration, image_size):
   return cifar10_input.eval_images(subset, image_size).numpy()
 
 
-def latest_run(checkpoint_dir):
-  """(TrainConfig, latest checkpoint path) of a run; FileNotFoundError when there is none."""
-  config = cifar10_train.read_config(checkpoint_dir)
-  checkpoint = tf.train.latest_checkpoint(checkpoint_dir) if config else None
-  if checkpoint is None:
-    raise FileNotFoundError(f'{checkpoint_dir} holds no trained run (config.json and a '
-                            'checkpoint): point --checkpoint_dir at a --train_dir.')
-  return config, checkpoint
-
-
 def quantize_run(checkpoint_dir, out_dir, batches_dir, calibration, use_ema=True,
                  compare_images=COMPARE_IMAGES, log=lambda message: None):
   """Quantizes the latest checkpoint of a run, scores it three ways, exports it; the report.
 
   `log(message)` hears about each stage (the binary prints them with a timestamp).
   """
-  config, checkpoint = latest_run(checkpoint_dir)
+  config, checkpoint = cifar10_train.latest_run(checkpoint_dir, '--checkpoint_dir')
   log(f'restoring {checkpoint} and scoring the float model')
   test = cifar10_input.load_split(batches_dir, 'test')
   evaluator = cifar10_eval.Evaluator(config, test)
@@ -302,7 +291,7 @@ def main(argv):
                             method=_FLAGS['calibration'].value,
                             percentile=_FLAGS['percentile'].value)
   try:
-    latest_run(checkpoint_dir)  # Fails before the data is looked for.
+    cifar10_train.latest_run(checkpoint_dir, '--checkpoint_dir')  # Before the data is sought.
     report = quantize_run(checkpoint_dir, out_dir,
                           cifar10_train.batches_dir_from_flags(_FLAGS), calibration,
                           use_ema=_FLAGS['ema'].value,
@@ -310,7 +299,7 @@ def main(argv):
                           log=lambda message: print(f'{datetime.datetime.now()}: {message}',
                                                     flush=True))
   except (cifar10_input.DataError, cifar10_train.ConfigError, cifar10_eval.UnreadableCheckpoint,
-          FileNotFoundError, fake_quant.QuantizationError) as e:
+          fake_quant.QuantizationError) as e:
     sys.exit(f'error: {e}')
   with open(os.path.join(out_dir, REPORT_FILE), 'w') as f:
     json.dump(report, f, indent=1)

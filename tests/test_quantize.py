@@ -202,4 +202,4 @@ def test_quantize_binary_reports_a_folder_without_a_run(tmp_path):
        f'--data_dir={tmp_path}'], cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert result.returncode == 1
   assert 'Traceback' not in result.stderr, result.stderr
-  assert f'{tmp_path} holds no trained run' in result.stderr, result.stderr
+  assert f'--checkpoint_dir={tmp_path} holds no trained run' in result.stderr, result.stderr
