@@ -18,6 +18,7 @@ import cifar10_model as cm
 from compress import int8
 
 INPUT = 'input'  # id of the model's input tensor
+BATCH_SIZE = 500  # images per eager fake-quant pass (the runner's own batch is far smaller)
 
 
 class QuantizationError(ValueError):
@@ -143,7 +144,7 @@ def compare_layers(ops, leaves, int_model, images):
   return rows
 
 
-def precision(ops, leaves, params, images, labels, batch_size=int8.BATCH_SIZE):
+def precision(ops, leaves, params, images, labels, batch_size=BATCH_SIZE):
   """Precision @ 1 of the fake-quant path over standardized float32 images."""
   correct = 0
   for start in range(0, len(labels), batch_size):

@@ -268,7 +268,8 @@ class Int8Model:
     return cls(meta, arrays)
 
   def save(self, path):
-    sparse.save(path, self.arrays, self.meta)
+    """Writes the model file; returns its arrays' payload bytes as stored (sparse.save)."""
+    return sparse.save(path, self.arrays, self.meta)
 
   def run(self, x_q, keep_all=False):
     """int8 input [B, s, s, 3] -> int8 logits [B, 10] (or every tensor by id, keep_all).

@@ -227,8 +227,9 @@ def build_report(trainer, sparse_path):
   """The report of a restored PruningTrainer; writes its EMA weights to `sparse_path`."""
   weights = ema_weights(trainer)
   config = trainer.config
-  sparse.save(sparse_path, weights, {'model': config.model, 'image_size': config.image_size,
-                                     'step': int(trainer.step.numpy()), 'weights': 'ema'})
+  payload = sparse.save(sparse_path, weights, {
+      'model': config.model, 'image_size': config.image_size,
+      'step': int(trainer.step.numpy()), 'weights': 'ema'})
   rows = layer_rows(trainer)
   size, nonzeros = sum(r['size'] for r in rows), sum(r['nonzeros'] for r in rows)
   params = sum(w.size for w in weights.values())
@@ -236,7 +237,7 @@ def build_report(trainer, sparse_path):
           'settings': dataclasses.asdict(trainer.settings), 'layers': rows,
           'weights': size, 'nonzeros': nonzeros, 'sparsity': 1.0 - nonzeros / size,
           'params': int(params), 'dense_float32_bytes': int(params) * sparse.FLOAT32_BYTES,
-          'sparse_payload_bytes': sparse.nbytes(sparse.pack(weights)),
+          'sparse_payload_bytes': payload,
           'sparse_file': os.path.basename(sparse_path),
           'sparse_file_bytes': os.path.getsize(sparse_path)}
 

@@ -169,11 +169,12 @@ def layer_scales(int_model):
   return rows
 
 
-def model_bytes(float_params, arrays, path):
-  """Sizes: float32 dense, int8 dense and int8 sparse payloads, and the exported file."""
+def model_bytes(float_params, arrays, stored_payload, path):
+  """Sizes: float32 dense and int8 dense payloads, the int8 payload as stored (each array
+  dense or sparse, whichever is smaller: sparse.save's return value), and the file."""
   return {'float32_dense': float_params * sparse.FLOAT32_BYTES,
           'int8_dense': sparse.nbytes(arrays),
-          'int8_sparse': sparse.nbytes(sparse.pack(arrays)),
+          'int8_sparse': stored_payload,
           'int8_file': os.path.getsize(path)}
 
 
@@ -226,7 +227,7 @@ def quantize_run(checkpoint_dir, out_dir, batches_dir, calibration, use_ema=True
   layers = fake_quant.compare_layers(ops, leaves, int_model, compared)
   os.makedirs(out_dir, exist_ok=True)
   path = os.path.join(out_dir, MODEL_FILE)
-  int_model.save(path)
+  stored_payload = int_model.save(path)
   log(f'wrote {path}; running the NumPy runner on it in its own process')
   runner = run_runner(path, os.path.dirname(batches_dir), out_dir)
   return {'checkpoint': checkpoint, 'model': config.model, 'step': meta['step'],
@@ -238,7 +239,7 @@ def quantize_run(checkpoint_dir, out_dir, batches_dir, calibration, use_ema=True
           'runner': {k: v for k, v in runner.items() if k != 'predictions'},
           'max_step_difference': max(row['max_step_difference'] for row in layers),
           'layers': layers, 'scales': layer_scales(int_model),
-          'bytes': model_bytes(float_params, arrays, path), 'model_file': path}
+          'bytes': model_bytes(float_params, arrays, stored_payload, path), 'model_file': path}
 
 
 def run_runner(model_file, data_dir, out_dir):

@@ -84,11 +84,17 @@ def unpack(entries):
 
 
 def save(path, arrays, meta):
-  """Writes {name: array} and a JSON-able `meta` dict as one uncompressed .npz at `path`."""
+  """Writes {name: array} and a JSON-able `meta` dict as one uncompressed .npz at `path`.
+
+  Returns:
+    The payload bytes of the arrays as stored (`nbytes` of `pack`), without meta and headers.
+  """
   entries = pack(arrays)
+  payload = nbytes(entries)
   entries[META] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), np.uint8)
   with open(path, 'wb') as f:
     np.savez(f, **entries)
+  return payload
 
 
 def load(path):

@@ -58,7 +58,8 @@ def test_save_load_round_trip(tmp_path):
             'local3/bias': np.ones(384, np.float32),
             'q/kernel': random_sparse((3, 3, 8, 8), 0.8, np.int8)}
   path = tmp_path / 'model.npz'
-  sparse.save(path, arrays, {'model': 'tutorial', 'image_size': 24})
+  payload = sparse.save(path, arrays, {'model': 'tutorial', 'image_size': 24})
+  assert payload == sparse.nbytes(sparse.pack(arrays))
   loaded, meta = sparse.load(path)
   assert meta == {'model': 'tutorial', 'image_size': 24}
   assert sorted(loaded) == sorted(arrays)
