@@ -234,13 +234,22 @@ class Trainer:
     self.ema.apply(self.variables)  # Creates the shadows now, equal to the initial weights.
     self.ema_shadows = [self.ema.average(v) for v in self.variables]
     self.checkpoint = cifar10_model.make_checkpoint(
-        self.model, self.step, self.ema_shadows, train_seconds=self.train_seconds)
+        self.model, self.step, self.ema_shadows, train_seconds=self.train_seconds,
+        **self.extra_state())
     self.manager = tf.train.CheckpointManager(self.checkpoint, config.train_dir,
                                               max_to_keep=config.keep_checkpoints)
     size = config.image_size
     self.train_step = tf.function(self._train_step, input_signature=(
         tf.TensorSpec([config.batch_size, size, size, 3], tf.float32),
         tf.TensorSpec([config.batch_size], tf.int32)))
+
+  def extra_state(self):
+    """Further trackables saved in the checkpoint, by name: none here.
+
+    Called once, after the model and the EMA exist; a subclass creates its own state here
+    (compress/prune.py: the masks).
+    """
+    return {}
 
   def restore_latest(self):
     """Restores the latest checkpoint if there is one; returns the step reached.

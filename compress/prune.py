@@ -142,28 +142,29 @@ class PruningTrainer(cifar10_train.Trainer):
   """
 
   def __init__(self, config, settings, source_checkpoint=None):
-    super().__init__(config)
     self.settings, self.source_checkpoint = settings, source_checkpoint
+    super().__init__(config)  # Calls extra_state(), which makes the masks.
+    # The layout of the source run, without masks, to start from it.
+    self.plain_checkpoint = cifar10_model.make_checkpoint(
+        self.model, self.step, self.ema_shadows, train_seconds=self.train_seconds)
+    self.num_weights = sum(math.prod(k.shape) for k, _ in self.model.kernels)
+    self.num_dense = self.num_weights - sum(math.prod(k.shape) for k in self.pruned)
+
+  def extra_state(self):
+    """One all-ones mask per pruned matrix, saved in the checkpoint as `masks`."""
     names = [cifar10_model.kernel_layer_name(k) for k, _ in self.model.kernels]
-    unknown = sorted(set(settings.dense_layers) - set(names))
+    unknown = sorted(set(self.settings.dense_layers) - set(names))
     if unknown:
       raise cifar10_train.ConfigError(
-          f'dense_layers {unknown} are not layers of {config.model}; its layers with weights: '
-          f'{", ".join(names)}')
+          f'dense_layers {unknown} are not layers of {self.config.model}; its layers with '
+          f'weights: {", ".join(names)}')
     self.pruned = [k for (k, _), name in zip(self.model.kernels, names)
-                   if name not in settings.dense_layers]
+                   if name not in self.settings.dense_layers]
     self.pruned_shadows = [self.ema.average(k) for k in self.pruned]
     self.masks = [tf.Variable(tf.ones_like(k), trainable=False,
                               name=f'{cifar10_model.kernel_layer_name(k)}/mask')
                   for k in self.pruned]
-    self.plain_checkpoint = self.checkpoint  # The layout of the source run, without masks.
-    self.checkpoint = cifar10_model.make_checkpoint(
-        self.model, self.step, self.ema_shadows, train_seconds=self.train_seconds,
-        masks=self.masks)
-    self.manager = tf.train.CheckpointManager(self.checkpoint, config.train_dir,
-                                              max_to_keep=config.keep_checkpoints)
-    self.num_weights = sum(math.prod(k.shape) for k, _ in self.model.kernels)
-    self.num_dense = self.num_weights - sum(math.prod(k.shape) for k in self.pruned)
+    return {'masks': self.masks}
 
   def restore_latest(self):
     """Resumes this run, or starts from the source checkpoint with all-ones masks."""
