@@ -386,6 +386,11 @@ def make_checkpoint(model, step, ema_shadows, **extra):
   return tf.train.Checkpoint(model=model, step=step, ema_shadows=list(ema_shadows), **extra)
 
 
+def checkpoint_step(path):
+  """The global step saved in a checkpoint of make_checkpoint's layout, without building it."""
+  return int(tf.train.load_checkpoint(path).get_tensor('step/.ATTRIBUTES/VARIABLE_VALUE'))
+
+
 def format_summary_rows(named_models):
   """One row per model: name, params, MFLOPs (the study's table)."""
   lines = [f'{"model":<10} {"params":>10} {"MFLOPs":>8}']

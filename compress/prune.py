@@ -264,11 +264,6 @@ def format_report(report):
 # --------------------------------------------------------------------------- binary
 
 
-def checkpoint_step(path):
-  """The global step saved in a checkpoint of the training layout."""
-  return int(tf.train.load_checkpoint(path).get_tensor('step/.ATTRIBUTES/VARIABLE_VALUE'))
-
-
 def write_settings(train_dir, settings, source_checkpoint):
   """Saves the pruning settings in train_dir; refuses to resume a run pruned differently."""
   record = {'source_checkpoint': source_checkpoint, **dataclasses.asdict(settings)}
@@ -295,7 +290,7 @@ def prepare(values):
   if os.path.abspath(source_dir) == os.path.abspath(train_dir):
     raise cifar10_train.ConfigError('--train_dir must differ from --source_dir: pruning '
                                     'writes a new run and never touches the source.')
-  start = checkpoint_step(source)
+  start = cifar10_model.checkpoint_step(source)
   last = start + values['finetune_steps']
   begin = start if values['begin_step'] is None else values['begin_step']
   end = begin + values['finetune_steps'] // 2 if values['end_step'] is None else values['end_step']
