@@ -134,14 +134,29 @@ def test_weights_are_symmetric_per_output_channel_and_zeros_stay_zero():
   kernel[1, 2, 1] = [-0.25, 1.0, 0.0, -1e-3]
   parts = quantize.quantize_weights(kernel, np.array([0.1, 0.2, 0.3, 0.4]), input_scale=0.05,
                                     output_scale=0.1)
-  # The all-zero channel: s_w = 2^-16 * s_y / s_x, so its bias is exact to 2^-16 of a step.
-  np.testing.assert_allclose(parts['weight_scale'], [0.5 / 127, 2.0 / 127, 2**-15, 1e-3 / 127])
+  # Scales max |w| / 127; the all-zero channel: max(2^-16 * s_y / s_x, 2^-14) = 2^-14. The
+  # last channel's 1e-3 / 127 is under float16's smallest normal: the layer keeps float32.
+  np.testing.assert_allclose(parts['weight_scale'], [0.5 / 127, 2.0 / 127, 2**-14, 1e-3 / 127],
+                             rtol=1e-7)
   assert parts['weights'][0, 0, 0].tolist() == [127, -127, 0, 127]
   assert parts['weights'][1, 2, 1].tolist() == [-64, 64, 0, -127]  # -63.5 rounds to even.
   assert np.count_nonzero(parts['weights']) == np.count_nonzero(kernel)
   np.testing.assert_array_equal(
       parts['bias'], np.round(np.array([0.1, 0.2, 0.3, 0.4]) / (0.05 * parts['weight_scale'])))
   assert parts['bias'].dtype == np.int32
+
+
+def test_weight_scales_round_up_to_the_float16_grid_unless_one_is_under_its_normals():
+  exact = np.array([0.5 / 127, 2.0 / 127, 2**-14, 0.1])
+  scale = quantize.half_grid_scales(exact)
+  assert scale.dtype == np.float32
+  np.testing.assert_array_equal(scale.astype(np.float16).astype(np.float32), scale)
+  assert np.all(scale >= exact) and np.all(scale < exact * (1 + 2**-10))  # never clips
+  assert scale[2] == 2**-14  # already on the grid: unchanged
+  # By hand: 0.5 / 127 = 2^-8 + 8.06 ulps of 2^-18 (float16's ulp in [2^-8, 2^-7)) -> 9 ulps.
+  assert scale[0] == 2**-8 + 9 * 2**-18
+  tiny = np.array([0.5 / 127, 2**-15])
+  np.testing.assert_array_equal(quantize.half_grid_scales(tiny), tiny.astype(np.float32))
 
 
 def test_exported_file_round_trips(tmp_path):
@@ -177,6 +192,8 @@ def test_quantize_run_scores_three_ways_and_the_runner_agrees(tiny_run, tmp_path
   assert report['runner_same_predictions'] is True
   assert report['max_step_difference'] <= 1
   assert report['bytes']['float32_dense'] / report['bytes']['int8_dense'] > 3.9
+  # Stored: biases that fit int16 and float16-grid scales take 2 bytes instead of 4.
+  assert report['bytes']['int8_sparse'] < report['bytes']['int8_dense']
   assert 'runner' in quantize.format_report(report)
   # The NumPy runner as a program, reading the test file itself.
   result = subprocess.run(

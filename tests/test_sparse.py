@@ -70,7 +70,36 @@ def test_save_load_round_trip(tmp_path):
   assert path.stat().st_size < 0.2 * dense_bytes
 
 
-@pytest.mark.parametrize('name', ['meta', 'conv1/mask', 'x/values', 'y/shape'])
+def test_arrays_are_narrowed_only_where_exact_and_come_back_in_their_own_dtype(tmp_path):
+  arrays = {'fits_int16': np.array([-32768, 0, 32767], np.int32),
+            'fits_int8': np.array([-128, 5, 127], np.int64),
+            'needs_int32': np.array([-32769, 1], np.int32),
+            'half_exact': np.array([2.0**-14, 0.5, 1 + 2.0**-10, 65504], np.float32),
+            'not_half': np.array([0.1, 1.0], np.float32),  # 0.1 is not a float16 number
+            'too_big': np.array([1e5], np.float32),  # beyond float16's 65,504
+            'subnormal': np.array([2.0**-24], np.float32),  # float16's smallest: still exact
+            'sparse_int32': np.array([0] * 30 + [300, -7], np.int32)}
+  entries = sparse.pack(arrays)
+  assert entries['fits_int16/int32'].dtype == np.int16
+  assert entries['fits_int8/int64'].dtype == np.int8
+  assert entries['half_exact/float32'].dtype == np.float16
+  assert entries['subnormal/float32'].dtype == np.float16
+  for name in ('needs_int32', 'not_half', 'too_big'):
+    assert entries[name].dtype == arrays[name].dtype
+  assert entries['sparse_int32/int32/values'].dtype == np.int16
+  # 3 x 2 + 3 + 2 x 4 + 4 x 2 + 2 x 4 + 4 + 2 bytes, then the sparse one's shape, mask, values.
+  assert sparse.nbytes(entries) == 6 + 3 + 8 + 8 + 8 + 4 + 2 + (8 + len(
+      entries['sparse_int32/int32/mask']) + 4)
+  sparse.save(tmp_path / 'm.npz', arrays, {})
+  loaded, _ = sparse.load(tmp_path / 'm.npz')
+  assert sorted(loaded) == sorted(arrays)
+  for name, array in arrays.items():
+    assert loaded[name].dtype == array.dtype, name
+    np.testing.assert_array_equal(loaded[name], array)
+
+
+@pytest.mark.parametrize('name', ['meta', 'conv1/mask', 'x/values', 'y/shape', 'b/int32',
+                                  's/float32'])
 def test_reserved_names_are_refused(name):
   with pytest.raises(ValueError, match='reserved'):
     sparse.pack({name: np.zeros(3, np.float32)})
