@@ -48,6 +48,7 @@ VALUE_OPS = ('max_pool', 'flatten')  # ops whose output keeps the input's scale
 COMPARE_IMAGES = 200  # test images of the layer-by-layer check
 ZERO_CHANNEL_MULTIPLIER = 2.0 ** -16  # M of an all-zero channel, so its bias stays precise
 HALF_TINY = float(np.finfo(np.float16).tiny)  # 2^-14, float16's smallest normal number
+INT16_MAX = 32767  # a zero channel's bias is kept within int16 (quantize_weights)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,8 +113,9 @@ def half_grid_scales(scale):
   A scale under float16's smallest normal, 2^-14 (a near-dead channel), would lose relative
   precision on its grid, so that layer keeps float32 scales.
   """
-  half = scale.astype(np.float16)
-  half = np.where(half < scale, np.nextafter(half, np.float16(np.inf)), half)
+  with np.errstate(over='ignore'):  # Over float16's 65,504: inf, and float32 below.
+    half = scale.astype(np.float16)
+    half = np.where(half < scale, np.nextafter(half, np.float16(np.inf)), half)
   if np.all(np.isfinite(half)) and half.min() >= HALF_TINY:
     return half.astype(np.float32)
   return scale.astype(np.float32)
@@ -123,10 +125,11 @@ def quantize_weights(kernel, bias, input_scale, output_scale):
   """Symmetric per-output-channel int8 weights and int32 biases at scale s_x * s_w.
 
   s_w = max |w| / 127 per channel, on the float16 grid where it can be (half_grid_scales).
-  An all-zero (pruned) channel gets s_w = max(2^-16 * s_y / s_x, 2^-14): its weights are 0
-  at any scale, and its bias is then exact to 2^-16 of an output step (or 2^-14 * s_x / s_y,
-  still far below the half step of the final rounding, where float16's smallest normal
-  number, 2^-14, is the larger).
+  An all-zero (pruned) channel's weights are 0 at any scale; it gets the smallest s_w that
+  is at least 2^-16 * s_y / s_x (its bias exact to 2^-16 of an output step), 2^-14
+  (float16's smallest normal number) and |b| / (32767 s_x) (its int32 bias fits int16, so the
+  file can store the layer's biases in 2 bytes). The bias's step is then at most
+  max(2^-16 s_y, 2^-14 s_x, |b| / 32767): far below the half step of the final rounding.
 
   Returns:
     {'weights': int8, 'bias': int32, 'weight_scale': float32 [C_out]}.
@@ -137,7 +140,10 @@ def quantize_weights(kernel, bias, input_scale, output_scale):
   kernel = np.asarray(kernel, np.float64)
   columns = kernel.reshape(-1, kernel.shape[-1])
   scale = np.abs(columns).max(axis=0) / int8.WEIGHT_MAX
-  scale[scale == 0] = max(ZERO_CHANNEL_MULTIPLIER * output_scale / input_scale, HALF_TINY)
+  zero = scale == 0
+  scale[zero] = np.maximum(
+      max(ZERO_CHANNEL_MULTIPLIER * output_scale / input_scale, HALF_TINY),
+      np.abs(np.asarray(bias, np.float64)[zero]) / (input_scale * INT16_MAX))
   scale = half_grid_scales(scale)
   weights = np.clip(np.round(kernel / scale), -int8.WEIGHT_MAX, int8.WEIGHT_MAX)
   bias_q = np.round(np.asarray(bias, np.float64) / (input_scale * scale.astype(np.float64)))
@@ -192,9 +198,10 @@ def layer_scales(int_model):
 
 def model_bytes(float_params, arrays, stored_payload, path):
   """Sizes: float32 dense and int8 dense payloads (int8 dense: int32 biases and float32
-  scales, as in memory and as TFLite stores them), the int8 payload as stored (sparse.save's
-  return value: each array narrowed where exact, so biases that fit int16 take 2 bytes and
-  float16-grid scales 2, and sparse where that is smaller), and the file."""
+  scales, as in memory and as TFLite stores them), the int8 payload as stored under the
+  issue's name `int8_sparse` (sparse.save's return value: each array narrowed where exact,
+  so biases that fit int16 take 2 bytes and float16-grid scales 2, and sparse where that is
+  smaller), and the file."""
   return {'float32_dense': float_params * sparse.FLOAT32_BYTES,
           'int8_dense': sparse.nbytes(arrays),
           'int8_sparse': stored_payload,

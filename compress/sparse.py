@@ -1,10 +1,11 @@
 """The sparse file format of pruned (and later quantized) models, in NumPy only.
 
-A model file is one uncompressed .npz holding, for each array of the model under its name:
-  dense:   <name>                 the array as it is (biases, matrices left dense)
-  sparse:  <name>/shape           int64 [rank]
-           <name>/mask            uint8: zlib-deflated np.packbits(array != 0), C order
-           <name>/values          the nonzero entries in C order, in the array's own dtype
+A model file is one uncompressed .npz holding, for each array of the model under its name
+(<key> below: the name, or <name>/<dtype> for an array stored narrower, see Narrowing):
+  dense:   <key>                  the array (biases, matrices left dense)
+  sparse:  <key>/shape            int64 [rank]
+           <key>/mask             uint8: zlib-deflated np.packbits(array != 0), C order
+           <key>/values           the nonzero entries in C order, in the stored dtype
 and `meta`, UTF-8 JSON as uint8 bytes (model name, image size, anything the writer adds;
 a NumPy string array would spend 4 bytes per character).
 
@@ -12,8 +13,9 @@ Narrowing, lossless: an integer array whose values all fit a narrower signed typ
 bias that fits int16), or a float array whose values are all exact in float16 (a weight
 scale the quantizer chose on the float16 grid), is stored in that narrower type under
 <name>/<its own dtype> (e.g. `conv1/bias/int32`), and widened back when loaded; the sparse
-form then applies to the narrowed array (`conv1/bias/int32/values`, ...). Loading always
-gives back the very array that was saved, dtype included.
+form then applies to the narrowed array (`conv1/bias/int32/values`, ...). Loading gives
+back an array equal to the one saved, dtype and shape included (a -0.0 of a sparse array
+comes back as 0.0: the mask counts it as zero).
 
 Why a bitmask: at 90 % sparsity it costs 1 bit per weight where 32-bit indices would cost 3.2;
 deflate (zlib, in the standard library) squeezes it further towards the entropy of the mask,
@@ -79,7 +81,7 @@ def pack(arrays):
   sparse only where that is smaller."""
   entries = {}
   for name, array in arrays.items():
-    if name == META or name.rpartition('/')[2] in SPARSE_PARTS + tuple(NARROWER):
+    if not name or name == META or name.rpartition('/')[2] in SPARSE_PARTS + tuple(NARROWER):
       raise ValueError(f'array name {name!r} is reserved by the file format')
     array = np.asarray(array)
     narrowed = narrow(array)

@@ -134,10 +134,12 @@ def test_weights_are_symmetric_per_output_channel_and_zeros_stay_zero():
   kernel[1, 2, 1] = [-0.25, 1.0, 0.0, -1e-3]
   parts = quantize.quantize_weights(kernel, np.array([0.1, 0.2, 0.3, 0.4]), input_scale=0.05,
                                     output_scale=0.1)
-  # Scales max |w| / 127; the all-zero channel: max(2^-16 * s_y / s_x, 2^-14) = 2^-14. The
-  # last channel's 1e-3 / 127 is under float16's smallest normal: the layer keeps float32.
-  np.testing.assert_allclose(parts['weight_scale'], [0.5 / 127, 2.0 / 127, 2**-14, 1e-3 / 127],
-                             rtol=1e-7)
+  # Scales max |w| / 127; the all-zero channel: max(2^-16 * s_y / s_x, 2^-14, |b| / (32767
+  # s_x)) = 0.3 / (0.05 * 32767), so its bias is 32767. The last channel's 1e-3 / 127 is
+  # under float16's smallest normal: this layer keeps float32 scales.
+  np.testing.assert_allclose(parts['weight_scale'],
+                             [0.5 / 127, 2.0 / 127, 0.3 / (0.05 * 32767), 1e-3 / 127], rtol=1e-7)
+  assert parts['bias'][2] == 32767
   assert parts['weights'][0, 0, 0].tolist() == [127, -127, 0, 127]
   assert parts['weights'][1, 2, 1].tolist() == [-64, 64, 0, -127]  # -63.5 rounds to even.
   assert np.count_nonzero(parts['weights']) == np.count_nonzero(kernel)
@@ -157,6 +159,22 @@ def test_weight_scales_round_up_to_the_float16_grid_unless_one_is_under_its_norm
   assert scale[0] == 2**-8 + 9 * 2**-18
   tiny = np.array([0.5 / 127, 2**-15])
   np.testing.assert_array_equal(quantize.half_grid_scales(tiny), tiny.astype(np.float32))
+
+
+def test_a_layer_of_ordinary_scales_is_stored_in_float16_and_its_biases_in_int16():
+  kernel = np.zeros((3, 3, 2, 3), np.float32)
+  kernel[0, 0, 0] = [0.5, -2.0, 0.0]
+  kernel[2, 1, 1] = [0.1, 0.3, 0.0]
+  bias = np.array([0.01, -0.02, 5.0])  # the all-zero channel's bias: 5 / (0.05 s_w) > 2^15
+  parts = quantize.quantize_weights(kernel, bias, input_scale=0.05, output_scale=0.1)
+  scale = parts['weight_scale']
+  np.testing.assert_array_equal(scale.astype(np.float16).astype(np.float32), scale)
+  assert np.all(scale[:2] >= [0.5 / 127, 2.0 / 127]) and scale[2] >= 5.0 / (0.05 * 32767)
+  assert parts['weights'][0, 0, 0].tolist() == [127, -127, 0]  # rounding up clips nothing
+  entries = sparse.pack({f'conv/{key}': value for key, value in parts.items()})
+  assert entries['conv/weight_scale/float32'].dtype == np.float16
+  assert entries['conv/bias/int32'].dtype == np.int16
+  assert entries['conv/weights/values'].dtype == np.int8  # 4 of 54 nonzero: sparse
 
 
 def test_exported_file_round_trips(tmp_path):
@@ -194,6 +212,9 @@ def test_quantize_run_scores_three_ways_and_the_runner_agrees(tiny_run, tmp_path
   assert report['bytes']['float32_dense'] / report['bytes']['int8_dense'] > 3.9
   # Stored: biases that fit int16 and float16-grid scales take 2 bytes instead of 4.
   assert report['bytes']['int8_sparse'] < report['bytes']['int8_dense']
+  with np.load(report['model_file']) as stored:
+    scales = [key for key in stored.files if 'weight_scale' in key]
+    assert scales and all(stored[key].dtype == np.float16 for key in scales), scales
   assert 'runner' in quantize.format_report(report)
   # The NumPy runner as a program, reading the test file itself.
   result = subprocess.run(

@@ -98,7 +98,7 @@ def test_arrays_are_narrowed_only_where_exact_and_come_back_in_their_own_dtype(t
     np.testing.assert_array_equal(loaded[name], array)
 
 
-@pytest.mark.parametrize('name', ['meta', 'conv1/mask', 'x/values', 'y/shape', 'b/int32',
+@pytest.mark.parametrize('name', ['', 'meta', 'conv1/mask', 'x/values', 'y/shape', 'b/int32',
                                   's/float32'])
 def test_reserved_names_are_refused(name):
   with pytest.raises(ValueError, match='reserved'):
