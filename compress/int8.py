@@ -5,10 +5,10 @@
 
 This file never imports TensorFlow. compress/quantize.py writes the model file (one .npz in
 the format of compress/sparse.py: int8 weights, int32 biases, float32 per-channel weight
-scales (the file keeps biases that fit int16 and scales on the float16 grid in 2 bytes, and
-gives them back as int32 and float32), and a JSON `meta` with the op list, every tensor's scale and zero point and the data
-layout); this runner loads it, reads the CIFAR-10 test batch itself and reports precision @ 1
-and images/s.
+scales (the file keeps biases that fit int16 and scales on the float16 grid in 2 bytes,
+and gives them back as int32 and float32), and a JSON `meta` with the op list, every
+tensor's scale and zero point and the data layout); this runner loads it, reads the
+CIFAR-10 test batch itself and reports precision @ 1 and images/s.
 
 Arithmetic (Jacob et al. 2018; TFLite's int8 spec, DESIGN.md section 8): real = scale * (q - zp).
 A conv or dense layer computes acc = sum (x_q - zp_x) * w_q + b_q exactly, then
