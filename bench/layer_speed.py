@@ -6,8 +6,9 @@ For each layer it times the forward pass and forward + backward of every candida
 same input (median of --windows windows of --steps calls), checks that the candidates agree
 with the first one, and prints times and ratios to the first. The candidates are the ones
 bench/README.md lists as tried: LRN as TensorFlow's op, as a band matmul, as a 1x1 band
-convolution (the layer's own); the first conv's filter gradient as TensorFlow's kernel and as
-a batch/channel-swapped convolution; max pooling as TensorFlow's op and as a composite.
+convolution (the layer's own); the first conv's filter gradient as TensorFlow's kernel, as
+a batch/channel-swapped convolution and as one patches^T x dy GEMM (patches from 25 slices, or
+from tf.image.extract_patches); max pooling as TensorFlow's op and as a composite.
 """
 
 import os
@@ -62,6 +63,38 @@ def conv1_swapped_filter_gradient(x, kernel):
       return tf.transpose(swapped, [1, 2, 0, 3])
     return tf.nn.conv2d(x, kernel, 1, 'SAME'), gradient
   return conv(kernel)
+
+
+def _patches_filter_gradient(patches_of):
+  """A first conv whose kernel gradient is one GEMM: patches^T [75, B*H*W] x dy [B*H*W, 64]."""
+  def conv1(x, kernel):
+    @tf.custom_gradient
+    def conv(kernel):
+      def gradient(dy):
+        patches = tf.reshape(patches_of(x), [-1, kernel.shape[0] * kernel.shape[1] * x.shape[-1]])
+        product = tf.matmul(patches, tf.reshape(dy, [-1, kernel.shape[-1]]), transpose_a=True)
+        return tf.reshape(product, kernel.shape)
+      return tf.nn.conv2d(x, kernel, 1, 'SAME'), gradient
+    return conv(kernel)
+  return conv1
+
+
+def _sliced_patches(x):
+  """5x5 SAME patches, (kh, kw, c) innermost like the kernel, from 25 slices of the padding."""
+  size = x.shape[1]
+  padded = tf.pad(x, [[0, 0], [2, 2], [2, 2], [0, 0]])
+  return tf.concat([padded[:, dy:dy + size, dx:dx + size, :]
+                    for dy in range(5) for dx in range(5)], axis=-1)
+
+
+def _extracted_patches(x):
+  return tf.image.extract_patches(x, [1, 5, 5, 1], [1, 1, 1, 1], [1, 1, 1, 1], 'SAME')
+
+
+conv1_sliced_patches_gemm = _patches_filter_gradient(_sliced_patches)
+conv1_sliced_patches_gemm.__name__ = 'conv1_sliced_patches_gemm'
+conv1_extract_patches_gemm = _patches_filter_gradient(_extracted_patches)
+conv1_extract_patches_gemm.__name__ = 'conv1_extract_patches_gemm'
 
 
 def pool_tensorflow(x):
@@ -139,7 +172,8 @@ def main(argv):
   images = tf.random.stateless_normal([batch, 24, 24, 3], seed=[5, 6])
   kernel = tf.random.stateless_normal([5, 5, 3, 64], seed=[7, 8]) * 0.05
   compare('first conv 5x5x3x64 on [B, 24, 24, 3], gradient to the kernel',
-          [conv1_tensorflow, conv1_swapped_filter_gradient], images, kernel)
+          [conv1_tensorflow, conv1_swapped_filter_gradient, conv1_sliced_patches_gemm,
+           conv1_extract_patches_gemm], images, kernel)
   conv_out = tf.nn.relu(tf.random.stateless_normal([batch, 24, 24, 64], seed=[9, 10]))
   compare('max pool 3x3/2 on [B, 24, 24, 64]', [pool_tensorflow, pool_strided_maximum],
           conv_out)
