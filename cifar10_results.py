@@ -110,6 +110,37 @@ def markdown_table(results):
   return '\n'.join(lines)
 
 
+# Label offsets (points) tried in turn until a label overlaps none placed before it.
+LABEL_OFFSETS = [(4, 4)] + [(dx, dy) for step in range(1, 7) for dy in (10 * step, -10 * step)
+                            for dx in (4, -4)]
+
+
+def _spread_labels(figure, labels):
+  """Moves each point's label to the first offset where it overlaps no earlier label.
+
+  Runs whose costs and accuracies are close (the ~81 % cluster) would otherwise print their
+  names on top of each other; a moved label gets a thin line back to its point.
+  """
+  figure.canvas.draw()  # Lays out the axes: before that, labels have no extent.
+  renderer = figure.canvas.get_renderer()
+  placed = []
+  for label in sorted(labels, key=lambda a: (-a.xy[1], a.xy[0])):
+    for dx, dy in LABEL_OFFSETS:
+      label.xyann = (dx, dy)
+      label.set_horizontalalignment('left' if dx > 0 else 'right')
+      box = label.get_window_extent(renderer).expanded(1.05, 1.1)
+      if not any(box.overlaps(other) for other in placed):
+        break
+    else:  # No free place: keep the first one.
+      label.xyann = LABEL_OFFSETS[0]
+      label.set_horizontalalignment('left')
+      box = label.get_window_extent(renderer)
+    if label.xyann != LABEL_OFFSETS[0]:
+      label.axes.annotate('', label.xy, xytext=label.xyann, textcoords='offset points',
+                          arrowprops={'arrowstyle': '-', 'color': '0.6', 'lw': 0.5})
+    placed.append(box)
+
+
 def plot(results, path):
   """Precision @ 1 against MFLOPs and against params; Pareto-front models ringed and joined."""
   import matplotlib  # pylint: disable=g-import-not-at-top
@@ -117,13 +148,14 @@ def plot(results, path):
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   from matplotlib import ticker  # pylint: disable=g-import-not-at-top
   figure, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+  axis_labels = []
   costs = ((axes[0], "MFLOPs (at the run's input size)", lambda r: r.flops / 1e6),
            (axes[1], 'parameters (millions)', lambda r: r.params / 1e6))
   for axis, cost_name, cost_of in costs:
     points = [(cost_of(r), 100 * r.final_precision) for r in results]
     axis.scatter(*zip(*points), color='tab:blue', zorder=3)
-    for r, (x, y) in zip(results, points):
-      axis.annotate(r.model, (x, y), textcoords='offset points', xytext=(4, 4), fontsize=8)
+    labels = [axis.annotate(r.model, point, textcoords='offset points', xytext=(4, 4),
+                            fontsize=8) for r, point in zip(results, points)]
     front = sorted(points[i] for i in pareto_front(points))
     axis.plot(*zip(*front), color='tab:orange', marker='o', markersize=11, fillstyle='none',
               label='Pareto front', zorder=2)
@@ -135,8 +167,11 @@ def plot(results, path):
     axis.set_xlabel(cost_name)
     axis.grid(True, which='both', alpha=0.3)
     axis.legend(loc='lower right')
+    axis_labels.append(labels)
   axes[0].set_ylabel('EMA precision @ 1 (%), last evaluated step')
   figure.tight_layout()
+  for labels in axis_labels:
+    _spread_labels(figure, labels)
   figure.savefig(path, dpi=80)
   plt.close(figure)
 

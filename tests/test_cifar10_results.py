@@ -61,3 +61,22 @@ def test_plot_writes_a_png(tmp_path):
   path = tmp_path / 'results.png'
   cifar10_results.plot([cifar10_results.read_run(str(tmp_path / 'tuto'))], str(path))
   assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_labels_of_close_points_are_spread_apart():
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  figure, axis = plt.subplots()
+  points = [(37.0, 81.40), (37.1, 81.44), (37.2, 81.46), (36.6, 81.9), (16.0, 68.1)]
+  axis.scatter(*zip(*points))
+  labels = [axis.annotate(f'model{i}', p, textcoords='offset points', xytext=(4, 4))
+            for i, p in enumerate(points)]
+  cifar10_results._spread_labels(figure, labels)  # pylint: disable=protected-access
+  renderer = figure.canvas.get_renderer()
+  boxes = [label.get_window_extent(renderer) for label in labels]
+  for i, a in enumerate(boxes):
+    for b in boxes[i + 1:]:
+      assert not a.overlaps(b)
+  assert labels[4].xyann == (4, 4)  # A lone point keeps the default place.
+  plt.close(figure)
