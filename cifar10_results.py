@@ -115,14 +115,20 @@ LABEL_OFFSETS = [(4, 4)] + [(dx, dy) for step in range(1, 7) for dy in (10 * ste
                             for dx in (4, -4)]
 
 
-def _spread_labels(figure, labels):
-  """Moves each point's label to the first offset where it overlaps no earlier label.
+def _spread_labels(figure, label_groups):
+  """Moves each point's label to the first offset where it overlaps no earlier label of its group.
 
   Runs whose costs and accuracies are close (the ~81 % cluster) would otherwise print their
-  names on top of each other; a moved label gets a thin line back to its point.
+  names on top of each other; a moved label gets a thin line back to its point. One group per
+  axis; the figure is laid out once for all of them.
   """
   figure.canvas.draw()  # Lays out the axes: before that, labels have no extent.
   renderer = figure.canvas.get_renderer()
+  for labels in label_groups:
+    _spread_group(renderer, labels)
+
+
+def _spread_group(renderer, labels):
   placed = []
   for label in sorted(labels, key=lambda a: (-a.xy[1], a.xy[0])):
     for dx, dy in LABEL_OFFSETS:
@@ -170,8 +176,7 @@ def plot(results, path):
     axis_labels.append(labels)
   axes[0].set_ylabel('EMA precision @ 1 (%), last evaluated step')
   figure.tight_layout()
-  for labels in axis_labels:
-    _spread_labels(figure, labels)
+  _spread_labels(figure, axis_labels)
   figure.savefig(path, dpi=80)
   plt.close(figure)
 

@@ -65,7 +65,7 @@ def conv1_swapped_filter_gradient(x, kernel):
   return conv(kernel)
 
 
-def _patches_filter_gradient(patches_of):
+def _patches_filter_gradient(name, patches_of):
   """A first conv whose kernel gradient is one GEMM: patches^T [75, B*H*W] x dy [B*H*W, 64]."""
   def conv1(x, kernel):
     @tf.custom_gradient
@@ -76,6 +76,7 @@ def _patches_filter_gradient(patches_of):
         return tf.reshape(product, kernel.shape)
       return tf.nn.conv2d(x, kernel, 1, 'SAME'), gradient
     return conv(kernel)
+  conv1.__name__ = name  # compare() prints it.
   return conv1
 
 
@@ -91,10 +92,10 @@ def _extracted_patches(x):
   return tf.image.extract_patches(x, [1, 5, 5, 1], [1, 1, 1, 1], [1, 1, 1, 1], 'SAME')
 
 
-conv1_sliced_patches_gemm = _patches_filter_gradient(_sliced_patches)
-conv1_sliced_patches_gemm.__name__ = 'conv1_sliced_patches_gemm'
-conv1_extract_patches_gemm = _patches_filter_gradient(_extracted_patches)
-conv1_extract_patches_gemm.__name__ = 'conv1_extract_patches_gemm'
+conv1_sliced_patches_gemm = _patches_filter_gradient('conv1_sliced_patches_gemm',
+                                                     _sliced_patches)
+conv1_extract_patches_gemm = _patches_filter_gradient('conv1_extract_patches_gemm',
+                                                      _extracted_patches)
 
 
 def pool_tensorflow(x):

@@ -72,7 +72,7 @@ def test_labels_of_close_points_are_spread_apart():
   axis.scatter(*zip(*points))
   labels = [axis.annotate(f'model{i}', p, textcoords='offset points', xytext=(4, 4))
             for i, p in enumerate(points)]
-  cifar10_results._spread_labels(figure, labels)  # pylint: disable=protected-access
+  cifar10_results._spread_labels(figure, [labels])  # pylint: disable=protected-access
   renderer = figure.canvas.get_renderer()
   boxes = [label.get_window_extent(renderer) for label in labels]
   for i, a in enumerate(boxes):
