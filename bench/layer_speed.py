@@ -8,7 +8,8 @@ with the first one, and prints times and ratios to the first. The candidates are
 bench/README.md lists as tried: LRN as TensorFlow's op, as a band matmul, as a 1x1 band
 convolution (the layer's own); the first conv's filter gradient as TensorFlow's kernel, as
 a batch/channel-swapped convolution and as one patches^T x dy GEMM (patches from 25 slices, or
-from tf.image.extract_patches); max pooling as TensorFlow's op and as a composite.
+from tf.image.extract_patches); max pooling as TensorFlow's op and as a composite; the tutorial's
+convolutional trunk (conv, pool, LRN, conv, LRN, pool) in NHWC and in NCHW layout.
 """
 
 import os
@@ -117,6 +118,34 @@ def pool_strided_maximum(x):
   return result
 
 
+def _band_lrn(x, data_format):
+  """The model's LRN (1x1 band convolution of the squares) in either layout."""
+  channels = x.shape[-1 if data_format == 'NHWC' else 1]
+  index = np.arange(channels)
+  band = tf.constant(0.001 / 9.0 * (np.abs(index[:, None] - index[None, :]) <= 4)[None, None],
+                     tf.float32)
+  scale = 1.0 + tf.nn.conv2d(tf.square(x), band, 1, 'VALID', data_format=data_format)
+  inverse_root = tf.math.rsqrt(scale)
+  return x * inverse_root * tf.sqrt(inverse_root)
+
+
+def _trunk(data_format):
+  """The tutorial model's conv layers in one layout; takes and returns NHWC tensors."""
+  biases = tf.fill([64], 0.1)
+  bias = biases if data_format == 'NHWC' else tf.reshape(biases, [64, 1, 1])
+
+  def trunk(x, kernels):
+    if data_format == 'NCHW':
+      x = tf.transpose(x, [0, 3, 1, 2])
+    y = tf.nn.relu(tf.nn.conv2d(x, kernels[0], 1, 'SAME', data_format=data_format) + bias)
+    y = _band_lrn(tf.nn.max_pool2d(y, 3, 2, 'SAME', data_format=data_format), data_format)
+    y = tf.nn.relu(tf.nn.conv2d(y, kernels[1], 1, 'SAME', data_format=data_format) + bias)
+    y = tf.nn.max_pool2d(_band_lrn(y, data_format), 3, 2, 'SAME', data_format=data_format)
+    return y if data_format == 'NHWC' else tf.transpose(y, [0, 2, 3, 1])
+  trunk.__name__ = f'trunk_{data_format.lower()}'
+  return trunk
+
+
 def median_ms(function):
   function()
   times = []
@@ -131,7 +160,7 @@ def median_ms(function):
 
 def compare(title, candidates, x, kernel=None):
   """Times forward and forward + backward of each candidate; gradients w.r.t. the kernel
-  when there is one, else w.r.t. x."""
+  (or list of kernels) when there is one, else w.r.t. x."""
   weights = tf.random.stateless_normal(candidates[0](x, kernel).shape if kernel is not None
                                        else candidates[0](x).shape, seed=[1, 2])
   print(f'\n{title}')
@@ -151,11 +180,11 @@ def compare(title, candidates, x, kernel=None):
         loss = tf.reduce_sum(call(x) * weights)
       return tape.gradient(loss, source)
 
-    gradient = backward(x)
+    gradient = tf.nest.flatten(backward(x))
     if reference is None:
-      reference = (forward(x), gradient)
-    error = float(tf.reduce_max(tf.abs(gradient - reference[1])) /
-                  tf.reduce_max(tf.abs(reference[1])))
+      reference = gradient
+    error = max(float(tf.reduce_max(tf.abs(g - r)) / tf.reduce_max(tf.abs(r)))
+                for g, r in zip(gradient, reference))
     times = median_ms(lambda: forward(x)), median_ms(lambda: backward(x))
     if candidate is candidates[0]:
       base = times
@@ -178,6 +207,9 @@ def main(argv):
   conv_out = tf.nn.relu(tf.random.stateless_normal([batch, 24, 24, 64], seed=[9, 10]))
   compare('max pool 3x3/2 on [B, 24, 24, 64]', [pool_tensorflow, pool_strided_maximum],
           conv_out)
+  kernels = [kernel, tf.random.stateless_normal([5, 5, 64, 64], seed=[11, 12]) * 0.05]
+  compare('tutorial conv trunk on [B, 24, 24, 3], NHWC vs NCHW, gradient to both kernels',
+          [_trunk('NHWC'), _trunk('NCHW')], images, kernels)
 
 
 if __name__ == '__main__':
