@@ -7,6 +7,8 @@ into the model (and the raw weights too, for the summaries), prints
 `<date time>: step N, precision @ 1 = 0.XXXX`, and writes `precision @ 1/ema` and
 `precision @ 1/raw` summaries plus a line of results.jsonl to --eval_dir. It stops by itself
 after the checkpoint at the run's max_steps, or after --timeout seconds without a new one.
+With --eval_data=train_eval it scores the 50,000 training images instead (undistorted), and
+writes to <checkpoint_dir>/eval_train by default, never among the test results.
 """
 
 import datetime
@@ -32,6 +34,9 @@ RESULTS_FILE = 'results.jsonl'
 EVAL_INTERVAL_SECS = 60.0  # seconds between looks for a new checkpoint
 TIMEOUT_SECS = 3600.0  # seconds without a new checkpoint before the watcher gives up
 READ_ATTEMPTS = 3  # tries to read one checkpoint before calling it unreadable
+# Default --eval_dir below the run, one per --eval_data, so that training-set figures never
+# mix with the test figures that cifar10_results.py reads from eval/.
+EVAL_DIRS = {'test': 'eval', 'train_eval': 'eval_train'}
 
 
 class UnreadableCheckpoint(Exception):
@@ -179,22 +184,36 @@ def wait_for_config(checkpoint_dir, interval_secs, timeout_secs):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  checkpoint_dir = _FLAGS['checkpoint_dir'].value
+  checkpoint_dir, eval_data = _FLAGS['checkpoint_dir'].value, _FLAGS['eval_data'].value
+  eval_dir = _FLAGS['eval_dir'].value or default_eval_dir(checkpoint_dir, eval_data)
+  interval_secs, timeout_secs = _FLAGS['eval_interval_secs'].value, _FLAGS['timeout'].value
+  run_once = _FLAGS['run_once'].value
   try:
-    split = cifar10_input.load_split(cifar10_train.batches_dir_from_flags(_FLAGS),
-                                     _FLAGS['eval_data'].value)
-    run(split, checkpoint_dir, _FLAGS['eval_dir'].value or os.path.join(checkpoint_dir, 'eval'),
-        use_ema=_FLAGS['ema'].value, interval_secs=_FLAGS['eval_interval_secs'].value,
-        timeout_secs=_FLAGS['timeout'].value, run_once=_FLAGS['run_once'].value)
+    # The run first: a mistyped --checkpoint_dir is reported before any data is fetched.
+    config = find_run(checkpoint_dir, interval_secs, timeout_secs, run_once)
+    split = cifar10_input.load_split(cifar10_train.batches_dir_from_flags(_FLAGS), eval_data)
+    results = watch(Evaluator(config, split), checkpoint_dir, eval_dir, _FLAGS['ema'].value,
+                    interval_secs, timeout_secs, run_once)
   except (cifar10_input.DataError, cifar10_train.ConfigError, UnreadableCheckpoint,
           FileNotFoundError) as e:
     sys.exit(f'error: {e}')
   except KeyboardInterrupt:
     sys.exit(130)
+  if not results:
+    sys.exit(f'error: no checkpoint appeared in {checkpoint_dir} within --timeout='
+             f'{timeout_secs:g} s; is its trainer running?')
 
 
-def run(split, checkpoint_dir, eval_dir, use_ema, interval_secs, timeout_secs, run_once):
-  """Waits for the run's config.json unless run_once, then watches its checkpoints."""
+def default_eval_dir(checkpoint_dir, eval_data):
+  return os.path.join(checkpoint_dir, EVAL_DIRS[eval_data])
+
+
+def find_run(checkpoint_dir, interval_secs, timeout_secs, run_once):
+  """The run's TrainConfig; waits for the trainer to write it unless run_once.
+
+  Raises:
+    FileNotFoundError: no config.json in checkpoint_dir (after the timeout, unless run_once).
+  """
   config = cifar10_train.read_config(checkpoint_dir)
   if config is None and not run_once:
     print(f'{datetime.datetime.now()}: waiting for a training run in {checkpoint_dir}',
@@ -203,8 +222,7 @@ def run(split, checkpoint_dir, eval_dir, use_ema, interval_secs, timeout_secs, r
   if config is None:
     raise FileNotFoundError(f'{checkpoint_dir} has no {cifar10_train.CONFIG_FILE}: point '
                             '--checkpoint_dir at the --train_dir of a cifar10_train.py run.')
-  return watch(Evaluator(config, split), checkpoint_dir, eval_dir, use_ema, interval_secs,
-               timeout_secs, run_once)
+  return config
 
 
 def define_eval_flags():
@@ -213,14 +231,15 @@ def define_eval_flags():
       checkpoint_dir=flags.DEFINE_string('checkpoint_dir', cifar10_train.TrainConfig.train_dir,
                                          'The --train_dir of the run to evaluate.'),
       eval_dir=flags.DEFINE_string('eval_dir', None,
-                                   'Summaries and results.jsonl; default <checkpoint_dir>/eval.'),
+                                   'Summaries and results.jsonl; default <checkpoint_dir>/eval '
+                                   '(<checkpoint_dir>/eval_train with --eval_data=train_eval).'),
       eval_data=flags.DEFINE_enum('eval_data', 'test', ['test', 'train_eval'],
                                   'test: the 10,000 test images; train_eval: the 50,000 '
                                   'training images, undistorted.'),
       ema=flags.DEFINE_boolean('ema', True, 'Report the EMA shadows (--noema: raw weights).'),
       eval_interval_secs=flags.DEFINE_float('eval_interval_secs', EVAL_INTERVAL_SECS,
                                             'Seconds between looks for a new checkpoint.',
-                                            lower_bound=0.0),
+                                            lower_bound=0.1),
       timeout=flags.DEFINE_float('timeout', TIMEOUT_SECS, 'Stop after this many seconds '
                                  'without a new checkpoint (the trainer may have died).',
                                  lower_bound=0.0),

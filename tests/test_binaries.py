@@ -97,9 +97,19 @@ def test_train_binary_reports_corrupt_archive(tmp_path):
   assert f'{tmp_path / cifar10_input.ARCHIVE_NAME} is corrupt' in result.stderr, result.stderr
 
 
-def test_eval_binary_reports_a_folder_without_a_run(tmp_path):
-  make_batches_dir(str(tmp_path))
-  result = run(['cifar10_eval.py', f'--data_dir={tmp_path}', f'--checkpoint_dir={tmp_path}',
+def test_eval_binary_reports_a_folder_without_a_run_before_fetching_data(tmp_path):
+  data_dir = tmp_path / 'no_data_yet'  # Would be downloaded into if the data came first.
+  result = run(['cifar10_eval.py', f'--data_dir={data_dir}', f'--checkpoint_dir={tmp_path}',
                 '--run_once'])
   assert result.returncode == 1
   assert f'{tmp_path} has no config.json' in result.stderr, result.stderr
+  assert not data_dir.exists()
+
+
+def test_eval_binary_fails_when_no_checkpoint_comes_before_the_timeout(tmp_path):
+  make_batches_dir(str(tmp_path))
+  cifar10_train.write_config(cifar10_train.TrainConfig(train_dir=str(tmp_path / 'run')))
+  result = run(['cifar10_eval.py', f'--data_dir={tmp_path}', f'--checkpoint_dir={tmp_path / "run"}',
+                '--timeout=0', '--eval_interval_secs=0.1'])
+  assert result.returncode == 1
+  assert own_lines(result.stderr).startswith('error: no checkpoint appeared in '), result.stderr

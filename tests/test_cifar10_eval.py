@@ -126,3 +126,9 @@ def test_checkpoint_of_another_model_is_reported(trained_dir):
   evaluator = cifar10_eval.Evaluator(config, tiny_split())
   with pytest.raises(cifar10_eval.UnreadableCheckpoint, match='does not match the model'):
     evaluator.restore(str(trained_dir / 'ckpt-20'))
+
+
+def test_training_set_results_default_apart_from_the_test_results(tmp_path):
+  test_dir = cifar10_eval.default_eval_dir(str(tmp_path), 'test')
+  assert test_dir == str(tmp_path / 'eval')  # Where cifar10_results.py reads test figures.
+  assert cifar10_eval.default_eval_dir(str(tmp_path), 'train_eval') != test_dir
