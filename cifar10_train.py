@@ -425,15 +425,20 @@ def request_stop(signum, frame):
   print(f'\nsignal {signum}: saving a checkpoint and stopping...', file=sys.stderr, flush=True)
 
 
+def install_stop_handlers():
+  """SIGTERM and SIGINT save a checkpoint and stop train() between steps (see request_stop)."""
+  signal.signal(signal.SIGTERM, request_stop)
+  signal.signal(signal.SIGINT, request_stop)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  signal.signal(signal.SIGTERM, request_stop)
-  signal.signal(signal.SIGINT, request_stop)
   try:
     config = config_from_flags(_FLAGS)
-    batches_dir = batches_dir_from_flags(_FLAGS)
-    train(config, cifar10_input.load_split(batches_dir, 'train'))
+    split = cifar10_input.load_split(batches_dir_from_flags(_FLAGS), 'train')
+    install_stop_handlers()  # Only now: before, Ctrl-C simply ends the download or extraction.
+    train(config, split)
   except (cifar10_input.DataError, TrainingDiverged, ConfigError) as e:
     sys.exit(f'error: {e}')
   except (StopRequested, KeyboardInterrupt):

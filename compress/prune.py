@@ -21,7 +21,6 @@ import dataclasses
 import json
 import math
 import os
-import signal
 import sys
 
 if __package__ in (None, ''):  # Run as `python compress/prune.py`: import the project.
@@ -290,6 +289,11 @@ def prepare(values):
   if os.path.abspath(source_dir) == os.path.abspath(train_dir):
     raise cifar10_train.ConfigError('--train_dir must differ from --source_dir: pruning '
                                     'writes a new run and never touches the source.')
+  if (not os.path.exists(os.path.join(train_dir, SETTINGS_FILE)) and
+      (tf.train.latest_checkpoint(train_dir) or cifar10_train.read_config(train_dir))):
+    # Checked before anything is written: resuming would first rewrite that run's config.
+    raise cifar10_train.ConfigError(f'--train_dir={train_dir} holds a run that is not a '
+                                    'pruning run: pass a new --train_dir.')
   start = cifar10_model.checkpoint_step(source)
   last = start + values['finetune_steps']
   begin = start if values['begin_step'] is None else values['begin_step']
@@ -316,14 +320,13 @@ def prepare(values):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  signal.signal(signal.SIGTERM, cifar10_train.request_stop)
-  signal.signal(signal.SIGINT, cifar10_train.request_stop)
   values = {name: holder.value for name, holder in _FLAGS.items()}
   try:
     config, settings, source = prepare(values)
     trainer = PruningTrainer(config, settings, source)  # Checks --dense_layers first.
     write_settings(config.train_dir, settings, source)
     split = cifar10_input.load_split(cifar10_train.batches_dir_from_flags(_FLAGS), 'train')
+    cifar10_train.install_stop_handlers()
     cifar10_train.train(config, split, make_trainer=lambda _: trainer)
     report = build_report(trainer, os.path.join(config.train_dir, SPARSE_FILE))
   except (cifar10_input.DataError, cifar10_train.TrainingDiverged,

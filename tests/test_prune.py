@@ -2,6 +2,7 @@
 
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -199,6 +200,15 @@ def test_prepare_derives_the_window_from_the_source_step(source_run, tmp_path):
 def test_prepare_refuses_a_window_outside_the_fine_tuning(source_run, tmp_path, window):
   with pytest.raises(cifar10_train.ConfigError, match='pruning window'):
     prune.prepare(prune_values(source_run.train_dir, tmp_path, **window))
+
+
+def test_prepare_refuses_an_ordinary_run_as_train_dir_before_writing(source_run, tmp_path):
+  other = tmp_path / 'other'
+  shutil.copytree(source_run.train_dir, other)
+  before = {p.name: p.read_bytes() for p in other.iterdir() if p.is_file()}
+  with pytest.raises(cifar10_train.ConfigError, match='not a pruning run'):
+    prune.prepare(prune_values(source_run.train_dir, other))
+  assert {p.name: p.read_bytes() for p in other.iterdir() if p.is_file()} == before
 
 
 def test_an_ordinary_run_is_refused_as_a_pruning_train_dir(source_run):
