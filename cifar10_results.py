@@ -50,11 +50,16 @@ class RunResult:
     return self.precision_by_step[max(self.precision_by_step)]
 
 
+class ResultsError(ValueError):
+  """A results.jsonl that cannot be reported."""
+
+
 def read_run(train_dir, eval_dir=None):
   """Reads one run's config, counts and evaluation results.
 
   Raises:
     FileNotFoundError: the run has no config.json or no results.jsonl.
+    ResultsError: results.jsonl is empty or holds a line that is not an eval result.
   """
   config = cifar10_train.read_config(train_dir)
   if config is None:
@@ -63,14 +68,25 @@ def read_run(train_dir, eval_dir=None):
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path} is missing: run cifar10_eval.py --checkpoint_dir='
                             f'{train_dir} first')
+  lines = []
   with open(path) as f:
-    lines = [json.loads(line) for line in f if line.strip()]
+    for number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        result = json.loads(line)
+        lines.append((result['step'], result['precision_ema'], result['train_seconds']))
+      except (ValueError, KeyError, TypeError) as e:
+        raise ResultsError(f'{path}, line {number}: not a cifar10_eval.py result ({e!r}); '
+                           'delete the line or evaluate the run again.') from e
+  if not lines:
+    raise ResultsError(f'{path} holds no evaluated checkpoint: run cifar10_eval.py '
+                       f'--checkpoint_dir={train_dir} first')
   rows = cifar10_model.count_model(models.build(config.model, config.image_size))
-  last = max(lines, key=lambda line: line['step'])
   return RunResult(name=os.path.basename(os.path.normpath(train_dir)), model=config.model,
                    params=sum(r.params for r in rows), flops=sum(r.flops for r in rows),
-                   precision_by_step={l['step']: l['precision_ema'] for l in lines},
-                   train_seconds=last['train_seconds'])
+                   precision_by_step={step: precision for step, precision, _ in lines},
+                   train_seconds=max(lines)[2])
 
 
 def pareto_front(points):
@@ -185,8 +201,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   try:
+    if not _RUNS.value:
+      raise ResultsError('--runs is empty: pass the comma-separated --train_dir of each run')
     results = [read_run(run) for run in _RUNS.value]
-  except (FileNotFoundError, cifar10_train.ConfigError) as e:
+  except (FileNotFoundError, ResultsError, cifar10_train.ConfigError) as e:
     sys.exit(f'error: {e}')
   os.makedirs(_OUT_DIR.value, exist_ok=True)
   table = markdown_table(results)

@@ -37,6 +37,17 @@ def test_read_run_without_results_names_the_missing_file(tmp_path):
     cifar10_results.read_run(str(tmp_path))
 
 
+def test_read_run_refuses_an_empty_or_foreign_results_file(tmp_path):
+  write_run(tmp_path / 'empty', 'tutorial', [])
+  with pytest.raises(cifar10_results.ResultsError, match='holds no evaluated checkpoint'):
+    cifar10_results.read_run(str(tmp_path / 'empty'))
+  write_run(tmp_path / 'foreign', 'tutorial', [(1000, 0.5, 60.0)])
+  with open(tmp_path / 'foreign' / 'eval' / 'results.jsonl', 'a') as f:
+    f.write('{"loss": 1.0}\n')
+  with pytest.raises(cifar10_results.ResultsError, match=r'results.jsonl, line 2: not a'):
+    cifar10_results.read_run(str(tmp_path / 'foreign'))
+
+
 def test_table_has_a_column_per_step_and_rows_by_cost(tmp_path):
   write_run(tmp_path / 'tuto', 'tutorial', [(10000, 0.8141, 3960.0)])
   write_run(tmp_path / 'sq', 'squeeze1', [(5000, 0.6, 300.0), (10000, 0.663, 600.0)])
