@@ -22,11 +22,13 @@ quantize to its calibrated output range (an integer LRN would need a table of x^
 """
 
 import concurrent.futures
+import gzip
 import json
 import os
 import sys
 import tarfile
 import time
+import zlib
 
 if __name__ == '__main__':  # The runner: one BLAS thread per worker thread (see predict).
   os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
@@ -266,6 +268,11 @@ class Int8Model:
   @classmethod
   def load(cls, path):
     arrays, meta = sparse.load(path)
+    missing = [key for key in ('ops', 'tensors', 'data', 'input') if key not in meta]
+    if missing:
+      kind = ' (a pruned float model from compress/prune.py?)' if 'weights' in meta else ''
+      raise sparse.FormatError(f'{path} is not an int8 model from compress/quantize.py{kind}: '
+                               f'its meta lacks {", ".join(missing)}')
     return cls(meta, arrays)
 
   def save(self, path):
@@ -364,17 +371,25 @@ def read_test_batch(data_dir, data):
   """
   folder = os.path.join(data_dir, data['batches_dir'], data['test_file'])
   archive = data_dir if data_dir.endswith('.tar.gz') else os.path.join(data_dir, data['archive'])
+  member = f'{data["batches_dir"]}/{data["test_file"]}'
   if os.path.isfile(folder):
-    raw = np.fromfile(folder, np.uint8)
+    raw, source = np.fromfile(folder, np.uint8), folder
   elif os.path.isfile(archive):
-    with tarfile.open(archive) as tar:
-      raw = np.frombuffer(tar.extractfile(f'{data["batches_dir"]}/{data["test_file"]}').read(),
-                          np.uint8)
+    try:
+      with tarfile.open(archive) as tar:
+        raw, source = np.frombuffer(tar.extractfile(member).read(), np.uint8), archive
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, KeyError) as e:
+      raise ValueError(f'{archive} is truncated or corrupt, or lacks {member} '
+                       f'({type(e).__name__}: {e}): replace it with a fresh copy') from e
   else:
     raise FileNotFoundError(f'neither {folder} nor {archive} exists: pass the --data_dir '
                             'given to cifar10_train.py')
   side, channels = data['image_size'], data['channels']
-  records = raw.reshape(-1, data['label_bytes'] + side * side * channels)
+  record_bytes = data['label_bytes'] + side * side * channels
+  if not raw.size or raw.size % record_bytes:
+    raise ValueError(f'{data["test_file"]} in {source} has {raw.size:,} bytes, not a whole '
+                     f'number of {record_bytes}-byte records')
+  records = raw.reshape(-1, record_bytes)
   images = records[:, data['label_bytes']:].reshape(-1, channels, side, side)
   return np.ascontiguousarray(images.transpose(0, 2, 3, 1)), records[:, 0].astype(np.int64)
 
@@ -390,15 +405,18 @@ def evaluate(model, images, labels, batch_size=BATCH_SIZE, threads=1):
 
 def main(argv):
   del argv
+  out = _PREDICTIONS_OUT.value
   try:
+    if out and not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+      raise FileNotFoundError(f'--predictions_out={out}: its folder does not exist')
     model = Int8Model.load(_MODEL_FILE.value)
     images, labels = read_test_batch(_DATA_DIR.value, model.meta['data'])
   except (OSError, KeyError, ValueError) as e:
     sys.exit(f'error: {e}')
   precision, rate, predictions = evaluate(model, images, labels, _BATCH_SIZE.value,
                                           _THREADS.value)
-  if _PREDICTIONS_OUT.value:
-    np.save(_PREDICTIONS_OUT.value, predictions)
+  if out:
+    np.save(out, predictions)
   print(json.dumps({'model_file': _MODEL_FILE.value, 'precision': precision,
                     'num_examples': len(labels), 'images_per_sec': round(rate, 1),
                     'batch_size': _BATCH_SIZE.value, 'threads': _THREADS.value}))

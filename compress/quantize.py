@@ -323,6 +323,10 @@ def main(argv):
                             percentile=_FLAGS['percentile'].value)
   try:
     cifar10_train.latest_run(checkpoint_dir, '--checkpoint_dir')  # Before the data is sought.
+    try:  # Before minutes of scoring, not after.
+      os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+      raise cifar10_train.ConfigError(f'cannot create --out_dir={out_dir} ({e})') from e
     report = quantize_run(checkpoint_dir, out_dir,
                           cifar10_train.batches_dir_from_flags(_FLAGS), calibration,
                           use_ema=_FLAGS['ema'].value,
@@ -332,6 +336,8 @@ def main(argv):
   except (cifar10_input.DataError, cifar10_train.ConfigError, cifar10_eval.UnreadableCheckpoint,
           fake_quant.QuantizationError) as e:
     sys.exit(f'error: {e}')
+  except KeyboardInterrupt:
+    sys.exit(130)  # The model file is written whole or not at all (compress/sparse.py).
   with open(os.path.join(out_dir, REPORT_FILE), 'w') as f:
     json.dump(report, f, indent=1)
   print(format_report(report))
@@ -347,14 +353,16 @@ def define_quantize_flags():
       out_dir=flags.DEFINE_string('out_dir', None, 'Where model_int8.npz and the report go; '
                                   'default <checkpoint_dir>/int8.'),
       calibration_images=flags.DEFINE_integer('calibration_images', d.images,
-                                              'Training images for the ranges.', lower_bound=1),
+                                              'Training images for the ranges.', lower_bound=1,
+                                              upper_bound=cifar10_input.NUM_TRAIN_EXAMPLES),
       calibration=flags.DEFINE_enum('calibration', d.method, list(CALIBRATION_METHODS),
                                     'minmax, or percentile (ignores outliers).'),
       percentile=flags.DEFINE_float('percentile', d.percentile, 'Upper percentile of '
                                     "--calibration=percentile.", 50.0, 100.0),
       ema=flags.DEFINE_boolean('ema', True, 'Quantize the EMA shadows (--noema: raw weights).'),
       compare_images=flags.DEFINE_integer('compare_images', COMPARE_IMAGES, 'Test images for '
-                                          'the layer-by-layer check.', lower_bound=1),
+                                          'the layer-by-layer check.', lower_bound=1,
+                                          upper_bound=cifar10_input.NUM_TEST_EXAMPLES),
   )
   return holders
 

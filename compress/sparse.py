@@ -24,6 +24,8 @@ whichever form is smaller, so a dense matrix never pays for a mask.
 """
 
 import json
+import os
+import zipfile
 import zlib
 
 import numpy as np
@@ -115,6 +117,10 @@ def unpack(entries):
   return arrays
 
 
+class FormatError(ValueError):
+  """A file that `load` cannot read."""
+
+
 def save(path, arrays, meta):
   """Writes {name: array} and a JSON-able `meta` dict as one uncompressed .npz at `path`.
 
@@ -124,14 +130,25 @@ def save(path, arrays, meta):
   entries = pack(arrays)
   payload = nbytes(entries)
   entries[META] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), np.uint8)
-  with open(path, 'wb') as f:
+  partial = os.fspath(path) + '.part'  # Renamed when complete: a kill never leaves a truncated file.
+  with open(partial, 'wb') as f:
     np.savez(f, **entries)
+  os.replace(partial, path)
   return payload
 
 
 def load(path):
-  """(arrays, meta) from a file written by `save`: {name: dense array}, dict."""
-  with np.load(path, allow_pickle=False) as data:
-    entries = {key: data[key] for key in data.files}
-  meta = json.loads(entries.pop(META).tobytes().decode())
-  return unpack(entries), meta
+  """(arrays, meta) from a file written by `save`: {name: dense array}, dict.
+
+  Raises:
+    OSError: the file cannot be opened.
+    FormatError: it is truncated, corrupt or not a file written by `save`.
+  """
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      entries = {key: data[key] for key in data.files}
+    meta = json.loads(entries.pop(META).tobytes().decode())
+    return unpack(entries), meta
+  except (zipfile.BadZipFile, EOFError, KeyError, ValueError, zlib.error) as e:
+    raise FormatError(f'{path} is truncated, corrupt or not written by compress/ '
+                      f'({type(e).__name__}: {e})') from e

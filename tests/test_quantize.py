@@ -241,3 +241,17 @@ def test_quantize_binary_reports_a_folder_without_a_run(tmp_path):
   assert result.returncode == 1
   assert 'Traceback' not in result.stderr, result.stderr
   assert f'--checkpoint_dir={tmp_path} holds no trained run' in result.stderr, result.stderr
+
+
+def test_quantize_binary_checks_out_dir_before_any_work(tiny_run, tmp_path):
+  config, _ = tiny_run
+  (tmp_path / 'a_file').write_text('')
+  out_dir = tmp_path / 'a_file' / 'int8'
+  result = subprocess.run(
+      [sys.executable, 'compress/quantize.py', f'--checkpoint_dir={config.train_dir}',
+       f'--out_dir={out_dir}', f'--data_dir={tmp_path / "no_data"}'], cwd=ROOT,
+      capture_output=True, text=True, timeout=300)
+  assert result.returncode == 1
+  assert 'Traceback' not in result.stderr, result.stderr
+  assert f'cannot create --out_dir={out_dir}' in result.stderr, result.stderr
+  assert not (tmp_path / 'no_data').exists()  # Refused before the data was sought.

@@ -70,6 +70,16 @@ def test_save_load_round_trip(tmp_path):
   assert path.stat().st_size < 0.2 * dense_bytes
 
 
+def test_save_leaves_no_partial_file_and_a_truncated_file_is_named(tmp_path):
+  path = tmp_path / 'model.npz'
+  sparse.save(path, {'w': np.ones((4, 4), np.float32)}, {'model': 'tutorial'})
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['model.npz']
+  truncated = tmp_path / 'cut.npz'
+  truncated.write_bytes(path.read_bytes()[:-40])
+  with pytest.raises(sparse.FormatError, match=f'{truncated} is truncated, corrupt'):
+    sparse.load(truncated)
+
+
 def test_arrays_are_narrowed_only_where_exact_and_come_back_in_their_own_dtype(tmp_path):
   arrays = {'fits_int16': np.array([-32768, 0, 32767], np.int32),
             'fits_int8': np.array([-128, 5, 127], np.int64),
