@@ -1,7 +1,7 @@
 # make train: set up .venv, train the default model, then evaluate its last checkpoint.
 # make test:  set up .venv and run the test suite (real-data tests read $(CIFAR10_DATA)).
 # make zoo:   train and evaluate every model of $(ZOO) in $(ZOO_DIR)/<model>, then write
-#             docs/results.md and docs/results.png (about 30 min per model here, resumable).
+#             docs/results.md and docs/results.png (about 21-49 min per model here, resumable).
 PYTHON ?= python3
 VENV ?= .venv
 DATA_DIR ?= data

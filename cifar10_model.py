@@ -402,7 +402,8 @@ def format_summary_rows(named_models):
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])} (use --model=NAME)')
   import models  # pylint: disable=g-import-not-at-top
   size = _IMAGE_SIZE.value
   if _MODEL.value == 'all':

@@ -1,7 +1,7 @@
 """Speed of the NumPy int8 runner (compress/int8.py), per batch size and per op.
 
     python bench/int8_speed.py --model_file=runs/speed_aug/int8/model_int8.npz \
-        --data_dir=../shared/data
+        --data_dir=data
 
 Times Int8Model.predict over --images test images (already standardized: preprocessing is
 timed separately), --rounds times per (batch size, threads), alternating them; prints the

@@ -1,7 +1,7 @@
 """Integer-only int8 inference in NumPy: the kernels, and a runner for exported models.
 
     python compress/int8.py --model_file=runs/tutorial_int8/model_int8.npz \
-        --data_dir=../shared/data
+        --data_dir=data
 
 This file never imports TensorFlow. compress/quantize.py writes the model file (one .npz in
 the format of compress/sparse.py: int8 weights, int32 biases, float32 per-channel weight

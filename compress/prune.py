@@ -271,8 +271,12 @@ def write_settings(train_dir, settings, source_checkpoint):
   if os.path.exists(path):
     with open(path) as f:
       previous = json.load(f)
+    def same(key, value):  # The source however its path is spelt (./runs/x, absolute...).
+      if key == 'source_checkpoint' and isinstance(previous.get(key), str):
+        return os.path.realpath(previous[key]) == os.path.realpath(value)
+      return previous.get(key) == value
     changed = [f'{key}: {previous.get(key)!r} -> {value!r}' for key, value in record.items()
-               if previous.get(key) != value]
+               if not same(key, value)]
     if changed:
       raise cifar10_train.ConfigError(
           f'{train_dir} holds a pruning run with other settings ({"; ".join(changed)}): pass '

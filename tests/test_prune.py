@@ -214,3 +214,13 @@ def test_prepare_refuses_an_ordinary_run_as_train_dir_before_writing(source_run,
 def test_an_ordinary_run_is_refused_as_a_pruning_train_dir(source_run):
   with pytest.raises(cifar10_train.ConfigError, match='not a pruning checkpoint'):
     pruning_trainer(source_run, source_run.train_dir).restore_latest()
+
+
+def test_resuming_accepts_the_same_source_however_its_path_is_spelt(tmp_path):
+  settings = prune.PruningSettings(target_sparsity=0.5, begin_step=10, end_step=20)
+  source = str(tmp_path / 'source' / 'ckpt-10')
+  prune.write_settings(str(tmp_path / 'run'), settings, source)
+  prune.write_settings(str(tmp_path / 'run'), settings,
+                       os.path.join(str(tmp_path), '.', 'source', 'ckpt-10'))
+  with pytest.raises(cifar10_train.ConfigError, match='source_checkpoint'):
+    prune.write_settings(str(tmp_path / 'run'), settings, str(tmp_path / 'other' / 'ckpt-10'))
