@@ -7,8 +7,9 @@ loop exactly as cifar10_train.py runs it, (3) the input pipeline alone, (4) the 
 as a tf.keras.Sequential trained with model.fit on the same pipeline, (5) evaluation of the
 whole test set. Each figure is the median over its timed windows after a warm-up; 1, 2 and 4
 run in turn --rounds times, so the machine's drifting speed hits them alike. It prints
-images/s, the ratios 2/1, 3/2 and 2/4, and the GFLOP/s of 1 and 2 (a train step counted as
-3x the forward FLOPs of cifar10_model's counting).
+images/s, the ratios 2/1, 3/2 and 2/4, and the GFLOP/s of 1, 2 and 5 (a train step counted as
+3x the forward FLOPs of cifar10_model's counting), each also as a fraction of the machine's
+ceiling: a float32 2048 x 2048 matrix product timed in the same process.
 """
 
 import dataclasses
@@ -138,6 +139,20 @@ def evaluation(config, test_split):
   return statistics.median(times)
 
 
+def matmul_ceiling(size=2048, reps=10):
+  """GFLOP/s of a float32 [size, size] x [size, size] product: what the CPU's GEMM reaches."""
+  # Variables, so that grappler cannot fold the products into constants at trace time.
+  a = tf.Variable(tf.random.stateless_normal([size, size], seed=[1, 2]))
+  b = tf.Variable(tf.random.stateless_normal([size, size], seed=[3, 4]))
+
+  @tf.function
+  def products():
+    return tf.add_n([tf.matmul(a, b)[0, 0] for _ in range(reps)])
+
+  rates = window_rates(lambda: products().numpy(), reps, warmup=2, windows=_WINDOWS.value)
+  return statistics.median(rates) * 2 * size ** 3 / 1e9
+
+
 def main(argv):
   del argv
   config = cifar10_train.TrainConfig(model=models.canonical_name(_MODEL.value))
@@ -158,6 +173,7 @@ def main(argv):
            '3 input pipeline': input_pipeline(config, train_split),
            '4 keras fit': statistics.median(windows['4 keras fit'])}
   eval_secs = evaluation(config, test_split)
+  ceiling = matmul_ceiling()
 
   print(f'\nmodel {config.model}, batch {config.batch_size}, {config.image_size}x'
         f'{config.image_size}, median of {_ROUNDS.value} x {_WINDOWS.value} windows of '
@@ -169,7 +185,11 @@ def main(argv):
   one, two, three, four = rates.values()
   print(f'ratio 2/1 = {two / one:.3f}   ratio 3/2 = {three / two:.2f}   '
         f'ratio 2/4 = {two / four:.2f}')
-  print(f'GFLOP/s: bare step {3 * flops * one / 1e9:.1f}, full loop {3 * flops * two / 1e9:.1f}')
+  achieved = {'bare step': 3 * flops * one / 1e9, 'full loop': 3 * flops * two / 1e9,
+              'eval': flops * len(test_split) / eval_secs / 1e9}
+  print('GFLOP/s: ' + ', '.join(f'{name} {value:.1f} ({value / ceiling:.0%})'
+                                for name, value in achieved.items()) +
+        f' of the float32 2048^3 matmul ceiling, {ceiling:.1f} GFLOP/s')
 
 
 if __name__ == '__main__':
