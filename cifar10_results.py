@@ -64,7 +64,8 @@ def read_run(train_dir, eval_dir=None):
   config = cifar10_train.read_config(train_dir)
   if config is None:
     raise FileNotFoundError(f'{train_dir} has no {cifar10_train.CONFIG_FILE}')
-  path = os.path.join(eval_dir or os.path.join(train_dir, 'eval'), cifar10_eval.RESULTS_FILE)
+  path = os.path.join(eval_dir or cifar10_eval.default_eval_dir(train_dir, 'test'),
+                      cifar10_eval.RESULTS_FILE)
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path} is missing: run cifar10_eval.py --checkpoint_dir='
                             f'{train_dir} first')

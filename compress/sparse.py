@@ -130,10 +130,14 @@ def save(path, arrays, meta):
   entries = pack(arrays)
   payload = nbytes(entries)
   entries[META] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), np.uint8)
-  partial = os.fspath(path) + '.part'  # Renamed when complete: a kill never leaves a truncated file.
-  with open(partial, 'wb') as f:
-    np.savez(f, **entries)
-  os.replace(partial, path)
+  partial = os.fspath(path) + '.part'  # Renamed once whole: never a truncated model file.
+  try:
+    with open(partial, 'wb') as f:
+      np.savez(f, **entries)
+    os.replace(partial, path)
+  finally:
+    if os.path.exists(partial):
+      os.remove(partial)
   return payload
 
 
