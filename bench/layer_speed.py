@@ -1,6 +1,6 @@
 """Candidate implementations of single layers, timed side by side (a benchmark, not a test).
 
-    .venv/bin/python bench/layer_speed.py [--batch=128]
+    .venv/bin/python bench/layer_speed.py [--batch=128] [--layers=trunk ...]
 
 For each layer it times the forward pass and forward + backward of every candidate on the
 same input (median of --windows windows of --steps calls), checks that the candidates agree
@@ -31,6 +31,8 @@ import cifar10_model
 _BATCH = flags.DEFINE_integer('batch', 128, 'Batch size of the inputs.', lower_bound=1)
 _STEPS = flags.DEFINE_integer('steps', 20, 'Calls per timed window.', lower_bound=1)
 _WINDOWS = flags.DEFINE_integer('windows', 7, 'Timed windows per candidate.', lower_bound=1)
+_LAYERS = flags.DEFINE_multi_enum('layers', ['lrn', 'conv1', 'pool', 'trunk'],
+                                  ['lrn', 'conv1', 'pool', 'trunk'], 'Which comparisons to run.')
 
 
 def lrn_tensorflow(x):
@@ -197,19 +199,23 @@ def compare(title, candidates, x, kernel=None):
 def main(argv):
   del argv
   batch = _BATCH.value
-  after_pool = tf.nn.relu(tf.random.stateless_normal([batch, 12, 12, 64], seed=[3, 4])) * 3
-  compare('LRN on [B, 12, 12, 64]', [lrn_tensorflow, lrn_band_matmul, lrn_layer], after_pool)
   images = tf.random.stateless_normal([batch, 24, 24, 3], seed=[5, 6])
   kernel = tf.random.stateless_normal([5, 5, 3, 64], seed=[7, 8]) * 0.05
-  compare('first conv 5x5x3x64 on [B, 24, 24, 3], gradient to the kernel',
-          [conv1_tensorflow, conv1_swapped_filter_gradient, conv1_sliced_patches_gemm,
-           conv1_extract_patches_gemm], images, kernel)
-  conv_out = tf.nn.relu(tf.random.stateless_normal([batch, 24, 24, 64], seed=[9, 10]))
-  compare('max pool 3x3/2 on [B, 24, 24, 64]', [pool_tensorflow, pool_strided_maximum],
-          conv_out)
-  kernels = [kernel, tf.random.stateless_normal([5, 5, 64, 64], seed=[11, 12]) * 0.05]
-  compare('tutorial conv trunk on [B, 24, 24, 3], NHWC vs NCHW, gradient to both kernels',
-          [_trunk('NHWC'), _trunk('NCHW')], images, kernels)
+  if 'lrn' in _LAYERS.value:
+    after_pool = tf.nn.relu(tf.random.stateless_normal([batch, 12, 12, 64], seed=[3, 4])) * 3
+    compare('LRN on [B, 12, 12, 64]', [lrn_tensorflow, lrn_band_matmul, lrn_layer], after_pool)
+  if 'conv1' in _LAYERS.value:
+    compare('first conv 5x5x3x64 on [B, 24, 24, 3], gradient to the kernel',
+            [conv1_tensorflow, conv1_swapped_filter_gradient, conv1_sliced_patches_gemm,
+             conv1_extract_patches_gemm], images, kernel)
+  if 'pool' in _LAYERS.value:
+    conv_out = tf.nn.relu(tf.random.stateless_normal([batch, 24, 24, 64], seed=[9, 10]))
+    compare('max pool 3x3/2 on [B, 24, 24, 64]', [pool_tensorflow, pool_strided_maximum],
+            conv_out)
+  if 'trunk' in _LAYERS.value:
+    kernels = [kernel, tf.random.stateless_normal([5, 5, 64, 64], seed=[11, 12]) * 0.05]
+    compare('tutorial conv trunk on [B, 24, 24, 3], NHWC vs NCHW, gradient to both kernels',
+            [_trunk('NHWC'), _trunk('NCHW')], images, kernels)
 
 
 if __name__ == '__main__':
