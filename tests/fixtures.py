@@ -1,6 +1,9 @@
 """Tiny in-memory data and configs shared by the training and evaluation tests."""
 
+import io
 import os
+import tarfile
+import time
 
 import numpy as np
 
@@ -39,3 +42,21 @@ def write_batches_dir(root, split):
   for name in cifar10_input.TRAIN_FILES + cifar10_input.TEST_FILES:
     records.astype(np.uint8).tofile(os.path.join(batches_dir, name))
   return batches_dir
+
+
+def add_member(tar, name, data=b'', **fields):
+  """Adds a member holding `data` to an open tarfile; `fields` set TarInfo attributes."""
+  info = tarfile.TarInfo(name)
+  info.size = len(data)
+  for key, value in fields.items():
+    setattr(info, key, value)
+  tar.addfile(info, io.BytesIO(data) if data else None)
+
+
+def wait_for(predicate, process, timeout, what):
+  """Polls predicate() until true; fails if the subprocess ends or the timeout passes first."""
+  deadline = time.time() + timeout
+  while not predicate():
+    assert process.poll() is None, f'process ended early waiting for {what}'
+    assert time.time() < deadline, f'timed out waiting for {what}'
+    time.sleep(0.2)

@@ -2,17 +2,16 @@
 
 import os
 import re
-import select
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import tensorflow as tf
 
 import cifar10_input
 import cifar10_train
+from fixtures import wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FILE_BYTES = cifar10_input.RECORDS_PER_FILE * cifar10_input.RECORD_BYTES  # 30,730,000
@@ -121,25 +120,21 @@ def test_eval_binary_fails_when_no_checkpoint_comes_before_the_timeout(tmp_path)
 
 def test_train_binary_saves_and_exits_130_on_sigterm(tmp_path):
   make_batches_dir(str(tmp_path))
-  train_dir = tmp_path / 'run'
-  trainer = subprocess.Popen(
-      [sys.executable, 'cifar10_train.py', f'--data_dir={tmp_path}', f'--train_dir={train_dir}',
-       '--max_steps=100000', '--log_frequency=2', '--checkpoint_steps=100000'],
-      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  train_dir, log = tmp_path / 'run', tmp_path / 'train.log'
+  with open(log, 'w') as out:
+    trainer = subprocess.Popen(
+        [sys.executable, 'cifar10_train.py', f'--data_dir={tmp_path}', f'--train_dir={train_dir}',
+         '--max_steps=100000', '--log_frequency=2', '--checkpoint_steps=100000'],
+        cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
   try:
-    logged, deadline = [], time.time() + 300
-    while not logged and time.time() < deadline:
-      if select.select([trainer.stdout], [], [], 1.0)[0]:
-        line = trainer.stdout.readline()
-        assert line, 'cifar10_train.py ended before its first log line'
-        if ', loss = ' in line:
-          logged.append(int(line.split('step ')[1].split(',')[0]))
-    assert logged, 'no log line within 300 s'
+    wait_for(lambda: ', loss = ' in log.read_text(), trainer, 300, 'the first log line')
+    logged = int(log.read_text().split(', loss = ')[0].rsplit('step ', 1)[1])
     trainer.send_signal(signal.SIGTERM)
-    output = trainer.communicate(timeout=120)[0]
+    trainer.wait(timeout=120)
   finally:
     trainer.kill()
+  output = log.read_text()
   assert trainer.returncode == 130, output
   assert 'Traceback' not in output, output
   saved = int(tf.train.latest_checkpoint(str(train_dir)).rsplit('-', 1)[1])
-  assert logged[0] <= saved < 100000  # The steps done before the signal are kept.
+  assert logged <= saved < 100000  # The steps done before the signal are kept.

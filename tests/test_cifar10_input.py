@@ -17,7 +17,7 @@ import tensorflow as tf
 
 import cifar10_input
 from cifar10_input import DataError
-from fixtures import tiny_split
+from fixtures import add_member, tiny_split
 
 RECORDS_PER_FILE = 4
 PLANE = 32 * 32
@@ -68,14 +68,6 @@ def make_batches_dir(root, files=None):
   for name, data in (files or cifar_files()).items():
     (batches_dir / name).write_bytes(data)
   return batches_dir
-
-
-def add_member(tar, name, data=b'', **fields):
-  info = tarfile.TarInfo(name)
-  info.size = len(data)
-  for key, value in fields.items():
-    setattr(info, key, value)
-  tar.addfile(info, io.BytesIO(data) if data else None)
 
 
 def make_archive(path, files=None, extra=()):

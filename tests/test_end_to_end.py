@@ -13,6 +13,7 @@ import tensorflow as tf
 import cifar10_eval
 import cifar10_input
 import cifar10_train
+from fixtures import wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REAL_STEPS = 300  # steps; enough for the tutorial model to pass 40 % on the test set
@@ -31,14 +32,6 @@ def test_tutorial_model_learns_on_real_data(tmp_path, real_batches_dir):
   assert metrics['precision_ema'] > 0.35, metrics
 
 
-def _wait_for(predicate, process, timeout, what):
-  deadline = time.time() + timeout
-  while not predicate():
-    assert process.poll() is None, f'process ended early waiting for {what}'
-    assert time.time() < deadline, f'timed out waiting for {what}'
-    time.sleep(0.2)
-
-
 def test_sigkill_then_rerun_finishes_with_the_watcher_running(tmp_path, real_data_dir):
   train_dir = str(tmp_path / 'run')
   train_cmd = [sys.executable, 'cifar10_train.py', f'--data_dir={real_data_dir}',
@@ -55,7 +48,7 @@ def test_sigkill_then_rerun_finishes_with_the_watcher_running(tmp_path, real_dat
       path = tf.train.latest_checkpoint(train_dir)
       return int(path.rsplit('-', 1)[1]) if path else 0
 
-    _wait_for(lambda: latest_step() >= 20, trainer, 600, 'checkpoint 20')
+    wait_for(lambda: latest_step() >= 20, trainer, 600, 'checkpoint 20')
     trainer.kill()  # SIGKILL: no handler runs, no final save.
     trainer.wait()
     killed_at = latest_step()
@@ -91,7 +84,7 @@ def test_kills_at_random_moments_never_leave_an_unreadable_checkpoint(tmp_path, 
     trainer = subprocess.Popen(train_cmd, cwd=ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     before = tf.train.latest_checkpoint(train_dir)
-    _wait_for(lambda: tf.train.latest_checkpoint(train_dir) != before, trainer, 600,
+    wait_for(lambda: tf.train.latest_checkpoint(train_dir) != before, trainer, 600,
               'a new checkpoint')
     time.sleep(rng.uniform(0.0, 1.0))
     trainer.kill()

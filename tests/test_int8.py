@@ -1,7 +1,6 @@
 """Tests of the NumPy integer kernels: rounding, fixed-point multipliers, pooling, preprocessing."""
 
 import fractions
-import io
 import subprocess
 import sys
 import tarfile
@@ -12,6 +11,7 @@ import tensorflow as tf
 
 from compress import int8
 from compress import sparse
+from fixtures import add_member
 
 
 def test_quantize_dequantize_round_trip_is_within_half_a_step():
@@ -128,9 +128,7 @@ DATA = {'batches_dir': 'b', 'test_file': 't.bin', 'archive': 'a.tar.gz', 'image_
 def test_test_batch_is_read_from_the_archive_and_bad_archives_are_named(tmp_path):
   records = np.arange(3 * 13, dtype=np.uint8).reshape(3, 13)  # 3 records: label + 2x2x3.
   with tarfile.open(tmp_path / 'a.tar.gz', 'w:gz') as tar:
-    info = tarfile.TarInfo('b/t.bin')
-    info.size = records.size
-    tar.addfile(info, io.BytesIO(records.tobytes()))
+    add_member(tar, 'b/t.bin', records.tobytes())
   images, labels = int8.read_test_batch(str(tmp_path), DATA)
   np.testing.assert_array_equal(labels, records[:, 0])
   np.testing.assert_array_equal(images[1, 0, 1], records[1, 1 + np.array([1, 5, 9])])  # CHW
