@@ -166,9 +166,11 @@ class MaxPool(Layer):
 class LRN(Layer):
   """Local response normalization with the tutorial's constants."""
 
-  def __init__(self, depth_radius=4, bias=1.0, alpha=0.001 / 9.0, beta=0.75, name=None):
+  def __init__(self, depth_radius=4, bias=1.0, alpha=0.001 / 9.0, beta=0.75, data_format='NHWC',
+               name=None):
     super().__init__(name=name)
     self.depth_radius, self.bias, self.alpha, self.beta = depth_radius, bias, alpha, beta
+    self.data_format = data_format  # 'NCHW' only for bench/layer_speed.py's layout comparison.
 
   def __call__(self, x, training=False):
     """x / (bias + alpha * sum of x^2 over the 2r+1 nearest channels)^beta.
@@ -178,11 +180,11 @@ class LRN(Layer):
     oneDNN this runs forward and backward about twice as fast on the CPU as TensorFlow's
     LRN and LRNGrad kernels (bench/README.md).
     """
-    channels = x.shape[-1]
+    channels = x.shape[self.data_format.index('C')]
     index = np.arange(channels)
     band = np.abs(index[:, None] - index[None, :]) <= self.depth_radius
     band = tf.constant(self.alpha * band[np.newaxis, np.newaxis], tf.float32)
-    scale = self.bias + tf.nn.conv2d(tf.square(x), band, 1, 'VALID')
+    scale = self.bias + tf.nn.conv2d(tf.square(x), band, 1, 'VALID', data_format=self.data_format)
     if self.beta == 0.75:  # The tutorial's: scale^-3/4 = rsqrt(s) * sqrt(rsqrt(s)), no pow.
       inverse_root = tf.math.rsqrt(scale)
       return x * inverse_root * tf.sqrt(inverse_root)

@@ -120,29 +120,19 @@ def pool_strided_maximum(x):
   return result
 
 
-def _band_lrn(x, data_format):
-  """The model's LRN (1x1 band convolution of the squares) in either layout."""
-  channels = x.shape[-1 if data_format == 'NHWC' else 1]
-  index = np.arange(channels)
-  band = tf.constant(0.001 / 9.0 * (np.abs(index[:, None] - index[None, :]) <= 4)[None, None],
-                     tf.float32)
-  scale = 1.0 + tf.nn.conv2d(tf.square(x), band, 1, 'VALID', data_format=data_format)
-  inverse_root = tf.math.rsqrt(scale)
-  return x * inverse_root * tf.sqrt(inverse_root)
-
-
 def _trunk(data_format):
   """The tutorial model's conv layers in one layout; takes and returns NHWC tensors."""
   biases = tf.fill([64], 0.1)
   bias = biases if data_format == 'NHWC' else tf.reshape(biases, [64, 1, 1])
+  lrn = cifar10_model.LRN(data_format=data_format)  # The model's own layer.
 
   def trunk(x, kernels):
     if data_format == 'NCHW':
       x = tf.transpose(x, [0, 3, 1, 2])
     y = tf.nn.relu(tf.nn.conv2d(x, kernels[0], 1, 'SAME', data_format=data_format) + bias)
-    y = _band_lrn(tf.nn.max_pool2d(y, 3, 2, 'SAME', data_format=data_format), data_format)
+    y = lrn(tf.nn.max_pool2d(y, 3, 2, 'SAME', data_format=data_format))
     y = tf.nn.relu(tf.nn.conv2d(y, kernels[1], 1, 'SAME', data_format=data_format) + bias)
-    y = tf.nn.max_pool2d(_band_lrn(y, data_format), 3, 2, 'SAME', data_format=data_format)
+    y = tf.nn.max_pool2d(lrn(y), 3, 2, 'SAME', data_format=data_format)
     return y if data_format == 'NHWC' else tf.transpose(y, [0, 2, 3, 1])
   trunk.__name__ = f'trunk_{data_format.lower()}'
   return trunk

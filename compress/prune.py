@@ -263,6 +263,12 @@ def format_report(report):
 # --------------------------------------------------------------------------- binary
 
 
+def _comparable(record):
+  """The settings record with the source's path resolved: ./runs/x, runs/x, /abs/runs/x alike."""
+  source = record.get('source_checkpoint')
+  return {**record, 'source_checkpoint': source and os.path.realpath(source)}
+
+
 def write_settings(train_dir, settings, source_checkpoint):
   """Saves the pruning settings in train_dir; refuses to resume a run pruned differently."""
   record = {'source_checkpoint': source_checkpoint, **dataclasses.asdict(settings)}
@@ -270,13 +276,9 @@ def write_settings(train_dir, settings, source_checkpoint):
   path = os.path.join(train_dir, SETTINGS_FILE)
   if os.path.exists(path):
     with open(path) as f:
-      previous = json.load(f)
-    def same(key, value):  # The source however its path is spelt (./runs/x, absolute...).
-      if key == 'source_checkpoint' and isinstance(previous.get(key), str):
-        return os.path.realpath(previous[key]) == os.path.realpath(value)
-      return previous.get(key) == value
-    changed = [f'{key}: {previous.get(key)!r} -> {value!r}' for key, value in record.items()
-               if not same(key, value)]
+      previous = _comparable(json.load(f))
+    changed = [f'{key}: {previous.get(key)!r} -> {value!r}'
+               for key, value in _comparable(record).items() if previous.get(key) != value]
     if changed:
       raise cifar10_train.ConfigError(
           f'{train_dir} holds a pruning run with other settings ({"; ".join(changed)}): pass '

@@ -118,6 +118,12 @@ def test_lrn_matches_tensorflows_op_and_its_gradient(beta):
                              rtol=1e-4, atol=1e-5)
 
 
+def test_lrn_in_nchw_equals_nhwc_transposed():
+  x = tf.random.stateless_normal([2, 3, 3, 16], seed=[5, 6]) * 20.0
+  nchw = cm.LRN(data_format='NCHW')(tf.transpose(x, [0, 3, 1, 2]))
+  np.testing.assert_allclose(tf.transpose(nchw, [0, 2, 3, 1]), cm.LRN()(x), rtol=1e-5, atol=1e-6)
+
+
 def test_lrn_by_hand_at_the_channel_edges():
   # One pixel, 10 channels of 3.0, radius 4: channel 0 sees channels 0-4 (5 squares = 45),
   # channel 5 sees 1-9 (9 squares = 81).
