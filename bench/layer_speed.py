@@ -9,7 +9,10 @@ bench/README.md lists as tried: LRN as TensorFlow's op, as a band matmul, as a 1
 convolution (the layer's own); the first conv's filter gradient as TensorFlow's kernel, as
 a batch/channel-swapped convolution and as one patches^T x dy GEMM (patches from 25 slices, or
 from tf.image.extract_patches); max pooling as TensorFlow's op and as a composite; the tutorial's
-convolutional trunk (conv, pool, LRN, conv, LRN, pool) in NHWC and in NCHW layout.
+convolutional trunk (conv, pool, LRN, conv, LRN, pool) in NHWC and in NCHW layout; the second
+conv as TensorFlow's op and as a product of spectra (transforms as GEMMs, or tf.signal's FFT).
+--layers=conv_ops times each convolution kernel of a tutorial train step alone (forward,
+input gradient, filter gradient) in GFLOP/s, against a float32 2048^3 matmul.
 """
 
 import os
@@ -31,8 +34,9 @@ import cifar10_model
 _BATCH = flags.DEFINE_integer('batch', 128, 'Batch size of the inputs.', lower_bound=1)
 _STEPS = flags.DEFINE_integer('steps', 20, 'Calls per timed window.', lower_bound=1)
 _WINDOWS = flags.DEFINE_integer('windows', 7, 'Timed windows per candidate.', lower_bound=1)
-_LAYERS = flags.DEFINE_multi_enum('layers', ['lrn', 'conv1', 'pool', 'trunk'],
-                                  ['lrn', 'conv1', 'pool', 'trunk'], 'Which comparisons to run.')
+_LAYERS = flags.DEFINE_multi_enum('layers', ['lrn', 'conv1', 'pool', 'trunk', 'conv2'],
+                                  ['lrn', 'conv1', 'pool', 'trunk', 'conv2', 'conv_ops'],
+                                  'Which comparisons to run.')
 
 
 def lrn_tensorflow(x):
@@ -138,6 +142,33 @@ def _trunk(data_format):
   return trunk
 
 
+def conv2_tensorflow(x, kernel):
+  return tf.nn.conv2d(x, kernel, 1, 'SAME')
+
+
+def conv2_spectral_gemm(x, kernel):
+  """The model's spectral convolution: transforms and products all GEMMs."""
+  return cifar10_model.spectral_conv2d(x, kernel)
+
+
+def conv2_rfft2d(x, kernel):
+  """SAME convolution as a product of tf.signal.rfft2d spectra (channels-first for the FFT)."""
+  batch, size, _, channels = x.shape
+  k, outputs = kernel.shape[0], kernel.shape[-1]
+  period, pad = size + k - 1, k // 2
+  x = tf.pad(tf.transpose(x, [0, 3, 1, 2]),
+             [[0, 0], [0, 0], [pad, k - 1 - pad], [pad, k - 1 - pad]])
+  spectrum = tf.transpose(tf.reshape(tf.signal.rfft2d(x), [batch, channels, -1]), [2, 0, 1])
+  padded_kernel = tf.pad(tf.transpose(kernel, [2, 3, 0, 1]),
+                         [[0, 0], [0, 0], [0, period - k], [0, period - k]])
+  weights = tf.transpose(tf.reshape(tf.signal.rfft2d(padded_kernel), [channels, outputs, -1]),
+                         [2, 0, 1])
+  product = tf.matmul(spectrum, tf.math.conj(weights))  # Correlation: the conjugate kernel.
+  product = tf.reshape(tf.transpose(product, [1, 2, 0]), [batch, outputs, period, -1])
+  y = tf.signal.irfft2d(product, fft_length=[period, period])[:, :, :size, :size]
+  return tf.transpose(y, [0, 2, 3, 1])
+
+
 def median_ms(function):
   function()
   times = []
@@ -150,9 +181,9 @@ def median_ms(function):
   return statistics.median(times)
 
 
-def compare(title, candidates, x, kernel=None):
+def compare(title, candidates, x, kernel=None, input_gradient=False):
   """Times forward and forward + backward of each candidate; gradients w.r.t. the kernel
-  (or list of kernels) when there is one, else w.r.t. x."""
+  (or list of kernels) when there is one, else w.r.t. x; w.r.t. both with input_gradient."""
   weights = tf.random.stateless_normal(candidates[0](x, kernel).shape if kernel is not None
                                        else candidates[0](x).shape, seed=[1, 2])
   print(f'\n{title}')
@@ -167,6 +198,8 @@ def compare(title, candidates, x, kernel=None):
     @tf.function
     def backward(x, call=call):
       source = kernel if kernel is not None else x
+      if input_gradient:
+        source = [x, kernel]
       with tf.GradientTape() as tape:
         tape.watch(source)
         loss = tf.reduce_sum(call(x) * weights)
@@ -184,6 +217,37 @@ def compare(title, candidates, x, kernel=None):
     print(f'  {name:32} forward {times[0]:7.2f} ms ({base[0] / times[0]:.2f}x)   '
           f'forward+backward {times[1]:7.2f} ms ({base[1] / times[1]:.2f}x)   '
           f'gradient error {error:.1e}')
+
+
+def conv_ops(batch):
+  """Each convolution kernel of a tutorial train step alone, in ms and GFLOP/s."""
+  shapes = {'conv1': ([batch, 24, 24, 3], [5, 5, 3, 64]),
+            'conv2': ([batch, 12, 12, 64], [5, 5, 64, 64])}
+  size = 2048
+  a = tf.Variable(tf.random.stateless_normal([size, size], seed=[1, 2]))
+  ceiling_ms = median_ms(tf.function(lambda: tf.matmul(a, a)))
+  ceiling = 2 * size ** 3 / ceiling_ms / 1e6
+  print(f'\nconvolution kernels of the tutorial train step alone, B={batch}; float32 '
+        f'{size}^3 matmul: {ceiling:.1f} GFLOP/s')
+  for name, (input_shape, kernel_shape) in shapes.items():
+    x = tf.Variable(tf.random.stateless_normal(input_shape, seed=[1, 2]))
+    kernel = tf.Variable(tf.random.stateless_normal(kernel_shape, seed=[3, 4]) * 0.05)
+    dy = tf.Variable(tf.random.stateless_normal(input_shape[:3] + kernel_shape[-1:],
+                                                seed=[5, 6]))
+    kernels = {
+        'forward': lambda: tf.nn.conv2d(x, kernel, 1, 'SAME'),
+        'input gradient': lambda: tf.raw_ops.Conv2DBackpropInput(
+            input_sizes=input_shape, filter=kernel, out_backprop=dy, strides=[1, 1, 1, 1],
+            padding='SAME'),
+        'filter gradient': lambda: tf.raw_ops.Conv2DBackpropFilter(
+            input=x, filter_sizes=kernel_shape, out_backprop=dy, strides=[1, 1, 1, 1],
+            padding='SAME'),
+    }
+    flops = 2 * np.prod(input_shape[:3]) * np.prod(kernel_shape)  # Each of the three alike.
+    for kind, call in kernels.items():
+      ms = median_ms(tf.function(call))
+      gflops = flops / ms / 1e6
+      print(f'  {name} {kind:16} {ms:7.2f} ms  {gflops:6.1f} GFLOP/s ({gflops / ceiling:.0%})')
 
 
 def main(argv):
@@ -206,6 +270,14 @@ def main(argv):
     kernels = [kernel, tf.random.stateless_normal([5, 5, 64, 64], seed=[11, 12]) * 0.05]
     compare('tutorial conv trunk on [B, 24, 24, 3], NHWC vs NCHW, gradient to both kernels',
             [_trunk('NHWC'), _trunk('NCHW')], images, kernels)
+  if 'conv2' in _LAYERS.value:
+    normalized = tf.nn.relu(tf.random.stateless_normal([batch, 12, 12, 64], seed=[13, 14]))
+    compare('second conv 5x5x64x64 on [B, 12, 12, 64], gradient to the input and the kernel',
+            [conv2_tensorflow, conv2_spectral_gemm, conv2_rfft2d], normalized,
+            tf.random.stateless_normal([5, 5, 64, 64], seed=[15, 16]) * 0.05,
+            input_gradient=True)
+  if 'conv_ops' in _LAYERS.value:
+    conv_ops(batch)
 
 
 if __name__ == '__main__':

@@ -124,6 +124,61 @@ def test_lrn_in_nchw_equals_nhwc_transposed():
   np.testing.assert_allclose(tf.transpose(nchw, [0, 2, 3, 1]), cm.LRN()(x), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize('size,k,channels,outputs', [
+    (12, 5, 64, 64),  # The tutorial's conv2: period 16, even.
+    (7, 3, 4, 5),  # Period 9, odd: no Nyquist frequency.
+    (6, 5, 3, 2),
+    (1, 3, 2, 2),  # Every tap but the centre falls on padding.
+])
+def test_spectral_conv_matches_tensorflows_conv_and_its_gradients(size, k, channels, outputs):
+  x = tf.random.stateless_normal([3, size, size, channels], seed=[1, 2])
+  kernel = tf.random.stateless_normal([k, k, channels, outputs], seed=[3, 4])
+  weights = tf.random.stateless_normal([3, size, size, outputs], seed=[5, 6])
+  with tf.GradientTape(persistent=True) as tape:
+    tape.watch([x, kernel])
+    ours = cm.spectral_conv2d(x, kernel)
+    theirs = tf.nn.conv2d(x, kernel, 1, 'SAME')
+    ours_loss, theirs_loss = tf.reduce_sum(ours * weights), tf.reduce_sum(theirs * weights)
+  scale = float(tf.reduce_max(tf.abs(theirs)))
+  np.testing.assert_allclose(ours, theirs, atol=1e-5 * scale)
+  for ours_grad, theirs_grad in zip(tape.gradient(ours_loss, [x, kernel]),
+                                    tape.gradient(theirs_loss, [x, kernel])):
+    np.testing.assert_allclose(ours_grad, theirs_grad,
+                               atol=1e-5 * float(tf.reduce_max(tf.abs(theirs_grad))))
+
+
+def test_spectral_conv_by_hand_moves_a_single_pixel():
+  # One pixel at (1, 2), one tap at (u, v) = (0, 2) of a 3x3 kernel: output (i, j) reads
+  # pixel (i + u - 1, j + v - 1) = (i - 1, j + 1), so the pixel lands at (2, 1) times 3.
+  x = np.zeros([1, 4, 4, 1], np.float32)
+  x[0, 1, 2, 0] = 1.0
+  kernel = np.zeros([3, 3, 1, 1], np.float32)
+  kernel[0, 2, 0, 0] = 3.0
+  expected = np.zeros([1, 4, 4, 1], np.float32)
+  expected[0, 2, 1, 0] = 3.0
+  np.testing.assert_allclose(cm.spectral_conv2d(tf.constant(x), tf.constant(kernel)), expected,
+                             atol=1e-6)
+
+
+def test_spectral_conv_layer_refuses_what_it_cannot_compute():
+  with pytest.raises(ValueError, match='stride 1 and an odd kernel size'):
+    cm.Conv2D(8, 8, 5, stddev=0.1, stride=2, spectral=True)
+  with pytest.raises(ValueError, match='stride 1 and an odd kernel size'):
+    cm.Conv2D(8, 8, 4, stddev=0.1, spectral=True)
+  with pytest.raises(ValueError, match='square images'):
+    cm.Conv2D(8, 8, 5, stddev=0.1, spectral=True)(tf.zeros([1, 6, 8, 8]))
+
+
+def test_tutorial_conv2_is_spectral_and_gives_the_direct_logits():
+  model = models.build('tutorial')
+  conv2 = _layer(model, 'conv2')
+  assert conv2.spectral and not _layer(model, 'conv1').spectral
+  images = tf.random.stateless_normal([4, 24, 24, 3], seed=[7, 8])
+  spectral = model(images)
+  conv2.spectral = False
+  np.testing.assert_allclose(spectral, model(images), rtol=1e-4, atol=1e-4)
+
+
 def test_lrn_by_hand_at_the_channel_edges():
   # One pixel, 10 channels of 3.0, radius 4: channel 0 sees channels 0-4 (5 squares = 45),
   # channel 5 sees 1-9 (9 squares = 81).
