@@ -460,6 +460,18 @@ def test_random_crop_and_flip_varies_the_offset():
   assert len(offsets) > 10 and all(0 <= r <= 8 and 0 <= c <= 8 for r, c in offsets)
 
 
+def test_random_crop_and_flip_golden_windows():
+  # (top, left, kind) of the first 8 crops for seed (3, 4), as the row/column gathers of
+  # sessions 1-6 drew them: the flat-index gather must keep every past run's inputs.
+  crops = cifar10_input.random_crop_and_flip(position_images(8), seed(3, 4)).numpy()
+  found = [(crop[:, :, 0].min() // 32, crop[:, :, 0].min() % 32, window_kind(crop[:, :, 0]))
+           for crop in crops]
+  assert found == [(7, 5, 'mirrored'), (2, 4, 'plain'), (0, 2, 'mirrored'), (6, 0, 'plain'),
+                   (4, 6, 'plain'), (7, 8, 'plain'), (2, 5, 'plain'), (1, 5, 'plain')]
+  np.testing.assert_array_equal(crops[:, :, :, 1], np.broadcast_to(np.arange(8)[:, None, None],
+                                                                   (8, 24, 24)))
+
+
 def test_random_crop_and_flip_same_seed_same_output():
   images = position_images(16)
   first = cifar10_input.random_crop_and_flip(images, seed(5, 6))
