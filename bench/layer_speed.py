@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 import cifar10_model
+import gemm_ceiling  # bench/, the script's own folder.
 
 _BATCH = flags.DEFINE_integer('batch', 128, 'Batch size of the inputs.', lower_bound=1)
 _STEPS = flags.DEFINE_integer('steps', 20, 'Calls per timed window.', lower_bound=1)
@@ -55,7 +56,7 @@ def lrn_band_matmul(x):
 lrn_layer = cifar10_model.LRN()  # The 1x1 band convolution.
 
 
-def conv1_tensorflow(x, kernel):
+def conv_tensorflow(x, kernel):
   return tf.nn.conv2d(x, kernel, 1, 'SAME')
 
 
@@ -142,15 +143,6 @@ def _trunk(data_format):
   return trunk
 
 
-def conv2_tensorflow(x, kernel):
-  return tf.nn.conv2d(x, kernel, 1, 'SAME')
-
-
-def conv2_spectral_gemm(x, kernel):
-  """The model's spectral convolution: transforms and products all GEMMs."""
-  return cifar10_model.spectral_conv2d(x, kernel)
-
-
 def conv2_rfft2d(x, kernel):
   """SAME convolution as a product of tf.signal.rfft2d spectra (channels-first for the FFT)."""
   batch, size, _, channels = x.shape
@@ -223,12 +215,9 @@ def conv_ops(batch):
   """Each convolution kernel of a tutorial train step alone, in ms and GFLOP/s."""
   shapes = {'conv1': ([batch, 24, 24, 3], [5, 5, 3, 64]),
             'conv2': ([batch, 12, 12, 64], [5, 5, 64, 64])}
-  size = 2048
-  a = tf.Variable(tf.random.stateless_normal([size, size], seed=[1, 2]))
-  ceiling_ms = median_ms(tf.function(lambda: tf.matmul(a, a)))
-  ceiling = 2 * size ** 3 / ceiling_ms / 1e6
+  ceiling = gemm_ceiling.gflops(windows=_WINDOWS.value)
   print(f'\nconvolution kernels of the tutorial train step alone, B={batch}; float32 '
-        f'{size}^3 matmul: {ceiling:.1f} GFLOP/s')
+        f'2048^3 matmul: {ceiling:.1f} GFLOP/s')
   for name, (input_shape, kernel_shape) in shapes.items():
     x = tf.Variable(tf.random.stateless_normal(input_shape, seed=[1, 2]))
     kernel = tf.Variable(tf.random.stateless_normal(kernel_shape, seed=[3, 4]) * 0.05)
@@ -260,7 +249,7 @@ def main(argv):
     compare('LRN on [B, 12, 12, 64]', [lrn_tensorflow, lrn_band_matmul, lrn_layer], after_pool)
   if 'conv1' in _LAYERS.value:
     compare('first conv 5x5x3x64 on [B, 24, 24, 3], gradient to the kernel',
-            [conv1_tensorflow, conv1_swapped_filter_gradient, conv1_sliced_patches_gemm,
+            [conv_tensorflow, conv1_swapped_filter_gradient, conv1_sliced_patches_gemm,
              conv1_extract_patches_gemm], images, kernel)
   if 'pool' in _LAYERS.value:
     conv_out = tf.nn.relu(tf.random.stateless_normal([batch, 24, 24, 64], seed=[9, 10]))
@@ -273,7 +262,7 @@ def main(argv):
   if 'conv2' in _LAYERS.value:
     normalized = tf.nn.relu(tf.random.stateless_normal([batch, 12, 12, 64], seed=[13, 14]))
     compare('second conv 5x5x64x64 on [B, 12, 12, 64], gradient to the input and the kernel',
-            [conv2_tensorflow, conv2_spectral_gemm, conv2_rfft2d], normalized,
+            [conv_tensorflow, cifar10_model.spectral_conv2d, conv2_rfft2d], normalized,
             tf.random.stateless_normal([5, 5, 64, 64], seed=[15, 16]) * 0.05,
             input_gradient=True)
   if 'conv_ops' in _LAYERS.value:

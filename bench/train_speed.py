@@ -33,6 +33,7 @@ import cifar10_eval
 import cifar10_input
 import cifar10_model
 import cifar10_train
+import gemm_ceiling  # bench/, the script's own folder.
 import models
 
 _FLAGS = cifar10_train.define_data_flags()
@@ -141,20 +142,6 @@ def evaluation(config, test_split):
   return statistics.median(times)
 
 
-def matmul_ceiling(size=2048, reps=10):
-  """GFLOP/s of a float32 [size, size] x [size, size] product: what the CPU's GEMM reaches."""
-  # Variables, so that grappler cannot fold the products into constants at trace time.
-  a = tf.Variable(tf.random.stateless_normal([size, size], seed=[1, 2]))
-  b = tf.Variable(tf.random.stateless_normal([size, size], seed=[3, 4]))
-
-  @tf.function
-  def products():
-    return tf.add_n([tf.matmul(a, b)[0, 0] for _ in range(reps)])
-
-  rates = window_rates(lambda: products().numpy(), reps, warmup=2, windows=_WINDOWS.value)
-  return statistics.median(rates) * 2 * size ** 3 / 1e9
-
-
 def main(argv):
   del argv
   config = cifar10_train.TrainConfig(model=models.canonical_name(_MODEL.value))
@@ -175,7 +162,7 @@ def main(argv):
            '3 input pipeline': input_pipeline(config, train_split),
            '4 keras fit': statistics.median(windows['4 keras fit'])}
   eval_secs = evaluation(config, test_split)
-  ceiling = matmul_ceiling()
+  ceiling = gemm_ceiling.gflops(windows=_WINDOWS.value)
 
   print(f'\nmodel {config.model}, batch {config.batch_size}, {config.image_size}x'
         f'{config.image_size}, median of {_ROUNDS.value} x {_WINDOWS.value} windows of '
