@@ -136,12 +136,15 @@ class Conv2D(Layer):
 
 
 @functools.lru_cache(maxsize=None)
-def spectral_matrices(size, k):
+def spectral_matrices(size, k, period=None):
   """The five real matrices of `spectral_conv2d` for size x size images and k x k kernels.
 
-  A SAME k x k convolution equals a cyclic one of period size + k - 1 on the zero-padded
-  image (no output ever wraps around), and a cyclic convolution is a product of discrete
-  Fourier transforms. Each transform here is a matrix with the padding and the crop folded
+  A SAME k x k convolution equals a cyclic one on the zero-padded image when the period is
+  at least size + k // 2: the taps that reach past either edge of the image then land on
+  padding zeros only (the ones past the left edge wrap onto the same zeros as those past the
+  right edge), so no image pixel wraps around. That smallest period is the default (14 for
+  12x12 images and 5x5 kernels, against size + k - 1 = 16 for the full linear convolution).
+  A cyclic convolution is a product of discrete Fourier transforms. Each transform here is a matrix with the padding and the crop folded
   in, applied as a GEMM; complex numbers are pairs of real rows (real part, imaginary part).
 
   Returns float32 NumPy arrays:
@@ -154,7 +157,10 @@ def spectral_matrices(size, k):
     inverse_rows [size, 2 half]: half a spectrum back to a row's real pixels.
     kernel [2 period half, k k]: a kernel's spectrum, real parts then imaginary parts.
   """
-  period, pad = size + k - 1, k // 2
+  pad = k // 2
+  period = period or size + pad
+  if period < size + pad:
+    raise ValueError(f'period {period} is below size + k // 2 = {size + pad}: pixels would wrap')
   half = period // 2 + 1
   pixel, frequency, half_frequency = np.arange(size), np.arange(period), np.arange(half)
   angle = 2 * np.pi * np.outer(half_frequency, pixel) / period
@@ -188,23 +194,24 @@ def spectral_matrices(size, k):
       kernel.reshape(2 * period * half, k * k)))
 
 
-def spectral_conv2d(x, kernel):
+def spectral_conv2d(x, kernel, period=None):
   """tf.nn.conv2d(x, kernel, 1, 'SAME') as a product of spectra (`spectral_matrices`).
 
   Per image and channel pair a direct 5x5 convolution on 12x12 costs 2 * 25 * 144 FLOPs;
-  here the pairs cost 4 real products per frequency of the 16 x 9 half spectrum, and the
+  here the pairs cost 4 real products per frequency of the 14 x 8 half spectrum, and the
   transforms are shared by all the pairs: about 4x fewer FLOPs for the tutorial's conv2,
   all of them GEMMs, forward and backward (bench/README.md).
 
   Args:
     x: float32 [B, size, size, C]; size known at trace time.
     kernel: float32 [k, k, C, O], k odd.
+    period: of the cyclic convolution; None for the smallest exact one (`spectral_matrices`).
   """
   size, width, channels = x.shape[1:]
   if size is None or size != width:
     raise ValueError(f'spectral convolution needs square images of known size, got {x.shape}')
   k, outputs = kernel.shape[0], kernel.shape[-1]
-  rows, columns, inverse_columns, inverse_rows, kernel_matrix = spectral_matrices(size, k)
+  rows, columns, inverse_columns, inverse_rows, kernel_matrix = spectral_matrices(size, k, period)
   frequencies = columns.shape[0] // 2 * (rows.shape[0] // 2)
   batch = tf.shape(x)[0]
   x = tf.reshape(tf.transpose(x, [1, 2, 0, 3]), [size, size, -1])  # [h, w, B*C].

@@ -124,19 +124,21 @@ def test_lrn_in_nchw_equals_nhwc_transposed():
   np.testing.assert_allclose(tf.transpose(nchw, [0, 2, 3, 1]), cm.LRN()(x), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize('size,k,channels,outputs', [
-    (12, 5, 64, 64),  # The tutorial's conv2: period 16, even.
-    (7, 3, 4, 5),  # Period 9, odd: no Nyquist frequency.
-    (6, 5, 3, 2),
-    (1, 3, 2, 2),  # Every tap but the centre falls on padding.
+@pytest.mark.parametrize('size,k,channels,outputs,period', [
+    (12, 5, 64, 64, None),  # The tutorial's conv2: period 12 + 2 = 14, even.
+    (12, 5, 64, 64, 16),  # The full linear convolution's period: the same values.
+    (7, 5, 4, 5, None),  # Period 9, odd: no Nyquist frequency.
+    (6, 3, 3, 2, None),
+    (1, 3, 2, 2, None),  # Every tap but the centre falls on padding.
 ])
-def test_spectral_conv_matches_tensorflows_conv_and_its_gradients(size, k, channels, outputs):
+def test_spectral_conv_matches_tensorflows_conv_and_its_gradients(size, k, channels, outputs,
+                                                                  period):
   x = tf.random.stateless_normal([3, size, size, channels], seed=[1, 2])
   kernel = tf.random.stateless_normal([k, k, channels, outputs], seed=[3, 4])
   weights = tf.random.stateless_normal([3, size, size, outputs], seed=[5, 6])
   with tf.GradientTape(persistent=True) as tape:
     tape.watch([x, kernel])
-    ours = cm.spectral_conv2d(x, kernel)
+    ours = cm.spectral_conv2d(x, kernel, period)
     theirs = tf.nn.conv2d(x, kernel, 1, 'SAME')
     ours_loss, theirs_loss = tf.reduce_sum(ours * weights), tf.reduce_sum(theirs * weights)
   scale = float(tf.reduce_max(tf.abs(theirs)))
@@ -167,6 +169,8 @@ def test_spectral_conv_layer_refuses_what_it_cannot_compute():
     cm.Conv2D(8, 8, 4, stddev=0.1, spectral=True)
   with pytest.raises(ValueError, match='square images'):
     cm.Conv2D(8, 8, 5, stddev=0.1, spectral=True)(tf.zeros([1, 6, 8, 8]))
+  with pytest.raises(ValueError, match='period 13 is below size'):
+    cm.spectral_conv2d(tf.zeros([1, 12, 12, 2]), tf.zeros([5, 5, 2, 2]), period=13)
 
 
 def test_tutorial_conv2_is_spectral_and_gives_the_direct_logits():
