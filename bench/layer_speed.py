@@ -10,7 +10,8 @@ convolution (the layer's own); the first conv's filter gradient as TensorFlow's 
 a batch/channel-swapped convolution and as one patches^T x dy GEMM (patches from 25 slices, or
 from tf.image.extract_patches); max pooling as TensorFlow's op and as a composite; the tutorial's
 convolutional trunk (conv, pool, LRN, conv, LRN, pool) in NHWC and in NCHW layout; the second
-conv as TensorFlow's op and as a product of spectra (transforms as GEMMs, or tf.signal's FFT).
+conv as TensorFlow's op and as a product of spectra (transforms as GEMMs at the smallest exact
+period or at the linear convolution's, or tf.signal's FFT).
 --layers=conv_ops times each convolution kernel of a tutorial train step alone (forward,
 input gradient, filter gradient) in GFLOP/s, against a float32 2048^3 matmul.
 """
@@ -143,6 +144,11 @@ def _trunk(data_format):
   return trunk
 
 
+def conv2_spectral_period16(x, kernel):
+  """The model's spectral convolution at the full linear convolution's period, size + k - 1."""
+  return cifar10_model.spectral_conv2d(x, kernel, period=x.shape[1] + kernel.shape[0] - 1)
+
+
 def conv2_rfft2d(x, kernel):
   """SAME convolution as a product of tf.signal.rfft2d spectra (channels-first for the FFT)."""
   batch, size, _, channels = x.shape
@@ -262,7 +268,8 @@ def main(argv):
   if 'conv2' in _LAYERS.value:
     normalized = tf.nn.relu(tf.random.stateless_normal([batch, 12, 12, 64], seed=[13, 14]))
     compare('second conv 5x5x64x64 on [B, 12, 12, 64], gradient to the input and the kernel',
-            [conv_tensorflow, cifar10_model.spectral_conv2d, conv2_rfft2d], normalized,
+            [conv_tensorflow, cifar10_model.spectral_conv2d, conv2_spectral_period16,
+             conv2_rfft2d], normalized,
             tf.random.stateless_normal([5, 5, 64, 64], seed=[15, 16]) * 0.05,
             input_gradient=True)
   if 'conv_ops' in _LAYERS.value:
