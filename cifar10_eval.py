@@ -70,10 +70,11 @@ class Evaluator:
 
     full_batches, remainder = divmod(self.num_examples, self.batch_size)
     correct = tf.constant(0, tf.int64)
-    for batch in tf.range(full_batches):
-      correct += hits(batch * self.batch_size, self.batch_size)
-    if remainder:
-      correct += hits(full_batches * self.batch_size, remainder)
+    with self.model.fixed_weights():  # E.g. conv2's kernel spectrum once, not per batch.
+      for batch in tf.range(full_batches):
+        correct += hits(batch * self.batch_size, self.batch_size)
+      if remainder:
+        correct += hits(full_batches * self.batch_size, remainder)
     return correct
 
   def precision(self):

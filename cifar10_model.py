@@ -10,6 +10,7 @@ Run as a script it prints that table for one model, or one row per model:
     python cifar10_model.py --model=all
 """
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -90,6 +91,10 @@ class Layer(tf.Module):
     """(H, W, C) or (D,) out for (H, W, C) or (D,) in."""
     return input_shape
 
+  def walk(self, input_shape):
+    """Yields (layer, its input shape) for every leaf layer, in call order."""
+    yield self, input_shape
+
   def num_params(self):
     return sum(int(np.prod(v.shape)) for v in self.trainable_variables)
 
@@ -117,10 +122,11 @@ class Conv2D(Layer):
       self.bias = tf.Variable(tf.fill([out_channels], float(bias_init)), name='bias')
     self.kernels = ((self.kernel, decay),)
     self.relu, self.stride, self.spectral = relu, stride, spectral
+    self.fixed_spectrum = None  # Set only inside Model.fixed_weights().
 
   def __call__(self, x, training=False):
     if self.spectral:
-      y = spectral_conv2d(x, self.kernel) + self.bias
+      y = spectral_conv2d(x, self.kernel, kernel_spectrum=self.fixed_spectrum) + self.bias
     else:
       y = tf.nn.conv2d(x, self.kernel, self.stride, 'SAME') + self.bias
     return tf.nn.relu(y) if self.relu else y
@@ -194,7 +200,15 @@ def spectral_matrices(size, k, period=None):
       kernel.reshape(2 * period * half, k * k)))
 
 
-def spectral_conv2d(x, kernel, period=None):
+def spectral_kernel(kernel, size, period=None):
+  """The kernel's half spectrum for `spectral_conv2d` on size x size images: [2, F, C, O]."""
+  k, _, channels, outputs = kernel.shape
+  kernel_matrix = spectral_matrices(size, k, period)[-1]
+  return tf.reshape(tf.matmul(kernel_matrix, tf.reshape(kernel, [k * k, -1])),
+                    [2, kernel_matrix.shape[0] // 2, channels, outputs])
+
+
+def spectral_conv2d(x, kernel, period=None, kernel_spectrum=None):
   """tf.nn.conv2d(x, kernel, 1, 'SAME') as a product of spectra (`spectral_matrices`).
 
   Per image and channel pair a direct 5x5 convolution on 12x12 costs 2 * 25 * 144 FLOPs;
@@ -206,21 +220,22 @@ def spectral_conv2d(x, kernel, period=None):
     x: float32 [B, size, size, C]; size known at trace time.
     kernel: float32 [k, k, C, O], k odd.
     period: of the cyclic convolution; None for the smallest exact one (`spectral_matrices`).
+    kernel_spectrum: `spectral_kernel(kernel, size, period)` if already computed.
   """
   size, width, channels = x.shape[1:]
   if size is None or size != width:
     raise ValueError(f'spectral convolution needs square images of known size, got {x.shape}')
   k, outputs = kernel.shape[0], kernel.shape[-1]
-  rows, columns, inverse_columns, inverse_rows, kernel_matrix = spectral_matrices(size, k, period)
+  rows, columns, inverse_columns, inverse_rows, _ = spectral_matrices(size, k, period)
   frequencies = columns.shape[0] // 2 * (rows.shape[0] // 2)
+  if kernel_spectrum is None:
+    kernel_spectrum = spectral_kernel(kernel, size, period)
   batch = tf.shape(x)[0]
   x = tf.reshape(tf.transpose(x, [1, 2, 0, 3]), [size, size, -1])  # [h, w, B*C].
   half_spectra = tf.matmul(rows, x)  # [h, (re/im, frequency), B*C].
   spectrum = tf.matmul(columns, tf.reshape(half_spectra, [2 * size, -1]))
   spectrum = tf.reshape(spectrum, [2, frequencies, batch, channels])
-  weights = tf.reshape(tf.matmul(kernel_matrix, tf.reshape(kernel, [k * k, -1])),
-                       [2, frequencies, channels, outputs])
-  (x_re, x_im), (w_re, w_im) = tf.unstack(spectrum), tf.unstack(weights)
+  (x_re, x_im), (w_re, w_im) = tf.unstack(spectrum), tf.unstack(kernel_spectrum)
   product = tf.concat([tf.matmul(x_re, w_re) - tf.matmul(x_im, w_im),
                        tf.matmul(x_re, w_im) + tf.matmul(x_im, w_re)], axis=0)
   back = tf.matmul(inverse_columns, tf.reshape(product, [columns.shape[0], -1]))
@@ -350,6 +365,11 @@ class Sequential(Layer):
       input_shape = layer.output_shape(input_shape)
     return input_shape
 
+  def walk(self, input_shape):
+    for layer in self.layers:
+      yield from layer.walk(input_shape)
+      input_shape = layer.output_shape(input_shape)
+
   def flops(self, input_shape):
     total = 0
     for layer in self.layers:
@@ -372,6 +392,10 @@ class Concat(Layer):
   def kernels(self):
     return tuple(pair for branch in self.branches for pair in branch.kernels)
 
+  def walk(self, input_shape):
+    for branch in self.branches:
+      yield from branch.walk(input_shape)
+
   def output_shape(self, input_shape):
     shapes = [branch.output_shape(input_shape) for branch in self.branches]
     return shapes[0][:-1] + (sum(s[-1] for s in shapes),)
@@ -386,6 +410,24 @@ class Model(Sequential):
   def __init__(self, layers, image_size, name=None):
     super().__init__(layers, name=name)
     self.input_shape = (image_size, image_size, 3)
+
+  @contextlib.contextmanager
+  def fixed_weights(self):
+    """Layers derive what they need from their weights once, on entry, not in every call.
+
+    For a loop over batches inside one tf.function (the evaluation's): the spectral convs'
+    kernel spectra are then computed once per call instead of once per batch. The weights
+    must not change inside the block.
+    """
+    spectral = [(layer, shape) for layer, shape in self.walk(self.input_shape)
+                if isinstance(layer, Conv2D) and layer.spectral]
+    for layer, shape in spectral:
+      layer.fixed_spectrum = spectral_kernel(layer.kernel, shape[0])
+    try:
+      yield
+    finally:
+      for layer, _ in spectral:
+        layer.fixed_spectrum = None
 
 
 def conv(regime, name, in_channels, out_channels, kernel_size, *, tutorial_stddev=5e-2,

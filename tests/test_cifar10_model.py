@@ -267,3 +267,31 @@ def test_checkpoint_round_trip_restores_weights(tmp_path):
     np.testing.assert_array_equal(a.numpy(), b.numpy())
   for a, b in zip(shadows, other_shadows):
     np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_fixed_weights_computes_the_kernel_spectrum_once_on_entry():
+  model = models.build('tutorial')
+  conv2 = _layer(model, 'conv2')
+  images = tf.random.stateless_normal([4, 24, 24, 3], seed=[9, 10])
+  before = model(images)
+  with model.fixed_weights():
+    assert conv2.fixed_spectrum.shape == (2, 14 * 8, 64, 64)
+    kernel = conv2.kernel.numpy()
+    conv2.kernel.assign(tf.zeros_like(kernel))  # Not seen inside the block: the spectrum is.
+    np.testing.assert_allclose(model(images), before, rtol=1e-6, atol=1e-6)
+  assert conv2.fixed_spectrum is None
+  assert not np.allclose(model(images), before, atol=1e-3)  # Now the zero kernel counts.
+  conv2.kernel.assign(kernel)
+  np.testing.assert_allclose(model(images), before, rtol=1e-6, atol=1e-6)
+
+
+def test_walk_yields_every_leaf_with_its_input_shape():
+  model = models.build('tutorial')
+  shapes = {layer.name: shape for layer, shape in model.walk(model.input_shape)}
+  assert shapes['conv1'] == (24, 24, 3) and shapes['conv2'] == (12, 12, 64)
+  assert shapes['local3'] == (6 * 6 * 64,)
+  inception = models.build('inception1')
+  leaves = [layer for layer, _ in inception.walk(inception.input_shape)]
+  assert len(leaves) == len({id(layer) for layer in leaves})
+  assert {id(k) for k, _ in inception.kernels} == {
+      id(k) for layer in leaves for k, _ in layer.kernels}
