@@ -150,8 +150,9 @@ def spectral_matrices(size, k, period=None):
   padding zeros only (the ones past the left edge wrap onto the same zeros as those past the
   right edge), so no image pixel wraps around. That smallest period is the default (14 for
   12x12 images and 5x5 kernels, against size + k - 1 = 16 for the full linear convolution).
-  A cyclic convolution is a product of discrete Fourier transforms. Each transform here is a matrix with the padding and the crop folded
-  in, applied as a GEMM; complex numbers are pairs of real rows (real part, imaginary part).
+  A cyclic convolution is a product of discrete Fourier transforms. Each transform here is
+  a matrix with the padding and the crop folded in, applied as a GEMM; complex numbers are
+  pairs of real rows (real part, imaginary part).
 
   Returns float32 NumPy arrays:
     rows [2 half, size]: a row's real pixels to the first half = period // 2 + 1 frequencies
