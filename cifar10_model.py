@@ -231,6 +231,9 @@ def spectral_conv2d(x, kernel, period=None, kernel_spectrum=None):
   frequencies = columns.shape[0] // 2 * (rows.shape[0] // 2)
   if kernel_spectrum is None:
     kernel_spectrum = spectral_kernel(kernel, size, period)
+  elif kernel_spectrum.shape[1] != frequencies:
+    raise ValueError(f'kernel_spectrum has {kernel_spectrum.shape[1]} frequencies, the '
+                     f'transforms {frequencies}: not spectral_kernel(kernel, {size}, {period})')
   batch = tf.shape(x)[0]
   x = tf.reshape(tf.transpose(x, [1, 2, 0, 3]), [size, size, -1])  # [h, w, B*C].
   half_spectra = tf.matmul(rows, x)  # [h, (re/im, frequency), B*C].

@@ -171,6 +171,10 @@ def test_spectral_conv_layer_refuses_what_it_cannot_compute():
     cm.Conv2D(8, 8, 5, stddev=0.1, spectral=True)(tf.zeros([1, 6, 8, 8]))
   with pytest.raises(ValueError, match='period 13 is below size'):
     cm.spectral_conv2d(tf.zeros([1, 12, 12, 2]), tf.zeros([5, 5, 2, 2]), period=13)
+  kernel = tf.zeros([5, 5, 2, 2])
+  with pytest.raises(ValueError, match='kernel_spectrum has 144 frequencies, the transforms 112'):
+    cm.spectral_conv2d(tf.zeros([1, 12, 12, 2]), kernel,
+                       kernel_spectrum=cm.spectral_kernel(kernel, 12, period=16))
 
 
 def test_tutorial_conv2_is_spectral_and_gives_the_direct_logits():
