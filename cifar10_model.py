@@ -95,6 +95,13 @@ class Layer(tf.Module):
     """Yields (layer, its input shape) for every leaf layer, in call order."""
     yield self, input_shape
 
+  def fix_weights(self, input_shape):
+    """Derives once what calls would derive from the weights each time (`Model.fixed_weights`)."""
+    del input_shape
+
+  def release_weights(self):
+    """Drops what fix_weights derived: calls read the weights again."""
+
   def num_params(self):
     return sum(int(np.prod(v.shape)) for v in self.trainable_variables)
 
@@ -123,6 +130,13 @@ class Conv2D(Layer):
     self.kernels = ((self.kernel, decay),)
     self.relu, self.stride, self.spectral = relu, stride, spectral
     self.fixed_spectrum = None  # Set only inside Model.fixed_weights().
+
+  def fix_weights(self, input_shape):
+    if self.spectral:
+      self.fixed_spectrum = spectral_kernel(self.kernel, input_shape[0])
+
+  def release_weights(self):
+    self.fixed_spectrum = None
 
   def __call__(self, x, training=False):
     if self.spectral:
@@ -423,15 +437,14 @@ class Model(Sequential):
     kernel spectra are then computed once per call instead of once per batch. The weights
     must not change inside the block.
     """
-    spectral = [(layer, shape) for layer, shape in self.walk(self.input_shape)
-                if isinstance(layer, Conv2D) and layer.spectral]
-    for layer, shape in spectral:
-      layer.fixed_spectrum = spectral_kernel(layer.kernel, shape[0])
+    leaves = list(self.walk(self.input_shape))
+    for layer, shape in leaves:
+      layer.fix_weights(shape)
     try:
       yield
     finally:
-      for layer, _ in spectral:
-        layer.fixed_spectrum = None
+      for layer, _ in leaves:
+        layer.release_weights()
 
 
 def conv(regime, name, in_channels, out_channels, kernel_size, *, tutorial_stddev=5e-2,

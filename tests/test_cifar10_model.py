@@ -128,7 +128,9 @@ def test_lrn_in_nchw_equals_nhwc_transposed():
     (12, 5, 64, 64, None),  # The tutorial's conv2: period 12 + 2 = 14, even.
     (12, 5, 64, 64, 16),  # The full linear convolution's period: the same values.
     (7, 5, 4, 5, None),  # Period 9, odd: no Nyquist frequency.
+    (7, 3, 4, 5, None),  # Period 8.
     (6, 3, 3, 2, None),
+    (6, 5, 3, 2, None),  # Taps reach 2 past each edge of a 6-pixel image.
     (1, 3, 2, 2, None),  # Every tap but the centre falls on padding.
 ])
 def test_spectral_conv_matches_tensorflows_conv_and_its_gradients(size, k, channels, outputs,
