@@ -19,7 +19,6 @@ input gradient, filter gradient) in GFLOP/s, against a float32 2048^3 matmul.
 import os
 import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
@@ -31,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 import cifar10_model
-import gemm_ceiling  # bench/, the script's own folder.
+import timing  # bench/, the script's own folder.
 
 _BATCH = flags.DEFINE_integer('batch', 128, 'Batch size of the inputs.', lower_bound=1)
 _STEPS = flags.DEFINE_integer('steps', 20, 'Calls per timed window.', lower_bound=1)
@@ -168,15 +167,13 @@ def conv2_rfft2d(x, kernel):
 
 
 def median_ms(function):
-  function()
-  times = []
-  for _ in range(_WINDOWS.value):
-    start = time.perf_counter()
+  """Median ms per call of `function`, over --windows windows of --steps calls."""
+  def run_window():
     for _ in range(_STEPS.value):
       result = function()
     tf.nest.flatten(result)[0].numpy()
-    times.append((time.perf_counter() - start) / _STEPS.value * 1000)
-  return statistics.median(times)
+  seconds = timing.window_seconds(run_window, warmup=1, windows=_WINDOWS.value)
+  return statistics.median(seconds) / _STEPS.value * 1000
 
 
 def compare(title, candidates, x, kernel=None, input_gradient=False):
@@ -221,7 +218,7 @@ def conv_ops(batch):
   """Each convolution kernel of a tutorial train step alone, in ms and GFLOP/s."""
   shapes = {'conv1': ([batch, 24, 24, 3], [5, 5, 3, 64]),
             'conv2': ([batch, 12, 12, 64], [5, 5, 64, 64])}
-  ceiling = gemm_ceiling.gflops(windows=_WINDOWS.value)
+  ceiling = timing.gemm_gflops(windows=_WINDOWS.value)
   print(f'\nconvolution kernels of the tutorial train step alone, B={batch}; float32 '
         f'2048^3 matmul: {ceiling:.1f} GFLOP/s')
   for name, (input_shape, kernel_shape) in shapes.items():

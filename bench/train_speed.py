@@ -33,7 +33,7 @@ import cifar10_eval
 import cifar10_input
 import cifar10_model
 import cifar10_train
-import gemm_ceiling  # bench/, the script's own folder.
+import timing  # bench/, the script's own folder.
 import models
 
 _FLAGS = cifar10_train.define_data_flags()
@@ -47,14 +47,8 @@ _ROUNDS = flags.DEFINE_integer('rounds', 2, 'Rounds of 1, 2 and 4 in turn, so th
 
 def window_rates(run_window, images_per_window, warmup, windows):
   """Images/s of each of `windows` calls of run_window after `warmup` untimed calls."""
-  for _ in range(warmup):
-    run_window()
-  rates = []
-  for _ in range(windows):
-    start = time.perf_counter()
-    run_window()
-    rates.append(images_per_window / (time.perf_counter() - start))
-  return rates
+  return [images_per_window / seconds
+          for seconds in timing.window_seconds(run_window, warmup, windows)]
 
 
 def bare_step(config, images, labels):
@@ -133,13 +127,7 @@ def keras_fit(config, split):
 
 def evaluation(config, test_split):
   evaluator = cifar10_eval.Evaluator(config, test_split)
-  evaluator.precision()  # Trace and warm up.
-  times = []
-  for _ in range(3):
-    start = time.perf_counter()
-    evaluator.precision()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+  return statistics.median(timing.window_seconds(evaluator.precision, warmup=1, windows=3))
 
 
 def main(argv):
@@ -162,7 +150,7 @@ def main(argv):
            '3 input pipeline': input_pipeline(config, train_split),
            '4 keras fit': statistics.median(windows['4 keras fit'])}
   eval_secs = evaluation(config, test_split)
-  ceiling = gemm_ceiling.gflops(windows=_WINDOWS.value)
+  ceiling = timing.gemm_gflops(windows=_WINDOWS.value)
 
   print(f'\nmodel {config.model}, batch {config.batch_size}, {config.image_size}x'
         f'{config.image_size}, median of {_ROUNDS.value} x {_WINDOWS.value} windows of '
