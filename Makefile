@@ -1,5 +1,6 @@
-# make train: set up .venv, train the default model, then evaluate its last checkpoint.
-# make test:  set up .venv and run the test suite (real-data tests read $(CIFAR10_DATA)).
+# make train:     set up .venv, train the default model, then evaluate its last checkpoint.
+# make test:      set up .venv and run the whole test suite (real-data tests read $(CIFAR10_DATA)).
+# make test-fast: the unit tier alone (no real data, no processes started; under a minute).
 # make zoo:   train and evaluate every model of $(ZOO) in $(ZOO_DIR)/<model>, then write
 #             docs/results.md and docs/results.png (about 21-49 min per model here, resumable).
 PYTHON ?= python3
@@ -7,6 +8,7 @@ VENV ?= .venv
 DATA_DIR ?= data
 MODEL ?= tutorial
 MAX_STEPS ?= 10000
+CONV ?= auto
 TRAIN_DIR ?= runs/$(MODEL)
 CIFAR10_DATA ?= $(DATA_DIR)
 ZOO ?= tutorial alex0 alex1 alex2 alex3 alex4 nin0 nin1 squeeze0 squeeze1 inception0 inception1
@@ -16,7 +18,7 @@ comma := ,
 empty :=
 space := $(empty) $(empty)
 
-.PHONY: train eval test zoo clean-venv
+.PHONY: train eval test test-fast zoo clean-venv
 
 $(VENV)/installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +26,7 @@ $(VENV)/installed: requirements.txt
 	touch $@
 
 train: $(VENV)/installed
-	$(PY) cifar10_train.py --model=$(MODEL) --data_dir=$(DATA_DIR) --train_dir=$(TRAIN_DIR) --max_steps=$(MAX_STEPS)
+	$(PY) cifar10_train.py --model=$(MODEL) --data_dir=$(DATA_DIR) --train_dir=$(TRAIN_DIR) --max_steps=$(MAX_STEPS) --conv=$(CONV)
 	$(PY) cifar10_eval.py --checkpoint_dir=$(TRAIN_DIR) --data_dir=$(DATA_DIR) --run_once
 
 eval: $(VENV)/installed
@@ -33,9 +35,12 @@ eval: $(VENV)/installed
 test: $(VENV)/installed
 	CIFAR10_DATA=$(CIFAR10_DATA) $(PY) -m pytest -q tests
 
+test-fast: $(VENV)/installed
+	$(PY) -m pytest -q -m unit tests
+
 zoo: $(VENV)/installed
 	for model in $(ZOO); do \
-	  $(PY) cifar10_train.py --model=$$model --data_dir=$(DATA_DIR) --train_dir=$(ZOO_DIR)/$$model --max_steps=$(MAX_STEPS) && \
+	  $(PY) cifar10_train.py --model=$$model --data_dir=$(DATA_DIR) --train_dir=$(ZOO_DIR)/$$model --max_steps=$(MAX_STEPS) --conv=$(CONV) && \
 	  $(PY) cifar10_eval.py --checkpoint_dir=$(ZOO_DIR)/$$model --data_dir=$(DATA_DIR) --run_once || exit 1; \
 	done
 	$(PY) cifar10_results.py --runs=$(subst $(space),$(comma),$(addprefix $(ZOO_DIR)/,$(ZOO))) --out_dir=docs

@@ -17,17 +17,17 @@ import os
 import sys
 import time
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')  # Hide TensorFlow's start-up INFO lines.
-os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')  # ~1.7x faster here; bench/README.md.
+import cifar10_env  # pylint: disable=g-import-not-at-top
+
+cifar10_env.start()  # Environment defaults and a quiet TensorFlow, before anything loads it.
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 import tensorflow as tf
 
 import cifar10_input
-import cifar10_model
-import cifar10_train
-import models
+import cifar10_records
+import cifar10_run
 
 EVAL_BATCH_SIZE = 200  # images per forward pass (fastest here); any size gives the same counts
 RESULTS_FILE = 'results.jsonl'
@@ -39,22 +39,11 @@ READ_ATTEMPTS = 3  # tries to read one checkpoint before calling it unreadable
 EVAL_DIRS = {'test': 'eval', 'train_eval': 'eval_train'}
 
 
-class UnreadableCheckpoint(Exception):
-  """A checkpoint cannot be read, or does not fit the run's model."""
+class Evaluator(cifar10_run.RunState):
+  """A run's state (restored from its checkpoints) and the test images to score it on."""
 
-
-class Evaluator:
-  """A model and an empty checkpoint of the training layout, to restore into and score."""
-
-  def __init__(self, config, split, batch_size=EVAL_BATCH_SIZE):
-    self.model = models.build(config.model, config.image_size, config.init,
-                              config.weight_decay)
-    variables = self.model.trainable_variables
-    self.step = tf.Variable(0, dtype=tf.int64, trainable=False)
-    self.train_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False)
-    self.ema_shadows = [tf.Variable(tf.zeros_like(v), trainable=False) for v in variables]
-    self.checkpoint = cifar10_model.make_checkpoint(
-        self.model, self.step, self.ema_shadows, train_seconds=self.train_seconds)
+  def __init__(self, config, split, batch_size=EVAL_BATCH_SIZE, conv='auto'):
+    super().__init__(config, conv=conv)
     self.images = cifar10_input.eval_images(split, config.image_size)
     self.labels = tf.constant(split.labels)
     self.num_examples = len(split)
@@ -70,30 +59,16 @@ class Evaluator:
 
     full_batches, remainder = divmod(self.num_examples, self.batch_size)
     correct = tf.constant(0, tf.int64)
-    with self.model.fixed_weights():  # E.g. conv2's kernel spectrum once, not per batch.
-      for batch in tf.range(full_batches):
-        correct += hits(batch * self.batch_size, self.batch_size)
-      if remainder:
-        correct += hits(full_batches * self.batch_size, remainder)
+    for batch in tf.range(full_batches):
+      correct += hits(batch * self.batch_size, self.batch_size)
+    if remainder:
+      correct += hits(full_batches * self.batch_size, remainder)
     return correct
 
   def precision(self):
     """Top-1 accuracy of the model's current weights over every image, and the count."""
     correct = int(self._count_correct(self.images, self.labels))
     return correct / self.num_examples, self.num_examples
-
-  def restore(self, checkpoint_path):
-    try:
-      status = self.checkpoint.restore(checkpoint_path)
-      status.assert_existing_objects_matched().expect_partial()  # The trainer saves more.
-    except (AssertionError, ValueError) as e:
-      raise UnreadableCheckpoint(f'{checkpoint_path} does not match the model in the run\'s '
-                                 f'{cifar10_train.CONFIG_FILE} ({e})') from e
-
-  def restore_ema_shadows(self):
-    """Copies the EMA shadows into the model, by position in the trainable variables."""
-    for variable, shadow in zip(self.model.trainable_variables, self.ema_shadows):
-      variable.assign(shadow)
 
 
 def eval_once(evaluator, checkpoint_path):
@@ -148,7 +123,7 @@ def watch(evaluator, checkpoint_dir, eval_dir, use_ema=True, interval_secs=EVAL_
         # stays unreadable (truncated, another model's) ends the watcher after a few tries.
         failures += 1
         if failures >= READ_ATTEMPTS:
-          raise UnreadableCheckpoint(f'{path} is unreadable ({type(e).__name__}: '
+          raise cifar10_run.UnreadableCheckpoint(f'{path} is unreadable ({type(e).__name__}: '
                                      f'{str(e).strip()[:300]})') from e
         print(f'{datetime.datetime.now()}: could not read {path}; retrying', flush=True)
         time.sleep(1.0)
@@ -156,7 +131,7 @@ def watch(evaluator, checkpoint_dir, eval_dir, use_ema=True, interval_secs=EVAL_
       record(metrics, eval_dir, writer, use_ema)
       results.append(metrics)
       evaluated, failures, last_new = path, 0, time.time()
-      config = cifar10_train.read_config(checkpoint_dir)
+      config = cifar10_run.read_config(checkpoint_dir)
       if config is not None and metrics['step'] >= config.max_steps:
         return results
     if run_once:
@@ -173,18 +148,19 @@ def watch(evaluator, checkpoint_dir, eval_dir, use_ema=True, interval_secs=EVAL_
 def wait_for_config(checkpoint_dir, interval_secs, timeout_secs):
   """The run's TrainConfig, waiting for the trainer to write it (None after the timeout)."""
   start = time.time()
-  config = cifar10_train.read_config(checkpoint_dir)
+  config = cifar10_run.read_config(checkpoint_dir)
   while config is None:
     if timeout_secs is not None and time.time() - start > timeout_secs:
       return None
     time.sleep(interval_secs)
-    config = cifar10_train.read_config(checkpoint_dir)
+    config = cifar10_run.read_config(checkpoint_dir)
   return config
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  cifar10_env.quiet_logging(flags.FLAGS['verbosity'].present)
   checkpoint_dir, eval_data = _FLAGS['checkpoint_dir'].value, _FLAGS['eval_data'].value
   eval_dir = _FLAGS['eval_dir'].value or default_eval_dir(checkpoint_dir, eval_data)
   interval_secs, timeout_secs = _FLAGS['eval_interval_secs'].value, _FLAGS['timeout'].value
@@ -192,10 +168,11 @@ def main(argv):
   try:
     # The run first: a mistyped --checkpoint_dir is reported before any data is fetched.
     config = find_run(checkpoint_dir, interval_secs, timeout_secs, run_once)
-    split = cifar10_input.load_split(cifar10_train.batches_dir_from_flags(_FLAGS), eval_data)
-    results = watch(Evaluator(config, split), checkpoint_dir, eval_dir, _FLAGS['ema'].value,
-                    interval_secs, timeout_secs, run_once)
-  except (cifar10_input.DataError, cifar10_train.ConfigError, UnreadableCheckpoint,
+    split = cifar10_records.load_split(cifar10_run.batches_dir_from_flags(_FLAGS), eval_data)
+    evaluator = Evaluator(config, split, conv=_FLAGS['conv'].value)
+    results = watch(evaluator, checkpoint_dir, eval_dir, _FLAGS['ema'].value, interval_secs,
+                    timeout_secs, run_once)
+  except (cifar10_records.DataError, cifar10_run.ConfigError, cifar10_run.UnreadableCheckpoint,
           FileNotFoundError) as e:
     sys.exit(f'error: {e}')
   except KeyboardInterrupt:
@@ -215,21 +192,22 @@ def find_run(checkpoint_dir, interval_secs, timeout_secs, run_once):
   Raises:
     FileNotFoundError: no config.json in checkpoint_dir (after the timeout, unless run_once).
   """
-  config = cifar10_train.read_config(checkpoint_dir)
+  config = cifar10_run.read_config(checkpoint_dir)
   if config is None and not run_once:
     print(f'{datetime.datetime.now()}: waiting for a training run in {checkpoint_dir}',
           flush=True)
     config = wait_for_config(checkpoint_dir, interval_secs, timeout_secs)
   if config is None:
-    raise FileNotFoundError(f'{checkpoint_dir} has no {cifar10_train.CONFIG_FILE}: point '
+    raise FileNotFoundError(f'{checkpoint_dir} has no {cifar10_run.CONFIG_FILE}: point '
                             '--checkpoint_dir at the --train_dir of a cifar10_train.py run.')
   return config
 
 
 def define_eval_flags():
-  holders = cifar10_train.define_data_flags()
+  holders = cifar10_run.define_data_flags()
+  holders.update(cifar10_run.define_conv_flag())
   holders.update(
-      checkpoint_dir=flags.DEFINE_string('checkpoint_dir', cifar10_train.TrainConfig.train_dir,
+      checkpoint_dir=flags.DEFINE_string('checkpoint_dir', cifar10_run.TrainConfig.train_dir,
                                          'The --train_dir of the run to evaluate.'),
       eval_dir=flags.DEFINE_string('eval_dir', None,
                                    'Summaries and results.jsonl; default <checkpoint_dir>/eval '

@@ -1,293 +1,23 @@
-"""CIFAR-10 binary records -> in-memory arrays -> tf.data pipelines.
+"""The tutorial's TensorFlow input pipelines over CIFAR-10 held in memory.
 
-Finds the data (an extracted `cifar-10-batches-bin/`, else the `.tar.gz` archive, else the
-official download), decodes every record once into uint8 arrays, and builds the tutorial's
-pipelines: training batches with random crop, flip, brightness and contrast followed by
-per-image standardization, and evaluation batches with the central crop.
+Training batches get the tutorial's distortions (random 24x24 crop, flip, brightness and
+contrast, then per-image standardization); evaluation images the central crop and
+standardization. Finding and decoding the records is cifar10_records.py's job (no
+TensorFlow there).
 
 Augmentation runs on whole batches with stateless random ops, so one batch costs a handful
 of tensor ops instead of 128 per-image map calls, and a given seed always gives the same
 distortions.
-
-Used by the binaries; run alone it checks the data and prints its facts:
-    python cifar10_input.py [DATA_DIR]   (default: data)
 """
 
-import dataclasses
-import gzip
-import hashlib
-import http.client
-import os
-import shutil
-import stat
-import sys
-import tarfile
-import tempfile
-import urllib.error
-import urllib.request
-import zlib
-
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')  # Hide TensorFlow's start-up INFO lines.
-os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')  # ~1.7x faster here; bench/README.md.
-
-import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf
 
-# Dataset facts (DESIGN.md section 2).
-DATA_URL = 'https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz'
-DATA_MD5 = 'c32a1d4ab5d03f1284b67883e8d87530'
-ARCHIVE_NAME = 'cifar-10-binary.tar.gz'
-BATCHES_DIR = 'cifar-10-batches-bin'
-TRAIN_FILES = tuple(f'data_batch_{i}.bin' for i in range(1, 6))
-TEST_FILES = ('test_batch.bin',)
-META_FILE = 'batches.meta.txt'
-IMAGE_SIZE = 32
-CHANNELS = 3
-NUM_CLASSES = 10
-LABEL_BYTES = 1
-IMAGE_BYTES = IMAGE_SIZE * IMAGE_SIZE * CHANNELS
-RECORD_BYTES = LABEL_BYTES + IMAGE_BYTES  # 3,073
-RECORDS_PER_FILE = 10000
-NUM_TRAIN_EXAMPLES = RECORDS_PER_FILE * len(TRAIN_FILES)  # 50,000
-NUM_TEST_EXAMPLES = RECORDS_PER_FILE * len(TEST_FILES)  # 10,000
-CLASS_NAMES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse',
-               'ship', 'truck')
+from cifar10_records import IMAGE_SIZE, central_crop
 
-# The tutorial's distortions (DESIGN.md section 3), on the 0-255 scale.
+# The tutorial's distortions (docs/design.md), on the 0-255 scale.
 CROP_SIZE = 24
 MAX_BRIGHTNESS_DELTA = 63.0
 CONTRAST_RANGE = (0.2, 1.8)
-
-
-class DataError(Exception):
-  """The data is missing, malformed or cannot be fetched; the message says what to do."""
-
-
-class DownloadFailed(DataError):
-  """The archive could not be fetched (no network, bad address)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Split:
-  """One split of CIFAR-10 held in memory.
-
-  Attributes:
-    images: uint8 [N, 32, 32, 3], HWC.
-    labels: int32 [N], values in 0..9.
-  """
-  images: np.ndarray
-  labels: np.ndarray
-
-  def __len__(self):
-    return len(self.labels)
-
-
-# --------------------------------------------------------------------------- locating data
-
-
-def split_files(split):
-  """The .bin file names of a split: 'train' (alias 'train_eval') or 'test'."""
-  if split in ('train', 'train_eval'):
-    return TRAIN_FILES
-  if split == 'test':
-    return TEST_FILES
-  raise ValueError(f"unknown split {split!r}: expected 'train', 'train_eval' or 'test'")
-
-
-def check_batches_dir(batches_dir, records_per_file=RECORDS_PER_FILE):
-  """Raises DataError unless every .bin file is present with its exact size."""
-  expected = records_per_file * RECORD_BYTES
-  for name in TRAIN_FILES + TEST_FILES:
-    path = os.path.join(batches_dir, name)
-    if not os.path.isfile(path):
-      raise DataError(f'{path} is missing: {batches_dir} must hold {", ".join(TRAIN_FILES)} '
-                      f'and {TEST_FILES[0]}; delete the folder to extract it again.')
-    actual = os.path.getsize(path)
-    if actual != expected:
-      kind = 'truncated' if actual < expected else 'oversized'
-      raise DataError(f'{path} is {kind}: expected {expected:,} bytes '
-                      f'({records_per_file:,} records of {RECORD_BYTES}), found {actual:,}. '
-                      'Delete the folder and extract the archive again.')
-
-
-def _is_writable_dir(path):
-  # Root passes os.access on anything, so also honour the mode bits: a folder without
-  # write bits (as ../shared is in CI) is treated as read-only.
-  try:
-    mode = os.stat(path).st_mode
-  except OSError:
-    return False
-  return os.access(path, os.W_OK) and bool(mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
-
-
-def default_extract_dir(data_dir):
-  """data_dir when it is writable, else a per-user cache folder."""
-  if _is_writable_dir(data_dir) or not os.path.exists(data_dir):
-    return data_dir
-  cache = os.environ.get('XDG_CACHE_HOME', os.path.join(os.path.expanduser('~'), '.cache'))
-  return os.path.join(cache, 'cifar10')
-
-
-def _make_writable_dir(path):
-  try:
-    os.makedirs(path, exist_ok=True)
-  except OSError as e:
-    raise DataError(f'cannot create {path} ({e}): pass a writable --extract_dir.') from e
-
-
-def _extract_members(archive, staging):
-  """Copies the expected members into staging; returns the names found."""
-  wanted = {f'{BATCHES_DIR}/{name}' for name in TRAIN_FILES + TEST_FILES + (META_FILE,)}
-  found = set()
-  with tarfile.open(archive, 'r:*') as tar:
-    for member in tar:
-      name = member.name[2:] if member.name.startswith('./') else member.name
-      if name not in wanted or not member.isfile():
-        continue
-      with open(os.path.join(staging, os.path.basename(name)), 'wb') as out:
-        shutil.copyfileobj(tar.extractfile(member), out, 1 << 20)
-      found.add(name)
-  missing = sorted(n for n in wanted - found if not n.endswith(META_FILE))
-  if missing:
-    raise DataError(f'{archive} lacks {", ".join(missing)}: it is not the CIFAR-10 '
-                    f'binary archive ({ARCHIVE_NAME}).')
-
-
-def extract_archive(archive, target_dir, records_per_file=RECORDS_PER_FILE):
-  """Extracts the expected .bin members of `archive` into target_dir/cifar-10-batches-bin.
-
-  Only the known member names are written, as regular files at paths built here, so a
-  hostile archive cannot write outside target_dir. The folder appears atomically (rename);
-  if another process finished the same extraction first, its folder is kept.
-
-  Returns:
-    The path of the extracted cifar-10-batches-bin folder.
-  """
-  _make_writable_dir(target_dir)
-  final_dir = os.path.join(target_dir, BATCHES_DIR)
-  try:
-    staging = tempfile.mkdtemp(prefix='.extract-', dir=target_dir)
-  except OSError as e:
-    raise DataError(f'cannot write to {target_dir} ({e}): pass a writable --extract_dir.') from e
-  try:
-    _extract_members(archive, staging)
-    if os.path.isdir(final_dir):
-      check_batches_dir(final_dir, records_per_file)  # Raises if it is a broken copy.
-    else:
-      os.rename(staging, final_dir)
-  except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
-    raise DataError(f'{archive} is corrupt or unreadable ({type(e).__name__}: {e}). '
-                    f'Replace it with a fresh copy of {ARCHIVE_NAME}.') from e
-  except OSError as e:
-    raise DataError(f'extracting {archive} into {target_dir} failed ({e}): check that the '
-                    'folder is writable and the disk has 200 MB free.') from e
-  finally:
-    if os.path.exists(staging):
-      shutil.rmtree(staging, ignore_errors=True)
-  return final_dir
-
-
-def _md5(path):
-  digest = hashlib.md5()
-  with open(path, 'rb') as f:
-    for chunk in iter(lambda: f.read(1 << 20), b''):
-      digest.update(chunk)
-  return digest.hexdigest()
-
-
-def download_archive(url, target_dir, md5=DATA_MD5, out=sys.stderr):
-  """Downloads the archive to target_dir with a progress display and checks its md5."""
-  _make_writable_dir(target_dir)
-  path = os.path.join(target_dir, ARCHIVE_NAME)
-  partial = path + '.part'
-  try:
-    with urllib.request.urlopen(url, timeout=30) as response, open(partial, 'wb') as f:
-      total = int(response.headers.get('Content-Length') or 0)
-      done = 0
-      for chunk in iter(lambda: response.read(1 << 20), b''):
-        f.write(chunk)
-        done += len(chunk)
-        shown = f'{done / total:6.1%}' if total else f'{done >> 20} MiB'
-        out.write(f'\rdownloading {url}: {shown}')
-        out.flush()
-    out.write('\n')
-  except (urllib.error.URLError, http.client.HTTPException, ValueError, OSError) as e:
-    if os.path.exists(partial):
-      os.remove(partial)
-    raise DownloadFailed(f'the download of {url} failed ({e})') from e
-  actual = _md5(partial)
-  if md5 and actual != md5:
-    os.remove(partial)
-    raise DataError(f'downloaded {url} has md5 {actual}, expected {md5}: '
-                    'the download is corrupt; run again.')
-  os.replace(partial, path)
-  return path
-
-
-def find_batches_dir(data_dir, extract_dir=None, url=DATA_URL, md5=DATA_MD5,
-                     records_per_file=RECORDS_PER_FILE):
-  """Returns a checked cifar-10-batches-bin folder, extracting or downloading as needed.
-
-  Looks, in order, for: data_dir/cifar-10-batches-bin; extract_dir/cifar-10-batches-bin;
-  the archive (data_dir itself if it is a file, else data_dir/cifar-10-binary.tar.gz), which
-  is extracted into extract_dir; else downloads the archive into extract_dir.
-
-  Args:
-    data_dir: folder holding the data or the archive, or the archive's own path.
-    extract_dir: where to extract or download; default data_dir if writable, else
-      ~/.cache/cifar10.
-    url, md5: the download source and its checksum ('' skips the check).
-    records_per_file: records expected in each .bin (tests use tiny files).
-  """
-  if os.path.isfile(data_dir):
-    archive, data_dir = data_dir, os.path.dirname(data_dir) or '.'
-  else:
-    archive = os.path.join(data_dir, ARCHIVE_NAME)
-  extract_dir = extract_dir or default_extract_dir(data_dir)
-  for candidate in (os.path.join(data_dir, BATCHES_DIR), os.path.join(extract_dir, BATCHES_DIR)):
-    if os.path.isdir(candidate):
-      check_batches_dir(candidate, records_per_file)
-      return candidate
-  if not os.path.isfile(archive):
-    try:
-      archive = download_archive(url, extract_dir, md5)
-    except DownloadFailed as e:
-      raise DataError(f'no CIFAR-10 data in {data_dir} and {e}. Offline, put {ARCHIVE_NAME} '
-                      f'in {data_dir} (or pass --data_dir=<the folder holding it>).') from e
-  batches_dir = extract_archive(archive, extract_dir, records_per_file)
-  check_batches_dir(batches_dir, records_per_file)
-  return batches_dir
-
-
-# --------------------------------------------------------------------------- decoding
-
-
-def read_records(path):
-  """Decodes one .bin file.
-
-  Returns:
-    images uint8 [N, 32, 32, 3] and labels int32 [N].
-  """
-  raw = np.fromfile(path, dtype=np.uint8)
-  if raw.size % RECORD_BYTES:
-    raise DataError(f'{path} holds {raw.size:,} bytes, not a whole number of '
-                    f'{RECORD_BYTES}-byte records.')
-  records = raw.reshape(-1, RECORD_BYTES)
-  labels = records[:, 0].astype(np.int32)
-  bad = np.flatnonzero(labels >= NUM_CLASSES)
-  if bad.size:
-    raise DataError(f'{path}: record {bad[0]} has label byte {labels[bad[0]]}, expected 0-9 '
-                    f'({bad.size} bad records). The file is corrupt.')
-  # Each record stores the red, green and blue planes one after another (CHW).
-  images = records[:, LABEL_BYTES:].reshape(-1, CHANNELS, IMAGE_SIZE, IMAGE_SIZE)
-  return np.ascontiguousarray(images.transpose(0, 2, 3, 1)), labels
-
-
-def load_split(batches_dir, split):
-  """Reads a whole split into memory, in file order."""
-  parts = [read_records(os.path.join(batches_dir, name)) for name in split_files(split)]
-  return Split(images=np.concatenate([p[0] for p in parts]),
-               labels=np.concatenate([p[1] for p in parts]))
 
 
 # --------------------------------------------------------------------------- distortions
@@ -296,12 +26,6 @@ def load_split(batches_dir, split):
 def standardize(images):
   """Per-image standardization of float images [B, H, W, C] (tf.image's formula)."""
   return tf.image.per_image_standardization(images)
-
-
-def central_crop(images, size):
-  """Central size x size crop of [B, 32, 32, C] images, as resize_with_crop_or_pad does."""
-  offset = (IMAGE_SIZE - size) // 2
-  return images[:, offset:offset + size, offset:offset + size, :]
 
 
 def random_crop_and_flip(images, seed, size=CROP_SIZE):
@@ -398,21 +122,3 @@ def eval_images(split, image_size=CROP_SIZE, chunk=1000):
   """
   return tf.concat([eval_batch(split.images[start:start + chunk], image_size)
                     for start in range(0, len(split), chunk)], axis=0)
-
-
-def main():
-  data_dir = sys.argv[1] if len(sys.argv) > 1 else 'data'
-  try:
-    batches_dir = find_batches_dir(data_dir)
-    for split in ('train', 'test'):
-      data = load_split(batches_dir, split)
-      counts = np.bincount(data.labels, minlength=NUM_CLASSES)
-      mean = data.images.reshape(-1, 3).mean(axis=0) / 255.0
-      print(f'{split}: {len(data)} images, per class {counts.min()}-{counts.max()}, '
-            f'first labels {data.labels[:10].tolist()}, RGB mean {np.round(mean, 4).tolist()}')
-  except DataError as e:
-    sys.exit(f'error: {e}')
-
-
-if __name__ == '__main__':
-  main()

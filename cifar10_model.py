@@ -1,25 +1,16 @@
-"""Layer library, initialisation, weight decay, loss and parameter/FLOP counting.
+"""The layer library: initialisation, weight decay, layers, the loss and parameter/FLOP counting.
 
 Every layer is a small tf.Module whose variables are created in `__init__` from explicit
 sizes, so a model's variables exist before the first trace, the EMA and a checkpoint restore.
 Each layer also knows its output shape, parameter count and FLOPs by the study's formulas
-(DESIGN.md section 5), which `count_model` walks to print a per-layer table.
-
-Run as a script it prints that table for one model, or one row per model:
-    python cifar10_model.py --model=tutorial [--image_size=24|32]
-    python cifar10_model.py --model=all
+(docs/design.md), which `count_model` walks for the per-layer table that
+`python models/count.py --model=NAME` prints. Models are composed from these layers in models/.
 """
 
-import contextlib
 import dataclasses
-import functools
 import math
-import os
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')  # Hide TensorFlow's start-up INFO lines.
-os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')  # ~1.7x faster here; bench/README.md.
-
-import numpy as np  # pylint: disable=g-import-not-at-top
+import numpy as np
 import tensorflow as tf
 
 INIT_MODES = ('xavier', 'tutorial')
@@ -95,13 +86,6 @@ class Layer(tf.Module):
     """Yields (layer, its input shape) for every leaf layer, in call order."""
     yield self, input_shape
 
-  def fix_weights(self, input_shape):
-    """Derives once what calls would derive from the weights each time (`Model.fixed_weights`)."""
-    del input_shape
-
-  def release_weights(self):
-    """Drops what fix_weights derived: calls read the weights again."""
-
   def num_params(self):
     return sum(int(np.prod(v.shape)) for v in self.trainable_variables)
 
@@ -110,39 +94,31 @@ class Layer(tf.Module):
     return 0
 
 
+def direct_conv2d(x, kernel, stride):
+  """tf.nn.conv2d with SAME padding: the default computation of a Conv2D."""
+  return tf.nn.conv2d(x, kernel, stride, 'SAME')
+
+
 class Conv2D(Layer):
   """k x k convolution, SAME padding, with bias and optional ReLU.
 
-  With `spectral` (stride 1, odd k, square inputs) the convolution is computed as a product
-  of spectra (`spectral_conv2d`): the same values, fewer FLOPs for wide 5x5 layers.
+  `convolution(x, kernel, stride)` computes the product: `direct_conv2d` unless the model
+  was built with another implementation of the same function (cifar10_spectral.apply).
   """
 
   def __init__(self, in_channels, out_channels, kernel_size, *, stddev, bias_init=0.0,
-               decay=0.0, relu=True, stride=1, spectral=False, name=None):
+               decay=0.0, relu=True, stride=1, name=None):
     super().__init__(name=name)
-    if spectral and (stride != 1 or kernel_size % 2 == 0):
-      raise ValueError(f'spectral convolution needs stride 1 and an odd kernel size, got '
-                       f'stride {stride} and kernel size {kernel_size}')
     shape = [kernel_size, kernel_size, in_channels, out_channels]
     with self.name_scope:  # Names variables 'conv1/kernel', for summaries and debugging.
       self.kernel = tf.Variable(truncated_normal(shape, stddev), name='kernel')
       self.bias = tf.Variable(tf.fill([out_channels], float(bias_init)), name='bias')
     self.kernels = ((self.kernel, decay),)
-    self.relu, self.stride, self.spectral = relu, stride, spectral
-    self.fixed_spectrum = None  # Set only inside Model.fixed_weights().
-
-  def fix_weights(self, input_shape):
-    if self.spectral:
-      self.fixed_spectrum = spectral_kernel(self.kernel, input_shape[0])
-
-  def release_weights(self):
-    self.fixed_spectrum = None
+    self.relu, self.stride = relu, stride
+    self.convolution = direct_conv2d
 
   def __call__(self, x, training=False):
-    if self.spectral:
-      y = spectral_conv2d(x, self.kernel, kernel_spectrum=self.fixed_spectrum) + self.bias
-    else:
-      y = tf.nn.conv2d(x, self.kernel, self.stride, 'SAME') + self.bias
+    y = self.convolution(x, self.kernel, self.stride) + self.bias
     return tf.nn.relu(y) if self.relu else y
 
   def output_shape(self, input_shape):
@@ -153,112 +129,6 @@ class Conv2D(Layer):
     k, _, c_in, f = self.kernel.shape
     h, w, _ = self.output_shape(input_shape)
     return (1 + 2 * c_in * k * k) * f * w * h + (2 * f * w * h if self.relu else 0)
-
-
-@functools.lru_cache(maxsize=None)
-def spectral_matrices(size, k, period=None):
-  """The five real matrices of `spectral_conv2d` for size x size images and k x k kernels.
-
-  A SAME k x k convolution equals a cyclic one on the zero-padded image when the period is
-  at least size + k // 2: the taps that reach past either edge of the image then land on
-  padding zeros only (the ones past the left edge wrap onto the same zeros as those past the
-  right edge), so no image pixel wraps around. That smallest period is the default (14 for
-  12x12 images and 5x5 kernels, against size + k - 1 = 16 for the full linear convolution).
-  A cyclic convolution is a product of discrete Fourier transforms. Each transform here is
-  a matrix with the padding and the crop folded in, applied as a GEMM; complex numbers are
-  pairs of real rows (real part, imaginary part).
-
-  Returns float32 NumPy arrays:
-    rows [2 half, size]: a row's real pixels to the first half = period // 2 + 1 frequencies
-      of its spectrum (the rest is their conjugates).
-    columns [2 period, 2 size]: complex transform along the columns; input rows ordered
-      (pixel, re/im), output rows (re/im, frequency).
-    inverse_columns [2 size, 2 period]: its inverse, output (pixel, re/im), with the 1/period^2
-      of both inverse transforms.
-    inverse_rows [size, 2 half]: half a spectrum back to a row's real pixels.
-    kernel [2 period half, k k]: a kernel's spectrum, real parts then imaginary parts.
-  """
-  pad = k // 2
-  period = period or size + pad
-  if period < size + pad:
-    raise ValueError(f'period {period} is below size + k // 2 = {size + pad}: pixels would wrap')
-  half = period // 2 + 1
-  pixel, frequency, half_frequency = np.arange(size), np.arange(period), np.arange(half)
-  angle = 2 * np.pi * np.outer(half_frequency, pixel) / period
-  rows = np.concatenate([np.cos(angle), -np.sin(angle)])  # e^{-i angle} = cos - i sin.
-  angle = 2 * np.pi * np.outer(frequency, pixel) / period
-  cos, sin = np.cos(angle), np.sin(angle)
-  columns = np.zeros([2, period, size, 2])
-  columns[0, :, :, 0], columns[0, :, :, 1] = cos, sin
-  columns[1, :, :, 0], columns[1, :, :, 1] = -sin, cos
-  inverse_columns = np.zeros([size, 2, 2, period])
-  inverse_columns[:, 0, 0], inverse_columns[:, 0, 1] = cos.T, -sin.T
-  inverse_columns[:, 1, 0], inverse_columns[:, 1, 1] = sin.T, cos.T
-  # The spectrum of a real row is Hermitian: every frequency of the half but 0 (and
-  # period / 2 when the period is even) stands for itself and its conjugate.
-  weight = np.full(half, 2.0)
-  weight[0] = 1.0
-  if period % 2 == 0:
-    weight[-1] = 1.0
-  angle = 2 * np.pi * np.outer(pixel, half_frequency) / period
-  inverse_rows = np.concatenate([np.cos(angle) * weight, -np.sin(angle) * weight], axis=1)
-  # Cross-correlation (as tf.nn.conv2d): tap u of the kernel meets pixel i + u - pad of
-  # output i, i.e. sits at cyclic offset pad - u.
-  taps = pad - np.arange(k)
-  phase = (np.outer(frequency, taps)[:, None, :, None] +
-           np.outer(half_frequency, taps)[None, :, None, :])
-  angle = 2 * np.pi * phase / period
-  kernel = np.stack([np.cos(angle), -np.sin(angle)])
-  return tuple(m.astype(np.float32) for m in (
-      rows, columns.reshape(2 * period, 2 * size),
-      inverse_columns.reshape(2 * size, 2 * period) / period ** 2, inverse_rows,
-      kernel.reshape(2 * period * half, k * k)))
-
-
-def spectral_kernel(kernel, size, period=None):
-  """The kernel's half spectrum for `spectral_conv2d` on size x size images: [2, F, C, O]."""
-  k, _, channels, outputs = kernel.shape
-  kernel_matrix = spectral_matrices(size, k, period)[-1]
-  return tf.reshape(tf.matmul(kernel_matrix, tf.reshape(kernel, [k * k, -1])),
-                    [2, kernel_matrix.shape[0] // 2, channels, outputs])
-
-
-def spectral_conv2d(x, kernel, period=None, kernel_spectrum=None):
-  """tf.nn.conv2d(x, kernel, 1, 'SAME') as a product of spectra (`spectral_matrices`).
-
-  Per image and channel pair a direct 5x5 convolution on 12x12 costs 2 * 25 * 144 FLOPs;
-  here the pairs cost 4 real products per frequency of the 14 x 8 half spectrum, and the
-  transforms are shared by all the pairs: about 4x fewer FLOPs for the tutorial's conv2,
-  all of them GEMMs, forward and backward (bench/README.md).
-
-  Args:
-    x: float32 [B, size, size, C]; size known at trace time.
-    kernel: float32 [k, k, C, O], k odd.
-    period: of the cyclic convolution; None for the smallest exact one (`spectral_matrices`).
-    kernel_spectrum: `spectral_kernel(kernel, size, period)` if already computed.
-  """
-  size, width, channels = x.shape[1:]
-  if size is None or size != width:
-    raise ValueError(f'spectral convolution needs square images of known size, got {x.shape}')
-  k, outputs = kernel.shape[0], kernel.shape[-1]
-  rows, columns, inverse_columns, inverse_rows, _ = spectral_matrices(size, k, period)
-  frequencies = columns.shape[0] // 2 * (rows.shape[0] // 2)
-  if kernel_spectrum is None:
-    kernel_spectrum = spectral_kernel(kernel, size, period)
-  elif kernel_spectrum.shape[1] != frequencies:
-    raise ValueError(f'kernel_spectrum has {kernel_spectrum.shape[1]} frequencies, the '
-                     f'transforms {frequencies}: not spectral_kernel(kernel, {size}, {period})')
-  batch = tf.shape(x)[0]
-  x = tf.reshape(tf.transpose(x, [1, 2, 0, 3]), [size, size, -1])  # [h, w, B*C].
-  half_spectra = tf.matmul(rows, x)  # [h, (re/im, frequency), B*C].
-  spectrum = tf.matmul(columns, tf.reshape(half_spectra, [2 * size, -1]))
-  spectrum = tf.reshape(spectrum, [2, frequencies, batch, channels])
-  (x_re, x_im), (w_re, w_im) = tf.unstack(spectrum), tf.unstack(kernel_spectrum)
-  product = tf.concat([tf.matmul(x_re, w_re) - tf.matmul(x_im, w_im),
-                       tf.matmul(x_re, w_im) + tf.matmul(x_im, w_re)], axis=0)
-  back = tf.matmul(inverse_columns, tf.reshape(product, [columns.shape[0], -1]))
-  y = tf.matmul(inverse_rows, tf.reshape(back, [size, rows.shape[0], -1]))  # [h, w, B*O].
-  return tf.transpose(tf.reshape(y, [size, size, batch, outputs]), [2, 0, 1, 3])
 
 
 class Dense(Layer):
@@ -429,31 +299,14 @@ class Model(Sequential):
     super().__init__(layers, name=name)
     self.input_shape = (image_size, image_size, 3)
 
-  @contextlib.contextmanager
-  def fixed_weights(self):
-    """Layers derive what they need from their weights once, on entry, not in every call.
-
-    For a loop over batches inside one tf.function (the evaluation's): the spectral convs'
-    kernel spectra are then computed once per call instead of once per batch. The weights
-    must not change inside the block.
-    """
-    leaves = list(self.walk(self.input_shape))
-    for layer, shape in leaves:
-      layer.fix_weights(shape)
-    try:
-      yield
-    finally:
-      for layer, _ in leaves:
-        layer.release_weights()
-
 
 def conv(regime, name, in_channels, out_channels, kernel_size, *, tutorial_stddev=5e-2,
-         tutorial_bias=0.0, relu=True, spectral=False):
+         tutorial_bias=0.0, relu=True):
   """A Conv2D initialised by `regime` (convolutions never take weight decay here)."""
   shape = [kernel_size, kernel_size, in_channels, out_channels]
   return Conv2D(in_channels, out_channels, kernel_size,
                 stddev=regime.stddev(shape, tutorial_stddev),
-                bias_init=regime.bias(tutorial_bias), relu=relu, spectral=spectral, name=name)
+                bias_init=regime.bias(tutorial_bias), relu=relu, name=name)
 
 
 def dense(regime, name, in_dim, out_dim, *, tutorial_stddev, tutorial_bias=0.0, relu=True,
@@ -463,11 +316,6 @@ def dense(regime, name, in_dim, out_dim, *, tutorial_stddev, tutorial_bias=0.0, 
   return Dense(in_dim, out_dim, stddev=regime.stddev(shape, tutorial_stddev),
                bias_init=regime.bias(tutorial_bias), relu=relu,
                decay=regime.decay_coefficient(shape) if decay else 0.0, name=name)
-
-
-def kernel_layer_name(kernel):
-  """The name of the layer that owns `kernel`: 'conv1' for the variable 'conv1/kernel:0'."""
-  return kernel.name.rsplit('/kernel', 1)[0]
 
 
 def pooled_size(size, pools):
@@ -535,27 +383,6 @@ def format_count_table(rows):
   return '\n'.join(lines)
 
 
-# --------------------------------------------------------------------------- checkpoint
-
-
-def make_checkpoint(model, step, ema_shadows, **extra):
-  """The checkpoint layout shared by training, evaluation and compression.
-
-  Args:
-    model: the Model (its raw weights).
-    step: int64 scalar tf.Variable, the global step.
-    ema_shadows: list of tf.Variable, the EMA shadow of each of model.trainable_variables,
-      in the same order; restored by position, not by name.
-    **extra: further trackables (e.g. pruning masks).
-  """
-  return tf.train.Checkpoint(model=model, step=step, ema_shadows=list(ema_shadows), **extra)
-
-
-def checkpoint_step(path):
-  """The global step saved in a checkpoint of make_checkpoint's layout, without building it."""
-  return int(tf.train.load_checkpoint(path).get_tensor('step/.ATTRIBUTES/VARIABLE_VALUE'))
-
-
 def format_summary_rows(named_models):
   """One row per model: name, params, MFLOPs (the study's table)."""
   lines = [f'{"model":<10} {"params":>10} {"MFLOPs":>8}']
@@ -564,31 +391,3 @@ def format_summary_rows(named_models):
     lines.append(f'{name:<10} {sum(r.params for r in rows):>10,} '
                  f'{sum(r.flops for r in rows) / 1e6:>8.2f}')
   return '\n'.join(lines)
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])} (use --model=NAME)')
-  import models  # pylint: disable=g-import-not-at-top
-  size = _IMAGE_SIZE.value
-  if _MODEL.value == 'all':
-    print(f'every model at {size}x{size}x3')
-    print(format_summary_rows((name, models.build(name, size)) for name in models.MODELS))
-    return
-  try:
-    model = models.build(_MODEL.value, image_size=size)
-  except ValueError as e:
-    raise app.UsageError(str(e))
-  print(f'{_MODEL.value} at {size}x{size}x3')
-  print(format_count_table(count_model(model)))
-
-
-if __name__ == '__main__':
-  from absl import app  # pylint: disable=g-import-not-at-top
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  _MODEL = flags.DEFINE_string('model', 'tutorial',
-                               "Model name (see models/__init__.py), or 'all' for a summary.")
-  # Flags are defined here, not at import, so binaries importing this module keep theirs.
-  _IMAGE_SIZE = flags.DEFINE_integer('image_size', 24, 'Input side in pixels: 24 or 32.')
-  flags.register_validator('image_size', lambda v: v in (24, 32), 'must be 24 or 32')
-  app.run(main)

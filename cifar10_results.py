@@ -14,19 +14,20 @@ import json
 import os
 import sys
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')  # Hide TensorFlow's start-up INFO lines.
-os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')  # ~1.7x faster here; bench/README.md.
+import cifar10_env  # pylint: disable=g-import-not-at-top
+
+cifar10_env.start(onednn=False)  # Environment defaults and a quiet TensorFlow.
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 
 import cifar10_eval
 import cifar10_model
-import cifar10_train
+import cifar10_run
 import models
 
 
-# The study's published EMA precision @ 1 (%) at 10,000 steps (DESIGN.md section 7).
+# The study's published EMA precision @ 1 (%) at 10,000 steps (docs/reference.md).
 STUDY_PRECISION_10K = {
     'tutorial': 81.4, 'alex0': 82.2, 'alex1': 81.8, 'alex2': 81.4, 'alex3': 81.2,
     'alex4': 81.2, 'nin0': 70.9, 'nin1': 69.7, 'nin2': 74.2, 'squeeze0': 63.9,
@@ -61,9 +62,9 @@ def read_run(train_dir, eval_dir=None):
     FileNotFoundError: the run has no config.json or no results.jsonl.
     ResultsError: results.jsonl is empty or holds a line that is not an eval result.
   """
-  config = cifar10_train.read_config(train_dir)
+  config = cifar10_run.read_config(train_dir)
   if config is None:
-    raise FileNotFoundError(f'{train_dir} has no {cifar10_train.CONFIG_FILE}')
+    raise FileNotFoundError(f'{train_dir} has no {cifar10_run.CONFIG_FILE}')
   path = os.path.join(eval_dir or cifar10_eval.default_eval_dir(train_dir, 'test'),
                       cifar10_eval.RESULTS_FILE)
   if not os.path.exists(path):
@@ -201,22 +202,30 @@ def plot(results, path):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  cifar10_env.quiet_logging(flags.FLAGS['verbosity'].present)
   try:
-    if not _RUNS.value:
+    if not _FLAGS['runs'].value:
       raise ResultsError('--runs is empty: pass the comma-separated --train_dir of each run')
-    results = [read_run(run) for run in _RUNS.value]
-  except (FileNotFoundError, ResultsError, cifar10_train.ConfigError) as e:
+    results = [read_run(run) for run in _FLAGS['runs'].value]
+  except (FileNotFoundError, ResultsError, cifar10_run.ConfigError) as e:
     sys.exit(f'error: {e}')
-  os.makedirs(_OUT_DIR.value, exist_ok=True)
+  os.makedirs(_FLAGS['out_dir'].value, exist_ok=True)
   table = markdown_table(results)
-  with open(os.path.join(_OUT_DIR.value, 'results.md'), 'w') as f:
+  with open(os.path.join(_FLAGS['out_dir'].value, 'results.md'), 'w') as f:
     f.write(table + '\n')
-  plot(results, os.path.join(_OUT_DIR.value, 'results.png'))
+  plot(results, os.path.join(_FLAGS['out_dir'].value, 'results.png'))
   print(table)
 
 
+def define_flags():
+  """This binary's flags; returns {name: FlagHolder}."""
+  return dict(
+      runs=flags.DEFINE_list('runs', None, 'Comma-separated train dirs evaluated by '
+                             'cifar10_eval.py.', required=True),
+      out_dir=flags.DEFINE_string('out_dir', 'docs', 'Where results.md and results.png go.'),
+  )
+
+
 if __name__ == '__main__':
-  _RUNS = flags.DEFINE_list('runs', None, 'Comma-separated train dirs evaluated by '
-                            'cifar10_eval.py.', required=True)
-  _OUT_DIR = flags.DEFINE_string('out_dir', 'docs', 'Where results.md and results.png go.')
+  _FLAGS = define_flags()
   app.run(main)

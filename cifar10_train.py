@@ -10,7 +10,6 @@ work a kill can lose. Run `cifar10_eval.py --checkpoint_dir=<train_dir>` beside 
 
 import dataclasses
 import datetime
-import json
 import math
 import os
 import shutil
@@ -19,8 +18,9 @@ import sys
 import threading
 import time
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')  # Hide TensorFlow's start-up INFO lines.
-os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')  # ~1.7x faster here; bench/README.md.
+import cifar10_env  # pylint: disable=g-import-not-at-top
+
+cifar10_env.start()  # Environment defaults and a quiet TensorFlow, before anything loads it.
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
@@ -28,75 +28,24 @@ import tensorflow as tf
 
 import cifar10_input
 import cifar10_model
+import cifar10_records
+import cifar10_run
+import cifar10_spectral
 import models
-
-CONFIG_FILE = 'config.json'
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-  """Every training hyperparameter, with its default (DESIGN.md section 7)."""
-  train_dir: str = 'runs/tutorial'
-  model: str = 'tutorial'
-  max_steps: int = 10000  # steps (the study's ablation length)
-  batch_size: int = 128  # images per step
-  learning_rate: float = 0.1
-  lr_schedule: str = 'constant'  # the study's; 'staircase' is the tutorial's
-  lr_decay_epochs: float = 350.0  # epochs per x0.1 step of the staircase schedule
-  lr_decay_factor: float = 0.1
-  moving_average_decay: float = 0.9999
-  augment: bool = True  # the tutorial's distortions; off: standardized 32x32 images
-  image_size: int = 24  # pixels; 24 with augmentation, 32 without unless set
-  init: str = 'xavier'  # or 'tutorial'
-  weight_decay: str = 'study'  # WD / prod(shape) with WD = 500; or 'tutorial' (0.004)
-  log_frequency: int = 10  # steps between log lines and scalar summaries
-  checkpoint_steps: int = 1000  # steps between checkpoints
-  histogram_steps: int = 1000  # steps between weight histograms and sample images
-  keep_checkpoints: int = 5  # most recent checkpoints kept in train_dir
-  seed: int = 0
-
-  @property
-  def decay_steps(self):
-    """Steps between two x0.1 drops of the staircase schedule (136,718 at batch 128)."""
-    return int(cifar10_input.NUM_TRAIN_EXAMPLES / self.batch_size * self.lr_decay_epochs)
 
 
 class TrainingDiverged(Exception):
   """The loss became NaN or infinite."""
 
 
-class ConfigError(ValueError):
-  """The flags do not fit the run already in train_dir."""
-
-
 # --------------------------------------------------------------------------- flags
-
-
-def define_data_flags():
-  """Flags that say where the data is; shared by every binary that reads CIFAR-10."""
-  return dict(
-      data_dir=flags.DEFINE_string(
-          'data_dir', 'data', 'Folder with cifar-10-batches-bin/ or cifar-10-binary.tar.gz '
-          '(or the archive path itself); the archive is downloaded here when absent.'),
-      extract_dir=flags.DEFINE_string(
-          'extract_dir', None, 'Where to extract the archive; default --data_dir when it is '
-          'writable, else ~/.cache/cifar10.'),
-      data_url=flags.DEFINE_string('data_url', cifar10_input.DATA_URL,
-                                   'Where to download the archive from when it is absent.'),
-  )
-
-
-def batches_dir_from_flags(holders):
-  """cifar10_input.find_batches_dir from the data flags."""
-  return cifar10_input.find_batches_dir(holders['data_dir'].value,
-                                        holders['extract_dir'].value,
-                                        url=holders['data_url'].value)
 
 
 def define_train_flags():
   """The training flags, defaults taken from TrainConfig; returns {name: FlagHolder}."""
-  d = TrainConfig
-  holders = define_data_flags()
+  d = cifar10_run.TrainConfig
+  holders = cifar10_run.define_data_flags()
+  holders.update(cifar10_run.define_conv_flag())
   holders.update(
       train_dir=flags.DEFINE_string('train_dir', d.train_dir,
                                     'Checkpoints, summaries and config.json go here.'),
@@ -141,70 +90,13 @@ def define_train_flags():
 def config_from_flags(holders):
   """Reads the training flags once into a TrainConfig."""
   values = {name: holder.value for name, holder in holders.items()
-            if name in {f.name for f in dataclasses.fields(TrainConfig)}}
+            if name in {f.name for f in dataclasses.fields(cifar10_run.TrainConfig)}}
   if values['image_size'] is None:
     values['image_size'] = cifar10_input.CROP_SIZE if values['augment'] else 32
   values['image_size'] = int(values['image_size'])
   values['model'] = models.canonical_name(values['model'])
-  return TrainConfig(**values)
-
-
-# --------------------------------------------------------------------------- config file
-
-
-def write_config(config):
-  """Saves the run's config in train_dir, refusing a train_dir that holds another model.
-
-  Returns:
-    The settings that differ from the run already in train_dir, as 'name: old -> new'.
-  """
-  previous = read_config(config.train_dir)
-  changed = []
-  if previous is not None:
-    for key in ('model', 'image_size'):
-      if getattr(previous, key) != getattr(config, key):
-        raise ConfigError(
-            f'{config.train_dir} holds a run with {key}={getattr(previous, key)!r}, not '
-            f'{getattr(config, key)!r}: pass another --train_dir (or delete that one).')
-    changed = [f'{f.name}: {getattr(previous, f.name)!r} -> {getattr(config, f.name)!r}'
-               for f in dataclasses.fields(config)
-               if getattr(previous, f.name) != getattr(config, f.name)]
-  path = os.path.join(config.train_dir, CONFIG_FILE)
-  try:
-    os.makedirs(config.train_dir, exist_ok=True)
-    with open(path + '.tmp', 'w') as f:
-      json.dump(dataclasses.asdict(config), f, indent=1)
-    os.replace(path + '.tmp', path)
-  except OSError as e:
-    raise ConfigError(f'cannot write {path} ({e}): pass a writable --train_dir.') from e
-  return changed
-
-
-def read_config(train_dir):
-  """The TrainConfig saved in train_dir, or None when there is none yet."""
-  path = os.path.join(train_dir, CONFIG_FILE)
-  if not os.path.exists(path):
-    return None
-  try:
-    with open(path) as f:
-      return TrainConfig(**json.load(f))
-  except (OSError, ValueError, TypeError) as e:
-    raise ConfigError(f'{path} is unreadable ({e}): it must be the config.json that '
-                      'cifar10_train.py wrote.') from e
-
-
-def latest_run(train_dir, flag='--train_dir'):
-  """(TrainConfig, latest checkpoint path) of the run in train_dir, for tools that read one.
-
-  Raises:
-    ConfigError: no config.json or no checkpoint there (the message names `flag`).
-  """
-  config = read_config(train_dir)
-  checkpoint = tf.train.latest_checkpoint(train_dir) if config else None
-  if checkpoint is None:
-    raise ConfigError(f'{flag}={train_dir} holds no trained run (config.json and a '
-                      'checkpoint): point it at the --train_dir of a cifar10_train.py run.')
-  return config, checkpoint
+  values['conv'] = cifar10_spectral.resolve(values['conv'])  # Recorded as resolved here.
+  return cifar10_run.TrainConfig(**values)
 
 
 # --------------------------------------------------------------------------- training
@@ -218,24 +110,12 @@ def learning_rate(step, config):
   return config.learning_rate * tf.pow(config.lr_decay_factor, drops)
 
 
-class Trainer:
-  """The model, its EMA, the step counter and the checkpoint of one training run."""
+class Trainer(cifar10_run.RunState):
+  """A run's state (model, step, EMA, checkpoint) and its SGD step."""
 
   def __init__(self, config):
-    self.config = config
-    self.model = models.build(config.model, config.image_size, config.init,
-                              config.weight_decay)
-    self.variables = self.model.trainable_variables
-    self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name='global_step')
-    self.train_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False,
-                                     name='train_seconds')
-    self.ema = tf.train.ExponentialMovingAverage(config.moving_average_decay,
-                                                 num_updates=self.step)
-    self.ema.apply(self.variables)  # Creates the shadows now, equal to the initial weights.
-    self.ema_shadows = [self.ema.average(v) for v in self.variables]
-    self.checkpoint = cifar10_model.make_checkpoint(
-        self.model, self.step, self.ema_shadows, train_seconds=self.train_seconds,
-        **self.extra_state())
+    super().__init__(config, conv=config.conv)
+    self.checkpoint = self.make_checkpoint(**self.extra_state())
     self.manager = tf.train.CheckpointManager(self.checkpoint, config.train_dir,
                                               max_to_keep=config.keep_checkpoints)
     size = config.image_size
@@ -358,8 +238,8 @@ def train(config, train_split, on_log=None, make_trainer=Trainer):
   """Trains until config.max_steps, resuming from train_dir; returns the final metrics.
 
   Args:
-    config: a TrainConfig.
-    train_split: the cifar10_input.Split to train on.
+    config: a cifar10_run.TrainConfig.
+    train_split: the cifar10_records.Split to train on.
     on_log: optional callable(step, examples_per_sec) run at each log line (benchmarks).
     make_trainer: callable(config) -> Trainer; compress/prune.py passes a pruning one.
 
@@ -368,7 +248,7 @@ def train(config, train_split, on_log=None, make_trainer=Trainer):
     StopRequested: a signal asked to stop; the state was saved first.
   """
   tf.random.set_seed(config.seed)
-  for change in write_config(config):
+  for change in cifar10_run.write_config(config):
     _log(f'note: changed since the last run in {config.train_dir}: {change}')
   _remove_partial_saves(config.train_dir)
   trainer = make_trainer(config)
@@ -434,12 +314,13 @@ def install_stop_handlers():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  cifar10_env.quiet_logging(flags.FLAGS['verbosity'].present)
   try:
     config = config_from_flags(_FLAGS)
-    split = cifar10_input.load_split(batches_dir_from_flags(_FLAGS), 'train')
+    split = cifar10_records.load_split(cifar10_run.batches_dir_from_flags(_FLAGS), 'train')
     install_stop_handlers()  # Only now: before, Ctrl-C simply ends the download or extraction.
     train(config, split)
-  except (cifar10_input.DataError, TrainingDiverged, ConfigError) as e:
+  except (cifar10_records.DataError, TrainingDiverged, cifar10_run.ConfigError) as e:
     sys.exit(f'error: {e}')
   except (StopRequested, KeyboardInterrupt):
     sys.exit(130)

@@ -21,8 +21,9 @@ import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
-os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')
+import cifar10_env  # pylint: disable=g-import-not-at-top
+
+cifar10_env.start()  # Environment defaults and a quiet TensorFlow, before anything loads it.
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
@@ -30,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 import cifar10_model
+import cifar10_spectral
 import timing  # bench/, the script's own folder.
 
 _BATCH = flags.DEFINE_integer('batch', 128, 'Batch size of the inputs.', lower_bound=1)
@@ -145,7 +147,7 @@ def _trunk(data_format):
 
 def conv2_spectral_period16(x, kernel):
   """The model's spectral convolution at the full linear convolution's period, size + k - 1."""
-  return cifar10_model.spectral_conv2d(x, kernel, period=x.shape[1] + kernel.shape[0] - 1)
+  return cifar10_spectral.spectral_conv2d(x, kernel, period=x.shape[1] + kernel.shape[0] - 1)
 
 
 def conv2_rfft2d(x, kernel):
@@ -244,6 +246,7 @@ def conv_ops(batch):
 
 def main(argv):
   del argv
+  cifar10_env.quiet_logging(flags.FLAGS['verbosity'].present)
   batch = _BATCH.value
   images = tf.random.stateless_normal([batch, 24, 24, 3], seed=[5, 6])
   kernel = tf.random.stateless_normal([5, 5, 3, 64], seed=[7, 8]) * 0.05
@@ -265,7 +268,7 @@ def main(argv):
   if 'conv2' in _LAYERS.value:
     normalized = tf.nn.relu(tf.random.stateless_normal([batch, 12, 12, 64], seed=[13, 14]))
     compare('second conv 5x5x64x64 on [B, 12, 12, 64], gradient to the input and the kernel',
-            [conv_tensorflow, cifar10_model.spectral_conv2d, conv2_spectral_period16,
+            [conv_tensorflow, cifar10_spectral.spectral_conv2d, conv2_spectral_period16,
              conv2_rfft2d], normalized,
             tf.random.stateless_normal([5, 5, 64, 64], seed=[15, 16]) * 0.05,
             input_gradient=True)

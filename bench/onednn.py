@@ -20,6 +20,8 @@ from absl import flags
 _MODEL = flags.DEFINE_string('model', 'tutorial', 'Model to time.')
 _ROUNDS = flags.DEFINE_integer('rounds', 3, 'Alternating rounds of both settings.',
                                lower_bound=1)
+_CONV = flags.DEFINE_enum('conv', 'auto', ['auto', 'direct', 'spectral'],
+                          'How convolutions are computed (cifar10_spectral).')
 _CHILD = flags.DEFINE_bool('child', False, 'Internal: time the step in this process.')
 
 
@@ -27,10 +29,13 @@ def child():
   """Times the bare train step with whatever oneDNN setting this process was started with."""
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import cifar10_run  # pylint: disable=g-import-not-at-top
+  import cifar10_spectral  # pylint: disable=g-import-not-at-top
   import cifar10_train  # pylint: disable=g-import-not-at-top
   import tempfile  # pylint: disable=g-import-not-at-top
   with tempfile.TemporaryDirectory() as train_dir:
-    config = cifar10_train.TrainConfig(model=_MODEL.value, train_dir=train_dir)
+    config = cifar10_run.TrainConfig(model=_MODEL.value, train_dir=train_dir,
+                                     conv=cifar10_spectral.resolve(_CONV.value))
     trainer = cifar10_train.Trainer(config)
     size = config.image_size
     images = tf.random.stateless_normal([config.batch_size, size, size, 3], seed=[1, 2])
@@ -55,7 +60,8 @@ def main(argv):
   for _ in range(_ROUNDS.value):
     for setting, found in rates.items():
       env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS=setting, TF_CPP_MIN_LOG_LEVEL='2')
-      out = subprocess.run([sys.executable, __file__, '--child', f'--model={_MODEL.value}'],
+      out = subprocess.run([sys.executable, __file__, '--child', f'--model={_MODEL.value}',
+                            f'--conv={_CONV.value}'],
                            env=env, check=True, capture_output=True, text=True).stdout
       found.append(float(out.split()[-1]))
       print(f'TF_ENABLE_ONEDNN_OPTS={setting}: {found[-1]:.1f} images/s', flush=True)

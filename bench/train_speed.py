@@ -22,8 +22,9 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
-os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')
+import cifar10_env  # pylint: disable=g-import-not-at-top
+
+cifar10_env.start()  # Environment defaults and a quiet TensorFlow, before anything loads it.
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
@@ -32,11 +33,15 @@ import tensorflow as tf
 import cifar10_eval
 import cifar10_input
 import cifar10_model
+import cifar10_records
+import cifar10_run
+import cifar10_spectral
 import cifar10_train
 import timing  # bench/, the script's own folder.
 import models
 
-_FLAGS = cifar10_train.define_data_flags()
+_FLAGS = cifar10_run.define_data_flags()
+_FLAGS.update(cifar10_run.define_conv_flag())
 _MODEL = flags.DEFINE_enum('model', 'tutorial', models.names(), 'Model to time.')
 _WINDOW = flags.DEFINE_integer('window', 20, 'Steps per timed window.', lower_bound=1)
 _WINDOWS = flags.DEFINE_integer('windows', 7, 'Timed windows per candidate.', lower_bound=1)
@@ -126,16 +131,18 @@ def keras_fit(config, split):
 
 
 def evaluation(config, test_split):
-  evaluator = cifar10_eval.Evaluator(config, test_split)
+  evaluator = cifar10_eval.Evaluator(config, test_split, conv=config.conv)
   return statistics.median(timing.window_seconds(evaluator.precision, warmup=1, windows=3))
 
 
 def main(argv):
   del argv
-  config = cifar10_train.TrainConfig(model=models.canonical_name(_MODEL.value))
-  batches_dir = cifar10_train.batches_dir_from_flags(_FLAGS)
-  train_split = cifar10_input.load_split(batches_dir, 'train')
-  test_split = cifar10_input.load_split(batches_dir, 'test')
+  cifar10_env.quiet_logging(flags.FLAGS['verbosity'].present)
+  config = cifar10_run.TrainConfig(model=models.canonical_name(_MODEL.value),
+                                   conv=cifar10_spectral.resolve(_FLAGS['conv'].value))
+  batches_dir = cifar10_run.batches_dir_from_flags(_FLAGS)
+  train_split = cifar10_records.load_split(batches_dir, 'train')
+  test_split = cifar10_records.load_split(batches_dir, 'test')
   images, labels = next(iter(cifar10_input.train_inputs(train_split, config.batch_size, 0)))
   flops = sum(r.flops for r in cifar10_model.count_model(
       models.build(config.model, config.image_size)))
@@ -152,8 +159,8 @@ def main(argv):
   eval_secs = evaluation(config, test_split)
   ceiling = timing.gemm_gflops(windows=_WINDOWS.value)
 
-  print(f'\nmodel {config.model}, batch {config.batch_size}, {config.image_size}x'
-        f'{config.image_size}, median of {_ROUNDS.value} x {_WINDOWS.value} windows of '
+  print(f'\nmodel {config.model}, conv {config.conv}, batch {config.batch_size}, '
+        f'{config.image_size}x{config.image_size}, median of {_ROUNDS.value} x {_WINDOWS.value} windows of '
         f'{_WINDOW.value} steps')
   for name, rate in rates.items():
     print(f'{name:<20} {rate:>10.1f} images/s')

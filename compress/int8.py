@@ -3,14 +3,15 @@
     python compress/int8.py --model_file=runs/tutorial_int8/model_int8.npz \
         --data_dir=data
 
-This file never imports TensorFlow. compress/quantize.py writes the model file (one .npz in
+This file never imports TensorFlow (nor does cifar10_records.py, which reads the test set
+for it). compress/quantize.py writes the model file (one .npz in
 the format of compress/sparse.py: int8 weights, int32 biases, float32 per-channel weight
 scales (the file keeps biases that fit int16 and scales on the float16 grid in 2 bytes,
 and gives them back as int32 and float32), and a JSON `meta` with the op list, every
-tensor's scale and zero point and the data layout); this runner loads it, reads the
-CIFAR-10 test batch itself and reports precision @ 1 and images/s.
+tensor's scale and zero point and the input size); this runner loads it, reads the CIFAR-10
+test batch and reports precision @ 1 and images/s.
 
-Arithmetic (Jacob et al. 2018; TFLite's int8 spec, DESIGN.md section 8): real = scale * (q - zp).
+Arithmetic (Jacob et al. 2018; TFLite's int8 spec; docs/design.md): real = scale * (q - zp).
 A conv or dense layer computes acc = sum (x_q - zp_x) * w_q + b_q exactly, then
 y_q = clamp(zp_y + round(acc * M), low, 127) with M = s_x * s_w / s_y applied as a Q31
 fixed-point multiplier m0 and a right shift; ReLU is the clamp at low = zp_y. The int8 x int8
@@ -22,23 +23,23 @@ quantize to its calibrated output range (an integer LRN would need a table of x^
 """
 
 import concurrent.futures
-import gzip
 import json
 import os
 import sys
-import tarfile
 import time
-import zlib
 
 if __name__ == '__main__':  # The runner: one BLAS thread per worker thread (see predict).
   os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
 
-import numpy as np  # pylint: disable=g-import-not-at-top
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+import numpy as np
 
 if __package__ in (None, ''):  # Run as `python compress/int8.py`: import the project.
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from compress import sparse  # pylint: disable=g-import-not-at-top
+import cifar10_records  # pylint: disable=g-import-not-at-top
+from compress import sparse
 
 INT8_MIN, INT8_MAX = -128, 127
 WEIGHT_MAX = 127  # Symmetric weights use [-127, 127], so -w is always representable.
@@ -268,7 +269,7 @@ class Int8Model:
   @classmethod
   def load(cls, path):
     arrays, meta = sparse.load(path)
-    missing = [key for key in ('ops', 'tensors', 'data', 'input') if key not in meta]
+    missing = [key for key in ('ops', 'tensors', 'image_size', 'input') if key not in meta]
     if missing:
       kind = ' (a pruned float model from compress/prune.py?)' if 'weights' in meta else ''
       raise sparse.FormatError(f'{path} is not an int8 model from compress/quantize.py{kind}: '
@@ -357,82 +358,57 @@ def standardize(images):
   return centred / np.maximum(std, 1 / np.sqrt(np.prod(x.shape[1:])).astype(np.float32))
 
 
-def eval_preprocess(images, crop):
-  """Central crop x crop of uint8 [N, H, W, 3] and standardization -> float32."""
-  offset = (images.shape[1] - crop) // 2
-  return standardize(images[:, offset:offset + crop, offset:offset + crop, :])
-
-
-def read_test_batch(data_dir, data):
-  """(images uint8 [N, H, W, C], labels int64 [N]) of the test file named in the model's meta.
-
-  Reads <data_dir>/<batches_dir>/<test_file>, or the member of <data_dir>/<archive> (or of
-  data_dir itself when it is the archive).
-  """
-  folder = os.path.join(data_dir, data['batches_dir'], data['test_file'])
-  archive = data_dir if data_dir.endswith('.tar.gz') else os.path.join(data_dir, data['archive'])
-  member = f'{data["batches_dir"]}/{data["test_file"]}'
-  if os.path.isfile(folder):
-    raw, source = np.fromfile(folder, np.uint8), folder
-  elif os.path.isfile(archive):
-    try:
-      with tarfile.open(archive) as tar:
-        raw, source = np.frombuffer(tar.extractfile(member).read(), np.uint8), archive
-    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, KeyError) as e:
-      raise ValueError(f'{archive} is truncated or corrupt, or lacks {member} '
-                       f'({type(e).__name__}: {e}): replace it with a fresh copy') from e
-  else:
-    raise FileNotFoundError(f'neither {folder} nor {archive} exists: pass the --data_dir '
-                            'given to cifar10_train.py')
-  side, channels = data['image_size'], data['channels']
-  record_bytes = data['label_bytes'] + side * side * channels
-  if not raw.size or raw.size % record_bytes:
-    raise ValueError(f'{data["test_file"]} in {source} has {raw.size:,} bytes, not a whole '
-                     f'number of {record_bytes}-byte records')
-  records = raw.reshape(-1, record_bytes)
-  images = records[:, data['label_bytes']:].reshape(-1, channels, side, side)
-  return np.ascontiguousarray(images.transpose(0, 2, 3, 1)), records[:, 0].astype(np.int64)
+def eval_preprocess(images, size):
+  """Central size x size crop of uint8 [N, 32, 32, 3] and standardization -> float32."""
+  return standardize(cifar10_records.central_crop(images, size))
 
 
 def evaluate(model, images, labels, batch_size=BATCH_SIZE, threads=1):
   """(precision @ 1, images/s, predictions) on uint8 images, preprocessing included."""
   start = time.perf_counter()
-  predictions = model.predict(eval_preprocess(images, model.meta['data']['crop']), batch_size,
+  predictions = model.predict(eval_preprocess(images, model.meta['image_size']), batch_size,
                               threads)
   seconds = time.perf_counter() - start
   return float(np.mean(predictions == labels)), len(images) / seconds, predictions
 
 
 def main(argv):
-  del argv
-  out = _PREDICTIONS_OUT.value
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  values = {name: holder.value for name, holder in _FLAGS.items()}
+  out = values['predictions_out']
   try:
     if out and not os.path.isdir(os.path.dirname(os.path.abspath(out))):
       raise FileNotFoundError(f'--predictions_out={out}: its folder does not exist')
-    model = Int8Model.load(_MODEL_FILE.value)
-    images, labels = read_test_batch(_DATA_DIR.value, model.meta['data'])
-  except (OSError, KeyError, ValueError) as e:
+    model = Int8Model.load(values['model_file'])
+    test = cifar10_records.read_split(values['data_dir'], 'test')
+  except (OSError, KeyError, ValueError, cifar10_records.DataError) as e:
     sys.exit(f'error: {e}')
-  precision, rate, predictions = evaluate(model, images, labels, _BATCH_SIZE.value,
-                                          _THREADS.value)
+  precision, rate, predictions = evaluate(model, test.images, test.labels, values['batch_size'],
+                                          values['threads'])
   if out:
     np.save(out, predictions)
-  print(json.dumps({'model_file': _MODEL_FILE.value, 'precision': precision,
-                    'num_examples': len(labels), 'images_per_sec': round(rate, 1),
-                    'batch_size': _BATCH_SIZE.value, 'threads': _THREADS.value}))
+  print(json.dumps({'model_file': values['model_file'], 'precision': precision,
+                    'num_examples': len(test), 'images_per_sec': round(rate, 1),
+                    'batch_size': values['batch_size'], 'threads': values['threads']}))
+
+
+def define_flags():
+  """The runner's flags; returns {name: FlagHolder}."""
+  return dict(
+      model_file=flags.DEFINE_string('model_file', None, 'An .npz from compress/quantize.py.',
+                                     required=True),
+      data_dir=flags.DEFINE_string('data_dir', 'data', 'Folder with cifar-10-batches-bin/ or '
+                                   'cifar-10-binary.tar.gz, or the archive itself.'),
+      batch_size=flags.DEFINE_integer('batch_size', BATCH_SIZE, 'Images per forward pass.',
+                                      lower_bound=1),
+      threads=flags.DEFINE_integer('threads', os.cpu_count() or 1, 'Worker threads, each on '
+                                   'its own batches; default one per core.', lower_bound=1),
+      predictions_out=flags.DEFINE_string('predictions_out', None, 'Optional .npy file for '
+                                          'the predicted classes, in test-file order.'),
+  )
 
 
 if __name__ == '__main__':
-  from absl import app  # pylint: disable=g-import-not-at-top
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  _MODEL_FILE = flags.DEFINE_string('model_file', None, 'An .npz from compress/quantize.py.',
-                                    required=True)
-  _DATA_DIR = flags.DEFINE_string('data_dir', 'data', 'Folder with cifar-10-batches-bin/ or '
-                                  'cifar-10-binary.tar.gz, or the archive itself.')
-  _BATCH_SIZE = flags.DEFINE_integer('batch_size', BATCH_SIZE, 'Images per forward pass.',
-                                     lower_bound=1)
-  _THREADS = flags.DEFINE_integer('threads', os.cpu_count() or 1, 'Worker threads, each on '
-                                  'its own batches; default one per core.', lower_bound=1)
-  _PREDICTIONS_OUT = flags.DEFINE_string('predictions_out', None, 'Optional .npy file for the '
-                                         'predicted classes, in test-file order.')
+  _FLAGS = define_flags()
   app.run(main)

@@ -11,7 +11,7 @@ compress/sparse.py (model_sparse.npz). The new --train_dir is an ordinary run th
 `cifar10_eval.py --checkpoint_dir=...` evaluates unchanged: pruned weights are exactly zero in
 the raw weights and in the EMA shadows. Re-running the same command resumes.
 
-Modes (DESIGN.md section 8): gradual, the cubic schedule of Zhu & Gupta (2017) with masks
+Modes (docs/design.md): gradual, the cubic schedule of Zhu & Gupta (2017) with masks
 recomputed every --frequency steps; oneshot, the target at --begin_step then fine-tuning with
 fixed masks; iterative, Han et al. (2015)'s prune -> retrain cycles: --rounds equal sparsity
 steps spread evenly from --begin_step to --end_step.
@@ -26,13 +26,17 @@ import sys
 if __package__ in (None, ''):  # Run as `python compress/prune.py`: import the project.
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')  # Hide TensorFlow's start-up INFO lines.
-os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')  # ~1.7x faster here; bench/README.md.
+import cifar10_env  # pylint: disable=g-import-not-at-top
 
-import tensorflow as tf  # pylint: disable=g-import-not-at-top
+cifar10_env.start()  # Environment defaults and a quiet TensorFlow, before anything loads it.
 
-import cifar10_input
-import cifar10_model
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+import tensorflow as tf
+
+import cifar10_records
+import cifar10_run
+import cifar10_spectral
 import cifar10_train
 from compress import sparse
 
@@ -143,26 +147,22 @@ class PruningTrainer(cifar10_train.Trainer):
   def __init__(self, config, settings, source_checkpoint=None):
     self.settings, self.source_checkpoint = settings, source_checkpoint
     super().__init__(config)  # Calls extra_state(), which makes the masks.
-    # The layout of the source run, without masks, to start from it.
-    self.plain_checkpoint = cifar10_model.make_checkpoint(
-        self.model, self.step, self.ema_shadows, train_seconds=self.train_seconds)
     self.num_weights = sum(math.prod(k.shape) for k, _ in self.model.kernels)
     self.num_dense = self.num_weights - sum(math.prod(k.shape) for k in self.pruned)
 
   def extra_state(self):
     """One all-ones mask per pruned matrix, saved in the checkpoint as `masks`."""
-    names = [cifar10_model.kernel_layer_name(k) for k, _ in self.model.kernels]
-    unknown = sorted(set(self.settings.dense_layers) - set(names))
+    layers = weight_layers(self.model)
+    unknown = sorted(set(self.settings.dense_layers) - {layer.name for layer in layers})
     if unknown:
-      raise cifar10_train.ConfigError(
+      raise cifar10_run.ConfigError(
           f'dense_layers {unknown} are not layers of {self.config.model}; its layers with '
-          f'weights: {", ".join(names)}')
-    self.pruned = [k for (k, _), name in zip(self.model.kernels, names)
-                   if name not in self.settings.dense_layers]
+          f'weights: {", ".join(layer.name for layer in layers)}')
+    pruned_layers = [layer for layer in layers if layer.name not in self.settings.dense_layers]
+    self.pruned = [layer.kernel for layer in pruned_layers]
     self.pruned_shadows = [self.ema.average(k) for k in self.pruned]
-    self.masks = [tf.Variable(tf.ones_like(k), trainable=False,
-                              name=f'{cifar10_model.kernel_layer_name(k)}/mask')
-                  for k in self.pruned]
+    self.masks = [tf.Variable(tf.ones_like(layer.kernel), trainable=False,
+                              name=f'{layer.name}/mask') for layer in pruned_layers]
     return {'masks': self.masks}
 
   def restore_latest(self):
@@ -171,11 +171,11 @@ class PruningTrainer(cifar10_train.Trainer):
       try:
         return super().restore_latest()
       except AssertionError as e:  # e.g. an ordinary training run: no masks to restore.
-        raise cifar10_train.ConfigError(
+        raise cifar10_run.ConfigError(
             f'{self.manager.latest_checkpoint} is not a pruning checkpoint of this layout '
             f'({str(e)[:200]}): pass a new --train_dir.') from e
     self.restored_from = self.source_checkpoint
-    self.plain_checkpoint.restore(self.source_checkpoint).assert_existing_objects_matched()
+    self.restore(self.source_checkpoint, self.make_checkpoint())  # The source has no masks.
     return int(self.step.numpy())
 
   def _train_step(self, images, labels):
@@ -202,24 +202,28 @@ class PruningTrainer(cifar10_train.Trainer):
     return 1.0 - kept / self.num_weights
 
 
+def weight_layers(model):
+  """The model's layers with a weight matrix (its convs and dense layers), in call order."""
+  return [layer for layer, _ in model.walk(model.input_shape) if layer.kernels]
+
+
 # --------------------------------------------------------------------------- report
 
 
 def ema_weights(trainer):
-  """{variable name: EMA value as NumPy} for every trainable variable (the file's keys)."""
-  return {v.name.split(':')[0]: s.numpy() for v, s in zip(trainer.variables,
-                                                          trainer.ema_shadows)}
+  """{'<layer>/kernel' or '<layer>/bias': EMA value as NumPy} of every weight layer."""
+  return {f'{layer.name}/{part}': trainer.ema.average(getattr(layer, part)).numpy()
+          for layer in weight_layers(trainer.model) for part in ('kernel', 'bias')}
 
 
 def layer_rows(trainer):
   """Per conv/dense matrix: layer, shape, size, nonzeros, pruned (bool) of the EMA weights."""
   pruned = {id(k) for k in trainer.pruned}
   rows = []
-  for kernel, _ in trainer.model.kernels:
-    value = trainer.ema.average(kernel).numpy()
-    rows.append({'layer': cifar10_model.kernel_layer_name(kernel), 'shape': list(value.shape),
-                 'size': int(value.size), 'nonzeros': int((value != 0).sum()),
-                 'pruned': id(kernel) in pruned})
+  for layer in weight_layers(trainer.model):
+    value = trainer.ema.average(layer.kernel).numpy()
+    rows.append({'layer': layer.name, 'shape': list(value.shape), 'size': int(value.size),
+                 'nonzeros': int((value != 0).sum()), 'pruned': id(layer.kernel) in pruned})
   return rows
 
 
@@ -280,7 +284,7 @@ def write_settings(train_dir, settings, source_checkpoint):
     changed = [f'{key}: {previous.get(key)!r} -> {value!r}'
                for key, value in _comparable(record).items() if previous.get(key) != value]
     if changed:
-      raise cifar10_train.ConfigError(
+      raise cifar10_run.ConfigError(
           f'{train_dir} holds a pruning run with other settings ({"; ".join(changed)}): pass '
           'another --train_dir to prune differently.')
   os.makedirs(train_dir, exist_ok=True)
@@ -291,21 +295,21 @@ def write_settings(train_dir, settings, source_checkpoint):
 def prepare(values):
   """(TrainConfig, PruningSettings, source checkpoint) from the flag values, checked."""
   source_dir, train_dir = values['source_dir'], values['train_dir']
-  source_config, source = cifar10_train.latest_run(source_dir, '--source_dir')
+  source_config, source = cifar10_run.latest_run(source_dir, '--source_dir')
   if os.path.abspath(source_dir) == os.path.abspath(train_dir):
-    raise cifar10_train.ConfigError('--train_dir must differ from --source_dir: pruning '
+    raise cifar10_run.ConfigError('--train_dir must differ from --source_dir: pruning '
                                     'writes a new run and never touches the source.')
   if (not os.path.exists(os.path.join(train_dir, SETTINGS_FILE)) and
-      (tf.train.latest_checkpoint(train_dir) or cifar10_train.read_config(train_dir))):
+      (tf.train.latest_checkpoint(train_dir) or cifar10_run.read_config(train_dir))):
     # Checked before anything is written: resuming would first rewrite that run's config.
-    raise cifar10_train.ConfigError(f'--train_dir={train_dir} holds a run that is not a '
+    raise cifar10_run.ConfigError(f'--train_dir={train_dir} holds a run that is not a '
                                     'pruning run: pass a new --train_dir.')
-  start = cifar10_model.checkpoint_step(source)
+  start = cifar10_run.checkpoint_step(source)
   last = start + values['finetune_steps']
   begin = start if values['begin_step'] is None else values['begin_step']
   end = begin + values['finetune_steps'] // 2 if values['end_step'] is None else values['end_step']
   if not start <= begin <= end <= last:
-    raise cifar10_train.ConfigError(
+    raise cifar10_run.ConfigError(
         f'the pruning window --begin_step={begin} .. --end_step={end} must lie within the '
         f'fine-tuning steps {start} .. {last} (the source is at step {start}).')
   try:
@@ -315,28 +319,30 @@ def prepare(values):
         rounds=values['rounds'], threshold=values['threshold'],
         dense_layers=tuple(values['dense_layers']))
   except ValueError as e:
-    raise cifar10_train.ConfigError(f'pruning flags: {e}') from e
+    raise cifar10_run.ConfigError(f'pruning flags: {e}') from e
   learning_rate = values['learning_rate']
   config = dataclasses.replace(
       source_config, train_dir=train_dir, max_steps=last,
-      learning_rate=source_config.learning_rate if learning_rate is None else learning_rate)
+      learning_rate=source_config.learning_rate if learning_rate is None else learning_rate,
+      conv=cifar10_spectral.resolve(values['conv']))
   return config, settings, source
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  cifar10_env.quiet_logging(flags.FLAGS['verbosity'].present)
   values = {name: holder.value for name, holder in _FLAGS.items()}
   try:
     config, settings, source = prepare(values)
     trainer = PruningTrainer(config, settings, source)  # Checks --dense_layers first.
     write_settings(config.train_dir, settings, source)
-    split = cifar10_input.load_split(cifar10_train.batches_dir_from_flags(_FLAGS), 'train')
+    split = cifar10_records.load_split(cifar10_run.batches_dir_from_flags(_FLAGS), 'train')
     cifar10_train.install_stop_handlers()
     cifar10_train.train(config, split, make_trainer=lambda _: trainer)
     report = build_report(trainer, os.path.join(config.train_dir, SPARSE_FILE))
-  except (cifar10_input.DataError, cifar10_train.TrainingDiverged,
-          cifar10_train.ConfigError) as e:
+  except (cifar10_records.DataError, cifar10_train.TrainingDiverged,
+          cifar10_run.ConfigError, cifar10_run.UnreadableCheckpoint) as e:
     sys.exit(f'error: {e}')
   except (cifar10_train.StopRequested, KeyboardInterrupt):
     sys.exit(130)
@@ -346,9 +352,10 @@ def main(argv):
 
 
 def define_prune_flags():
-  """The data flags of cifar10_train.py plus this binary's; returns {name: FlagHolder}."""
+  """The shared data and --conv flags plus this binary's; returns {name: FlagHolder}."""
   d = PruningSettings
-  holders = cifar10_train.define_data_flags()
+  holders = cifar10_run.define_data_flags()
+  holders.update(cifar10_run.define_conv_flag())
   holders.update(
       source_dir=flags.DEFINE_string('source_dir', None, 'The --train_dir of a trained run.',
                                      required=True),
@@ -383,7 +390,5 @@ def define_prune_flags():
 
 
 if __name__ == '__main__':
-  from absl import app  # pylint: disable=g-import-not-at-top
-  from absl import flags  # pylint: disable=g-import-not-at-top
   _FLAGS = define_prune_flags()
   app.run(main)

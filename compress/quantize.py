@@ -4,7 +4,7 @@
 
 Loads the latest checkpoint of a cifar10_train.py (or compress/prune.py) run with its EMA
 shadows, calibrates every activation's range on --calibration_images training images
-(min/max, or a percentile that ignores outliers), quantizes (DESIGN.md section 8; Jacob et
+(min/max, or a percentile that ignores outliers), quantizes (docs/design.md; Jacob et
 al. 2018): weights symmetric int8 per output channel (convs and dense layers alike: one code
 path, and a dense layer's rows differ in scale as much as a conv's filters), activations
 asymmetric int8 per tensor, biases int32 at scale s_x * s_w. It then scores the test set three
@@ -28,17 +28,22 @@ import sys
 if __package__ in (None, ''):  # Run as `python compress/quantize.py`: import the project.
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')  # Hide TensorFlow's start-up INFO lines.
-os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')  # ~1.7x faster here; bench/README.md.
+import cifar10_env  # pylint: disable=g-import-not-at-top
 
-import numpy as np  # pylint: disable=g-import-not-at-top
+cifar10_env.start()  # Environment defaults and a quiet TensorFlow, before anything loads it.
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+import numpy as np
 
 import cifar10_eval
 import cifar10_input
-import cifar10_train
+import cifar10_records
+import cifar10_run
 from compress import fake_quant
 from compress import int8
 from compress import sparse
+from compress import trace
 
 CALIBRATION_METHODS = ('minmax', 'percentile')
 MODEL_FILE = 'model_int8.npz'
@@ -85,7 +90,7 @@ def tensor_params(ops, ranges):
   In three passes: each computing op's output from its own range; then a concat's inputs
   take the concat's; then max-pool and flatten outputs copy their (now final) input's.
   """
-  params = {fake_quant.INPUT: affine_params(*ranges[fake_quant.INPUT])}
+  params = {trace.INPUT: affine_params(*ranges[trace.INPUT])}
   producer = {op['output']: op for op in ops}
   for op in ops:
     if op['type'] not in VALUE_OPS:
@@ -94,7 +99,7 @@ def tensor_params(ops, ranges):
     if op['type'] == 'concat':
       for tensor in op['inputs']:
         if producer.get(tensor, {}).get('type') not in ('conv', 'dense'):
-          raise fake_quant.QuantizationError(
+          raise trace.QuantizationError(
               f'concat {op["name"]}: its input {tensor} does not come from a conv or dense '
               'layer, which could requantize it')
         params[tensor] = params[op['output']]
@@ -135,7 +140,7 @@ def quantize_weights(kernel, bias, input_scale, output_scale):
     {'weights': int8, 'bias': int32, 'weight_scale': float32 [C_out]}.
 
   Raises:
-    fake_quant.QuantizationError: a bias does not fit in int32 at its scale.
+    trace.QuantizationError: a bias does not fit in int32 at its scale.
   """
   kernel = np.asarray(kernel, np.float64)
   columns = kernel.reshape(-1, kernel.shape[-1])
@@ -148,7 +153,7 @@ def quantize_weights(kernel, bias, input_scale, output_scale):
   weights = np.clip(np.round(kernel / scale), -int8.WEIGHT_MAX, int8.WEIGHT_MAX)
   bias_q = np.round(np.asarray(bias, np.float64) / (input_scale * scale.astype(np.float64)))
   if np.abs(bias_q).max(initial=0) >= 2**31:
-    raise fake_quant.QuantizationError(f'a bias of {np.abs(bias).max():.3g} does not fit in '
+    raise trace.QuantizationError(f'a bias of {np.abs(bias).max():.3g} does not fit in '
                                        f'int32 at scale {input_scale:.3g} x weight scale')
   return {'weights': weights.astype(np.int8), 'weight_scale': scale,
           'bias': bias_q.astype(np.int32)}
@@ -156,8 +161,8 @@ def quantize_weights(kernel, bias, input_scale, output_scale):
 
 def quantize_model(model, calibration_images, calibration):
   """The int8 form of `model` (its current weights) as an int8.Int8Model's (meta, arrays)."""
-  ops, leaves, output = fake_quant.trace_ops(model)
-  values = fake_quant.run_float(ops, leaves, calibration_images)
+  ops, leaves, output = trace.trace_ops(model)
+  values = trace.run_float(ops, leaves, calibration_images)
   ranges = {tensor: value_range(value, calibration) for tensor, value in values.items()}
   params = tensor_params(ops, ranges)
   arrays = {}
@@ -166,17 +171,9 @@ def quantize_model(model, calibration_images, calibration):
       parts = quantize_weights(leaf.kernel.numpy(), leaf.bias.numpy(),
                                params[op['inputs'][0]]['scale'], params[op['output']]['scale'])
       arrays.update({f'{op["name"]}/{key}': value for key, value in parts.items()})
-  meta = {'input': fake_quant.INPUT, 'output': output, 'ops': ops, 'tensors': params,
-          'calibration': dataclasses.asdict(calibration), 'data': data_layout(model)}
+  meta = {'input': trace.INPUT, 'output': output, 'ops': ops, 'tensors': params,
+          'calibration': dataclasses.asdict(calibration), 'image_size': model.input_shape[0]}
   return meta, arrays
-
-
-def data_layout(model):
-  """The dataset facts the NumPy runner needs to read and prepare the test images."""
-  return {'archive': cifar10_input.ARCHIVE_NAME, 'batches_dir': cifar10_input.BATCHES_DIR,
-          'test_file': cifar10_input.TEST_FILES[0], 'image_size': cifar10_input.IMAGE_SIZE,
-          'channels': cifar10_input.CHANNELS, 'label_bytes': cifar10_input.LABEL_BYTES,
-          'crop': model.input_shape[0]}
 
 
 # --------------------------------------------------------------------------- checks
@@ -215,21 +212,22 @@ def calibration_images(train_split, calibration, image_size):
   """`calibration.images` training images picked by the seed, centrally cropped, standardized."""
   rng = np.random.default_rng(calibration.seed)
   index = np.sort(rng.choice(len(train_split), calibration.images, replace=False))
-  subset = cifar10_input.Split(images=train_split.images[index],
+  subset = cifar10_records.Split(images=train_split.images[index],
                                labels=train_split.labels[index])
   return cifar10_input.eval_images(subset, image_size).numpy()
 
 
 def quantize_run(checkpoint_dir, out_dir, batches_dir, calibration, use_ema=True,
-                 compare_images=COMPARE_IMAGES, log=lambda message: None):
+                 compare_images=COMPARE_IMAGES, log=lambda message: None, conv='auto'):
   """Quantizes the latest checkpoint of a run, scores it three ways, exports it; the report.
 
-  `log(message)` hears about each stage (the binary prints them with a timestamp).
+  `log(message)` hears about each stage (the binary prints them with a timestamp); `conv`
+  is how the float model computes its convolutions (cifar10_spectral).
   """
-  config, checkpoint = cifar10_train.latest_run(checkpoint_dir, '--checkpoint_dir')
+  config, checkpoint = cifar10_run.latest_run(checkpoint_dir, '--checkpoint_dir')
   log(f'restoring {checkpoint} and scoring the float model')
-  test = cifar10_input.load_split(batches_dir, 'test')
-  evaluator = cifar10_eval.Evaluator(config, test)
+  test = cifar10_records.load_split(batches_dir, 'test')
+  evaluator = cifar10_eval.Evaluator(config, test, conv=conv)
   evaluator.restore(checkpoint)
   if use_ema:
     evaluator.restore_ema_shadows()
@@ -237,7 +235,7 @@ def quantize_run(checkpoint_dir, out_dir, batches_dir, calibration, use_ema=True
   model = evaluator.model
   float_params = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
   log(f'float {float_precision:.4f}; calibrating on {calibration.images} training images')
-  calibration_data = calibration_images(cifar10_input.load_split(batches_dir, 'train'),
+  calibration_data = calibration_images(cifar10_records.load_split(batches_dir, 'train'),
                                         calibration, config.image_size)
   meta, arrays = quantize_model(model, calibration_data, calibration)
   meta.update(model=config.model, image_size=config.image_size,
@@ -245,11 +243,11 @@ def quantize_run(checkpoint_dir, out_dir, batches_dir, calibration, use_ema=True
   try:
     int_model = int8.Int8Model(meta, arrays)
   except ValueError as e:
-    raise fake_quant.QuantizationError(str(e)) from e
+    raise trace.QuantizationError(str(e)) from e
   log('scoring the integer path (NumPy, in this process)')
   int_precision, _, predictions = int8.evaluate(int_model, test.images, test.labels)
   log(f'int8 {int_precision:.4f}; scoring the fake-quant path and comparing the ops')
-  ops, leaves, _ = fake_quant.trace_ops(model)
+  ops, leaves, _ = trace.trace_ops(model)
   fake_quant.load_weights(leaves, ops, arrays, meta['tensors'])
   fake_precision = fake_quant.precision(ops, leaves, meta['tensors'], evaluator.images.numpy(),
                                         test.labels)
@@ -283,7 +281,7 @@ def run_runner(model_file, data_dir, out_dir):
       [sys.executable, int8.__file__, f'--model_file={model_file}', f'--data_dir={data_dir}',
        f'--predictions_out={predictions_file}'], capture_output=True, text=True, check=False)
   if result.returncode:
-    raise fake_quant.QuantizationError(f'the NumPy runner failed: {result.stderr.strip()[-500:]}')
+    raise trace.QuantizationError(f'the NumPy runner failed: {result.stderr.strip()[-500:]}')
   report = json.loads(result.stdout.strip().splitlines()[-1])
   report['predictions'] = np.load(predictions_file)
   return report
@@ -316,25 +314,27 @@ def format_report(report):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  cifar10_env.quiet_logging(flags.FLAGS['verbosity'].present)
   checkpoint_dir = _FLAGS['checkpoint_dir'].value
   out_dir = _FLAGS['out_dir'].value or os.path.join(checkpoint_dir, 'int8')
   calibration = Calibration(images=_FLAGS['calibration_images'].value,
                             method=_FLAGS['calibration'].value,
                             percentile=_FLAGS['percentile'].value)
   try:
-    cifar10_train.latest_run(checkpoint_dir, '--checkpoint_dir')  # Before the data is sought.
+    cifar10_run.latest_run(checkpoint_dir, '--checkpoint_dir')  # Before the data is sought.
     try:  # Before minutes of scoring, not after.
       os.makedirs(out_dir, exist_ok=True)
     except OSError as e:
-      raise cifar10_train.ConfigError(f'cannot create --out_dir={out_dir} ({e})') from e
+      raise cifar10_run.ConfigError(f'cannot create --out_dir={out_dir} ({e})') from e
     report = quantize_run(checkpoint_dir, out_dir,
-                          cifar10_train.batches_dir_from_flags(_FLAGS), calibration,
+                          cifar10_run.batches_dir_from_flags(_FLAGS), calibration,
                           use_ema=_FLAGS['ema'].value,
                           compare_images=_FLAGS['compare_images'].value,
+                          conv=_FLAGS['conv'].value,
                           log=lambda message: print(f'{datetime.datetime.now()}: {message}',
                                                     flush=True))
-  except (cifar10_input.DataError, cifar10_train.ConfigError, cifar10_eval.UnreadableCheckpoint,
-          fake_quant.QuantizationError) as e:
+  except (cifar10_records.DataError, cifar10_run.ConfigError, cifar10_run.UnreadableCheckpoint,
+          trace.QuantizationError) as e:
     sys.exit(f'error: {e}')
   except KeyboardInterrupt:
     sys.exit(130)  # The model file is written whole or not at all (compress/sparse.py).
@@ -344,9 +344,10 @@ def main(argv):
 
 
 def define_quantize_flags():
-  """The data flags of cifar10_train.py plus this binary's; returns {name: FlagHolder}."""
+  """The shared data and --conv flags plus this binary's; returns {name: FlagHolder}."""
   d = Calibration
-  holders = cifar10_train.define_data_flags()
+  holders = cifar10_run.define_data_flags()
+  holders.update(cifar10_run.define_conv_flag())
   holders.update(
       checkpoint_dir=flags.DEFINE_string('checkpoint_dir', None, 'The --train_dir of a run.',
                                          required=True),
@@ -354,7 +355,7 @@ def define_quantize_flags():
                                   'default <checkpoint_dir>/int8.'),
       calibration_images=flags.DEFINE_integer('calibration_images', d.images,
                                               'Training images for the ranges.', lower_bound=1,
-                                              upper_bound=cifar10_input.NUM_TRAIN_EXAMPLES),
+                                              upper_bound=cifar10_records.NUM_TRAIN_EXAMPLES),
       calibration=flags.DEFINE_enum('calibration', d.method, list(CALIBRATION_METHODS),
                                     'minmax, or percentile (ignores outliers).'),
       percentile=flags.DEFINE_float('percentile', d.percentile, 'Upper percentile of '
@@ -362,13 +363,11 @@ def define_quantize_flags():
       ema=flags.DEFINE_boolean('ema', True, 'Quantize the EMA shadows (--noema: raw weights).'),
       compare_images=flags.DEFINE_integer('compare_images', COMPARE_IMAGES, 'Test images for '
                                           'the layer-by-layer check.', lower_bound=1,
-                                          upper_bound=cifar10_input.NUM_TEST_EXAMPLES),
+                                          upper_bound=cifar10_records.NUM_TEST_EXAMPLES),
   )
   return holders
 
 
 if __name__ == '__main__':
-  from absl import app  # pylint: disable=g-import-not-at-top
-  from absl import flags  # pylint: disable=g-import-not-at-top
   _FLAGS = define_quantize_flags()
   app.run(main)

@@ -1,12 +1,15 @@
 """The model registry: one literal dict from name to builder.
 
 Every builder has the signature `build(regime, image_size) -> cifar10_model.Model`; a family
-file exposes one builder whose `variant` argument is bound here.
+file exposes one builder whose `variant` argument is bound here. `build` then picks how the
+convolutions are computed (cifar10_spectral). `python models/count.py` prints parameter and
+FLOP counts.
 """
 
 import functools
 
 import cifar10_model
+import cifar10_spectral
 from models import alex
 from models import inception
 from models import nin
@@ -51,7 +54,17 @@ def canonical_name(name):
   return name
 
 
-def build(name, image_size=24, init='xavier', decay='study'):
-  """Builds model `name` for image_size x image_size x 3 inputs."""
+def build(name, image_size=24, init='xavier', decay='study', conv='direct'):
+  """Builds model `name` for image_size x image_size x 3 inputs.
+
+  Args:
+    name: a name or alias of `names()`.
+    image_size: input side, 24 or 32.
+    init, decay: the cifar10_model.Regime.
+    conv: 'direct', 'spectral' or 'auto' (cifar10_spectral.resolve): how convolutions are
+      computed; the variables are the same either way.
+  """
   builder = MODELS[canonical_name(name)]
-  return builder(cifar10_model.Regime(init=init, decay=decay), image_size=image_size)
+  model = builder(cifar10_model.Regime(init=init, decay=decay), image_size=image_size)
+  cifar10_spectral.apply(model, cifar10_spectral.resolve(conv))
+  return model

@@ -1,10 +1,7 @@
-"""The TensorFlow CIFAR-10 tutorial's network, exactly (DESIGN.md section 4).
+"""The TensorFlow CIFAR-10 tutorial's network, exactly (docs/design.md).
 
 conv1 5x5x3x64 -> pool1 -> lrn1 -> conv2 5x5x64x64 -> lrn2 -> pool2 -> flatten
 -> local3 384 -> local4 192 -> softmax_linear 10 (logits, no activation).
-conv2 is computed as a product of spectra (cifar10_model.spectral_conv2d): the same function
-and variables; the train step ran 1.32x faster with it at period 16, and 1.13x faster again
-at period 14 (bench/README.md).
 """
 
 import cifar10_model as cm
@@ -43,7 +40,7 @@ def build(regime, image_size=24):
       cm.conv(regime, 'conv1', 3, 64, 5),
       cm.MaxPool(name='pool1'),
       cm.LRN(name='norm1'),
-      cm.conv(regime, 'conv2', 64, 64, 5, tutorial_bias=0.1, spectral=True),
+      cm.conv(regime, 'conv2', 64, 64, 5, tutorial_bias=0.1),
       cm.LRN(name='norm2'),
       cm.MaxPool(name='pool2'),
   ] + classifier(regime, side * side * 64)

@@ -1,4 +1,9 @@
-"""Shared pytest setup: makes the project importable and provides the real CIFAR-10 data.
+"""Shared pytest setup: the project on sys.path, the test tiers, and the real CIFAR-10 data.
+
+Tiers (pytest markers): `real_data` for every test that uses the real archive (its fixtures
+mark it), `subprocess` for tests that start processes (marked by hand; a unit test that
+starts one fails, naming the marker), `unit` for all others. `make test-fast` runs
+`-m unit`; `make test` runs everything.
 
 The real data comes from the environment variable CIFAR10_DATA: a folder holding
 cifar-10-binary.tar.gz, or the archive's own path (`make test` sets it). It is extracted once
@@ -7,6 +12,7 @@ per session into a temporary folder, never beside the archive (../shared is read
 
 import os
 import shutil
+import subprocess
 import sys
 
 import pytest
@@ -15,13 +21,50 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
-import cifar10_input  # pylint: disable=wrong-import-position
+import cifar10_env  # pylint: disable=wrong-import-position
+
+cifar10_env.start()  # As the binaries: the same kernels (oneDNN), a quiet TensorFlow.
+
+import cifar10_records  # pylint: disable=wrong-import-position
 
 DATA_ENV = 'CIFAR10_DATA'
 MISSING_DATA_MESSAGE = (
-    f'{DATA_ENV} is not set: set it to the folder holding {cifar10_input.ARCHIVE_NAME} or to '
-    f'the archive itself, e.g. {DATA_ENV}=../shared/data/{cifar10_input.ARCHIVE_NAME} '
+    f'{DATA_ENV} is not set: set it to the folder holding {cifar10_records.ARCHIVE_NAME} or to '
+    f'the archive itself, e.g. {DATA_ENV}=../shared/data/{cifar10_records.ARCHIVE_NAME} '
     '(`make test` sets it). Real-data tests are never skipped.')
+
+
+REAL_DATA_FIXTURES = {'real_batches_dir', 'real_data_dir'}
+TIERS = {'unit': 'fast tests in this process, on tiny synthetic data',
+         'real_data': 'tests that read the real CIFAR-10 archive (CIFAR10_DATA)',
+         'subprocess': 'tests that start the binaries or other processes'}
+
+
+def pytest_configure(config):
+  for marker, description in TIERS.items():
+    config.addinivalue_line('markers', f'{marker}: {description}')
+
+
+def pytest_collection_modifyitems(items):
+  """Marks real-data tests by their fixtures and every test of no other tier as unit."""
+  for item in items:
+    if REAL_DATA_FIXTURES & set(getattr(item, 'fixturenames', ())):
+      item.add_marker(pytest.mark.real_data)
+    if not any(item.get_closest_marker(tier) for tier in ('real_data', 'subprocess')):
+      item.add_marker(pytest.mark.unit)
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_start_no_process(request, monkeypatch):
+  """Keeps the unit tier honest: starting a process there fails with what to do instead."""
+  if request.node.get_closest_marker('unit') is None:
+    return
+
+  def refuse(*args, **kwargs):
+    del args, kwargs
+    raise AssertionError('a unit test started a process: mark it @pytest.mark.subprocess')
+
+  monkeypatch.setattr(subprocess.Popen, '__init__', refuse)
 
 
 def real_data_location():
@@ -32,7 +75,7 @@ def real_data_location():
   if location.endswith('.tar.gz') and not os.path.isfile(location):
     # Checked here so a typo fails fast instead of downloading 170 MB.
     pytest.fail(f'{DATA_ENV}={location} does not exist: it must be a folder holding '
-                f'{cifar10_input.ARCHIVE_NAME} or the archive itself.', pytrace=False)
+                f'{cifar10_records.ARCHIVE_NAME} or the archive itself.', pytrace=False)
   return location
 
 
@@ -46,10 +89,10 @@ def real_batches_dir(tmp_path_factory):
   """
   location = real_data_location()
   if not os.path.isfile(location):
-    yield cifar10_input.find_batches_dir(location)
+    yield cifar10_records.find_batches_dir(location)
     return
   extract_dir = tmp_path_factory.mktemp('cifar10_real')
-  yield cifar10_input.find_batches_dir(location, extract_dir=str(extract_dir))
+  yield cifar10_records.find_batches_dir(location, extract_dir=str(extract_dir))
   # 180 MB per session: do not let pytest's kept temp folders pile them up.
   shutil.rmtree(extract_dir, ignore_errors=True)
 

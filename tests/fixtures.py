@@ -7,8 +7,8 @@ import time
 
 import numpy as np
 
-import cifar10_input
-import cifar10_train
+import cifar10_records
+import cifar10_run
 
 
 def tiny_split(num=32, seed=0):
@@ -18,7 +18,7 @@ def tiny_split(num=32, seed=0):
   images = rng.integers(0, 100, size=(num, 32, 32, 3), dtype=np.uint8)
   for image, label in zip(images, labels):
     image[3 * label:3 * label + 3] += 150
-  return cifar10_input.Split(images=images, labels=labels)
+  return cifar10_records.Split(images=images, labels=labels)
 
 
 def tiny_config(train_dir, **overrides):
@@ -26,20 +26,20 @@ def tiny_config(train_dir, **overrides):
   values = dict(train_dir=str(train_dir), max_steps=20, batch_size=16, log_frequency=5,
                 checkpoint_steps=10, histogram_steps=10, augment=False, image_size=32)
   values.update(overrides)
-  return cifar10_train.TrainConfig(**values)
+  return cifar10_run.TrainConfig(**values)
 
 
 def write_batches_dir(root, split):
   """Every train and test .bin file of cifar-10-batches-bin under root, each holding `split`.
 
   Returns:
-    The batches folder (for cifar10_input.load_split).
+    The batches folder (for cifar10_records.load_split).
   """
-  batches_dir = os.path.join(root, cifar10_input.BATCHES_DIR)
+  batches_dir = os.path.join(root, cifar10_records.BATCHES_DIR)
   os.makedirs(batches_dir, exist_ok=True)
   planes = split.images.transpose(0, 3, 1, 2).reshape(len(split), -1)  # HWC -> CHW records
   records = np.concatenate([split.labels.astype(np.uint8)[:, None], planes], axis=1)
-  for name in cifar10_input.TRAIN_FILES + cifar10_input.TEST_FILES:
+  for name in cifar10_records.TRAIN_FILES + cifar10_records.TEST_FILES:
     records.astype(np.uint8).tofile(os.path.join(batches_dir, name))
   return batches_dir
 

@@ -1,4 +1,6 @@
-"""Bad input through the binaries: one clear `error:` line, exit code 1, no traceback."""
+"""The binaries as users run them: only their own lines in a log; bad input gives one clear
+`error:` line, exit code 1, no traceback (TensorFlow's start-up lines are filtered out, so
+stderr holds exactly what the binary wrote)."""
 
 import os
 import re
@@ -9,12 +11,15 @@ import sys
 import pytest
 import tensorflow as tf
 
-import cifar10_input
+import cifar10_records
+import cifar10_run
 import cifar10_train
 from fixtures import wait_for
 
+pytestmark = pytest.mark.subprocess  # Every test here starts the binaries.
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FILE_BYTES = cifar10_input.RECORDS_PER_FILE * cifar10_input.RECORD_BYTES  # 30,730,000
+FILE_BYTES = cifar10_records.RECORDS_PER_FILE * cifar10_records.RECORD_BYTES  # 30,730,000
 
 
 def make_batches_dir(data_dir, resize=None, bad_label=None):
@@ -25,14 +30,14 @@ def make_batches_dir(data_dir, resize=None, bad_label=None):
     resize: (file name, byte delta) to make one file truncated or oversized.
     bad_label: (file name, record index) whose label byte becomes 10.
   """
-  batches_dir = os.path.join(data_dir, cifar10_input.BATCHES_DIR)
+  batches_dir = os.path.join(data_dir, cifar10_records.BATCHES_DIR)
   os.makedirs(batches_dir)
-  for name in cifar10_input.TRAIN_FILES + cifar10_input.TEST_FILES:
+  for name in cifar10_records.TRAIN_FILES + cifar10_records.TEST_FILES:
     with open(os.path.join(batches_dir, name), 'wb') as f:
       f.truncate(FILE_BYTES + (resize[1] if resize and resize[0] == name else 0))
   if bad_label:
     with open(os.path.join(batches_dir, bad_label[0]), 'r+b') as f:
-      f.seek(bad_label[1] * cifar10_input.RECORD_BYTES)
+      f.seek(bad_label[1] * cifar10_records.RECORD_BYTES)
       f.write(bytes([10]))
   return batches_dir
 
@@ -49,17 +54,6 @@ CASES = {
 }
 
 
-# TensorFlow's C++ logger writes a few lines to stderr at import (with oneDNN on: "oneDNN custom
-# operations are on ..."), which TF_CPP_MIN_LOG_LEVEL no longer hides in TF 2.21.
-TF_LOG_LINE = re.compile(r'^([IWEF]\d{4} |WARNING: All log messages before absl::InitializeLog)')
-
-
-def own_lines(stderr):
-  """stderr without TensorFlow's C++ log lines: what our binary itself wrote."""
-  return ''.join(line for line in stderr.splitlines(keepends=True)
-                 if not TF_LOG_LINE.match(line))
-
-
 def run(args):
   result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
@@ -74,8 +68,8 @@ def test_train_binary_reports_bad_data(case, tmp_path):
   result = run(['cifar10_train.py', f'--data_dir={tmp_path}', f'--train_dir={tmp_path / "run"}',
                 '--max_steps=1'])
   assert result.returncode == 1
-  assert own_lines(result.stderr).startswith('error: '), result.stderr
-  assert own_lines(result.stderr).count('\n') == 1, result.stderr  # One line.
+  assert result.stderr.startswith('error: '), result.stderr
+  assert result.stderr.count('\n') == 1, result.stderr  # One line.
   for text in expected:
     assert text in result.stderr, result.stderr
 
@@ -84,7 +78,7 @@ def test_train_binary_reports_bad_data(case, tmp_path):
 def test_eval_binary_reports_bad_data(case, tmp_path):
   kwargs, expected = CASES[case]
   make_batches_dir(str(tmp_path), **kwargs)
-  cifar10_train.write_config(cifar10_train.TrainConfig(train_dir=str(tmp_path / 'run')))
+  cifar10_run.write_config(cifar10_run.TrainConfig(train_dir=str(tmp_path / 'run')))
   result = run(['cifar10_eval.py', f'--data_dir={tmp_path}', f'--checkpoint_dir={tmp_path / "run"}',
                 '--run_once'])
   assert result.returncode == 1
@@ -93,11 +87,11 @@ def test_eval_binary_reports_bad_data(case, tmp_path):
 
 
 def test_train_binary_reports_corrupt_archive(tmp_path):
-  (tmp_path / cifar10_input.ARCHIVE_NAME).write_bytes(os.urandom(4096))
+  (tmp_path / cifar10_records.ARCHIVE_NAME).write_bytes(os.urandom(4096))
   result = run(['cifar10_train.py', f'--data_dir={tmp_path}', f'--extract_dir={tmp_path / "x"}',
                 f'--train_dir={tmp_path / "run"}', '--max_steps=1'])
   assert result.returncode == 1
-  assert f'{tmp_path / cifar10_input.ARCHIVE_NAME} is corrupt' in result.stderr, result.stderr
+  assert f'{tmp_path / cifar10_records.ARCHIVE_NAME} is corrupt' in result.stderr, result.stderr
 
 
 def test_eval_binary_reports_a_folder_without_a_run_before_fetching_data(tmp_path):
@@ -111,11 +105,11 @@ def test_eval_binary_reports_a_folder_without_a_run_before_fetching_data(tmp_pat
 
 def test_eval_binary_fails_when_no_checkpoint_comes_before_the_timeout(tmp_path):
   make_batches_dir(str(tmp_path))
-  cifar10_train.write_config(cifar10_train.TrainConfig(train_dir=str(tmp_path / 'run')))
+  cifar10_run.write_config(cifar10_run.TrainConfig(train_dir=str(tmp_path / 'run')))
   result = run(['cifar10_eval.py', f'--data_dir={tmp_path}', f'--checkpoint_dir={tmp_path / "run"}',
                 '--timeout=0', '--eval_interval_secs=0.1'])
   assert result.returncode == 1
-  assert own_lines(result.stderr).startswith('error: no checkpoint appeared in '), result.stderr
+  assert result.stderr.startswith('error: no checkpoint appeared in '), result.stderr
 
 
 def test_train_binary_saves_and_exits_130_on_sigterm(tmp_path):
@@ -138,3 +132,18 @@ def test_train_binary_saves_and_exits_130_on_sigterm(tmp_path):
   assert 'Traceback' not in output, output
   saved = int(tf.train.latest_checkpoint(str(train_dir)).rsplit('-', 1)[1])
   assert logged <= saved < 100000  # The steps done before the signal are kept.
+
+
+OWN_LOG_LINE = re.compile(r'^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: (step \d+, |saved |done: )')
+
+
+def test_a_training_log_shows_only_our_lines(tmp_path):
+  make_batches_dir(str(tmp_path))
+  result = run(['cifar10_train.py', f'--data_dir={tmp_path}', f'--train_dir={tmp_path / "run"}',
+                '--max_steps=4', '--batch_size=16', '--log_frequency=2', '--checkpoint_steps=2',
+                '--noaugment'])
+  assert result.returncode == 0, result.stderr
+  assert result.stderr == ''
+  lines = result.stdout.splitlines()
+  # step 2, saved ckpt-2, step 4, saved ckpt-4, done: nothing else.
+  assert len(lines) == 5 and all(OWN_LOG_LINE.match(line) for line in lines), lines

@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 import cifar10_eval
+import cifar10_run
 import cifar10_train
 from fixtures import tiny_config, tiny_split
 
@@ -39,7 +40,7 @@ def fixture_trained_dir(tmp_path):
 
 
 def test_eval_restores_exactly_the_ema_shadows(trained_dir):
-  config = cifar10_train.read_config(str(trained_dir))
+  config = cifar10_run.read_config(str(trained_dir))
   trainer = cifar10_train.Trainer(config)
   trainer.restore_latest()
   evaluator = cifar10_eval.Evaluator(config, tiny_split())
@@ -56,7 +57,7 @@ def test_eval_restores_exactly_the_ema_shadows(trained_dir):
 
 
 def test_eval_counts_exactly_every_example_with_a_partial_last_batch(trained_dir):
-  config = cifar10_train.read_config(str(trained_dir))
+  config = cifar10_run.read_config(str(trained_dir))
   split = tiny_split(num=23, seed=3)
   evaluator = cifar10_eval.Evaluator(config, split, batch_size=5)
   evaluator.restore(tf.train.latest_checkpoint(str(trained_dir)))
@@ -68,7 +69,7 @@ def test_eval_counts_exactly_every_example_with_a_partial_last_batch(trained_dir
 
 
 def test_eval_once_reports_both_weights_at_the_checkpoint_step(trained_dir):
-  config = cifar10_train.read_config(str(trained_dir))
+  config = cifar10_run.read_config(str(trained_dir))
   evaluator = cifar10_eval.Evaluator(config, tiny_split())
   metrics = cifar10_eval.eval_once(evaluator, str(trained_dir / 'ckpt-10'))
   assert metrics['step'] == 10 and metrics['num_examples'] == 32
@@ -78,7 +79,7 @@ def test_eval_once_reports_both_weights_at_the_checkpoint_step(trained_dir):
 
 def test_watcher_exits_after_the_final_checkpoint_and_writes_results(trained_dir, tmp_path,
                                                                      capsys):
-  config = cifar10_train.read_config(str(trained_dir))
+  config = cifar10_run.read_config(str(trained_dir))
   eval_dir = tmp_path / 'eval'
   results = watch_with_deadline(cifar10_eval.Evaluator(config, tiny_split()),
                                 str(trained_dir), str(eval_dir), interval_secs=0.1)
@@ -97,8 +98,8 @@ def test_watcher_exits_after_the_final_checkpoint_and_writes_results(trained_dir
 
 
 def test_watcher_stops_after_timeout_without_new_checkpoint(trained_dir, tmp_path):
-  config = cifar10_train.read_config(str(trained_dir))
-  cifar10_train.write_config(tiny_config(trained_dir, max_steps=1000))  # Not finished.
+  config = cifar10_run.read_config(str(trained_dir))
+  cifar10_run.write_config(tiny_config(trained_dir, max_steps=1000))  # Not finished.
   results = watch_with_deadline(cifar10_eval.Evaluator(config, tiny_split()),
                                 str(trained_dir), str(tmp_path / 'eval'), interval_secs=0.1,
                                 timeout_secs=0.5)
@@ -113,10 +114,10 @@ def test_run_once_without_checkpoint_fails_clearly(tmp_path):
 
 
 def test_unreadable_latest_checkpoint_fails_clearly_after_retries(trained_dir, tmp_path):
-  config = cifar10_train.read_config(str(trained_dir))
+  config = cifar10_run.read_config(str(trained_dir))
   data = next(p for p in trained_dir.iterdir() if p.name.startswith('ckpt-20.data'))
   data.write_bytes(data.read_bytes()[:100])  # Truncated, as a broken disk would leave it.
-  with pytest.raises(cifar10_eval.UnreadableCheckpoint, match='ckpt-20 is unreadable'):
+  with pytest.raises(cifar10_run.UnreadableCheckpoint, match='ckpt-20 is unreadable'):
     watch_with_deadline(cifar10_eval.Evaluator(config, tiny_split()), str(trained_dir),
                         str(tmp_path / 'eval'), interval_secs=0.1)
 
@@ -124,7 +125,7 @@ def test_unreadable_latest_checkpoint_fails_clearly_after_retries(trained_dir, t
 def test_checkpoint_of_another_model_is_reported(trained_dir):
   config = tiny_config(trained_dir, image_size=24)  # The run was trained at 32x32.
   evaluator = cifar10_eval.Evaluator(config, tiny_split())
-  with pytest.raises(cifar10_eval.UnreadableCheckpoint, match='does not match the model'):
+  with pytest.raises(cifar10_run.UnreadableCheckpoint, match='does not match the model'):
     evaluator.restore(str(trained_dir / 'ckpt-20'))
 
 

@@ -1,9 +1,6 @@
 """Tests of the layer library, initialisation, weight decay, loss and counting."""
 
 import math
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,8 +8,6 @@ import tensorflow as tf
 
 import cifar10_model as cm
 import models
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _layer(model, name):
@@ -124,71 +119,6 @@ def test_lrn_in_nchw_equals_nhwc_transposed():
   np.testing.assert_allclose(tf.transpose(nchw, [0, 2, 3, 1]), cm.LRN()(x), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize('size,k,channels,outputs,period', [
-    (12, 5, 64, 64, None),  # The tutorial's conv2: period 12 + 2 = 14, even.
-    (12, 5, 64, 64, 16),  # The full linear convolution's period: the same values.
-    (7, 5, 4, 5, None),  # Period 9, odd: no Nyquist frequency.
-    (7, 3, 4, 5, None),  # Period 8.
-    (6, 3, 3, 2, None),
-    (6, 5, 3, 2, None),  # Taps reach 2 past each edge of a 6-pixel image.
-    (1, 3, 2, 2, None),  # Every tap but the centre falls on padding.
-])
-def test_spectral_conv_matches_tensorflows_conv_and_its_gradients(size, k, channels, outputs,
-                                                                  period):
-  x = tf.random.stateless_normal([3, size, size, channels], seed=[1, 2])
-  kernel = tf.random.stateless_normal([k, k, channels, outputs], seed=[3, 4])
-  weights = tf.random.stateless_normal([3, size, size, outputs], seed=[5, 6])
-  with tf.GradientTape(persistent=True) as tape:
-    tape.watch([x, kernel])
-    ours = cm.spectral_conv2d(x, kernel, period)
-    theirs = tf.nn.conv2d(x, kernel, 1, 'SAME')
-    ours_loss, theirs_loss = tf.reduce_sum(ours * weights), tf.reduce_sum(theirs * weights)
-  scale = float(tf.reduce_max(tf.abs(theirs)))
-  np.testing.assert_allclose(ours, theirs, atol=1e-5 * scale)
-  for ours_grad, theirs_grad in zip(tape.gradient(ours_loss, [x, kernel]),
-                                    tape.gradient(theirs_loss, [x, kernel])):
-    np.testing.assert_allclose(ours_grad, theirs_grad,
-                               atol=1e-5 * float(tf.reduce_max(tf.abs(theirs_grad))))
-
-
-def test_spectral_conv_by_hand_moves_a_single_pixel():
-  # One pixel at (1, 2), one tap at (u, v) = (0, 2) of a 3x3 kernel: output (i, j) reads
-  # pixel (i + u - 1, j + v - 1) = (i - 1, j + 1), so the pixel lands at (2, 1) times 3.
-  x = np.zeros([1, 4, 4, 1], np.float32)
-  x[0, 1, 2, 0] = 1.0
-  kernel = np.zeros([3, 3, 1, 1], np.float32)
-  kernel[0, 2, 0, 0] = 3.0
-  expected = np.zeros([1, 4, 4, 1], np.float32)
-  expected[0, 2, 1, 0] = 3.0
-  np.testing.assert_allclose(cm.spectral_conv2d(tf.constant(x), tf.constant(kernel)), expected,
-                             atol=1e-6)
-
-
-def test_spectral_conv_layer_refuses_what_it_cannot_compute():
-  with pytest.raises(ValueError, match='stride 1 and an odd kernel size'):
-    cm.Conv2D(8, 8, 5, stddev=0.1, stride=2, spectral=True)
-  with pytest.raises(ValueError, match='stride 1 and an odd kernel size'):
-    cm.Conv2D(8, 8, 4, stddev=0.1, spectral=True)
-  with pytest.raises(ValueError, match='square images'):
-    cm.Conv2D(8, 8, 5, stddev=0.1, spectral=True)(tf.zeros([1, 6, 8, 8]))
-  with pytest.raises(ValueError, match='period 13 is below size'):
-    cm.spectral_conv2d(tf.zeros([1, 12, 12, 2]), tf.zeros([5, 5, 2, 2]), period=13)
-  kernel = tf.zeros([5, 5, 2, 2])
-  with pytest.raises(ValueError, match='kernel_spectrum has 144 frequencies, the transforms 112'):
-    cm.spectral_conv2d(tf.zeros([1, 12, 12, 2]), kernel,
-                       kernel_spectrum=cm.spectral_kernel(kernel, 12, period=16))
-
-
-def test_tutorial_conv2_is_spectral_and_gives_the_direct_logits():
-  model = models.build('tutorial')
-  conv2 = _layer(model, 'conv2')
-  assert conv2.spectral and not _layer(model, 'conv1').spectral
-  images = tf.random.stateless_normal([4, 24, 24, 3], seed=[7, 8])
-  spectral = model(images)
-  conv2.spectral = False
-  np.testing.assert_allclose(spectral, model(images), rtol=1e-4, atol=1e-4)
-
-
 def test_lrn_by_hand_at_the_channel_edges():
   # One pixel, 10 channels of 3.0, radius 4: channel 0 sees channels 0-4 (5 squares = 45),
   # channel 5 sees 1-9 (9 squares = 81).
@@ -210,19 +140,6 @@ def test_output_shapes_match_the_real_tensors():
 def test_table_ends_with_the_totals_line():
   table = cm.format_count_table(cm.count_model(models.build('tutorial')))
   assert table.splitlines()[-1] == 'total params=1068298 flops=37745098'
-
-
-def test_script_prints_the_totals_line():
-  result = subprocess.run([sys.executable, 'cifar10_model.py', '--model=tutorial'], cwd=ROOT,
-                          capture_output=True, text=True, check=True)
-  assert result.stdout.splitlines()[-1] == 'total params=1068298 flops=37745098'
-
-
-def test_script_rejects_an_unknown_model_listing_valid_ones():
-  result = subprocess.run([sys.executable, 'cifar10_model.py', '--model=nope'], cwd=ROOT,
-                          capture_output=True, text=True)
-  assert result.returncode != 0
-  assert 'tutorial' in result.stderr and 'Traceback' not in result.stderr
 
 
 def test_registry_resolves_alias_and_lists_names_for_unknown():
@@ -257,38 +174,6 @@ def test_concat_and_global_average_pool_shapes_and_flops():
   assert len(block.kernels) == 2
   pooled = cm.GlobalAvgPool()(tf.reshape(tf.range(8.0), [1, 2, 2, 2]))
   np.testing.assert_allclose(pooled.numpy(), [[3.0, 4.0]])
-
-
-def test_checkpoint_round_trip_restores_weights(tmp_path):
-  model = models.build('tutorial')
-  step = tf.Variable(7, dtype=tf.int64)
-  shadows = [tf.Variable(v * 2) for v in model.trainable_variables]
-  path = cm.make_checkpoint(model, step, shadows).write(str(tmp_path / 'ckpt'))
-  other = models.build('tutorial')
-  other_step = tf.Variable(0, dtype=tf.int64)
-  other_shadows = [tf.Variable(tf.zeros_like(v)) for v in other.trainable_variables]
-  cm.make_checkpoint(other, other_step, other_shadows).read(path).assert_consumed()
-  assert int(other_step.numpy()) == 7
-  for a, b in zip(model.trainable_variables, other.trainable_variables):
-    np.testing.assert_array_equal(a.numpy(), b.numpy())
-  for a, b in zip(shadows, other_shadows):
-    np.testing.assert_array_equal(a.numpy(), b.numpy())
-
-
-def test_fixed_weights_computes_the_kernel_spectrum_once_on_entry():
-  model = models.build('tutorial')
-  conv2 = _layer(model, 'conv2')
-  images = tf.random.stateless_normal([4, 24, 24, 3], seed=[9, 10])
-  before = model(images)
-  with model.fixed_weights():
-    assert conv2.fixed_spectrum.shape == (2, 14 * 8, 64, 64)
-    kernel = conv2.kernel.numpy()
-    conv2.kernel.assign(tf.zeros_like(kernel))  # Not seen inside the block: the spectrum is.
-    np.testing.assert_allclose(model(images), before, rtol=1e-6, atol=1e-6)
-  assert conv2.fixed_spectrum is None
-  assert not np.allclose(model(images), before, atol=1e-3)  # Now the zero kernel counts.
-  conv2.kernel.assign(kernel)
-  np.testing.assert_allclose(model(images), before, rtol=1e-6, atol=1e-6)
 
 
 def test_walk_yields_every_leaf_with_its_input_shape():

@@ -6,11 +6,11 @@ import os
 import pytest
 
 import cifar10_results
-import cifar10_train
+import cifar10_run
 
 
 def write_run(train_dir, model, lines):
-  cifar10_train.write_config(cifar10_train.TrainConfig(train_dir=str(train_dir), model=model))
+  cifar10_run.write_config(cifar10_run.TrainConfig(train_dir=str(train_dir), model=model))
   os.makedirs(train_dir / 'eval')
   with open(train_dir / 'eval' / 'results.jsonl', 'w') as f:
     for step, precision, seconds in lines:
@@ -32,7 +32,7 @@ def test_read_run_counts_the_model_and_takes_the_last_step(tmp_path):
 
 
 def test_read_run_without_results_names_the_missing_file(tmp_path):
-  cifar10_train.write_config(cifar10_train.TrainConfig(train_dir=str(tmp_path)))
+  cifar10_run.write_config(cifar10_run.TrainConfig(train_dir=str(tmp_path)))
   with pytest.raises(FileNotFoundError, match='results.jsonl is missing'):
     cifar10_results.read_run(str(tmp_path))
 

@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 import cifar10_input
+import cifar10_run
 import cifar10_train
 from fixtures import tiny_config, tiny_split
 
@@ -17,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_staircase_schedule_drops_tenfold_every_350_epochs():
-  config = cifar10_train.TrainConfig(lr_schedule='staircase')
+  config = cifar10_run.TrainConfig(lr_schedule='staircase')
   assert config.decay_steps == 136_718
   rate = lambda step: float(cifar10_train.learning_rate(tf.constant(step, tf.int64), config))
   assert rate(0) == pytest.approx(0.1)
@@ -27,7 +28,7 @@ def test_staircase_schedule_drops_tenfold_every_350_epochs():
 
 
 def test_constant_schedule():
-  config = cifar10_train.TrainConfig()
+  config = cifar10_run.TrainConfig()
   assert float(cifar10_train.learning_rate(tf.constant(10**6, tf.int64), config)) == (
       pytest.approx(0.1))
 
@@ -63,7 +64,7 @@ def test_train_ends_with_a_checkpoint_at_exactly_max_steps(tmp_path):
   cifar10_train.train(tiny_config(tmp_path, max_steps=13), tiny_split())
   assert tf.train.latest_checkpoint(str(tmp_path)).endswith('ckpt-13')
   assert os.path.exists(tmp_path / 'ckpt-10.index')
-  assert cifar10_train.read_config(str(tmp_path)).max_steps == 13
+  assert cifar10_run.read_config(str(tmp_path)).max_steps == 13
 
 
 def test_resume_continues_the_step_count(tmp_path, capsys):
@@ -114,26 +115,6 @@ def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   assert tf.train.latest_checkpoint(str(tmp_path)).endswith('ckpt-10')
 
 
-def test_train_dir_of_another_model_is_refused(tmp_path):
-  cifar10_train.write_config(tiny_config(tmp_path, image_size=32))
-  with pytest.raises(cifar10_train.ConfigError, match='image_size=32'):
-    cifar10_train.write_config(tiny_config(tmp_path, image_size=24, augment=True))
-
-
-def test_config_file_round_trip_and_changes(tmp_path):
-  config = tiny_config(tmp_path, seed=5)
-  assert cifar10_train.write_config(config) == []
-  assert cifar10_train.read_config(str(tmp_path)) == config
-  assert cifar10_train.write_config(tiny_config(tmp_path, seed=5, learning_rate=0.01)) == [
-      'learning_rate: 0.1 -> 0.01']
-
-
-def test_unreadable_config_file_is_a_config_error(tmp_path):
-  (tmp_path / cifar10_train.CONFIG_FILE).write_text('{"model": "tutorial", "nope": 1}')
-  with pytest.raises(cifar10_train.ConfigError, match='config.json is unreadable'):
-    cifar10_train.read_config(str(tmp_path))
-
-
 def test_non_finite_weights_are_never_saved(tmp_path):
   cifar10_train.train(tiny_config(tmp_path, max_steps=10), tiny_split())
   trainer = cifar10_train.Trainer(tiny_config(tmp_path, max_steps=10))
@@ -172,6 +153,7 @@ def run_binary(*args, **kwargs):
                         **kwargs)
 
 
+@pytest.mark.subprocess
 def test_binary_reports_missing_data_without_traceback(tmp_path):
   result = run_binary('cifar10_train.py', f'--data_dir={tmp_path}',
                       f'--train_dir={tmp_path / "run"}', '--max_steps=1',
@@ -181,6 +163,7 @@ def test_binary_reports_missing_data_without_traceback(tmp_path):
   assert str(tmp_path) in result.stderr and 'cifar-10-binary.tar.gz' in result.stderr
 
 
+@pytest.mark.subprocess
 def test_binary_rejects_bad_flags_at_parse_time(tmp_path):
   result = run_binary('cifar10_train.py', '--batch_size=0', f'--train_dir={tmp_path}',
                       timeout=120)
@@ -190,6 +173,7 @@ def test_binary_rejects_bad_flags_at_parse_time(tmp_path):
   assert result.returncode != 0 and 'tutorial' in result.stderr
 
 
+@pytest.mark.subprocess
 def test_binary_exits_nonzero_on_divergence(tmp_path, real_data_dir):
   result = run_binary('cifar10_train.py', f'--data_dir={real_data_dir}',
                       f'--train_dir={tmp_path}', '--max_steps=30', '--learning_rate=1e12',

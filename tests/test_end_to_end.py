@@ -7,23 +7,27 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 import tensorflow as tf
 
 import cifar10_eval
-import cifar10_input
+import cifar10_records
+import cifar10_run
 import cifar10_train
 from fixtures import wait_for
+
+pytestmark = pytest.mark.subprocess  # Every test here starts the binaries.
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REAL_STEPS = 300  # steps; enough for the tutorial model to pass 40 % on the test set
 
 
 def test_tutorial_model_learns_on_real_data(tmp_path, real_batches_dir):
-  config = cifar10_train.TrainConfig(train_dir=str(tmp_path), max_steps=REAL_STEPS,
+  config = cifar10_run.TrainConfig(train_dir=str(tmp_path), max_steps=REAL_STEPS,
                                      log_frequency=100)
-  cifar10_train.train(config, cifar10_input.load_split(real_batches_dir, 'train'))
-  evaluator = cifar10_eval.Evaluator(config, cifar10_input.load_split(real_batches_dir, 'test'))
+  cifar10_train.train(config, cifar10_records.load_split(real_batches_dir, 'train'))
+  evaluator = cifar10_eval.Evaluator(config, cifar10_records.load_split(real_batches_dir, 'test'))
   metrics = cifar10_eval.eval_once(evaluator, tf.train.latest_checkpoint(str(tmp_path)))
   assert metrics['num_examples'] == 10_000
   assert metrics['step'] == REAL_STEPS
@@ -90,8 +94,8 @@ def test_kills_at_random_moments_never_leave_an_unreadable_checkpoint(tmp_path, 
     trainer.kill()
     trainer.wait()
     path = tf.train.latest_checkpoint(train_dir)
-    config = cifar10_train.read_config(train_dir)
-    evaluator = cifar10_eval.Evaluator(config, cifar10_input.Split(
+    config = cifar10_run.read_config(train_dir)
+    evaluator = cifar10_eval.Evaluator(config, cifar10_records.Split(
         images=np.zeros((4, 32, 32, 3), np.uint8), labels=np.zeros(4, np.int32)))
     evaluator.restore(path)  # Raises if the checkpoint were unreadable.
     assert int(evaluator.step.numpy()) == int(path.rsplit('-', 1)[1])

@@ -3,7 +3,6 @@
 import fractions
 import subprocess
 import sys
-import tarfile
 
 import numpy as np
 import pytest
@@ -11,7 +10,6 @@ import tensorflow as tf
 
 from compress import int8
 from compress import sparse
-from fixtures import add_member
 
 
 def test_quantize_dequantize_round_trip_is_within_half_a_step():
@@ -106,6 +104,7 @@ def test_numpy_standardization_matches_tensorflow():
   np.testing.assert_allclose(int8.eval_preprocess(images, 24), expected.numpy(), atol=2e-5)
 
 
+@pytest.mark.subprocess
 def test_the_runner_module_does_not_import_tensorflow():
   code = 'import sys; import compress.int8; print("tensorflow" in sys.modules)'
   result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
@@ -119,24 +118,3 @@ def test_loading_a_pruned_float_file_as_an_int8_model_says_so(tmp_path):
               {'model': 'tutorial', 'image_size': 24, 'step': 10, 'weights': 'ema'})
   with pytest.raises(sparse.FormatError, match='not an int8 model.*compress/prune.py'):
     int8.Int8Model.load(path)
-
-
-DATA = {'batches_dir': 'b', 'test_file': 't.bin', 'archive': 'a.tar.gz', 'image_size': 2,
-        'channels': 3, 'label_bytes': 1}
-
-
-def test_test_batch_is_read_from_the_archive_and_bad_archives_are_named(tmp_path):
-  records = np.arange(3 * 13, dtype=np.uint8).reshape(3, 13)  # 3 records: label + 2x2x3.
-  with tarfile.open(tmp_path / 'a.tar.gz', 'w:gz') as tar:
-    add_member(tar, 'b/t.bin', records.tobytes())
-  images, labels = int8.read_test_batch(str(tmp_path), DATA)
-  np.testing.assert_array_equal(labels, records[:, 0])
-  np.testing.assert_array_equal(images[1, 0, 1], records[1, 1 + np.array([1, 5, 9])])  # CHW
-  whole = (tmp_path / 'a.tar.gz').read_bytes()
-  (tmp_path / 'a.tar.gz').write_bytes(whole[:len(whole) // 2])
-  with pytest.raises(ValueError, match='a.tar.gz is truncated or corrupt'):
-    int8.read_test_batch(str(tmp_path), DATA)
-  (tmp_path / 'b').mkdir()
-  (tmp_path / 'b' / 't.bin').write_bytes(records.tobytes()[:-1])
-  with pytest.raises(ValueError, match='38 bytes, not a whole number of 13-byte records'):
-    int8.read_test_batch(str(tmp_path), DATA)

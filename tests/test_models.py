@@ -1,5 +1,9 @@
 """Tests of the model zoo: golden counts, forward shapes, checkpoints and the registry."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -7,7 +11,9 @@ import tensorflow as tf
 import cifar10_model as cm
 import models
 
-# DESIGN.md section 6 at 24x24 (params, FLOPs), computed by hand with section 5's formulas;
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The study's zoo at 24x24 (params, FLOPs; docs/design.md), computed by hand with its counting
+# rules;
 # the study's table shows them rounded to 0.01 M.
 GOLDEN = {
     'tutorial': (1_068_298, 37_745_098, 1.07, 37.75),
@@ -108,3 +114,19 @@ def test_checkpoint_round_trip(name, tmp_path):
   tf.train.Checkpoint(model=other).read(path).assert_consumed()
   images = tf.random.normal([2, 24, 24, 3])
   np.testing.assert_allclose(model(images).numpy(), other(images).numpy(), rtol=1e-6)
+
+
+@pytest.mark.subprocess
+def test_count_script_prints_the_totals_line_and_nothing_on_stderr():
+  result = subprocess.run([sys.executable, 'models/count.py', '--model=tutorial'], cwd=ROOT,
+                          capture_output=True, text=True, check=True)
+  assert result.stdout.splitlines()[-1] == 'total params=1068298 flops=37745098'
+  assert result.stderr == ''  # TensorFlow's start-up banner is filtered out.
+
+
+@pytest.mark.subprocess
+def test_count_script_rejects_an_unknown_model_listing_valid_ones():
+  result = subprocess.run([sys.executable, 'models/count.py', '--model=nope'], cwd=ROOT,
+                          capture_output=True, text=True)
+  assert result.returncode != 0
+  assert 'tutorial' in result.stderr and 'Traceback' not in result.stderr

@@ -12,6 +12,7 @@ import tensorflow as tf
 
 import cifar10_eval
 import cifar10_input
+import cifar10_run
 import cifar10_train
 from compress import prune
 from compress import sparse
@@ -171,6 +172,7 @@ def test_report_and_sparse_file_hold_the_ema_weights(source_run, tmp_path):
   assert 'sparsity 80.00%' in prune.format_report(report)
 
 
+@pytest.mark.subprocess
 def test_prune_binary_reports_a_source_without_a_run(tmp_path):
   result = subprocess.run(
       [sys.executable, 'compress/prune.py', f'--source_dir={tmp_path}',
@@ -185,7 +187,7 @@ def prune_values(source_dir, train_dir, **overrides):
   values = dict(source_dir=str(source_dir), train_dir=str(train_dir), finetune_steps=20,
                 target_sparsity=0.5, initial_sparsity=0.0, begin_step=None, end_step=None,
                 frequency=5, mode='gradual', rounds=4, threshold='per_layer', dense_layers=[],
-                learning_rate=None)
+                learning_rate=None, conv='auto')
   values.update(overrides)
   return values
 
@@ -198,7 +200,7 @@ def test_prepare_derives_the_window_from_the_source_step(source_run, tmp_path):
 
 @pytest.mark.parametrize('window', [dict(end_step=5), dict(begin_step=5), dict(end_step=31)])
 def test_prepare_refuses_a_window_outside_the_fine_tuning(source_run, tmp_path, window):
-  with pytest.raises(cifar10_train.ConfigError, match='pruning window'):
+  with pytest.raises(cifar10_run.ConfigError, match='pruning window'):
     prune.prepare(prune_values(source_run.train_dir, tmp_path, **window))
 
 
@@ -206,13 +208,13 @@ def test_prepare_refuses_an_ordinary_run_as_train_dir_before_writing(source_run,
   other = tmp_path / 'other'
   shutil.copytree(source_run.train_dir, other)
   before = {p.name: p.read_bytes() for p in other.iterdir() if p.is_file()}
-  with pytest.raises(cifar10_train.ConfigError, match='not a pruning run'):
+  with pytest.raises(cifar10_run.ConfigError, match='not a pruning run'):
     prune.prepare(prune_values(source_run.train_dir, other))
   assert {p.name: p.read_bytes() for p in other.iterdir() if p.is_file()} == before
 
 
 def test_an_ordinary_run_is_refused_as_a_pruning_train_dir(source_run):
-  with pytest.raises(cifar10_train.ConfigError, match='not a pruning checkpoint'):
+  with pytest.raises(cifar10_run.ConfigError, match='not a pruning checkpoint'):
     pruning_trainer(source_run, source_run.train_dir).restore_latest()
 
 
@@ -222,5 +224,5 @@ def test_resuming_accepts_the_same_source_however_its_path_is_spelt(tmp_path):
   prune.write_settings(str(tmp_path / 'run'), settings, source)
   prune.write_settings(str(tmp_path / 'run'), settings,
                        os.path.join(str(tmp_path), '.', 'source', 'ckpt-10'))
-  with pytest.raises(cifar10_train.ConfigError, match='source_checkpoint'):
+  with pytest.raises(cifar10_run.ConfigError, match='source_checkpoint'):
     prune.write_settings(str(tmp_path / 'run'), settings, str(tmp_path / 'other' / 'ckpt-10'))

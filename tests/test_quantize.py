@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import cifar10_input
 import cifar10_model as cm
 import cifar10_train
 from compress import fake_quant
 from compress import int8
 from compress import quantize
 from compress import sparse
+from compress import trace
 from fixtures import tiny_config, tiny_split, write_batches_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,7 +58,7 @@ def test_integer_layers_match_fake_quant_within_one_step(build):
   randomize_biases(model)
   meta, arrays = quantize.quantize_model(model, images(64), quantize.Calibration())
   int_model = int8.Int8Model(meta, arrays)
-  ops, leaves, _ = fake_quant.trace_ops(model)
+  ops, leaves, _ = trace.trace_ops(model)
   fake_quant.load_weights(leaves, ops, arrays, meta['tensors'])
   rows = fake_quant.compare_layers(ops, leaves, int_model, images(32, seed=1))
   assert [row['type'] for row in rows][:2] == ['conv', 'max_pool' if build is tutorial_like
@@ -86,8 +86,8 @@ def test_minmax_ranges_cover_the_calibration_data_and_percentiles_clip_it():
   tf.random.set_seed(2)
   model = tutorial_like()
   data = images(64)
-  ops, leaves, _ = fake_quant.trace_ops(model)
-  values = fake_quant.run_float(ops, leaves, data)
+  ops, leaves, _ = trace.trace_ops(model)
+  values = trace.run_float(ops, leaves, data)
   for method, covers in (('minmax', True), ('percentile', False)):
     calibration = quantize.Calibration(method=method, percentile=99.0)
     meta, _ = quantize.quantize_model(model, data, calibration)
@@ -117,7 +117,7 @@ def test_concat_inputs_take_the_concat_scale_and_pools_their_input_scale():
   assert params['t0'] == params['t1'] == params['t2'] == params['t3']
   assert params['t2']['scale'] == pytest.approx(4 / 255)
   ops[1]['type'] = 'max_pool'
-  with pytest.raises(fake_quant.QuantizationError, match='does not come from a conv'):
+  with pytest.raises(trace.QuantizationError, match='does not come from a conv'):
     quantize.tensor_params(ops, ranges)
 
 
@@ -201,6 +201,7 @@ def tiny_run(tmp_path_factory):
   return config, write_batches_dir(str(root), tiny_split())
 
 
+@pytest.mark.subprocess
 def test_quantize_run_scores_three_ways_and_the_runner_agrees(tiny_run, tmp_path):
   config, batches_dir = tiny_run
   report = quantize.quantize_run(config.train_dir, str(tmp_path), batches_dir,
@@ -216,9 +217,13 @@ def test_quantize_run_scores_three_ways_and_the_runner_agrees(tiny_run, tmp_path
     scales = [key for key in stored.files if 'weight_scale' in key]
     assert scales and all(stored[key].dtype == np.float16 for key in scales), scales
   assert 'runner' in quantize.format_report(report)
-  # The NumPy runner as a program, reading the test file itself.
+  # The NumPy runner as a program, reading the test file itself, in a process where an
+  # import of TensorFlow fails: it must finish without one.
+  code = ('import runpy, sys; sys.modules["tensorflow"] = None; '
+          'sys.argv = ["compress/int8.py"] + sys.argv[1:]; '
+          'runpy.run_path("compress/int8.py", run_name="__main__")')
   result = subprocess.run(
-      [sys.executable, 'compress/int8.py', f'--model_file={report["model_file"]}',
+      [sys.executable, '-c', code, f'--model_file={report["model_file"]}',
        f'--data_dir={os.path.dirname(batches_dir)}'], cwd=ROOT, capture_output=True, text=True,
       timeout=300)
   assert result.returncode == 0, result.stderr
@@ -234,6 +239,7 @@ def test_a_pruned_kernel_stays_sparse_in_int8():
   assert sparse.nbytes(sparse.pack(parts)) < 0.25 * sparse.nbytes(parts)
 
 
+@pytest.mark.subprocess
 def test_quantize_binary_reports_a_folder_without_a_run(tmp_path):
   result = subprocess.run(
       [sys.executable, 'compress/quantize.py', f'--checkpoint_dir={tmp_path}',
@@ -243,6 +249,7 @@ def test_quantize_binary_reports_a_folder_without_a_run(tmp_path):
   assert f'--checkpoint_dir={tmp_path} holds no trained run' in result.stderr, result.stderr
 
 
+@pytest.mark.subprocess
 def test_quantize_binary_checks_out_dir_before_any_work(tiny_run, tmp_path):
   config, _ = tiny_run
   (tmp_path / 'a_file').write_text('')

@@ -1,0 +1,214 @@
+"""The run folder: its config.json, its checkpoint layout, and the flags that locate data.
+
+A run folder (a --train_dir) holds config.json (the TrainConfig of the run), checkpoints of
+one layout (`RunState`: the model's raw weights, the global step, the seconds of training
+and the EMA shadows, plus any extra state such as pruning masks), summaries, and the
+evaluation results below eval/. Training writes it; evaluation, compression and the results
+table read it through this module, never through the trainer.
+"""
+
+import dataclasses
+import json
+import os
+
+from absl import flags
+import tensorflow as tf
+
+import cifar10_records
+import cifar10_spectral
+import models
+
+CONFIG_FILE = 'config.json'
+CONV_HELP = ('How convolutions are computed: direct (tf.nn.conv2d), spectral (a product of '
+             'spectra where that was measured faster on a CPU) or auto (spectral without a '
+             'GPU, direct with one). The same checkpoint runs with either.')
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Every training hyperparameter, with its default (docs/design.md)."""
+  train_dir: str = 'runs/tutorial'
+  model: str = 'tutorial'
+  max_steps: int = 10000  # steps (the study's ablation length)
+  batch_size: int = 128  # images per step
+  learning_rate: float = 0.1
+  lr_schedule: str = 'constant'  # the study's; 'staircase' is the tutorial's
+  lr_decay_epochs: float = 350.0  # epochs per x0.1 step of the staircase schedule
+  lr_decay_factor: float = 0.1
+  moving_average_decay: float = 0.9999
+  augment: bool = True  # the tutorial's distortions; off: standardized 32x32 images
+  image_size: int = 24  # pixels; 24 with augmentation, 32 without unless set
+  init: str = 'xavier'  # or 'tutorial'
+  weight_decay: str = 'study'  # WD / prod(shape) with WD = 500; or 'tutorial' (0.004)
+  conv: str = 'auto'  # as trained: 'direct' or 'spectral' once resolved (cifar10_spectral)
+  log_frequency: int = 10  # steps between log lines and scalar summaries
+  checkpoint_steps: int = 1000  # steps between checkpoints
+  histogram_steps: int = 1000  # steps between weight histograms and sample images
+  keep_checkpoints: int = 5  # most recent checkpoints kept in train_dir
+  seed: int = 0
+
+  @property
+  def decay_steps(self):
+    """Steps between two x0.1 drops of the staircase schedule (136,718 at batch 128)."""
+    return int(cifar10_records.NUM_TRAIN_EXAMPLES / self.batch_size * self.lr_decay_epochs)
+
+
+class ConfigError(ValueError):
+  """A run folder that does not hold what the flags expect; the message says what to do."""
+
+
+class UnreadableCheckpoint(Exception):
+  """A checkpoint cannot be read, or does not fit the run's model."""
+
+
+# --------------------------------------------------------------------------- config.json
+
+
+def read_config(train_dir):
+  """The TrainConfig saved in train_dir, or None when there is none yet."""
+  path = os.path.join(train_dir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      return TrainConfig(**json.load(f))
+  except (OSError, ValueError, TypeError) as e:
+    raise ConfigError(f'{path} is unreadable ({e}): it must be the config.json that '
+                      'cifar10_train.py wrote.') from e
+
+
+def config_changes(previous, config):
+  """The settings of `config` that differ from `previous`, as 'name: old -> new'."""
+  return [f'{f.name}: {getattr(previous, f.name)!r} -> {getattr(config, f.name)!r}'
+          for f in dataclasses.fields(config)
+          if getattr(previous, f.name) != getattr(config, f.name)]
+
+
+def write_config(config):
+  """Saves the run's config in train_dir, refusing a train_dir that holds another model.
+
+  Returns:
+    The settings that differ from the run already in train_dir (config_changes).
+  """
+  previous = read_config(config.train_dir)
+  changed = []
+  if previous is not None:
+    for key in ('model', 'image_size'):
+      if getattr(previous, key) != getattr(config, key):
+        raise ConfigError(
+            f'{config.train_dir} holds a run with {key}={getattr(previous, key)!r}, not '
+            f'{getattr(config, key)!r}: pass another --train_dir (or delete that one).')
+    changed = config_changes(previous, config)
+  path = os.path.join(config.train_dir, CONFIG_FILE)
+  try:
+    os.makedirs(config.train_dir, exist_ok=True)
+    with open(path + '.tmp', 'w') as f:
+      json.dump(dataclasses.asdict(config), f, indent=1)
+    os.replace(path + '.tmp', path)
+  except OSError as e:
+    raise ConfigError(f'cannot write {path} ({e}): pass a writable --train_dir.') from e
+  return changed
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+class RunState:
+  """The state a run's checkpoints hold, built from its config.
+
+  Attributes:
+    model: the Model (its raw weights), with convolutions computed as `conv` says.
+    variables: model.trainable_variables.
+    step: int64 scalar, the global step.
+    train_seconds: float64 scalar, seconds of training up to `step`.
+    ema: the tf.train.ExponentialMovingAverage of `variables`, with the step as num_updates.
+    ema_shadows: the EMA shadow of each of `variables`, in the same order; saved and
+      restored by position, not by name.
+  """
+
+  def __init__(self, config, conv='direct'):
+    self.config = config
+    self.model = models.build(config.model, config.image_size, config.init,
+                              config.weight_decay, conv=conv)
+    self.variables = self.model.trainable_variables
+    self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name='global_step')
+    self.train_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False,
+                                     name='train_seconds')
+    self.ema = tf.train.ExponentialMovingAverage(config.moving_average_decay,
+                                                 num_updates=self.step)
+    self.ema.apply(self.variables)  # Creates the shadows now, equal to the initial weights.
+    self.ema_shadows = [self.ema.average(v) for v in self.variables]
+
+  def make_checkpoint(self, **extra):
+    """The checkpoint of this layout; `extra` adds trackables by name (e.g. masks)."""
+    return tf.train.Checkpoint(model=self.model, step=self.step,
+                               train_seconds=self.train_seconds,
+                               ema_shadows=list(self.ema_shadows), **extra)
+
+  def restore(self, path, checkpoint=None):
+    """Reads `path` into this state; what the file holds beyond it (masks) is ignored.
+
+    Raises:
+      UnreadableCheckpoint: the file does not hold this layout for this model.
+    """
+    checkpoint = checkpoint or self.make_checkpoint()
+    try:
+      # read, not restore: the save counter of a trainer's checkpoint is not needed here.
+      checkpoint.read(path).assert_existing_objects_matched().expect_partial()
+    except (AssertionError, ValueError) as e:
+      raise UnreadableCheckpoint(f'{path} does not match the model in the run\'s '
+                                 f'{CONFIG_FILE} ({e})') from e
+
+  def restore_ema_shadows(self):
+    """Copies the EMA shadows into the model, by position in the trainable variables."""
+    for variable, shadow in zip(self.variables, self.ema_shadows):
+      variable.assign(shadow)
+
+
+def checkpoint_step(path):
+  """The global step saved in a checkpoint of RunState's layout, without building it."""
+  return int(tf.train.load_checkpoint(path).get_tensor('step/.ATTRIBUTES/VARIABLE_VALUE'))
+
+
+def latest_run(train_dir, flag='--train_dir'):
+  """(TrainConfig, latest checkpoint path) of the run in train_dir, for tools that read one.
+
+  Raises:
+    ConfigError: no config.json or no checkpoint there (the message names `flag`).
+  """
+  config = read_config(train_dir)
+  checkpoint = tf.train.latest_checkpoint(train_dir) if config else None
+  if checkpoint is None:
+    raise ConfigError(f'{flag}={train_dir} holds no trained run (config.json and a '
+                      'checkpoint): point it at the --train_dir of a cifar10_train.py run.')
+  return config, checkpoint
+
+
+# --------------------------------------------------------------------------- shared flags
+
+
+def define_data_flags():
+  """Flags that say where the data is; shared by every binary that reads CIFAR-10."""
+  return dict(
+      data_dir=flags.DEFINE_string(
+          'data_dir', 'data', 'Folder with cifar-10-batches-bin/ or cifar-10-binary.tar.gz '
+          '(or the archive path itself); the archive is downloaded here when absent.'),
+      extract_dir=flags.DEFINE_string(
+          'extract_dir', None, 'Where to extract the archive; default --data_dir when it is '
+          'writable, else ~/.cache/cifar10.'),
+      data_url=flags.DEFINE_string('data_url', cifar10_records.DATA_URL,
+                                   'Where to download the archive from when it is absent.'),
+  )
+
+
+def define_conv_flag():
+  """--conv, for every binary that builds a model; returns {'conv': FlagHolder}."""
+  return {'conv': flags.DEFINE_enum('conv', 'auto', list(cifar10_spectral.CONV_MODES),
+                                    CONV_HELP)}
+
+
+def batches_dir_from_flags(holders):
+  """cifar10_records.find_batches_dir from the data flags."""
+  return cifar10_records.find_batches_dir(holders['data_dir'].value,
+                                          holders['extract_dir'].value,
+                                          url=holders['data_url'].value)

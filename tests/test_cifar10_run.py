@@ -1,0 +1,78 @@
+"""Tests of the run folder: config.json, the checkpoint layout, finding a run's checkpoint."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import cifar10_run
+import cifar10_train
+from fixtures import tiny_config, tiny_split
+
+
+def test_train_dir_of_another_model_is_refused(tmp_path):
+  cifar10_run.write_config(tiny_config(tmp_path, image_size=32))
+  with pytest.raises(cifar10_run.ConfigError, match='image_size=32'):
+    cifar10_run.write_config(tiny_config(tmp_path, image_size=24, augment=True))
+
+
+def test_config_file_round_trip_and_changes(tmp_path):
+  config = tiny_config(tmp_path, seed=5)
+  assert cifar10_run.write_config(config) == []
+  assert cifar10_run.read_config(str(tmp_path)) == config
+  assert cifar10_run.write_config(tiny_config(tmp_path, seed=5, learning_rate=0.01)) == [
+      'learning_rate: 0.1 -> 0.01']
+
+
+def test_unreadable_config_file_is_a_config_error(tmp_path):
+  (tmp_path / cifar10_run.CONFIG_FILE).write_text('{"model": "tutorial", "nope": 1}')
+  with pytest.raises(cifar10_run.ConfigError, match='config.json is unreadable'):
+    cifar10_run.read_config(str(tmp_path))
+
+
+def test_a_config_json_from_before_the_conv_flag_still_reads(tmp_path):
+  config = tiny_config(tmp_path)
+  record = {key: value for key, value in json.loads(
+      json.dumps(dataclasses.asdict(config))).items() if key != 'conv'}
+  (tmp_path / cifar10_run.CONFIG_FILE).write_text(json.dumps(record))
+  assert cifar10_run.read_config(str(tmp_path)).conv == 'auto'
+
+
+def test_checkpoint_round_trip_restores_weights_step_and_shadows(tmp_path):
+  config = tiny_config(tmp_path)
+  state = cifar10_run.RunState(config)
+  state.step.assign(7)
+  state.train_seconds.assign(12.5)
+  for shadow in state.ema_shadows:
+    shadow.assign(shadow * 2 + 1)
+  path = state.make_checkpoint().write(str(tmp_path / 'ckpt'))
+  other = cifar10_run.RunState(config)
+  other.make_checkpoint().read(path).assert_consumed()
+  assert int(other.step.numpy()) == 7 and float(other.train_seconds.numpy()) == 12.5
+  assert cifar10_run.checkpoint_step(path) == 7
+  for a, b in zip([*state.variables, *state.ema_shadows], [*other.variables, *other.ema_shadows]):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+  other.restore_ema_shadows()
+  for variable, shadow in zip(other.variables, state.ema_shadows):
+    np.testing.assert_array_equal(variable.numpy(), shadow.numpy())
+
+
+def test_restore_reads_a_checkpoint_with_extra_state_and_refuses_another_model(tmp_path):
+  config = tiny_config(tmp_path)
+  state = cifar10_run.RunState(config)
+  extra = [tf.Variable(tf.ones([3]))]
+  path = state.make_checkpoint(masks=extra).write(str(tmp_path / 'ckpt'))
+  cifar10_run.RunState(config).restore(path)  # The masks are not this layout's: ignored.
+  other = cifar10_run.RunState(tiny_config(tmp_path, model='alex4'))
+  with pytest.raises(cifar10_run.UnreadableCheckpoint, match='does not match the model'):
+    other.restore(path)
+
+
+def test_latest_run_names_the_flag_when_there_is_no_run(tmp_path):
+  with pytest.raises(cifar10_run.ConfigError, match='--source_dir=.* holds no trained run'):
+    cifar10_run.latest_run(str(tmp_path), '--source_dir')
+  cifar10_train.train(tiny_config(tmp_path, max_steps=5), tiny_split())
+  config, checkpoint = cifar10_run.latest_run(str(tmp_path))
+  assert config.max_steps == 5 and checkpoint.endswith('ckpt-5')
