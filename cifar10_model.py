@@ -55,7 +55,7 @@ def xavier_stddev(shape):
   """The study's Xavier stddev: sqrt(1.3 * 2 / (fan_in + fan_out)).
 
   For a conv kernel [k, k, C_in, C_out] the fans are k*k*C_in and k*k*C_out; for a dense
-  matrix [rows, cols] they are rows and cols (DESIGN.md section 4).
+  matrix [rows, cols] they are rows and cols (docs/design.md).
   """
   receptive = math.prod(shape[:-2])
   fan_in, fan_out = receptive * shape[-2], receptive * shape[-1]
@@ -362,7 +362,7 @@ class LayerCount:
 
 
 def count_model(model):
-  """Per-layer parameter and FLOP counts of a Model at its input size (DESIGN.md section 5)."""
+  """Per-layer parameter and FLOP counts of a Model at its input size (docs/design.md)."""
   rows, shape = [], model.input_shape
   for layer in model.layers:
     flops = layer.flops(shape)

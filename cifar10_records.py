@@ -27,7 +27,7 @@ import zlib
 from absl import app
 import numpy as np
 
-# Dataset facts (DESIGN.md section 2).
+# Dataset facts (docs/design.md).
 DATA_URL = 'https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz'
 DATA_MD5 = 'c32a1d4ab5d03f1284b67883e8d87530'
 ARCHIVE_NAME = 'cifar-10-binary.tar.gz'

@@ -11,7 +11,7 @@ and gives them back as int32 and float32), and a JSON `meta` with the op list, e
 tensor's scale and zero point and the input size); this runner loads it, reads the CIFAR-10
 test batch and reports precision @ 1 and images/s.
 
-Arithmetic (Jacob et al. 2018; TFLite's int8 spec; docs/design.md): real = scale * (q - zp).
+Arithmetic (Jacob et al. 2018; TFLite's int8 spec; docs/reference.md): real = scale * (q - zp).
 A conv or dense layer computes acc = sum (x_q - zp_x) * w_q + b_q exactly, then
 y_q = clamp(zp_y + round(acc * M), low, 127) with M = s_x * s_w / s_y applied as a Q31
 fixed-point multiplier m0 and a right shift; ReLU is the clamp at low = zp_y. The int8 x int8

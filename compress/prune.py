@@ -11,7 +11,7 @@ compress/sparse.py (model_sparse.npz). The new --train_dir is an ordinary run th
 `cifar10_eval.py --checkpoint_dir=...` evaluates unchanged: pruned weights are exactly zero in
 the raw weights and in the EMA shadows. Re-running the same command resumes.
 
-Modes (docs/design.md): gradual, the cubic schedule of Zhu & Gupta (2017) with masks
+Modes (docs/reference.md): gradual, the cubic schedule of Zhu & Gupta (2017) with masks
 recomputed every --frequency steps; oneshot, the target at --begin_step then fine-tuning with
 fixed masks; iterative, Han et al. (2015)'s prune -> retrain cycles: --rounds equal sparsity
 steps spread evenly from --begin_step to --end_step.

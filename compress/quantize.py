@@ -4,7 +4,7 @@
 
 Loads the latest checkpoint of a cifar10_train.py (or compress/prune.py) run with its EMA
 shadows, calibrates every activation's range on --calibration_images training images
-(min/max, or a percentile that ignores outliers), quantizes (docs/design.md; Jacob et
+(min/max, or a percentile that ignores outliers), quantizes (docs/reference.md; Jacob et
 al. 2018): weights symmetric int8 per output channel (convs and dense layers alike: one code
 path, and a dense layer's rows differ in scale as much as a conv's filters), activations
 asymmetric int8 per tensor, biases int32 at scale s_x * s_w. It then scores the test set three

@@ -1,4 +1,4 @@
-"""The study's AlexNet-style variants of the tutorial model (DESIGN.md section 6).
+"""The study's AlexNet-style variants of the tutorial model (docs/design.md).
 
 alex0  tutorial with conv2 3x3x64x96
 alex1  tutorial + conv3 5x5x64x64 -> LRN -> pool3, then dense 192 -> 10 (no 384 layer)

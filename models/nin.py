@@ -1,4 +1,4 @@
-"""The study's Network-in-Network models (DESIGN.md section 6).
+"""The study's Network-in-Network models (docs/design.md).
 
 A NiN block is a k x k conv followed by two 1x1 convs, all ReLU. The last block ends in 10
 channels (ReLU-activated, as in the study) that a global average pool turns into logits.

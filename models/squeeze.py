@@ -1,4 +1,4 @@
-"""The study's SqueezeNet-style models (DESIGN.md section 6).
+"""The study's SqueezeNet-style models (docs/design.md).
 
 squeeze0  conv 3x3x3x64 -> pool -> fire(16/64/64) x2 -> pool -> fire(32/128/128) x2
           -> conv 1x1x256x10 (ReLU, as in the study) -> global avg

@@ -1,7 +1,9 @@
-"""Tiny in-memory data and configs shared by the training and evaluation tests."""
+"""Tiny in-memory data, configs and runs shared by the training and evaluation tests."""
 
+import dataclasses
 import io
 import os
+import shutil
 import tarfile
 import time
 
@@ -60,3 +62,12 @@ def wait_for(predicate, process, timeout, what):
     assert process.poll() is None, f'process ended early waiting for {what}'
     assert time.time() < deadline, f'timed out waiting for {what}'
     time.sleep(0.2)
+
+
+def copy_run(source_dir, target_dir):
+  """A copy of a trained run folder whose config.json names the copy: tests that change a run
+  work on their own copy of one run trained once per module."""
+  shutil.copytree(source_dir, target_dir)
+  config = cifar10_run.read_config(str(target_dir))
+  cifar10_run.write_config(dataclasses.replace(config, train_dir=str(target_dir)))
+  return target_dir

@@ -11,7 +11,7 @@ import tensorflow as tf
 import cifar10_eval
 import cifar10_run
 import cifar10_train
-from fixtures import tiny_config, tiny_split
+from fixtures import copy_run, tiny_config, tiny_split
 
 
 def watch_with_deadline(*args, deadline_secs=120, **kwargs):
@@ -31,12 +31,18 @@ def watch_with_deadline(*args, deadline_secs=120, **kwargs):
   return outcome['results']
 
 
-@pytest.fixture(name='trained_dir')
-def fixture_trained_dir(tmp_path):
-  """A train_dir holding a 20-step run on tiny data (checkpoints at 10 and 20)."""
-  train_dir = tmp_path / 'run'
+@pytest.fixture(scope='module', name='trained_once')
+def fixture_trained_once(tmp_path_factory):
+  """A 20-step run on tiny data (checkpoints at 10 and 20), trained once for the module."""
+  train_dir = tmp_path_factory.mktemp('trained') / 'run'
   cifar10_train.train(tiny_config(train_dir, max_steps=20), tiny_split())
   return train_dir
+
+
+@pytest.fixture(name='trained_dir')
+def fixture_trained_dir(trained_once, tmp_path):
+  """This test's own copy of the module's trained run."""
+  return copy_run(trained_once, tmp_path / 'run')
 
 
 def test_eval_restores_exactly_the_ema_shadows(trained_dir):

@@ -82,7 +82,7 @@ def test_tutorial_golden_params_and_flops(size, params, flops):
   assert sum(r.params for r in rows) == params
   assert sum(r.flops for r in rows) == flops
   if size == 32:
-    assert round(flops / 1e6, 2) == 66.98  # DESIGN.md's figure
+    assert round(flops / 1e6, 2) == 66.98  # the study's figure (docs/design.md)
 
 
 def test_counted_params_equal_the_variables():
