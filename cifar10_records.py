@@ -100,7 +100,7 @@ def check_batches_dir(batches_dir, records_per_file=RECORDS_PER_FILE):
 
 def _is_writable_dir(path):
   # Root passes os.access on anything, so also honour the mode bits: a folder without
-  # write bits (as ../shared is in CI) is treated as read-only.
+  # write bits (a read-only data folder in CI, say) is treated as read-only.
   try:
     mode = os.stat(path).st_mode
   except OSError:

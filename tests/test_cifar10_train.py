@@ -1,9 +1,11 @@
 """Tests of the training loop: learning, EMA, checkpoints, resume and divergence."""
 
+import dataclasses
 import os
 import re
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -31,6 +33,17 @@ def test_constant_schedule():
   config = cifar10_run.TrainConfig()
   assert float(cifar10_train.learning_rate(tf.constant(10**6, tf.int64), config)) == (
       pytest.approx(0.1))
+
+
+def test_config_from_flags_records_the_resolved_convolution(tmp_path):
+  defaults = {field.name: field.default for field in dataclasses.fields(cifar10_run.TrainConfig)}
+  values = dict(defaults, train_dir=str(tmp_path), image_size=None, conv='auto')
+  holders = {name: types.SimpleNamespace(value=value) for name, value in values.items()}
+  config = cifar10_train.config_from_flags(holders)
+  gpus = tf.config.list_physical_devices('GPU')
+  assert config.conv == ('direct' if gpus else 'spectral') and config.image_size == 24
+  cifar10_run.write_config(config)
+  assert cifar10_run.read_config(str(tmp_path)).conv == config.conv
 
 
 def test_a_few_steps_lower_the_loss_on_tiny_data(tmp_path):
