@@ -1,18 +1,22 @@
 """How every binary starts: environment defaults, then a quiet TensorFlow, then quiet logging.
 
-A binary calls `start()` first, before it imports TensorFlow or a module that does, and
-`quiet_logging(...)` at the top of its main(). Libraries never call either, so importing
-them changes nothing in the caller's process. Imports only the standard library and absl.
+A binary calls `start()` first when it runs as a program (under `if __name__ == '__main__'`,
+before it imports TensorFlow or a module that does) and `quiet_logging(...)` at the top of
+its main(). Libraries never call either, and neither does a binary imported as a library, so
+importing a module changes nothing in the caller's process. Imports only the standard
+library and absl.
 
 Defaults, each only where the user has not set the variable:
-  TF_CPP_MIN_LOG_LEVEL=2   TensorFlow's C++ INFO and WARNING lines off.
+  TF_CPP_MIN_LOG_LEVEL=1   TensorFlow's C++ INFO lines off (warnings and errors stay).
   TF_ENABLE_ONEDNN_OPTS=1  oneDNN's CPU kernels on: TensorFlow 2.21 leaves them off on some
                            CPUs, and they made the train step ~1.7x faster on the 2-core
                            machine of bench/README.md (no effect on a GPU's kernels).
 TensorFlow 2.21 prints its start-up banner (oneDNN, CPU features) while it loads, before
-TF_CPP_MIN_LOG_LEVEL applies; `start` imports it with those INFO lines filtered out of
-stderr, and passes every other line through. `TF_CPP_MIN_LOG_LEVEL=0` shows them all, and
-absl's `--verbosity=0` brings back Python-side INFO logging (TensorFlow's included).
+TF_CPP_MIN_LOG_LEVEL applies; `start` imports it with stderr held in a temporary file, then
+writes back every line but those INFO records. If the import kills the process outright
+(an illegal instruction on an unsupported CPU, say), what it printed is lost with it: run
+again with `TF_CPP_MIN_LOG_LEVEL=0`, which skips the filtering and shows every line. absl's
+`--verbosity=0` (or `-v 0`) brings back Python-side INFO logging, TensorFlow's included.
 """
 
 import os
@@ -29,15 +33,10 @@ _START_UP_NOISE = re.compile(r'^(I\d{4} |WARNING: All log messages before absl::
                              r'|To enable the following instructions: )')
 
 
-def start(onednn=True):
-  """Sets the environment defaults and imports TensorFlow with its start-up INFO lines hidden.
-
-  Args:
-    onednn: set TF_ENABLE_ONEDNN_OPTS=1 unless the user set it.
-  """
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  if onednn:
-    os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')
+def start():
+  """Sets the environment defaults and imports TensorFlow with its start-up INFO lines hidden."""
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
+  os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')
   if 'tensorflow' in sys.modules or os.environ['TF_CPP_MIN_LOG_LEVEL'] in ('', '0'):
     return
   sys.stderr.flush()

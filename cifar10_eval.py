@@ -19,7 +19,8 @@ import time
 
 import cifar10_env  # pylint: disable=g-import-not-at-top
 
-cifar10_env.start()  # Environment defaults and a quiet TensorFlow, before anything loads it.
+if __name__ == '__main__':  # As a program only: importing this module changes nothing.
+  cifar10_env.start()  # Environment defaults and a quiet TensorFlow, before it loads.
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
@@ -30,13 +31,9 @@ import cifar10_records
 import cifar10_run
 
 EVAL_BATCH_SIZE = 200  # images per forward pass (fastest here); any size gives the same counts
-RESULTS_FILE = 'results.jsonl'
 EVAL_INTERVAL_SECS = 60.0  # seconds between looks for a new checkpoint
 TIMEOUT_SECS = 3600.0  # seconds without a new checkpoint before the watcher gives up
 READ_ATTEMPTS = 3  # tries to read one checkpoint before calling it unreadable
-# Default --eval_dir below the run, one per --eval_data, so that training-set figures never
-# mix with the test figures that cifar10_results.py reads from eval/.
-EVAL_DIRS = {'test': 'eval', 'train_eval': 'eval_train'}
 
 
 class Evaluator(cifar10_run.RunState):
@@ -95,7 +92,7 @@ def record(metrics, eval_dir, writer, use_ema):
     tf.summary.scalar('precision @ 1/ema', metrics['precision_ema'], step=metrics['step'])
     tf.summary.scalar('precision @ 1/raw', metrics['precision_raw'], step=metrics['step'])
   writer.flush()
-  with open(os.path.join(eval_dir, RESULTS_FILE), 'a') as f:
+  with open(os.path.join(eval_dir, cifar10_run.RESULTS_FILE), 'a') as f:
     f.write(json.dumps(metrics) + '\n')
 
 
@@ -118,13 +115,12 @@ def watch(evaluator, checkpoint_dir, eval_dir, use_ema=True, interval_secs=EVAL_
     if path and path != evaluated:
       try:
         metrics = eval_once(evaluator, path)
-      except (tf.errors.OpError, IndexError) as e:
+      except cifar10_run.UnreadableCheckpoint:
         # Usually the trainer's CheckpointManager rotated it away while we read; a file that
         # stays unreadable (truncated, another model's) ends the watcher after a few tries.
         failures += 1
         if failures >= READ_ATTEMPTS:
-          raise cifar10_run.UnreadableCheckpoint(f'{path} is unreadable ({type(e).__name__}: '
-                                     f'{str(e).strip()[:300]})') from e
+          raise
         print(f'{datetime.datetime.now()}: could not read {path}; retrying', flush=True)
         time.sleep(1.0)
         continue
@@ -162,7 +158,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   cifar10_env.quiet_logging(flags.FLAGS['verbosity'].present)
   checkpoint_dir, eval_data = _FLAGS['checkpoint_dir'].value, _FLAGS['eval_data'].value
-  eval_dir = _FLAGS['eval_dir'].value or default_eval_dir(checkpoint_dir, eval_data)
+  eval_dir = _FLAGS['eval_dir'].value or cifar10_run.default_eval_dir(checkpoint_dir, eval_data)
   interval_secs, timeout_secs = _FLAGS['eval_interval_secs'].value, _FLAGS['timeout'].value
   run_once = _FLAGS['run_once'].value
   try:
@@ -180,10 +176,6 @@ def main(argv):
   if not results:
     sys.exit(f'error: no checkpoint appeared in {checkpoint_dir} within --timeout='
              f'{timeout_secs:g} s; is its trainer running?')
-
-
-def default_eval_dir(checkpoint_dir, eval_data):
-  return os.path.join(checkpoint_dir, EVAL_DIRS[eval_data])
 
 
 def find_run(checkpoint_dir, interval_secs, timeout_secs, run_once):

@@ -12,8 +12,9 @@ distortions.
 
 import tensorflow as tf
 
-from cifar10_records import IMAGE_SIZE, central_crop
+import cifar10_records
 
+STORED_SIZE = cifar10_records.IMAGE_SIZE  # 32: the side of the images as stored
 # The tutorial's distortions (docs/design.md), on the 0-255 scale.
 CROP_SIZE = 24
 MAX_BRIGHTNESS_DELTA = 63.0
@@ -41,7 +42,7 @@ def random_crop_and_flip(images, seed, size=CROP_SIZE):
   """
   batch, channels = tf.shape(images)[0], images.shape[-1]
   crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-  offsets = tf.random.stateless_uniform([batch, 2], crop_seed, 0, IMAGE_SIZE - size + 1,
+  offsets = tf.random.stateless_uniform([batch, 2], crop_seed, 0, STORED_SIZE - size + 1,
                                         dtype=tf.int32)
   flip = tf.random.stateless_uniform([batch], flip_seed) < 0.5
   window = tf.range(size)
@@ -49,8 +50,8 @@ def random_crop_and_flip(images, seed, size=CROP_SIZE):
   cols = offsets[:, 1:] + tf.where(flip[:, None], size - 1 - window, window)  # Mirrored: reversed.
   # One gather of whole pixels by their flat index: 3x faster than gathering rows, then
   # columns, then selecting between the crops and their mirror images (same output).
-  pixels = tf.reshape(rows[:, :, None] * IMAGE_SIZE + cols[:, None, :], [batch, size * size])
-  flat = tf.reshape(images, [batch, IMAGE_SIZE * IMAGE_SIZE, channels])
+  pixels = tf.reshape(rows[:, :, None] * STORED_SIZE + cols[:, None, :], [batch, size * size])
+  flat = tf.reshape(images, [batch, STORED_SIZE * STORED_SIZE, channels])
   return tf.reshape(tf.gather(flat, pixels, batch_dims=1), [batch, size, size, channels])
 
 
@@ -79,7 +80,7 @@ def distort_batch(images, seed, size=CROP_SIZE):
 
 def eval_batch(images, size):
   """Central crop and standardization of uint8 [B, 32, 32, 3] images -> float32."""
-  return standardize(tf.cast(central_crop(images, size), tf.float32))
+  return standardize(tf.cast(cifar10_records.central_crop(images, size), tf.float32))
 
 
 # --------------------------------------------------------------------------- pipelines

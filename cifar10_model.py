@@ -293,11 +293,20 @@ class Concat(Layer):
 
 
 class Model(Sequential):
-  """A whole network: a Sequential that remembers its input size."""
+  """A whole network: a Sequential that remembers its input size.
+
+  Its layers with weights have unique names: tools find them by name (pruning's
+  --dense_layers, the keys of the exported weight files).
+  """
 
   def __init__(self, layers, image_size, name=None):
     super().__init__(layers, name=name)
     self.input_shape = (image_size, image_size, 3)
+    names = [layer.name for layer, _ in self.walk(self.input_shape) if layer.kernels]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+      raise ValueError(f'model {name}: layers with weights must have unique names; repeated: '
+                       f'{", ".join(repeated)}')
 
 
 def conv(regime, name, in_channels, out_channels, kernel_size, *, tutorial_stddev=5e-2,
@@ -372,7 +381,7 @@ def count_model(model):
 
 
 def format_count_table(rows):
-  """The table `python cifar10_model.py` prints, ending with the totals line."""
+  """The table `python models/count.py` prints, ending with the totals line."""
   lines = [f'{"layer":<18} {"output shape":<16} {"params":>12} {"FLOPs":>14}']
   for row in rows:
     shape = 'x'.join(str(d) for d in row.output_shape)

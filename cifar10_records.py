@@ -47,6 +47,7 @@ NUM_TEST_EXAMPLES = RECORDS_PER_FILE * len(TEST_FILES)  # 10,000
 CLASS_NAMES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse',
                'ship', 'truck')
 
+
 class DataError(Exception):
   """The data is missing, malformed or cannot be fetched; the message says what to do."""
 
@@ -123,22 +124,43 @@ def _make_writable_dir(path):
     raise DataError(f'cannot create {path} ({e}): pass a writable --extract_dir.') from e
 
 
-def _extract_members(archive, staging):
-  """Copies the expected members into staging; returns the names found."""
-  wanted = {f'{BATCHES_DIR}/{name}' for name in TRAIN_FILES + TEST_FILES + (META_FILE,)}
+def _archive_members(archive, names, optional=()):
+  """Yields (name, TarInfo, file object) for each regular member cifar-10-batches-bin/<name>.
+
+  Only these members are ever read: a hostile archive's other entries (links, paths outside
+  the folder) are skipped. Tar and gzip errors propagate to the caller, which names them.
+
+  Raises:
+    DataError: a member of `names` not in `optional` is missing.
+  """
+  wanted = {f'{BATCHES_DIR}/{name}': name for name in names}
   found = set()
   with tarfile.open(archive, 'r:*') as tar:
     for member in tar:
-      name = member.name[2:] if member.name.startswith('./') else member.name
-      if name not in wanted or not member.isfile():
-        continue
-      with open(os.path.join(staging, os.path.basename(name)), 'wb') as out:
-        shutil.copyfileobj(tar.extractfile(member), out, 1 << 20)
-      found.add(name)
-  missing = sorted(n for n in wanted - found if not n.endswith(META_FILE))
+      path = member.name[2:] if member.name.startswith('./') else member.name
+      if path in wanted and member.isfile():
+        found.add(wanted[path])
+        yield wanted[path], member, tar.extractfile(member)
+  missing = sorted(set(names) - found - set(optional))
   if missing:
-    raise DataError(f'{archive} lacks {", ".join(missing)}: it is not the CIFAR-10 '
-                    f'binary archive ({ARCHIVE_NAME}).')
+    raise DataError(f'{archive} lacks {", ".join(f"{BATCHES_DIR}/{n}" for n in missing)}: '
+                    f'it is not the CIFAR-10 binary archive ({ARCHIVE_NAME}).')
+
+
+def _corrupt_archive(archive, error):
+  return DataError(f'{archive} is corrupt or unreadable ({type(error).__name__}: {error}). '
+                   f'Replace it with a fresh copy of {ARCHIVE_NAME}.')
+
+
+ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile)
+
+
+def _extract_members(archive, staging):
+  """Copies the data members (and the class names, when present) into staging."""
+  names = TRAIN_FILES + TEST_FILES + (META_FILE,)
+  for name, _, source in _archive_members(archive, names, optional=(META_FILE,)):
+    with open(os.path.join(staging, name), 'wb') as out:
+      shutil.copyfileobj(source, out, 1 << 20)
 
 
 def extract_archive(archive, target_dir, records_per_file=RECORDS_PER_FILE):
@@ -163,9 +185,8 @@ def extract_archive(archive, target_dir, records_per_file=RECORDS_PER_FILE):
       check_batches_dir(final_dir, records_per_file)  # Raises if it is a broken copy.
     else:
       os.rename(staging, final_dir)
-  except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
-    raise DataError(f'{archive} is corrupt or unreadable ({type(e).__name__}: {e}). '
-                    f'Replace it with a fresh copy of {ARCHIVE_NAME}.') from e
+  except ARCHIVE_ERRORS as e:
+    raise _corrupt_archive(archive, e) from e
   except OSError as e:
     raise DataError(f'extracting {archive} into {target_dir} failed ({e}): check that the '
                     'folder is writable and the disk has 200 MB free.') from e
@@ -307,35 +328,23 @@ def read_split(data_dir, split, records_per_file=RECORDS_PER_FILE):
   folder = os.path.join(data_dir, BATCHES_DIR)
   archive = data_dir if os.path.isfile(data_dir) else os.path.join(data_dir, ARCHIVE_NAME)
   if os.path.isdir(folder):
-    parts = []
     for name in split_files(split):
       path = os.path.join(folder, name)
       if not os.path.isfile(path):
         raise DataError(f'{path} is missing: {folder} must hold {", ".join(split_files(split))}.')
       _check_at_most(path, os.path.getsize(path), limit)
-      parts.append(read_records(path))
-    return _split_from_parts(parts)
+    return load_split(folder, split)
   if not os.path.isfile(archive):
     raise DataError(f'neither {folder} nor {archive} exists: pass the --data_dir given to '
                     'cifar10_train.py.')
-  wanted = {f'{BATCHES_DIR}/{name}': name for name in split_files(split)}
-  found = {}
+  parts = {}
   try:
-    with tarfile.open(archive, 'r:*') as tar:
-      for member in tar:
-        name = member.name[2:] if member.name.startswith('./') else member.name
-        if name in wanted and member.isfile():
-          _check_at_most(f'{archive}:{name}', member.size, limit)
-          raw = np.frombuffer(tar.extractfile(member).read(), np.uint8)
-          found[name] = decode_records(raw, f'{archive}:{name}')
-  except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, OSError) as e:
-    raise DataError(f'{archive} is corrupt or unreadable ({type(e).__name__}: {e}). '
-                    f'Replace it with a fresh copy of {ARCHIVE_NAME}.') from e
-  missing = sorted(set(wanted) - set(found))
-  if missing:
-    raise DataError(f'{archive} lacks {", ".join(missing)}: it is not the CIFAR-10 binary '
-                    f'archive ({ARCHIVE_NAME}).')
-  return _split_from_parts([found[name] for name in wanted])
+    for name, member, source in _archive_members(archive, split_files(split)):
+      _check_at_most(f'{archive}:{name}', member.size, limit)
+      parts[name] = decode_records(np.frombuffer(source.read(), np.uint8), f'{archive}:{name}')
+  except (*ARCHIVE_ERRORS, OSError) as e:
+    raise _corrupt_archive(archive, e) from e
+  return _split_from_parts([parts[name] for name in split_files(split)])
 
 
 def _check_at_most(source, size, limit):

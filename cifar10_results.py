@@ -16,12 +16,12 @@ import sys
 
 import cifar10_env  # pylint: disable=g-import-not-at-top
 
-cifar10_env.start(onednn=False)  # Environment defaults and a quiet TensorFlow.
+if __name__ == '__main__':  # As a program only: importing this module changes nothing.
+  cifar10_env.start()  # Environment defaults and a quiet TensorFlow, before it loads.
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 
-import cifar10_eval
 import cifar10_model
 import cifar10_run
 import models
@@ -65,8 +65,8 @@ def read_run(train_dir, eval_dir=None):
   config = cifar10_run.read_config(train_dir)
   if config is None:
     raise FileNotFoundError(f'{train_dir} has no {cifar10_run.CONFIG_FILE}')
-  path = os.path.join(eval_dir or cifar10_eval.default_eval_dir(train_dir, 'test'),
-                      cifar10_eval.RESULTS_FILE)
+  path = os.path.join(eval_dir or cifar10_run.default_eval_dir(train_dir, 'test'),
+                      cifar10_run.RESULTS_FILE)
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path} is missing: run cifar10_eval.py --checkpoint_dir='
                             f'{train_dir} first')

@@ -19,6 +19,10 @@ import cifar10_spectral
 import models
 
 CONFIG_FILE = 'config.json'
+RESULTS_FILE = 'results.jsonl'  # one JSON line per evaluated checkpoint
+# The evaluations' folders below the run, one per --eval_data of cifar10_eval.py, so that
+# training-set figures never mix with the test figures that cifar10_results.py reads.
+EVAL_DIRS = {'test': 'eval', 'train_eval': 'eval_train'}
 CONV_HELP = ('How convolutions are computed: direct (tf.nn.conv2d), spectral (a product of '
              'spectra where that was measured faster on a CPU) or auto (spectral without a '
              'GPU, direct with one). The same checkpoint runs with either.')
@@ -40,12 +44,17 @@ class TrainConfig:
   image_size: int = 24  # pixels; 24 with augmentation, 32 without unless set
   init: str = 'xavier'  # or 'tutorial'
   weight_decay: str = 'study'  # WD / prod(shape) with WD = 500; or 'tutorial' (0.004)
-  conv: str = 'auto'  # as trained: 'direct' or 'spectral' once resolved (cifar10_spectral)
+  conv: str = 'auto'  # how convolutions are computed; 'auto' is resolved at once (below)
   log_frequency: int = 10  # steps between log lines and scalar summaries
   checkpoint_steps: int = 1000  # steps between checkpoints
   histogram_steps: int = 1000  # steps between weight histograms and sample images
   keep_checkpoints: int = 5  # most recent checkpoints kept in train_dir
   seed: int = 0
+
+  def __post_init__(self):
+    # The run records what it computed with: 'auto' becomes 'direct' or 'spectral' for the
+    # devices this process sees (cifar10_spectral.resolve).
+    object.__setattr__(self, 'conv', cifar10_spectral.resolve(self.conv))
 
   @property
   def decay_steps(self):
@@ -110,6 +119,11 @@ def write_config(config):
   return changed
 
 
+def default_eval_dir(train_dir, eval_data):
+  """Where cifar10_eval.py writes its results of `eval_data` ('test' or 'train_eval')."""
+  return os.path.join(train_dir, EVAL_DIRS[eval_data])
+
+
 # --------------------------------------------------------------------------- checkpoints
 
 
@@ -117,7 +131,8 @@ class RunState:
   """The state a run's checkpoints hold, built from its config.
 
   Attributes:
-    model: the Model (its raw weights), with convolutions computed as `conv` says.
+    model: the Model (its raw weights), with convolutions computed as `conv` says (default
+      the config's).
     variables: model.trainable_variables.
     step: int64 scalar, the global step.
     train_seconds: float64 scalar, seconds of training up to `step`.
@@ -126,10 +141,10 @@ class RunState:
       restored by position, not by name.
   """
 
-  def __init__(self, config, conv='direct'):
+  def __init__(self, config, conv=None):
     self.config = config
     self.model = models.build(config.model, config.image_size, config.init,
-                              config.weight_decay, conv=conv)
+                              config.weight_decay, conv=conv or config.conv)
     self.variables = self.model.trainable_variables
     self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name='global_step')
     self.train_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False,
@@ -145,19 +160,21 @@ class RunState:
                                train_seconds=self.train_seconds,
                                ema_shadows=list(self.ema_shadows), **extra)
 
-  def restore(self, path, checkpoint=None):
+  def restore(self, path):
     """Reads `path` into this state; what the file holds beyond it (masks) is ignored.
 
     Raises:
-      UnreadableCheckpoint: the file does not hold this layout for this model.
+      UnreadableCheckpoint: the file is unreadable or does not hold this model's layout.
     """
-    checkpoint = checkpoint or self.make_checkpoint()
     try:
       # read, not restore: the save counter of a trainer's checkpoint is not needed here.
-      checkpoint.read(path).assert_existing_objects_matched().expect_partial()
+      self.make_checkpoint().read(path).assert_existing_objects_matched().expect_partial()
     except (AssertionError, ValueError) as e:
       raise UnreadableCheckpoint(f'{path} does not match the model in the run\'s '
                                  f'{CONFIG_FILE} ({e})') from e
+    except (tf.errors.OpError, IndexError) as e:  # Truncated, missing or corrupt files.
+      raise UnreadableCheckpoint(f'{path} is unreadable ({type(e).__name__}: '
+                                 f'{str(e).strip()[:300]})') from e
 
   def restore_ema_shadows(self):
     """Copies the EMA shadows into the model, by position in the trainable variables."""
@@ -166,8 +183,16 @@ class RunState:
 
 
 def checkpoint_step(path):
-  """The global step saved in a checkpoint of RunState's layout, without building it."""
-  return int(tf.train.load_checkpoint(path).get_tensor('step/.ATTRIBUTES/VARIABLE_VALUE'))
+  """The global step saved in a checkpoint of RunState's layout, without building it.
+
+  Raises:
+    UnreadableCheckpoint: the checkpoint cannot be read or holds no step.
+  """
+  try:
+    return int(tf.train.load_checkpoint(path).get_tensor('step/.ATTRIBUTES/VARIABLE_VALUE'))
+  except (tf.errors.OpError, IndexError, ValueError) as e:
+    raise UnreadableCheckpoint(f'{path} is unreadable or holds no step ({type(e).__name__}: '
+                               f'{str(e).strip()[:300]})') from e
 
 
 def latest_run(train_dir, flag='--train_dir'):
@@ -201,9 +226,9 @@ def define_data_flags():
   )
 
 
-def define_conv_flag():
+def define_conv_flag(default='auto'):
   """--conv, for every binary that builds a model; returns {'conv': FlagHolder}."""
-  return {'conv': flags.DEFINE_enum('conv', 'auto', list(cifar10_spectral.CONV_MODES),
+  return {'conv': flags.DEFINE_enum('conv', default, list(cifar10_spectral.CONV_MODES),
                                     CONV_HELP)}
 
 

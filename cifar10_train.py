@@ -20,7 +20,8 @@ import time
 
 import cifar10_env  # pylint: disable=g-import-not-at-top
 
-cifar10_env.start()  # Environment defaults and a quiet TensorFlow, before anything loads it.
+if __name__ == '__main__':  # As a program only: importing this module changes nothing.
+  cifar10_env.start()  # Environment defaults and a quiet TensorFlow, before it loads.
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
@@ -30,7 +31,6 @@ import cifar10_input
 import cifar10_model
 import cifar10_records
 import cifar10_run
-import cifar10_spectral
 import models
 
 
@@ -95,8 +95,7 @@ def config_from_flags(holders):
     values['image_size'] = cifar10_input.CROP_SIZE if values['augment'] else 32
   values['image_size'] = int(values['image_size'])
   values['model'] = models.canonical_name(values['model'])
-  values['conv'] = cifar10_spectral.resolve(values['conv'])  # Recorded as resolved here.
-  return cifar10_run.TrainConfig(**values)
+  return cifar10_run.TrainConfig(**values)  # Resolves --conv=auto for this machine.
 
 
 # --------------------------------------------------------------------------- training
@@ -114,7 +113,7 @@ class Trainer(cifar10_run.RunState):
   """A run's state (model, step, EMA, checkpoint) and its SGD step."""
 
   def __init__(self, config):
-    super().__init__(config, conv=config.conv)
+    super().__init__(config)
     self.checkpoint = self.make_checkpoint(**self.extra_state())
     self.manager = tf.train.CheckpointManager(self.checkpoint, config.train_dir,
                                               max_to_keep=config.keep_checkpoints)

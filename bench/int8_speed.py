@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 
+import cifar10_records
 from compress import int8
 
 _MODEL_FILE = flags.DEFINE_string('model_file', None, 'An .npz from compress/quantize.py.',
@@ -53,10 +54,9 @@ def op_seconds(model, x_q):
 def main(argv):
   del argv
   model = int8.Int8Model.load(_MODEL_FILE.value)
-  images, _ = int8.read_test_batch(_DATA_DIR.value, model.meta['data'])
-  images = images[:_IMAGES.value]
+  images = cifar10_records.read_split(_DATA_DIR.value, 'test').images[:_IMAGES.value]
   start = time.perf_counter()
-  prepared = int8.eval_preprocess(images, model.meta['data']['crop'])
+  prepared = int8.eval_preprocess(images, model.meta['image_size'])
   x_q = model.quantize_input(prepared)
   prepare_rate = len(images) / (time.perf_counter() - start)
   cases = [(int(size), int(threads)) for size in _BATCH_SIZES.value

@@ -23,7 +23,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import cifar10_env  # pylint: disable=g-import-not-at-top
 
-cifar10_env.start()  # Environment defaults and a quiet TensorFlow, before anything loads it.
+if __name__ == '__main__':  # As a program only: importing this module changes nothing.
+  cifar10_env.start()  # Environment defaults and a quiet TensorFlow, before it loads.
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags

@@ -24,7 +24,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import cifar10_env  # pylint: disable=g-import-not-at-top
 
-cifar10_env.start()  # Environment defaults and a quiet TensorFlow, before anything loads it.
+if __name__ == '__main__':  # As a program only: importing this module changes nothing.
+  cifar10_env.start()  # Environment defaults and a quiet TensorFlow, before it loads.
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
@@ -35,7 +36,6 @@ import cifar10_input
 import cifar10_model
 import cifar10_records
 import cifar10_run
-import cifar10_spectral
 import cifar10_train
 import timing  # bench/, the script's own folder.
 import models
@@ -83,7 +83,7 @@ def input_pipeline(config, split):
     for _ in range(_WINDOW.value):
       next(batches)
   return statistics.median(window_rates(run_window, _WINDOW.value * config.batch_size,
-                                         _WARMUP.value, _WINDOWS.value))
+                                        _WARMUP.value, _WINDOWS.value))
 
 
 def keras_tutorial(image_size):
@@ -139,7 +139,7 @@ def main(argv):
   del argv
   cifar10_env.quiet_logging(flags.FLAGS['verbosity'].present)
   config = cifar10_run.TrainConfig(model=models.canonical_name(_MODEL.value),
-                                   conv=cifar10_spectral.resolve(_FLAGS['conv'].value))
+                                   conv=_FLAGS['conv'].value)
   batches_dir = cifar10_run.batches_dir_from_flags(_FLAGS)
   train_split = cifar10_records.load_split(batches_dir, 'train')
   test_split = cifar10_records.load_split(batches_dir, 'test')
@@ -160,8 +160,8 @@ def main(argv):
   ceiling = timing.gemm_gflops(windows=_WINDOWS.value)
 
   print(f'\nmodel {config.model}, conv {config.conv}, batch {config.batch_size}, '
-        f'{config.image_size}x{config.image_size}, median of {_ROUNDS.value} x {_WINDOWS.value} windows of '
-        f'{_WINDOW.value} steps')
+        f'{config.image_size}x{config.image_size}, median of {_ROUNDS.value} x '
+        f'{_WINDOWS.value} windows of {_WINDOW.value} steps')
   for name, rate in rates.items():
     print(f'{name:<20} {rate:>10.1f} images/s')
   print(f'{"5 eval (10,000)":<20} {eval_secs:>10.2f} s '

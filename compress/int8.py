@@ -35,8 +35,9 @@ from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 import numpy as np
 
-if __package__ in (None, ''):  # Run as `python compress/int8.py`: import the project.
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ''):  # Run as `python compress/int8.py`: the project root, not this
+  # folder, first on the path (its modules must not shadow others, e.g. the stdlib's trace).
+  sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import cifar10_records  # pylint: disable=g-import-not-at-top
 from compress import sparse

@@ -23,12 +23,14 @@ import math
 import os
 import sys
 
-if __package__ in (None, ''):  # Run as `python compress/prune.py`: import the project.
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ''):  # Run as `python compress/prune.py`: the project root, not this
+  # folder, first on the path (its modules must not shadow others, e.g. the stdlib's trace).
+  sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import cifar10_env  # pylint: disable=g-import-not-at-top
 
-cifar10_env.start()  # Environment defaults and a quiet TensorFlow, before anything loads it.
+if __name__ == '__main__':  # As a program only: importing this module changes nothing.
+  cifar10_env.start()  # Environment defaults and a quiet TensorFlow, before it loads.
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
@@ -36,7 +38,6 @@ import tensorflow as tf
 
 import cifar10_records
 import cifar10_run
-import cifar10_spectral
 import cifar10_train
 from compress import sparse
 
@@ -175,7 +176,7 @@ class PruningTrainer(cifar10_train.Trainer):
             f'{self.manager.latest_checkpoint} is not a pruning checkpoint of this layout '
             f'({str(e)[:200]}): pass a new --train_dir.') from e
     self.restored_from = self.source_checkpoint
-    self.restore(self.source_checkpoint, self.make_checkpoint())  # The source has no masks.
+    self.restore(self.source_checkpoint)  # The source's layout: no masks.
     return int(self.step.numpy())
 
   def _train_step(self, images, labels):
@@ -298,12 +299,12 @@ def prepare(values):
   source_config, source = cifar10_run.latest_run(source_dir, '--source_dir')
   if os.path.abspath(source_dir) == os.path.abspath(train_dir):
     raise cifar10_run.ConfigError('--train_dir must differ from --source_dir: pruning '
-                                    'writes a new run and never touches the source.')
+                                  'writes a new run and never touches the source.')
   if (not os.path.exists(os.path.join(train_dir, SETTINGS_FILE)) and
       (tf.train.latest_checkpoint(train_dir) or cifar10_run.read_config(train_dir))):
     # Checked before anything is written: resuming would first rewrite that run's config.
     raise cifar10_run.ConfigError(f'--train_dir={train_dir} holds a run that is not a '
-                                    'pruning run: pass a new --train_dir.')
+                                  'pruning run: pass a new --train_dir.')
   start = cifar10_run.checkpoint_step(source)
   last = start + values['finetune_steps']
   begin = start if values['begin_step'] is None else values['begin_step']
@@ -324,7 +325,7 @@ def prepare(values):
   config = dataclasses.replace(
       source_config, train_dir=train_dir, max_steps=last,
       learning_rate=source_config.learning_rate if learning_rate is None else learning_rate,
-      conv=cifar10_spectral.resolve(values['conv']))
+      conv=values['conv'])
   return config, settings, source
 
 

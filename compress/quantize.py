@@ -25,12 +25,14 @@ import os
 import subprocess
 import sys
 
-if __package__ in (None, ''):  # Run as `python compress/quantize.py`: import the project.
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ''):  # Run as `python compress/quantize.py`: the project root, not this
+  # folder, first on the path (its modules must not shadow others, e.g. the stdlib's trace).
+  sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import cifar10_env  # pylint: disable=g-import-not-at-top
 
-cifar10_env.start()  # Environment defaults and a quiet TensorFlow, before anything loads it.
+if __name__ == '__main__':  # As a program only: importing this module changes nothing.
+  cifar10_env.start()  # Environment defaults and a quiet TensorFlow, before it loads.
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
@@ -154,7 +156,7 @@ def quantize_weights(kernel, bias, input_scale, output_scale):
   bias_q = np.round(np.asarray(bias, np.float64) / (input_scale * scale.astype(np.float64)))
   if np.abs(bias_q).max(initial=0) >= 2**31:
     raise trace.QuantizationError(f'a bias of {np.abs(bias).max():.3g} does not fit in '
-                                       f'int32 at scale {input_scale:.3g} x weight scale')
+                                  f'int32 at scale {input_scale:.3g} x weight scale')
   return {'weights': weights.astype(np.int8), 'weight_scale': scale,
           'bias': bias_q.astype(np.int32)}
 
@@ -213,16 +215,18 @@ def calibration_images(train_split, calibration, image_size):
   rng = np.random.default_rng(calibration.seed)
   index = np.sort(rng.choice(len(train_split), calibration.images, replace=False))
   subset = cifar10_records.Split(images=train_split.images[index],
-                               labels=train_split.labels[index])
+                                 labels=train_split.labels[index])
   return cifar10_input.eval_images(subset, image_size).numpy()
 
 
 def quantize_run(checkpoint_dir, out_dir, batches_dir, calibration, use_ema=True,
-                 compare_images=COMPARE_IMAGES, log=lambda message: None, conv='auto'):
+                 compare_images=COMPARE_IMAGES, log=lambda message: None, conv='direct'):
   """Quantizes the latest checkpoint of a run, scores it three ways, exports it; the report.
 
   `log(message)` hears about each stage (the binary prints them with a timestamp); `conv`
-  is how the float model computes its convolutions (cifar10_spectral).
+  is how the float model computes its convolutions (cifar10_spectral): direct by default,
+  as for any export, so calibration and the fake-quant reference run the plain convolution
+  that the integer path computes.
   """
   config, checkpoint = cifar10_run.latest_run(checkpoint_dir, '--checkpoint_dir')
   log(f'restoring {checkpoint} and scoring the float model')
@@ -347,7 +351,7 @@ def define_quantize_flags():
   """The shared data and --conv flags plus this binary's; returns {name: FlagHolder}."""
   d = Calibration
   holders = cifar10_run.define_data_flags()
-  holders.update(cifar10_run.define_conv_flag())
+  holders.update(cifar10_run.define_conv_flag(default='direct'))  # An export: the plain op.
   holders.update(
       checkpoint_dir=flags.DEFINE_string('checkpoint_dir', None, 'The --train_dir of a run.',
                                          required=True),

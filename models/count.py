@@ -7,12 +7,14 @@
 import os
 import sys
 
-if __package__ in (None, ''):  # Run as `python models/count.py`: import the project.
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ''):  # Run as `python models/count.py`: the project root, not this
+  # folder, first on the path (its modules must not shadow others, e.g. the stdlib's trace).
+  sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import cifar10_env  # pylint: disable=g-import-not-at-top
 
-cifar10_env.start(onednn=False)
+if __name__ == '__main__':  # As a program only: importing this module changes nothing.
+  cifar10_env.start()  # Environment defaults and a quiet TensorFlow, before it loads.
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags

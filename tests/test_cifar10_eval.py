@@ -92,7 +92,7 @@ def test_watcher_exits_after_the_final_checkpoint_and_writes_results(trained_dir
   assert [r['step'] for r in results] == [20]
   line = capsys.readouterr().out.strip().splitlines()[-1]
   assert line.endswith(f"step 20, precision @ 1 = {results[0]['precision_ema']:.4f}")
-  with open(eval_dir / cifar10_eval.RESULTS_FILE) as f:
+  with open(eval_dir / cifar10_run.RESULTS_FILE) as f:
     assert json.loads(f.readline())['step'] == 20
   tags = {}
   for name in os.listdir(eval_dir):
@@ -119,13 +119,15 @@ def test_run_once_without_checkpoint_fails_clearly(tmp_path):
                        str(tmp_path / 'eval'), run_once=True)
 
 
-def test_unreadable_latest_checkpoint_fails_clearly_after_retries(trained_dir, tmp_path):
+def test_unreadable_latest_checkpoint_fails_clearly_after_retries(trained_dir, tmp_path, capsys):
   config = cifar10_run.read_config(str(trained_dir))
   data = next(p for p in trained_dir.iterdir() if p.name.startswith('ckpt-20.data'))
   data.write_bytes(data.read_bytes()[:100])  # Truncated, as a broken disk would leave it.
   with pytest.raises(cifar10_run.UnreadableCheckpoint, match='ckpt-20 is unreadable'):
     watch_with_deadline(cifar10_eval.Evaluator(config, tiny_split()), str(trained_dir),
                         str(tmp_path / 'eval'), interval_secs=0.1)
+  retries = capsys.readouterr().out.count('could not read')
+  assert retries == cifar10_eval.READ_ATTEMPTS - 1
 
 
 def test_checkpoint_of_another_model_is_reported(trained_dir):
@@ -137,5 +139,5 @@ def test_checkpoint_of_another_model_is_reported(trained_dir):
 
 def test_training_set_results_default_apart_from_the_test_results(tmp_path):
   # cifar10_results.py reads the test figures from default_eval_dir(run, 'test').
-  assert cifar10_eval.default_eval_dir(str(tmp_path), 'test') == str(tmp_path / 'eval')
-  assert cifar10_eval.default_eval_dir(str(tmp_path), 'train_eval') == str(tmp_path / 'eval_train')
+  assert cifar10_run.default_eval_dir(str(tmp_path), 'test') == str(tmp_path / 'eval')
+  assert cifar10_run.default_eval_dir(str(tmp_path), 'train_eval') == str(tmp_path / 'eval_train')

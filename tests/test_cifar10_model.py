@@ -186,3 +186,11 @@ def test_walk_yields_every_leaf_with_its_input_shape():
   assert len(leaves) == len({id(layer) for layer in leaves})
   assert {id(k) for k, _ in inception.kernels} == {
       id(k) for layer in leaves for k, _ in layer.kernels}
+
+
+def test_a_model_refuses_two_weight_layers_of_one_name():
+  layers = [cm.Conv2D(3, 4, 3, stddev=0.1, name='conv'),
+            cm.Conv2D(4, 4, 3, stddev=0.1, name='conv')]
+  with pytest.raises(ValueError, match='unique names; repeated: conv'):
+    cm.Model(layers, 8, name='twice')
+  cm.Model([cm.MaxPool(name='pool'), cm.MaxPool(name='pool')], 8)  # No weights: no keys.

@@ -227,7 +227,7 @@ def test_random_bytes_archive_is_corrupt(tmp_path):
   extract_dir = tmp_path / 'extract'
   with pytest.raises(DataError) as error:
     cifar10_records.find_batches_dir(str(archive.parent), extract_dir=str(extract_dir),
-                                   records_per_file=RECORDS_PER_FILE)
+                                     records_per_file=RECORDS_PER_FILE)
   assert str(archive) in str(error.value) and 'corrupt' in str(error.value)
   assert not [n for n in os.listdir(extract_dir) if n.startswith('.extract')]
 
@@ -238,7 +238,7 @@ def test_archive_cut_in_half_is_corrupt(tmp_path):
   extract_dir = tmp_path / 'extract'
   with pytest.raises(DataError) as error:
     cifar10_records.find_batches_dir(str(archive.parent), extract_dir=str(extract_dir),
-                                   records_per_file=RECORDS_PER_FILE)
+                                     records_per_file=RECORDS_PER_FILE)
   assert str(archive) in str(error.value)
   assert os.listdir(extract_dir) == []  # no staging folder, no half-made batches folder
 
@@ -250,7 +250,7 @@ def test_archive_lacking_members(tmp_path):
   extract_dir = tmp_path / 'extract'
   with pytest.raises(DataError) as error:
     cifar10_records.find_batches_dir(str(archive.parent), extract_dir=str(extract_dir),
-                                   records_per_file=RECORDS_PER_FILE)
+                                     records_per_file=RECORDS_PER_FILE)
   message = str(error.value)
   assert str(archive) in message and 'cifar-10-batches-bin/test_batch.bin' in message
   assert os.listdir(extract_dir) == []
@@ -261,7 +261,7 @@ def test_no_data_no_network_names_folder_and_archive(tmp_path):
   data_dir.mkdir()
   with pytest.raises(DataError) as error:
     cifar10_records.find_batches_dir(str(data_dir), url=OFFLINE_URL,
-                                   records_per_file=RECORDS_PER_FILE)
+                                     records_per_file=RECORDS_PER_FILE)
   message = str(error.value)
   assert str(data_dir) in message and cifar10_records.ARCHIVE_NAME in message
   assert os.listdir(data_dir) == []  # no .part file left behind
@@ -274,7 +274,7 @@ def test_no_data_no_network_names_data_dir_not_extract_dir(tmp_path):
   data_dir.mkdir()
   with pytest.raises(DataError) as error:
     cifar10_records.find_batches_dir(str(data_dir), extract_dir=str(extract_dir), url=OFFLINE_URL,
-                                   records_per_file=RECORDS_PER_FILE)
+                                     records_per_file=RECORDS_PER_FILE)
   message = str(error.value)
   assert str(data_dir) in message and cifar10_records.ARCHIVE_NAME in message
 
@@ -297,7 +297,7 @@ def test_find_batches_dir_extracts_archive_into_extract_dir(tmp_path):
   archive = make_archive(tmp_path / 'data' / cifar10_records.ARCHIVE_NAME)
   extract_dir = tmp_path / 'extract'
   found = cifar10_records.find_batches_dir(str(archive.parent), extract_dir=str(extract_dir),
-                                         records_per_file=RECORDS_PER_FILE)
+                                           records_per_file=RECORDS_PER_FILE)
   assert found == str(extract_dir / cifar10_records.BATCHES_DIR)
   assert_extracted(found)
   assert os.listdir(archive.parent) == [cifar10_records.ARCHIVE_NAME]  # nothing beside it
@@ -307,7 +307,7 @@ def test_find_batches_dir_accepts_archive_path(tmp_path):
   archive = make_archive(tmp_path / 'data' / 'renamed.tar.gz')
   extract_dir = tmp_path / 'extract'
   found = cifar10_records.find_batches_dir(str(archive), extract_dir=str(extract_dir),
-                                         records_per_file=RECORDS_PER_FILE)
+                                           records_per_file=RECORDS_PER_FILE)
   assert found == str(extract_dir / cifar10_records.BATCHES_DIR)
   assert_extracted(found)
 
@@ -316,7 +316,7 @@ def test_extraction_leaves_no_staging_folder(tmp_path):
   archive = make_archive(tmp_path / 'data' / cifar10_records.ARCHIVE_NAME)
   extract_dir = tmp_path / 'extract'
   cifar10_records.find_batches_dir(str(archive), extract_dir=str(extract_dir),
-                                 records_per_file=RECORDS_PER_FILE)
+                                   records_per_file=RECORDS_PER_FILE)
   assert os.listdir(extract_dir) == [cifar10_records.BATCHES_DIR]
 
 
@@ -341,7 +341,7 @@ def test_hostile_archive_writes_nothing_outside(tmp_path):
   ]
   archive = make_archive(tmp_path / 'data' / cifar10_records.ARCHIVE_NAME, extra=extra)
   found = cifar10_records.find_batches_dir(str(archive), extract_dir=str(extract_dir),
-                                         records_per_file=RECORDS_PER_FILE)
+                                           records_per_file=RECORDS_PER_FILE)
   for path in (outside / 'evil.bin', outside / 'evil_meta.txt', outside / 'evil_hard.bin',
                tmp_path / 'a' / 'evil.bin', tmp_path / 'a' / 'b' / 'evil.bin',
                extract_dir / 'evil.bin'):
@@ -359,7 +359,7 @@ def test_download_archive_reports_progress_to_out(tmp_path):
   source = make_archive(tmp_path / 'server' / 'archive.tar.gz')
   out = io.StringIO()
   path = cifar10_records.download_archive('file://' + str(source), str(tmp_path / 'cache'),
-                                        md5=md5_of(source), out=out)
+                                          md5=md5_of(source), out=out)
   assert path == str(tmp_path / 'cache' / cifar10_records.ARCHIVE_NAME)
   assert open(path, 'rb').read() == source.read_bytes()
   assert 'downloading' in out.getvalue()
@@ -370,8 +370,8 @@ def test_find_batches_dir_downloads_and_extracts(tmp_path):
   data_dir, extract_dir = tmp_path / 'empty', tmp_path / 'cache'
   data_dir.mkdir()
   found = cifar10_records.find_batches_dir(str(data_dir), extract_dir=str(extract_dir),
-                                         url='file://' + str(source), md5=md5_of(source),
-                                         records_per_file=RECORDS_PER_FILE)
+                                           url='file://' + str(source), md5=md5_of(source),
+                                           records_per_file=RECORDS_PER_FILE)
   assert found == str(extract_dir / cifar10_records.BATCHES_DIR)
   assert_extracted(found)
   assert sorted(os.listdir(extract_dir)) == sorted([cifar10_records.ARCHIVE_NAME,
@@ -479,8 +479,7 @@ def test_read_split_errors_name_the_file(tmp_path):
 
 
 @pytest.mark.subprocess
-@pytest.mark.subprocess
-def test_importing_the_records_module_never_loads_tensorflow(tmp_path):
+def test_importing_the_records_module_never_loads_tensorflow():
   code = ('import sys, cifar10_records; '
           'print("tensorflow" in sys.modules, "numpy" in sys.modules)')
   result = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True,

@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 import cifar10_run
+import cifar10_spectral
 import cifar10_train
 from fixtures import tiny_config, tiny_split
 
@@ -37,7 +38,7 @@ def test_a_config_json_from_before_the_conv_flag_still_reads(tmp_path):
   record = {key: value for key, value in json.loads(
       json.dumps(dataclasses.asdict(config))).items() if key != 'conv'}
   (tmp_path / cifar10_run.CONFIG_FILE).write_text(json.dumps(record))
-  assert cifar10_run.read_config(str(tmp_path)).conv == 'auto'
+  assert cifar10_run.read_config(str(tmp_path)).conv == cifar10_spectral.resolve('auto')
 
 
 def test_checkpoint_round_trip_restores_weights_step_and_shadows(tmp_path):
@@ -76,3 +77,16 @@ def test_latest_run_names_the_flag_when_there_is_no_run(tmp_path):
   cifar10_train.train(tiny_config(tmp_path, max_steps=5), tiny_split())
   config, checkpoint = cifar10_run.latest_run(str(tmp_path))
   assert config.max_steps == 5 and checkpoint.endswith('ckpt-5')
+
+
+def test_a_truncated_checkpoint_is_unreadable_not_a_traceback(tmp_path):
+  config = tiny_config(tmp_path)
+  state = cifar10_run.RunState(config)
+  path = state.make_checkpoint().write(str(tmp_path / 'ckpt'))
+  data = tmp_path / 'ckpt.data-00000-of-00001'
+  data.write_bytes(data.read_bytes()[:1000])
+  with pytest.raises(cifar10_run.UnreadableCheckpoint, match='is unreadable'):
+    cifar10_run.RunState(config).restore(path)
+  (tmp_path / 'ckpt.index').write_bytes(b'garbage')
+  with pytest.raises(cifar10_run.UnreadableCheckpoint, match='is unreadable'):
+    cifar10_run.checkpoint_step(path)

@@ -47,8 +47,8 @@ def test_spectral_conv_by_hand_moves_a_single_pixel():
   kernel[0, 2, 0, 0] = 3.0
   expected = np.zeros([1, 4, 4, 1], np.float32)
   expected[0, 2, 1, 0] = 3.0
-  np.testing.assert_allclose(cifar10_spectral.spectral_conv2d(tf.constant(x), tf.constant(kernel)), expected,
-                             atol=1e-6)
+  ours = cifar10_spectral.spectral_conv2d(tf.constant(x), tf.constant(kernel))
+  np.testing.assert_allclose(ours, expected, atol=1e-6)
 
 
 def test_spectral_conv_refuses_what_it_cannot_compute():

@@ -13,8 +13,7 @@ import models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The study's zoo at 24x24 (params, FLOPs; docs/design.md), computed by hand with its counting
-# rules;
-# the study's table shows them rounded to 0.01 M.
+# rules; the study's table shows them rounded to 0.01 M.
 GOLDEN = {
     'tutorial': (1_068_298, 37_745_098, 1.07, 37.75),
     'alex0': (1_463_594, 25_243_594, 1.46, 25.24),
