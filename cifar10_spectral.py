@@ -168,6 +168,8 @@ def spectral_conv2d(x, kernel, period=None):
   if size is None or size != width:
     raise ValueError(f'spectral convolution needs square images of known size, got {x.shape}')
   k, outputs = kernel.shape[0], kernel.shape[-1]
+  if k % 2 == 0 or kernel.shape[1] != k:
+    raise ValueError(f'spectral convolution needs a square kernel of odd size, got {kernel.shape}')
   rows, columns, inverse_columns, inverse_rows, _ = spectral_matrices(size, k, period)
   frequencies = columns.shape[0] // 2 * (rows.shape[0] // 2)
   kernel_spectrum = spectral_kernel(kernel, size, period)

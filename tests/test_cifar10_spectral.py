@@ -54,6 +54,8 @@ def test_spectral_conv_by_hand_moves_a_single_pixel():
 def test_spectral_conv_refuses_what_it_cannot_compute():
   with pytest.raises(ValueError, match='stride 1'):
     cifar10_spectral.spectral_convolution(tf.zeros([1, 12, 12, 2]), tf.zeros([5, 5, 2, 2]), 2)
+  with pytest.raises(ValueError, match='square kernel of odd size'):
+    cifar10_spectral.spectral_conv2d(tf.zeros([1, 12, 12, 2]), tf.zeros([4, 4, 2, 2]))
   with pytest.raises(ValueError, match='square images'):
     cifar10_spectral.spectral_conv2d(tf.zeros([1, 6, 8, 8]), tf.zeros([5, 5, 8, 8]))
   with pytest.raises(ValueError, match='period 13 is below size'):
