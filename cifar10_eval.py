@@ -109,16 +109,18 @@ def watch(evaluator, checkpoint_dir, eval_dir, use_ema=True, interval_secs=EVAL_
   """
   os.makedirs(eval_dir, exist_ok=True)
   writer = tf.summary.create_file_writer(eval_dir)
-  evaluated, results, failures, last_new = None, [], 0, time.time()
+  evaluated, results, failures, failed, last_new = None, [], 0, None, time.time()
   while True:
-    path = tf.train.latest_checkpoint(checkpoint_dir)
+    path = cifar10_run.newest_checkpoint(checkpoint_dir)  # From the files: no state file needed.
     if path and path != evaluated:
       try:
         metrics = eval_once(evaluator, path)
       except cifar10_run.UnreadableCheckpoint:
-        # Usually the trainer's CheckpointManager rotated it away while we read; a file that
-        # stays unreadable (truncated, another model's) ends the watcher after a few tries.
-        failures += 1
+        # Usually the trainer's CheckpointManager rotated it away, or was still writing it,
+        # while we read; a file that stays unreadable (truncated, another model's) ends the
+        # watcher after a few tries of that same file.
+        failures = failures + 1 if path == failed else 1
+        failed = path
         if failures >= READ_ATTEMPTS:
           raise
         print(f'{datetime.datetime.now()}: could not read {path}; retrying', flush=True)

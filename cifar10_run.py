@@ -7,9 +7,14 @@ evaluation results below eval/. Training writes it; evaluation, compression and 
 table read it through this module, never through the trainer.
 """
 
+import contextlib
 import dataclasses
+import datetime
+import fcntl
 import json
 import os
+import re
+import shutil
 
 from absl import flags
 import tensorflow as tf
@@ -19,6 +24,9 @@ import cifar10_spectral
 import models
 
 CONFIG_FILE = 'config.json'
+LOCK_FILE = '.lock'  # held by the one process that writes checkpoints here
+STATE_FILE = 'checkpoint'  # TensorFlow's list of the checkpoints, rebuilt from the files
+CHECKPOINT_INDEX = re.compile(r'^ckpt-(\d+)\.index$')
 RESULTS_FILE = 'results.jsonl'  # one JSON line per evaluated checkpoint
 # The evaluations' folders below the run, one per --eval_data of cifar10_eval.py, so that
 # training-set figures never mix with the test figures that cifar10_results.py reads.
@@ -70,6 +78,10 @@ class UnreadableCheckpoint(Exception):
   """A checkpoint cannot be read, or does not fit the run's model."""
 
 
+class RunFolderBusy(ConfigError):
+  """Another process holds the run folder's lock."""
+
+
 # --------------------------------------------------------------------------- config.json
 
 
@@ -93,21 +105,30 @@ def config_changes(previous, config):
           if getattr(previous, f.name) != getattr(config, f.name)]
 
 
+def check_config(config):
+  """The changes against the run already in train_dir (config_changes), writing nothing.
+
+  Raises:
+    ConfigError: train_dir holds a run of another model or image size.
+  """
+  previous = read_config(config.train_dir)
+  if previous is None:
+    return []
+  for key in ('model', 'image_size'):
+    if getattr(previous, key) != getattr(config, key):
+      raise ConfigError(
+          f'{config.train_dir} holds a run with {key}={getattr(previous, key)!r}, not '
+          f'{getattr(config, key)!r}: pass another --train_dir (or delete that one).')
+  return config_changes(previous, config)
+
+
 def write_config(config):
   """Saves the run's config in train_dir, refusing a train_dir that holds another model.
 
   Returns:
     The settings that differ from the run already in train_dir (config_changes).
   """
-  previous = read_config(config.train_dir)
-  changed = []
-  if previous is not None:
-    for key in ('model', 'image_size'):
-      if getattr(previous, key) != getattr(config, key):
-        raise ConfigError(
-            f'{config.train_dir} holds a run with {key}={getattr(previous, key)!r}, not '
-            f'{getattr(config, key)!r}: pass another --train_dir (or delete that one).')
-    changed = config_changes(previous, config)
+  changed = check_config(config)
   path = os.path.join(config.train_dir, CONFIG_FILE)
   try:
     os.makedirs(config.train_dir, exist_ok=True)
@@ -195,14 +216,98 @@ def checkpoint_step(path):
                                f'{str(e).strip()[:300]})') from e
 
 
+def checkpoint_paths(train_dir):
+  """The checkpoint prefixes in train_dir ('<dir>/ckpt-N'), newest step first.
+
+  Found from the checkpoints' own index files, not from TensorFlow's state file, which a
+  crash or a clumsy hand can empty or lose while the checkpoints are intact.
+  """
+  try:
+    names = os.listdir(train_dir)
+  except OSError:
+    return []
+  steps = sorted((int(m.group(1)) for m in map(CHECKPOINT_INDEX.match, names) if m),
+                 reverse=True)
+  return [os.path.join(train_dir, f'ckpt-{step}') for step in steps]
+
+
+def newest_checkpoint(train_dir):
+  """The newest checkpoint prefix in train_dir (checkpoint_paths), or None."""
+  paths = checkpoint_paths(train_dir)
+  return paths[0] if paths else None
+
+
+def rebuild_checkpoint_state(train_dir):
+  """Rewrites TensorFlow's state file from the checkpoints present, so that a
+  CheckpointManager opened next sees (and rotates) every one of them, newest as latest.
+
+  The file is a text protocol buffer of relative paths, as the manager writes it.
+  """
+  paths = checkpoint_paths(train_dir)
+  state = os.path.join(train_dir, STATE_FILE)
+  if not paths:
+    if os.path.exists(state):
+      os.remove(state)
+    return
+  names = [os.path.basename(path) for path in paths]
+  lines = [f'model_checkpoint_path: "{names[0]}"']
+  lines += [f'all_model_checkpoint_paths: "{name}"' for name in reversed(names)]
+  with open(state + '.tmp', 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+  os.replace(state + '.tmp', state)
+
+
+def move_checkpoints_aside(train_dir):
+  """Moves every checkpoint and the state file into a new subfolder; returns its path."""
+  aside = os.path.join(train_dir, 'restarted-' +
+                       datetime.datetime.now().strftime('%Y%m%d-%H%M%S'))
+  os.makedirs(aside)
+  for name in os.listdir(train_dir):
+    if name == STATE_FILE or name.startswith('ckpt-'):
+      shutil.move(os.path.join(train_dir, name), os.path.join(aside, name))
+  return aside
+
+
+@contextlib.contextmanager
+def locked(train_dir):
+  """Holds the run folder's exclusive lock for the block.
+
+  The lock is the kernel's (flock), so it dies with its process: a stale lock of a killed
+  trainer is simply taken over. The holder's PID is written in the lock file for the error
+  message of the next one.
+
+  Raises:
+    RunFolderBusy: another process holds it.
+    ConfigError: the folder cannot be created or written.
+  """
+  path = os.path.join(train_dir, LOCK_FILE)
+  try:
+    os.makedirs(train_dir, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  except OSError as e:
+    raise ConfigError(f'cannot write in {train_dir} ({e}): pass a writable --train_dir.') from e
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as e:
+      holder = os.read(fd, 32).decode(errors='replace').strip() or 'unknown'
+      raise RunFolderBusy(f'{train_dir} is in use by another process (PID {holder}): wait for '
+                          'it to finish, or stop it, before training here.') from e
+    os.ftruncate(fd, 0)
+    os.write(fd, f'{os.getpid()}\n'.encode())
+    yield
+  finally:
+    os.close(fd)  # Releases the lock.
+
+
 def latest_run(train_dir, flag='--train_dir'):
-  """(TrainConfig, latest checkpoint path) of the run in train_dir, for tools that read one.
+  """(TrainConfig, newest checkpoint path) of the run in train_dir, for tools that read one.
 
   Raises:
     ConfigError: no config.json or no checkpoint there (the message names `flag`).
   """
   config = read_config(train_dir)
-  checkpoint = tf.train.latest_checkpoint(train_dir) if config else None
+  checkpoint = newest_checkpoint(train_dir) if config else None
   if checkpoint is None:
     raise ConfigError(f'{flag}={train_dir} holds no trained run (config.json and a '
                       'checkpoint): point it at the --train_dir of a cifar10_train.py run.')

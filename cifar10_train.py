@@ -38,6 +38,10 @@ class TrainingDiverged(Exception):
   """The loss became NaN or infinite."""
 
 
+class SaveFailed(Exception):
+  """A checkpoint could not be written (disk full, read-only); the earlier ones are intact."""
+
+
 # --------------------------------------------------------------------------- flags
 
 
@@ -83,6 +87,8 @@ def define_train_flags():
       keep_checkpoints=flags.DEFINE_integer('keep_checkpoints', d.keep_checkpoints,
                                             'Most recent checkpoints kept.', lower_bound=1),
       seed=flags.DEFINE_integer('seed', d.seed, 'Seed of init, shuffling and distortions.'),
+      restart=flags.DEFINE_boolean('restart', False, 'Start again from step 0: the existing '
+                                   'checkpoints are moved into a restarted-<time> subfolder.'),
   )
   return holders
 
@@ -115,8 +121,7 @@ class Trainer(cifar10_run.RunState):
   def __init__(self, config):
     super().__init__(config)
     self.checkpoint = self.make_checkpoint(**self.extra_state())
-    self.manager = tf.train.CheckpointManager(self.checkpoint, config.train_dir,
-                                              max_to_keep=config.keep_checkpoints)
+    self.manager = None  # Opened by restore_latest(), which comes before any save().
     size = config.image_size
     self.train_step = tf.function(self._train_step, input_signature=(
         tf.TensorSpec([config.batch_size, size, size, 3], tf.float32),
@@ -131,14 +136,43 @@ class Trainer(cifar10_run.RunState):
     return {}
 
   def restore_latest(self):
-    """Restores the latest checkpoint if there is one; returns the step reached.
+    """Restores the newest checkpoint that reads whole; returns the step reached (0: none).
 
-    Sets `restored_from` to the checkpoint's path (None for a fresh start).
+    Sets `restored_from` (None for a fresh start) and `skipped`, the (path, reason) of each
+    newer checkpoint that did not restore.
+
+    Raises:
+      cifar10_run.UnreadableCheckpoint: there are checkpoints, but none restores.
     """
-    self.restored_from = self.manager.latest_checkpoint
-    if self.restored_from:
-      self.checkpoint.restore(self.restored_from).assert_existing_objects_matched()
-    return int(self.step.numpy())
+    self.open_checkpoints()
+    self.restored_from, self.skipped = None, []
+    paths = cifar10_run.checkpoint_paths(self.config.train_dir)
+    for path in paths:
+      status = None
+      try:
+        status = self.checkpoint.restore(path)
+        status.assert_existing_objects_matched()
+      except (AssertionError, ValueError, IndexError, tf.errors.OpError) as e:
+        if status is not None:
+          status.expect_partial()  # No warning about the values of a skipped checkpoint.
+        self.skipped.append((path, f'{type(e).__name__}: {str(e).strip()[:200]}'))
+        continue
+      self.restored_from = path
+      return int(self.step.numpy())
+    if paths:
+      raise cifar10_run.UnreadableCheckpoint(
+          f'none of the {len(paths)} checkpoints in {self.config.train_dir} restores (the '
+          f'newest, {paths[0]}: {self.skipped[0][1]}); pass --restart to move them aside and '
+          'start again from step 0.')
+    return 0
+
+  def open_checkpoints(self):
+    """Opens the manager that saves and rotates the checkpoints, on a state file rebuilt from
+    the checkpoints present: an emptied, damaged or lost one must neither stop the run nor
+    make it start again from step 0."""
+    cifar10_run.rebuild_checkpoint_state(self.config.train_dir)
+    self.manager = tf.train.CheckpointManager(self.checkpoint, self.config.train_dir,
+                                              max_to_keep=self.config.keep_checkpoints)
 
   def _train_step(self, images, labels):
     with tf.GradientTape() as tape:
@@ -166,7 +200,15 @@ class Trainer(cifar10_run.RunState):
       raise TrainingDiverged(f'weights are not finite at step {step}: training diverged. The '
                              'last good checkpoint is kept; lower --learning_rate and re-run.')
     self.train_seconds.assign(train_seconds)
-    return self.manager.save(checkpoint_number=step)
+    try:
+      return self.manager.save(checkpoint_number=step)
+    except (tf.errors.OpError, OSError) as e:
+      _remove_partial_saves(self.config.train_dir)
+      kept = cifar10_run.checkpoint_paths(self.config.train_dir)
+      raise SaveFailed(f'could not save the checkpoint of step {step} in '
+                       f'{self.config.train_dir} ({type(e).__name__}: {str(e).strip()[:200]}); '
+                       'is the disk full or read-only? The checkpoints before it are intact '
+                       f'(newest: {kept[0] if kept else "none"}).') from e
 
 
 def _log(message):
@@ -208,6 +250,7 @@ class StopRequested(Exception):
 
 
 _STOP = threading.Event()  # Set by the signal handlers of main(); read between steps.
+_STOP_SIGNAL = [signal.SIGINT]  # The signal that set _STOP (the exit code is 128 + it).
 
 
 class _Clock:
@@ -233,31 +276,58 @@ class _Clock:
     return datetime.timedelta(seconds=round((max_steps - step) * per_step))
 
 
-def train(config, train_split, on_log=None, make_trainer=Trainer):
+def train(config, train_split, on_log=None, make_trainer=Trainer, restart=False):
   """Trains until config.max_steps, resuming from train_dir; returns the final metrics.
+
+  Holds train_dir's lock throughout. Resumes from the newest checkpoint that restores (the
+  newer ones that do not are named and skipped); with `restart`, the checkpoints are first
+  moved into a subfolder and training starts from step 0.
 
   Args:
     config: a cifar10_run.TrainConfig.
     train_split: the cifar10_records.Split to train on.
     on_log: optional callable(step, examples_per_sec) run at each log line (benchmarks).
     make_trainer: callable(config) -> Trainer; compress/prune.py passes a pruning one.
+    restart: move the existing checkpoints aside and start from step 0.
 
   Raises:
     TrainingDiverged: the loss or the weights became NaN or infinite (nothing is saved then).
+    SaveFailed: a checkpoint could not be written; the earlier ones are intact.
     StopRequested: a signal asked to stop; the state was saved first.
+    cifar10_run.RunFolderBusy: another process trains in train_dir.
+    cifar10_run.UnreadableCheckpoint: checkpoints exist but none restores (see restart).
   """
   tf.random.set_seed(config.seed)
-  for change in cifar10_run.write_config(config):
-    _log(f'note: changed since the last run in {config.train_dir}: {change}')
-  _remove_partial_saves(config.train_dir)
+  with cifar10_run.locked(config.train_dir):
+    trainer, step = _resume(config, make_trainer, restart)
+    if step >= config.max_steps:
+      _log(f'{config.train_dir} is already at step {step} >= max_steps {config.max_steps}; '
+           'nothing to do.')
+      return None
+    return _loop(config, trainer, step, train_split, on_log)
+
+
+def _resume(config, make_trainer, restart):
+  """The run's trainer, restored, and its step; config.json written once that succeeded."""
+  _remove_partial_saves(config.train_dir)  # A kill during a save leaves these behind.
+  changes = cifar10_run.check_config(config)  # Refuses another model before touching a file.
+  if restart and cifar10_run.checkpoint_paths(config.train_dir):
+    aside = cifar10_run.move_checkpoints_aside(config.train_dir)
+    _log(f'--restart: moved the checkpoints to {aside}')
   trainer = make_trainer(config)
   step = trainer.restore_latest()
-  if step >= config.max_steps:
-    _log(f'{config.train_dir} is already at step {step} >= max_steps {config.max_steps}; '
-         'nothing to do.')
-    return None
+  for path, reason in trainer.skipped:
+    _log(f'skipped {path}, which does not restore ({reason})')
+  cifar10_run.write_config(config)
+  for change in changes:
+    _log(f'note: changed since the last run in {config.train_dir}: {change}')
   if step:
     _log(f'resumed from {trainer.restored_from} at step {step}')
+  return trainer, step
+
+
+def _loop(config, trainer, step, train_split, on_log):
+  """Steps from `step` to config.max_steps; returns the last metrics."""
   batches = iter(cifar10_input.train_inputs(
       train_split, config.batch_size, seed=config.seed + step, augment=config.augment,
       image_size=config.image_size))
@@ -300,8 +370,14 @@ def request_stop(signum, frame):
   del frame
   if _STOP.is_set():  # A second Ctrl-C stops at once.
     raise KeyboardInterrupt
+  _STOP_SIGNAL[0] = signum
   _STOP.set()
   print(f'\nsignal {signum}: saving a checkpoint and stopping...', file=sys.stderr, flush=True)
+
+
+def stop_exit_code():
+  """The exit code after a stop on a signal: 128 + its number (130 SIGINT, 143 SIGTERM)."""
+  return 128 + int(_STOP_SIGNAL[0])
 
 
 def install_stop_handlers():
@@ -318,10 +394,13 @@ def main(argv):
     config = config_from_flags(_FLAGS)
     split = cifar10_records.load_split(cifar10_run.batches_dir_from_flags(_FLAGS), 'train')
     install_stop_handlers()  # Only now: before, Ctrl-C simply ends the download or extraction.
-    train(config, split)
-  except (cifar10_records.DataError, TrainingDiverged, cifar10_run.ConfigError) as e:
+    train(config, split, restart=_FLAGS['restart'].value)
+  except (cifar10_records.DataError, TrainingDiverged, SaveFailed, cifar10_run.ConfigError,
+          cifar10_run.UnreadableCheckpoint) as e:
     sys.exit(f'error: {e}')
-  except (StopRequested, KeyboardInterrupt):
+  except StopRequested:
+    sys.exit(stop_exit_code())
+  except KeyboardInterrupt:
     sys.exit(130)
 
 

@@ -168,14 +168,15 @@ class PruningTrainer(cifar10_train.Trainer):
 
   def restore_latest(self):
     """Resumes this run, or starts from the source checkpoint with all-ones masks."""
-    if self.manager.latest_checkpoint or not self.source_checkpoint:
+    if cifar10_run.checkpoint_paths(self.config.train_dir) or not self.source_checkpoint:
       try:
         return super().restore_latest()
-      except AssertionError as e:  # e.g. an ordinary training run: no masks to restore.
-        raise cifar10_run.ConfigError(
-            f'{self.manager.latest_checkpoint} is not a pruning checkpoint of this layout '
-            f'({str(e)[:200]}): pass a new --train_dir.') from e
-    self.restored_from = self.source_checkpoint
+      except cifar10_run.UnreadableCheckpoint as e:  # e.g. an ordinary run: no masks.
+        raise cifar10_run.ConfigError(f'{self.config.train_dir} holds no pruning checkpoint of '
+                                      f'this layout that restores ({e}): pass a new '
+                                      '--train_dir.') from e
+    self.open_checkpoints()
+    self.restored_from, self.skipped = self.source_checkpoint, []
     self.restore(self.source_checkpoint)  # The source's layout: no masks.
     return int(self.step.numpy())
 
@@ -301,7 +302,7 @@ def prepare(values):
     raise cifar10_run.ConfigError('--train_dir must differ from --source_dir: pruning '
                                   'writes a new run and never touches the source.')
   if (not os.path.exists(os.path.join(train_dir, SETTINGS_FILE)) and
-      (tf.train.latest_checkpoint(train_dir) or cifar10_run.read_config(train_dir))):
+      (cifar10_run.newest_checkpoint(train_dir) or cifar10_run.read_config(train_dir))):
     # Checked before anything is written: resuming would first rewrite that run's config.
     raise cifar10_run.ConfigError(f'--train_dir={train_dir} holds a run that is not a '
                                   'pruning run: pass a new --train_dir.')
@@ -342,10 +343,12 @@ def main(argv):
     cifar10_train.install_stop_handlers()
     cifar10_train.train(config, split, make_trainer=lambda _: trainer)
     report = build_report(trainer, os.path.join(config.train_dir, SPARSE_FILE))
-  except (cifar10_records.DataError, cifar10_train.TrainingDiverged,
+  except (cifar10_records.DataError, cifar10_train.TrainingDiverged, cifar10_train.SaveFailed,
           cifar10_run.ConfigError, cifar10_run.UnreadableCheckpoint) as e:
     sys.exit(f'error: {e}')
-  except (cifar10_train.StopRequested, KeyboardInterrupt):
+  except cifar10_train.StopRequested:
+    sys.exit(cifar10_train.stop_exit_code())
+  except KeyboardInterrupt:
     sys.exit(130)
   with open(os.path.join(config.train_dir, REPORT_FILE), 'w') as f:
     json.dump(report, f, indent=1)

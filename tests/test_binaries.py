@@ -112,7 +112,7 @@ def test_eval_binary_fails_when_no_checkpoint_comes_before_the_timeout(tmp_path)
   assert result.stderr.startswith('error: no checkpoint appeared in '), result.stderr
 
 
-def test_train_binary_saves_and_exits_130_on_sigterm(tmp_path):
+def test_a_second_trainer_is_refused_then_sigterm_saves_and_exits_143(tmp_path):
   make_batches_dir(str(tmp_path))
   train_dir, log = tmp_path / 'run', tmp_path / 'train.log'
   with open(log, 'w') as out:
@@ -122,13 +122,19 @@ def test_train_binary_saves_and_exits_130_on_sigterm(tmp_path):
         cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
   try:
     wait_for(lambda: ', loss = ' in log.read_text(), trainer, 300, 'the first log line')
+    second = run(['cifar10_train.py', f'--data_dir={tmp_path}', f'--train_dir={train_dir}',
+                  '--max_steps=100000'])
+    assert second.returncode == 1
+    assert second.stderr == (f'error: {train_dir} is in use by another process (PID '
+                             f'{trainer.pid}): wait for it to finish, or stop it, before '
+                             'training here.\n')
     logged = int(log.read_text().split(', loss = ')[0].rsplit('step ', 1)[1])
     trainer.send_signal(signal.SIGTERM)
     trainer.wait(timeout=120)
   finally:
     trainer.kill()
   output = log.read_text()
-  assert trainer.returncode == 130, output
+  assert trainer.returncode == 128 + signal.SIGTERM, output  # 143, the convention.
   assert 'Traceback' not in output, output
   saved = int(tf.train.latest_checkpoint(str(train_dir)).rsplit('-', 1)[1])
   assert logged <= saved < 100000  # The steps done before the signal are kept.

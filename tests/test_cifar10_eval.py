@@ -141,3 +141,11 @@ def test_training_set_results_default_apart_from_the_test_results(tmp_path):
   # cifar10_results.py reads the test figures from default_eval_dir(run, 'test').
   assert cifar10_run.default_eval_dir(str(tmp_path), 'test') == str(tmp_path / 'eval')
   assert cifar10_run.default_eval_dir(str(tmp_path), 'train_eval') == str(tmp_path / 'eval_train')
+
+
+def test_the_watcher_finds_checkpoints_without_a_readable_state_file(trained_dir, tmp_path):
+  (trained_dir / 'checkpoint').write_text('')  # Emptied: TensorFlow's own lookup fails on it.
+  config = cifar10_run.read_config(str(trained_dir))
+  results = cifar10_eval.watch(cifar10_eval.Evaluator(config, tiny_split()), str(trained_dir),
+                               str(tmp_path / 'eval'), run_once=True)
+  assert [r['step'] for r in results] == [20]

@@ -14,7 +14,7 @@ import tensorflow as tf
 import cifar10_input
 import cifar10_run
 import cifar10_train
-from fixtures import tiny_config, tiny_split
+from fixtures import copy_run, tiny_config, tiny_split
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -193,3 +193,102 @@ def test_binary_exits_nonzero_on_divergence(tmp_path, real_data_dir):
                       '--log_frequency=5', timeout=300)
   assert result.returncode == 1, result.stderr
   assert 'diverged' in result.stderr and 'Traceback' not in result.stderr
+
+
+# ----------------------------------------------------------------- the run folder's safety
+
+
+@pytest.fixture(scope='module', name='ten_steps')
+def fixture_ten_steps(tmp_path_factory):
+  """A 10-step tiny run with checkpoints at 5 and 10, trained once for the module."""
+  train_dir = tmp_path_factory.mktemp('ten_steps') / 'run'
+  cifar10_train.train(tiny_config(train_dir, max_steps=10, checkpoint_steps=5), tiny_split())
+  return train_dir
+
+
+@pytest.fixture(name='run_dir')
+def fixture_run_dir(ten_steps, tmp_path):
+  """This test's own copy of the 10-step run."""
+  return copy_run(ten_steps, tmp_path / 'run')
+
+
+def resumed_steps(out):
+  return [int(line.split('step ')[1].split(',')[0]) for line in out.splitlines()
+          if ', loss = ' in line]
+
+
+@pytest.mark.parametrize('damage', ['garbage', 'empty', 'deleted'])
+def test_a_damaged_or_lost_state_file_resumes_from_the_newest_checkpoint(run_dir, capsys,
+                                                                         damage):
+  state = run_dir / cifar10_run.STATE_FILE
+  if damage == 'deleted':
+    state.unlink()
+  else:
+    state.write_text('garbage{{{' if damage == 'garbage' else '')
+  capsys.readouterr()
+  cifar10_train.train(tiny_config(run_dir, max_steps=15, checkpoint_steps=5), tiny_split())
+  out = capsys.readouterr().out
+  assert f'resumed from {run_dir / "ckpt-10"} at step 10' in out, out
+  assert resumed_steps(out) == [15]
+  assert tf.train.latest_checkpoint(str(run_dir)).endswith('ckpt-15')
+
+
+def test_a_corrupt_newest_checkpoint_is_named_and_the_one_before_it_resumes(run_dir, capsys):
+  data = next(run_dir.glob('ckpt-10.data-*'))
+  data.write_bytes(data.read_bytes()[:100])
+  capsys.readouterr()
+  cifar10_train.train(tiny_config(run_dir, max_steps=10, checkpoint_steps=5), tiny_split())
+  out = capsys.readouterr().out
+  assert f'skipped {run_dir / "ckpt-10"}, which does not restore' in out, out
+  assert f'resumed from {run_dir / "ckpt-5"} at step 5' in out
+  assert resumed_steps(out) == [10]  # ckpt-10 is written again, whole.
+  trainer = cifar10_train.Trainer(tiny_config(run_dir, max_steps=10))
+  assert trainer.restore_latest() == 10 and not trainer.skipped
+
+
+def test_unrestorable_checkpoints_refuse_a_start_from_zero_unless_restart(run_dir, capsys):
+  for index in run_dir.glob('ckpt-*.index'):
+    index.write_bytes(b'garbage')
+  refused = 'none of the 2 checkpoints.*--restart'
+  with pytest.raises(cifar10_run.UnreadableCheckpoint, match=refused):
+    cifar10_train.train(tiny_config(run_dir, max_steps=15), tiny_split())
+  indexes = ['ckpt-10.index', 'ckpt-5.index']
+  assert sorted(p.name for p in run_dir.glob('ckpt-*.index')) == indexes
+  capsys.readouterr()
+  cifar10_train.train(tiny_config(run_dir, max_steps=5), tiny_split(), restart=True)
+  assert '--restart: moved the checkpoints to' in capsys.readouterr().out
+  aside, = run_dir.glob('restarted-*')
+  assert sorted(p.name for p in aside.glob('ckpt-*.index')) == indexes
+  assert tf.train.latest_checkpoint(str(run_dir)).endswith('ckpt-5')
+
+
+def test_another_model_is_refused_before_config_json_is_written(run_dir):
+  (run_dir / cifar10_run.CONFIG_FILE).unlink()
+  with pytest.raises(cifar10_run.UnreadableCheckpoint, match='none of the 2 checkpoints'):
+    cifar10_train.train(tiny_config(run_dir, model='alex4', max_steps=15), tiny_split())
+  assert not (run_dir / cifar10_run.CONFIG_FILE).exists()
+  cifar10_train.train(tiny_config(run_dir, max_steps=15), tiny_split())  # The right model.
+  assert cifar10_run.read_config(str(run_dir)).model == 'tutorial'
+
+
+def test_a_second_trainer_on_one_run_folder_is_refused_naming_the_holder(tmp_path):
+  with cifar10_run.locked(str(tmp_path)):
+    busy = f'in use by another process \\(PID {os.getpid()}\\)'
+    with pytest.raises(cifar10_run.RunFolderBusy, match=busy):
+      cifar10_train.train(tiny_config(tmp_path, max_steps=5), tiny_split())
+  cifar10_train.train(tiny_config(tmp_path, max_steps=5), tiny_split())  # Released: it runs.
+
+
+def test_a_failed_save_is_a_clear_error_and_the_earlier_checkpoints_stay(run_dir, monkeypatch):
+  def full_disk(self, checkpoint_number=None):
+    os.makedirs(os.path.join(self.directory, f'ckpt-{checkpoint_number}_temp'))
+    raise tf.errors.ResourceExhaustedError(None, None, 'No space left on device')
+  monkeypatch.setattr(tf.train.CheckpointManager, 'save', full_disk)
+  with pytest.raises(cifar10_train.SaveFailed, match='step 15 .* full or read-only.*ckpt-10'):
+    cifar10_train.train(tiny_config(run_dir, max_steps=15), tiny_split())
+  assert not list(run_dir.glob('*_temp'))
+  kept = [str(run_dir / 'ckpt-10'), str(run_dir / 'ckpt-5')]
+  assert cifar10_run.checkpoint_paths(str(run_dir)) == kept
+  monkeypatch.undo()
+  trainer = cifar10_train.Trainer(tiny_config(run_dir, max_steps=15))
+  assert trainer.restore_latest() == 10

@@ -214,7 +214,7 @@ def test_prepare_refuses_an_ordinary_run_as_train_dir_before_writing(source_run,
 
 
 def test_an_ordinary_run_is_refused_as_a_pruning_train_dir(source_run):
-  with pytest.raises(cifar10_run.ConfigError, match='not a pruning checkpoint'):
+  with pytest.raises(cifar10_run.ConfigError, match='holds no pruning checkpoint'):
     pruning_trainer(source_run, source_run.train_dir).restore_latest()
 
 
