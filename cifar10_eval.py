@@ -34,6 +34,7 @@ EVAL_BATCH_SIZE = 200  # images per forward pass (fastest here); any size gives 
 EVAL_INTERVAL_SECS = 60.0  # seconds between looks for a new checkpoint
 TIMEOUT_SECS = 3600.0  # seconds without a new checkpoint before the watcher gives up
 READ_ATTEMPTS = 3  # tries to read one checkpoint before calling it unreadable
+RETRY_SECS = 1.0  # seconds between two tries
 
 
 class Evaluator(cifar10_run.RunState):
@@ -106,8 +107,13 @@ def watch(evaluator, checkpoint_dir, eval_dir, use_ema=True, interval_secs=EVAL_
   Raises:
     UnreadableCheckpoint: the latest checkpoint failed READ_ATTEMPTS reads in a row.
     FileNotFoundError: run_once and there is no checkpoint.
+    ConfigError: eval_dir cannot be created.
   """
-  os.makedirs(eval_dir, exist_ok=True)
+  try:
+    os.makedirs(eval_dir, exist_ok=True)
+  except OSError as e:
+    raise cifar10_run.ConfigError(f'cannot create the eval folder {eval_dir} ({e}): pass a '
+                                  'writable --eval_dir.') from e
   writer = tf.summary.create_file_writer(eval_dir)
   evaluated, results, failures, failed, last_new = None, [], 0, None, time.time()
   while True:
@@ -124,7 +130,7 @@ def watch(evaluator, checkpoint_dir, eval_dir, use_ema=True, interval_secs=EVAL_
         if failures >= READ_ATTEMPTS:
           raise
         print(f'{datetime.datetime.now()}: could not read {path}; retrying', flush=True)
-        time.sleep(1.0)
+        time.sleep(RETRY_SECS)
         continue
       record(metrics, eval_dir, writer, use_ema)
       results.append(metrics)

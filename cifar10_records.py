@@ -184,6 +184,7 @@ def extract_archive(archive, target_dir, records_per_file=RECORDS_PER_FILE):
     if os.path.isdir(final_dir):
       check_batches_dir(final_dir, records_per_file)  # Raises if it is a broken copy.
     else:
+      os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide the data from other users.
       os.rename(staging, final_dir)
   except ARCHIVE_ERRORS as e:
     raise _corrupt_archive(archive, e) from e

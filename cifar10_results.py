@@ -11,6 +11,7 @@ results.png (precision against MFLOPs and against parameters, Pareto front marke
 
 import dataclasses
 import json
+import math
 import os
 import sys
 
@@ -71,16 +72,14 @@ def read_run(train_dir, eval_dir=None):
     raise FileNotFoundError(f'{path} is missing: run cifar10_eval.py --checkpoint_dir='
                             f'{train_dir} first')
   lines = []
-  with open(path) as f:
-    for number, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        result = json.loads(line)
-        lines.append((result['step'], result['precision_ema'], result['train_seconds']))
-      except (ValueError, KeyError, TypeError) as e:
-        raise ResultsError(f'{path}, line {number}: not a cifar10_eval.py result ({e!r}); '
-                           'delete the line or evaluate the run again.') from e
+  try:
+    with open(path, encoding='utf-8') as f:
+      for number, line in enumerate(f, 1):
+        if line.strip():
+          lines.append(_result_fields(line, f'{path}, line {number}'))
+  except (OSError, UnicodeDecodeError) as e:
+    raise ResultsError(f'{path} is unreadable ({type(e).__name__}: {e}): it must be the '
+                       'results.jsonl that cifar10_eval.py wrote.') from e
   if not lines:
     raise ResultsError(f'{path} holds no evaluated checkpoint: run cifar10_eval.py '
                        f'--checkpoint_dir={train_dir} first')
@@ -89,6 +88,29 @@ def read_run(train_dir, eval_dir=None):
                    params=sum(r.params for r in rows), flops=sum(r.flops for r in rows),
                    precision_by_step={step: precision for step, precision, _ in lines},
                    train_seconds=max(lines)[2])
+
+
+def _result_fields(line, where):
+  """(step, EMA precision, training seconds) of one results.jsonl line, each checked.
+
+  Raises:
+    ResultsError: not a JSON object of cifar10_eval.py's, or a value out of its range.
+  """
+  try:
+    result = json.loads(line)
+    step, precision, seconds = (result['step'], result['precision_ema'],
+                                result['train_seconds'])
+  except (ValueError, KeyError, TypeError) as e:
+    raise ResultsError(f'{where}: not a cifar10_eval.py result ({e!r}); delete the line or '
+                       'evaluate the run again.') from e
+  numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                for v in (step, precision, seconds))
+  if not (numbers and isinstance(step, int) and 0 <= step < 2**63 and 0.0 <= precision <= 1.0
+          and math.isfinite(seconds) and seconds >= 0.0):
+    raise ResultsError(f'{where}: step {step!r}, precision_ema {precision!r} and '
+                       f'train_seconds {seconds!r} must be a step >= 0, a fraction in [0, 1] '
+                       'and seconds >= 0; delete the line or evaluate the run again.')
+  return step, precision, seconds
 
 
 def pareto_front(points):

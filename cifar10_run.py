@@ -12,6 +12,7 @@ import dataclasses
 import datetime
 import fcntl
 import json
+import math
 import os
 import re
 import shutil
@@ -63,6 +64,16 @@ class TrainConfig:
     # The run records what it computed with: 'auto' becomes 'direct' or 'spectral' for the
     # devices this process sees (cifar10_spectral.resolve).
     object.__setattr__(self, 'conv', cifar10_spectral.resolve(self.conv))
+    for name in ('learning_rate', 'lr_decay_epochs', 'lr_decay_factor', 'moving_average_decay'):
+      value = getattr(self, name)
+      if not math.isfinite(value) or value < 0:
+        raise ConfigError(f'--{name}={value} must be a finite number >= 0')
+    if not 1 <= self.batch_size <= cifar10_records.NUM_TRAIN_EXAMPLES:
+      raise ConfigError(f'--batch_size={self.batch_size} must lie in 1 .. '
+                        f'{cifar10_records.NUM_TRAIN_EXAMPLES:,} (the training images)')
+    if self.lr_schedule == 'staircase' and self.decay_steps < 1:
+      raise ConfigError(f'--lr_decay_epochs={self.lr_decay_epochs} is under one step at batch '
+                        f'{self.batch_size}: the staircase would drop at every step')
 
   @property
   def decay_steps(self):

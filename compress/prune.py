@@ -18,6 +18,7 @@ steps spread evenly from --begin_step to --end_step.
 """
 
 import dataclasses
+import datetime
 import json
 import math
 import os
@@ -281,8 +282,13 @@ def write_settings(train_dir, settings, source_checkpoint):
   record['dense_layers'] = list(settings.dense_layers)
   path = os.path.join(train_dir, SETTINGS_FILE)
   if os.path.exists(path):
-    with open(path) as f:
-      previous = _comparable(json.load(f))
+    try:
+      with open(path) as f:
+        previous = _comparable(json.load(f))
+    except (OSError, ValueError, TypeError, AttributeError) as e:
+      raise cifar10_run.ConfigError(f'{path} is unreadable ({type(e).__name__}: {e}): it must '
+                                    'be the pruning.json this tool wrote; pass another '
+                                    '--train_dir.') from e
     changed = [f'{key}: {previous.get(key)!r} -> {value!r}'
                for key, value in _comparable(record).items() if previous.get(key) != value]
     if changed:
@@ -307,6 +313,9 @@ def prepare(values):
     raise cifar10_run.ConfigError(f'--train_dir={train_dir} holds a run that is not a '
                                   'pruning run: pass a new --train_dir.')
   start = cifar10_run.checkpoint_step(source)
+  if start < source_config.max_steps:
+    print(f'{datetime.datetime.now()}: note: the source run is unfinished, at step {start:,} of '
+          f'its --max_steps={source_config.max_steps:,}; pruning starts from there.', flush=True)
   last = start + values['finetune_steps']
   begin = start if values['begin_step'] is None else values['begin_step']
   end = begin + values['finetune_steps'] // 2 if values['end_step'] is None else values['end_step']

@@ -119,7 +119,9 @@ def test_run_once_without_checkpoint_fails_clearly(tmp_path):
                        str(tmp_path / 'eval'), run_once=True)
 
 
-def test_unreadable_latest_checkpoint_fails_clearly_after_retries(trained_dir, tmp_path, capsys):
+def test_unreadable_latest_checkpoint_fails_clearly_after_retries(trained_dir, tmp_path, capsys,
+                                                                  monkeypatch):
+  monkeypatch.setattr(cifar10_eval, 'RETRY_SECS', 0.01)
   config = cifar10_run.read_config(str(trained_dir))
   data = next(p for p in trained_dir.iterdir() if p.name.startswith('ckpt-20.data'))
   data.write_bytes(data.read_bytes()[:100])  # Truncated, as a broken disk would leave it.

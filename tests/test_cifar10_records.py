@@ -318,6 +318,8 @@ def test_extraction_leaves_no_staging_folder(tmp_path):
   cifar10_records.find_batches_dir(str(archive), extract_dir=str(extract_dir),
                                    records_per_file=RECORDS_PER_FILE)
   assert os.listdir(extract_dir) == [cifar10_records.BATCHES_DIR]
+  mode = stat.S_IMODE(os.stat(extract_dir / cifar10_records.BATCHES_DIR).st_mode)
+  assert mode == 0o755  # Readable by every user, as a folder made by hand would be.
 
 
 def test_hostile_archive_writes_nothing_outside(tmp_path):

@@ -48,6 +48,34 @@ def test_read_run_refuses_an_empty_or_foreign_results_file(tmp_path):
     cifar10_results.read_run(str(tmp_path / 'foreign'))
 
 
+@pytest.mark.parametrize('line,reason', [
+    ('{"step": "10", "precision_ema": 0.5, "train_seconds": 1.0}', 'step'),
+    ('{"step": 10, "precision_ema": null, "train_seconds": 1.0}', 'step'),
+    ('{"step": 1e400, "precision_ema": 0.5, "train_seconds": 1.0}', 'step'),
+    ('{"step": 10, "precision_ema": NaN, "train_seconds": 1.0}', 'step'),
+    ('{"step": 10, "precision_ema": 1.5, "train_seconds": 1.0}', 'step'),
+    ('{"step": 10, "precision_ema": 0.5, "train_seconds": -1}', 'step'),
+    ('[1, 2, 3]', 'not a cifar10_eval.py result'),
+])
+def test_read_run_refuses_values_out_of_their_range(tmp_path, line, reason):
+  write_run(tmp_path, 'tutorial', [])
+  (tmp_path / 'eval' / 'results.jsonl').write_text(line + '\n')
+  with pytest.raises(cifar10_results.ResultsError, match=f'line 1: {reason}'):
+    cifar10_results.read_run(str(tmp_path))
+
+
+def test_read_run_refuses_invalid_utf8_and_a_folder_named_results_jsonl(tmp_path):
+  write_run(tmp_path / 'bytes', 'tutorial', [])
+  (tmp_path / 'bytes' / 'eval' / 'results.jsonl').write_bytes(b'\xff\xfe{"step"')
+  with pytest.raises(cifar10_results.ResultsError, match='UnicodeDecodeError'):
+    cifar10_results.read_run(str(tmp_path / 'bytes'))
+  write_run(tmp_path / 'folder', 'tutorial', [])
+  (tmp_path / 'folder' / 'eval' / 'results.jsonl').unlink()
+  (tmp_path / 'folder' / 'eval' / 'results.jsonl').mkdir()
+  with pytest.raises(cifar10_results.ResultsError, match='IsADirectoryError'):
+    cifar10_results.read_run(str(tmp_path / 'folder'))
+
+
 def test_table_has_a_column_per_step_and_rows_by_cost(tmp_path):
   write_run(tmp_path / 'tuto', 'tutorial', [(10000, 0.8141, 3960.0)])
   write_run(tmp_path / 'sq', 'squeeze1', [(5000, 0.6, 300.0), (10000, 0.663, 600.0)])

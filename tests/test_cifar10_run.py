@@ -90,3 +90,15 @@ def test_a_truncated_checkpoint_is_unreadable_not_a_traceback(tmp_path):
   (tmp_path / 'ckpt.index').write_bytes(b'garbage')
   with pytest.raises(cifar10_run.UnreadableCheckpoint, match='is unreadable'):
     cifar10_run.checkpoint_step(path)
+
+
+@pytest.mark.parametrize('overrides,message', [
+    (dict(learning_rate=float('nan')), '--learning_rate=nan must be a finite number'),
+    (dict(learning_rate=float('inf')), '--learning_rate=inf must be a finite number'),
+    (dict(moving_average_decay=-0.5), '--moving_average_decay=-0.5 must be'),
+    (dict(batch_size=100000), '--batch_size=100000 must lie in 1 .. 50,000'),
+    (dict(lr_schedule='staircase', lr_decay_epochs=1e-9), 'under one step at batch 128'),
+])
+def test_a_config_refuses_values_that_cannot_train(overrides, message):
+  with pytest.raises(cifar10_run.ConfigError, match=message):
+    cifar10_run.TrainConfig(**overrides)

@@ -184,6 +184,11 @@ def test_binary_rejects_bad_flags_at_parse_time(tmp_path):
   result = run_binary('cifar10_train.py', '--model=vgg', f'--train_dir={tmp_path}',
                       timeout=120)
   assert result.returncode != 0 and 'tutorial' in result.stderr
+  result = run_binary('cifar10_train.py', '--learning_rate=nan', f'--train_dir={tmp_path}',
+                      f'--data_dir={tmp_path}', timeout=120)
+  assert result.returncode == 1
+  assert result.stderr == 'error: --learning_rate=nan must be a finite number >= 0\n'
+  assert not os.listdir(tmp_path)  # Refused before any data was sought or file written.
 
 
 @pytest.mark.subprocess

@@ -1,5 +1,6 @@
 """Tests of magnitude pruning: the schedule, the masks, zeros that stay zero, the pruned run."""
 
+import dataclasses
 import math
 import os
 import shutil
@@ -16,7 +17,7 @@ import cifar10_run
 import cifar10_train
 from compress import prune
 from compress import sparse
-from fixtures import tiny_config, tiny_split
+from fixtures import copy_run, tiny_config, tiny_split
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -117,8 +118,22 @@ def pruned_run(source_run, train_dir, **overrides):
   return trainer
 
 
-def test_pruned_weights_are_zero_in_raw_weights_and_ema_shadows(source_run, tmp_path):
-  trainer = pruned_run(source_run, tmp_path)
+@pytest.fixture(scope='module')
+def pruned_once(source_run, tmp_path_factory):
+  """The trainer of a 20-step pruning run from the source (masks fixed from step 20 on),
+  trained once for the module; tests that change a run work on a copy (resume_copy)."""
+  return pruned_run(source_run, tmp_path_factory.mktemp('pruned') / 'run')
+
+
+def resume_copy(source_run, trainer, tmp_path):
+  """A new PruningTrainer resumed from a copy of `trainer`'s run folder."""
+  resumed = pruning_trainer(source_run, copy_run(trainer.config.train_dir, tmp_path / 'run'))
+  assert resumed.restore_latest() == 30
+  return resumed
+
+
+def test_pruned_weights_are_zero_in_raw_weights_and_ema_shadows(pruned_once):
+  trainer = pruned_once
   assert int(trainer.step.numpy()) == 30
   assert [mask.name for mask in trainer.masks][0] == 'conv2/mask:0'  # conv1 is left dense.
   for kernel, shadow, mask in zip(trainer.pruned, trainer.pruned_shadows, trainer.masks):
@@ -130,8 +145,8 @@ def test_pruned_weights_are_zero_in_raw_weights_and_ema_shadows(source_run, tmp_
   assert np.count_nonzero(trainer.model.layers[0].kernel.numpy()) == 5 * 5 * 3 * 64
 
 
-def test_pruned_weights_stay_zero_across_train_steps(source_run, tmp_path):
-  trainer = pruned_run(source_run, tmp_path)
+def test_pruned_weights_stay_zero_across_train_steps(source_run, pruned_once, tmp_path):
+  trainer = resume_copy(source_run, pruned_once, tmp_path)
   masks = [mask.numpy().copy() for mask in trainer.masks]
   batches = iter(cifar10_input.train_inputs(tiny_split(), 16, seed=1, augment=False,
                                             image_size=32))
@@ -145,16 +160,15 @@ def test_pruned_weights_stay_zero_across_train_steps(source_run, tmp_path):
     assert np.all(kernel.numpy()[before == 1] != 0)
 
 
-def test_pruned_checkpoint_resumes_with_its_masks_and_evaluates(source_run, tmp_path):
-  trainer = pruned_run(source_run, tmp_path)
-  resumed = pruning_trainer(source_run, tmp_path)
-  assert resumed.restore_latest() == 30
-  for mask, saved in zip(resumed.masks, trainer.masks):
+def test_pruned_checkpoint_resumes_with_its_masks_and_evaluates(source_run, pruned_once,
+                                                                tmp_path):
+  resumed = resume_copy(source_run, pruned_once, tmp_path)
+  for mask, saved in zip(resumed.masks, pruned_once.masks):
     np.testing.assert_array_equal(mask.numpy(), saved.numpy())
-  evaluator = cifar10_eval.Evaluator(trainer.config, tiny_split())
-  metrics = cifar10_eval.eval_once(evaluator, tf.train.latest_checkpoint(str(tmp_path)))
+  evaluator = cifar10_eval.Evaluator(resumed.config, tiny_split())
+  metrics = cifar10_eval.eval_once(evaluator, cifar10_run.newest_checkpoint(str(tmp_path / 'run')))
   assert metrics['step'] == 30 and metrics['num_examples'] == 32
-  for variable, shadow in zip(evaluator.model.trainable_variables, trainer.ema_shadows):
+  for variable, shadow in zip(evaluator.model.trainable_variables, pruned_once.ema_shadows):
     np.testing.assert_array_equal(variable.numpy(), shadow.numpy())
 
 
@@ -190,6 +204,23 @@ def prune_values(source_dir, train_dir, **overrides):
                 learning_rate=None, conv='auto')
   values.update(overrides)
   return values
+
+
+def test_a_malformed_pruning_json_is_a_clear_error(tmp_path):
+  settings = prune.PruningSettings(target_sparsity=0.5)
+  for text in ('{not json', '[1, 2]', '"a string"'):
+    (tmp_path / prune.SETTINGS_FILE).write_text(text)
+    with pytest.raises(cifar10_run.ConfigError, match='pruning.json is unreadable'):
+      prune.write_settings(str(tmp_path), settings, 'runs/source/ckpt-10')
+
+
+def test_prepare_notes_an_unfinished_source(source_run, tmp_path, capsys):
+  unfinished = copy_run(source_run.train_dir, tmp_path / 'source')
+  config = cifar10_run.read_config(str(unfinished))
+  cifar10_run.write_config(dataclasses.replace(config, max_steps=2000))
+  prune.prepare(prune_values(unfinished, tmp_path / 'pruned'))
+  assert 'the source run is unfinished, at step 10 of its --max_steps=2,000' in (
+      capsys.readouterr().out)
 
 
 def test_prepare_derives_the_window_from_the_source_step(source_run, tmp_path):
