@@ -155,10 +155,25 @@ def _corrupt_archive(archive, error):
 ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile)
 
 
-def _extract_members(archive, staging):
-  """Copies the data members (and the class names, when present) into staging."""
+META_FILE_LIMIT = 1 << 16  # bytes: ten class names need a few dozen
+
+
+def _extract_members(archive, staging, records_per_file):
+  """Copies the data members (and the class names, when present) into staging.
+
+  Each member's declared size is checked against the file's exact size before a byte is
+  written, so a hostile archive cannot fill the disk with one oversized member.
+  """
   names = TRAIN_FILES + TEST_FILES + (META_FILE,)
-  for name, _, source in _archive_members(archive, names, optional=(META_FILE,)):
+  for name, member, source in _archive_members(archive, names, optional=(META_FILE,)):
+    if name == META_FILE:
+      _check_at_most(f'{archive}:{name}', member.size, META_FILE_LIMIT)
+    elif member.size != records_per_file * RECORD_BYTES:
+      kind = 'truncated' if member.size < records_per_file * RECORD_BYTES else 'oversized'
+      raise DataError(f'{archive}: {BATCHES_DIR}/{name} is {kind}: it declares '
+                      f'{member.size:,} bytes, expected {records_per_file * RECORD_BYTES:,} '
+                      f'({records_per_file:,} records of {RECORD_BYTES}). Replace the archive '
+                      f'with a fresh copy of {ARCHIVE_NAME}.')
     with open(os.path.join(staging, name), 'wb') as out:
       shutil.copyfileobj(source, out, 1 << 20)
 
@@ -180,7 +195,7 @@ def extract_archive(archive, target_dir, records_per_file=RECORDS_PER_FILE):
   except OSError as e:
     raise DataError(f'cannot write to {target_dir} ({e}): pass a writable --extract_dir.') from e
   try:
-    _extract_members(archive, staging)
+    _extract_members(archive, staging, records_per_file)
     if os.path.isdir(final_dir):
       check_batches_dir(final_dir, records_per_file)  # Raises if it is a broken copy.
     else:

@@ -24,6 +24,7 @@ whichever form is smaller, so a dense matrix never pays for a mask.
 """
 
 import json
+import math
 import os
 import zipfile
 import zlib
@@ -48,13 +49,34 @@ def encode(array):
           'values': array.reshape(-1)[nonzero]}
 
 
+MAX_ENTRIES = 1 << 28  # per array: 268M entries, 1 GiB of float32, far past any model here
+
+
 def decode(shape, mask, values):
-  """The dense array of a sparse form (the inverse of `encode`)."""
-  size = int(np.prod(shape))
+  """The dense array of a sparse form (the inverse of `encode`).
+
+  The declared shape is checked against MAX_ENTRIES and the mask inflated to at most the
+  bytes that shape needs, before anything that size is allocated: a crafted file cannot
+  make a small mask inflate to gigabytes.
+  """
+  shape = np.asarray(shape)
+  if shape.ndim != 1 or shape.dtype.kind not in 'iu' or np.any(shape < 0):
+    raise ValueError(f'corrupt sparse array: its shape {shape.tolist()} is not a list of sizes')
+  size = math.prod(int(d) for d in shape)
+  if size > MAX_ENTRIES:
+    raise ValueError(f'corrupt sparse array: its shape {shape.tolist()} declares {size:,} '
+                     f'entries, more than the {MAX_ENTRIES:,} allowed')
+  inflate = zlib.decompressobj()
   try:
-    nonzero = np.unpackbits(np.frombuffer(zlib.decompress(mask.tobytes()), np.uint8))[:size]
+    bits = inflate.decompress(mask.tobytes(), (size + 7) // 8 + 1)
   except zlib.error as e:
     raise ValueError(f'corrupt sparse array: its mask does not inflate ({e})') from e
+  if inflate.unconsumed_tail:
+    raise ValueError(f'corrupt sparse array: its mask inflates to more than the '
+                     f'{(size + 7) // 8:,} bytes of {size:,} entries')
+  if not inflate.eof:
+    raise ValueError('corrupt sparse array: its mask does not inflate (the stream ends early)')
+  nonzero = np.unpackbits(np.frombuffer(bits, np.uint8))[:size]
   if nonzero.size != size or int(nonzero.sum()) != values.size:
     raise ValueError(f'corrupt sparse array: its mask covers {nonzero.size} of {size} entries '
                      f'with {int(nonzero.sum())} ones, for {values.size} values')

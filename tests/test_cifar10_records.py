@@ -487,3 +487,14 @@ def test_importing_the_records_module_never_loads_tensorflow():
   result = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True,
                           text=True, check=True)
   assert result.stdout.split() == ['False', 'True']
+
+
+def test_an_oversized_member_is_refused_before_a_byte_is_written(tmp_path):
+  files = cifar_files()
+  files['data_batch_2.bin'] += bytes(5 * RECORD_BYTES)  # Declares 9 records, not 4.
+  archive = make_archive(tmp_path / 'data' / cifar10_records.ARCHIVE_NAME, files)
+  extract_dir = tmp_path / 'extract'
+  with pytest.raises(DataError, match='data_batch_2.bin is oversized: it declares 27,657'):
+    cifar10_records.find_batches_dir(str(archive), extract_dir=str(extract_dir),
+                                     records_per_file=RECORDS_PER_FILE)
+  assert os.listdir(extract_dir) == []  # Nothing left behind, not even the staging folder.

@@ -119,3 +119,15 @@ def test_a_mask_that_does_not_inflate_is_refused():
   parts = sparse.encode(random_sparse((100,), 0.5))
   with pytest.raises(ValueError, match='does not inflate'):
     sparse.decode(parts['shape'], parts['mask'][:-3], parts['values'])
+
+
+def test_a_crafted_mask_or_shape_is_refused_before_it_is_allocated():
+  parts = sparse.encode(random_sparse((100,), 0.5))
+  bomb = np.frombuffer(zlib.compress(bytes(1 << 24), 9), np.uint8)  # 16 MiB of zeros.
+  with pytest.raises(ValueError, match='inflates to more than the 13 bytes of 100 entries'):
+    sparse.decode(parts['shape'], bomb, parts['values'])
+  huge = np.asarray([100000, 100000, 100000], np.int64)  # 1e15 entries.
+  with pytest.raises(ValueError, match='declares 1,000,000,000,000,000 entries'):
+    sparse.decode(huge, parts['mask'], parts['values'])
+  with pytest.raises(ValueError, match='is not a list of sizes'):
+    sparse.decode(np.asarray([-1, 5], np.int64), parts['mask'], parts['values'])
