@@ -40,6 +40,7 @@ if __package__ in (None, ''):  # Run as `python compress/int8.py`: the project r
   sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import cifar10_records  # pylint: disable=g-import-not-at-top
+from compress import int8_file
 from compress import sparse
 
 INT8_MIN, INT8_MAX = -128, 127
@@ -269,12 +270,24 @@ class Int8Model:
 
   @classmethod
   def load(cls, path):
+    """The model in `path`, checked whole first (compress/int8_file.py).
+
+    Raises:
+      OSError: the file cannot be opened.
+      sparse.FormatError: it is not a sound int8 model file (the message says why).
+    """
     arrays, meta = sparse.load(path)
-    missing = [key for key in ('ops', 'tensors', 'image_size', 'input') if key not in meta]
+    missing = [key for key in ('ops', 'tensors', 'image_size', 'input')
+               if not isinstance(meta, dict) or key not in meta]
     if missing:
-      kind = ' (a pruned float model from compress/prune.py?)' if 'weights' in meta else ''
+      pruned = isinstance(meta, dict) and 'weights' in meta
+      kind = ' (a pruned float model from compress/prune.py?)' if pruned else ''
       raise sparse.FormatError(f'{path} is not an int8 model from compress/quantize.py{kind}: '
                                f'its meta lacks {", ".join(missing)}')
+    try:
+      int8_file.check(meta, arrays)
+    except sparse.FormatError as e:
+      raise sparse.FormatError(f'{path} is not a sound int8 model file: {e}') from e
     return cls(meta, arrays)
 
   def save(self, path):

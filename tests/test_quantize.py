@@ -1,5 +1,6 @@
 """Tests of post-training int8 quantization: calibration, weights, integer vs fake-quant, export."""
 
+import json
 import os
 import subprocess
 import sys
@@ -262,3 +263,43 @@ def test_quantize_binary_checks_out_dir_before_any_work(tiny_run, tmp_path):
   assert 'Traceback' not in result.stderr, result.stderr
   assert f'cannot create --out_dir={out_dir}' in result.stderr, result.stderr
   assert not (tmp_path / 'no_data').exists()  # Refused before the data was sought.
+
+
+@pytest.fixture(scope='module', name='exported')
+def fixture_exported(tmp_path_factory):
+  """(meta, arrays) of a small quantized model, and the folder to write variants into."""
+  tf.random.set_seed(3)
+  meta, arrays = quantize.quantize_model(squeeze_like(), images(16), quantize.Calibration())
+  return meta, arrays, tmp_path_factory.mktemp('exported')
+
+
+def _linear(meta):
+  return next(op for op in meta['ops'] if op['type'] == 'conv')
+
+
+@pytest.mark.parametrize('damage,message', [
+    (lambda m, a: m['tensors'][m['input']].update(scale=-1.0), 'scale -1.0 is not a positive'),
+    (lambda m, a: m['tensors'][m['input']].update(zero_point=300), 'not in -128..127'),
+    (lambda m, a: m.update(image_size=10 ** 13), 'image_size 10000000000000 is not in 1..32'),
+    (lambda m, a: m['ops'][0].update(type='softmax'), 'not an op of a known type'),
+    (lambda m, a: m['ops'][0].update(inputs=['/etc/passwd']), 'are not tensors computed'),
+    (lambda m, a: _linear(m).update(stride='2'), "stride '2' is out of range"),
+    (lambda m, a: m.update(output='t999'), "its output 't999' is not computed"),
+    (lambda m, a: a.update({f'{_linear(m)["name"]}/bias': np.zeros(3, np.int64)}),
+     'bias is not int32'),
+    (lambda m, a: a.pop(f'{_linear(m)["name"]}/weights'), 'weights is not an int8 array'),
+])
+def test_a_damaged_int8_file_is_one_clear_error(exported, damage, message):
+  meta, arrays, folder = exported
+  meta, arrays = json.loads(json.dumps(meta)), dict(arrays)
+  damage(meta, arrays)
+  path = folder / 'damaged.npz'
+  sparse.save(path, arrays, meta)
+  with pytest.raises(sparse.FormatError, match=f'is not a sound int8 model file: .*{message}'):
+    int8.Int8Model.load(path)
+
+
+def test_a_sound_int8_file_passes_the_checks(exported):
+  meta, arrays, folder = exported
+  int8.Int8Model(meta, arrays).save(folder / 'sound.npz')
+  assert int8.Int8Model.load(folder / 'sound.npz').meta == meta
