@@ -148,7 +148,8 @@ def _archive_members(archive, names, optional=()):
 
 
 def _corrupt_archive(archive, error):
-  return DataError(f'{archive} is corrupt or unreadable ({type(error).__name__}: {error}). '
+  reason = ' '.join(str(error).split())  # tarfile lists each method tried on its own line.
+  return DataError(f'{archive} is corrupt or unreadable ({type(error).__name__}: {reason}). '
                    f'Replace it with a fresh copy of {ARCHIVE_NAME}.')
 
 

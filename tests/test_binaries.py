@@ -8,12 +8,14 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
 import cifar10_records
 import cifar10_run
 import cifar10_train
+from compress import sparse
 from fixtures import wait_for
 
 pytestmark = pytest.mark.subprocess  # Every test here starts the binaries.
@@ -153,3 +155,31 @@ def test_a_training_log_shows_only_our_lines(tmp_path):
   lines = result.stdout.splitlines()
   # step 2, saved ckpt-2, step 4, saved ckpt-4, done: nothing else.
   assert len(lines) == 5 and all(OWN_LOG_LINE.match(line) for line in lines), lines
+
+
+# The TensorFlow-free binaries on bad input: each case one `error:` line (no traceback).
+NO_TF_CASES = {
+    'runner: no model file': (['compress/int8.py', '--model_file={tmp}/none.npz'],
+                              'none.npz'),
+    'runner: garbage model file': (['compress/int8.py', '--model_file={tmp}/garbage.npz'],
+                                   'garbage.npz is truncated, corrupt or not written'),
+    'runner: a float model file': (['compress/int8.py', '--model_file={tmp}/float.npz'],
+                                   'is not an int8 model'),
+    'runner: no folder for the predictions': (
+        ['compress/int8.py', '--model_file={tmp}/float.npz',
+         '--predictions_out={tmp}/no/such/folder/p.npy'], 'its folder does not exist'),
+    'records: a corrupt archive': (['cifar10_records.py', '{tmp}'], 'is corrupt or unreadable'),
+}
+
+
+@pytest.mark.parametrize('case', sorted(NO_TF_CASES))
+def test_the_tensorflow_free_binaries_fail_in_one_line(case, tmp_path):
+  (tmp_path / 'garbage.npz').write_bytes(b'PK\x03\x04 not really a zip')
+  (tmp_path / cifar10_records.ARCHIVE_NAME).write_bytes(b'not a tar.gz')
+  sparse.save(tmp_path / 'float.npz', {'conv1/kernel': np.ones(3, np.float32)}, {'weights': 'ema'})
+  args, expected = NO_TF_CASES[case]
+  result = subprocess.run([sys.executable, *(arg.format(tmp=tmp_path) for arg in args)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 1, (result.stdout, result.stderr)
+  assert result.stderr.startswith('error: ') and result.stderr.count('\n') == 1, result.stderr
+  assert expected in result.stderr and 'Traceback' not in result.stderr
