@@ -27,7 +27,7 @@ import models
 CONFIG_FILE = 'config.json'
 LOCK_FILE = '.lock'  # held by the one process that writes checkpoints here
 STATE_FILE = 'checkpoint'  # TensorFlow's list of the checkpoints, rebuilt from the files
-CHECKPOINT_INDEX = re.compile(r'^ckpt-(\d+)\.index$')
+CHECKPOINT_FILE = re.compile(r'^ckpt-(\d+)\.(index|data-\d+-of-\d+)$')
 RESULTS_FILE = 'results.jsonl'  # one JSON line per evaluated checkpoint
 # The evaluations' folders below the run, one per --eval_data of cifar10_eval.py, so that
 # training-set figures never mix with the test figures that cifar10_results.py reads.
@@ -230,14 +230,15 @@ def checkpoint_step(path):
 def checkpoint_paths(train_dir):
   """The checkpoint prefixes in train_dir ('<dir>/ckpt-N'), newest step first.
 
-  Found from the checkpoints' own index files, not from TensorFlow's state file, which a
-  crash or a clumsy hand can empty or lose while the checkpoints are intact.
+  Found from the checkpoints' own files (index or data: one that lost either is still
+  listed, so that a reader names it when it fails), not from TensorFlow's state file, which
+  a crash or a clumsy hand can empty or lose while the checkpoints are intact.
   """
   try:
     names = os.listdir(train_dir)
   except OSError:
     return []
-  steps = sorted((int(m.group(1)) for m in map(CHECKPOINT_INDEX.match, names) if m),
+  steps = sorted({int(m.group(1)) for m in map(CHECKPOINT_FILE.match, names) if m},
                  reverse=True)
   return [os.path.join(train_dir, f'ckpt-{step}') for step in steps]
 

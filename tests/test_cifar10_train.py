@@ -238,9 +238,18 @@ def test_a_damaged_or_lost_state_file_resumes_from_the_newest_checkpoint(run_dir
   assert tf.train.latest_checkpoint(str(run_dir)).endswith('ckpt-15')
 
 
-def test_a_corrupt_newest_checkpoint_is_named_and_the_one_before_it_resumes(run_dir, capsys):
-  data = next(run_dir.glob('ckpt-10.data-*'))
-  data.write_bytes(data.read_bytes()[:100])
+@pytest.mark.parametrize('damage', ['data truncated', 'data zeroed', 'index truncated',
+                                    'index deleted', 'data deleted'])
+def test_a_corrupt_newest_checkpoint_is_named_and_the_one_before_it_resumes(run_dir, capsys,
+                                                                           damage):
+  part, how = damage.split()
+  path = next(run_dir.glob(f'ckpt-10.{part}*'))
+  if how == 'truncated':
+    path.write_bytes(path.read_bytes()[:100])
+  elif how == 'zeroed':
+    path.write_bytes(bytes(path.stat().st_size))
+  else:
+    path.unlink()
   capsys.readouterr()
   cifar10_train.train(tiny_config(run_dir, max_steps=10, checkpoint_steps=5), tiny_split())
   out = capsys.readouterr().out
