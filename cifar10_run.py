@@ -198,20 +198,36 @@ class RunState:
     Raises:
       UnreadableCheckpoint: the file is unreadable or does not hold this model's layout.
     """
-    try:
-      # read, not restore: the save counter of a trainer's checkpoint is not needed here.
-      self.make_checkpoint().read(path).assert_existing_objects_matched().expect_partial()
-    except (AssertionError, ValueError) as e:
-      raise UnreadableCheckpoint(f'{path} does not match the model in the run\'s '
-                                 f'{CONFIG_FILE} ({e})') from e
-    except (tf.errors.OpError, IndexError) as e:  # Truncated, missing or corrupt files.
-      raise UnreadableCheckpoint(f'{path} is unreadable ({type(e).__name__}: '
-                                 f'{str(e).strip()[:300]})') from e
+    read_checkpoint(self.make_checkpoint(), path)
 
   def restore_ema_shadows(self):
     """Copies the EMA shadows into the model, by position in the trainable variables."""
     for variable, shadow in zip(self.variables, self.ema_shadows):
       variable.assign(shadow)
+
+
+def read_checkpoint(checkpoint, path):
+  """Reads the checkpoint file `path` into `checkpoint`, all of whose objects it must hold.
+
+  What the file holds beyond them (a trainer's save counter, pruning masks) is ignored, and
+  so are, after a failure, the values that were not read (no warning about them at exit).
+
+  Raises:
+    UnreadableCheckpoint: the file is unreadable, or holds another model's layout.
+  """
+  status = None
+  try:
+    status = checkpoint.read(path)
+    status.assert_existing_objects_matched()
+  except (AssertionError, ValueError) as e:
+    raise UnreadableCheckpoint(f'{path} does not match the model in the run\'s {CONFIG_FILE} '
+                               f'({type(e).__name__}: {str(e).strip()[:300]})') from e
+  except (tf.errors.OpError, IndexError) as e:  # Truncated, missing or corrupt files.
+    raise UnreadableCheckpoint(f'{path} is unreadable ({type(e).__name__}: '
+                               f'{str(e).strip()[:300]})') from e
+  finally:
+    if status is not None:
+      status.expect_partial()
 
 
 def checkpoint_step(path):

@@ -148,22 +148,18 @@ class Trainer(cifar10_run.RunState):
     self.restored_from, self.skipped = None, []
     paths = cifar10_run.checkpoint_paths(self.config.train_dir)
     for path in paths:
-      status = None
       try:
-        status = self.checkpoint.restore(path)
-        status.assert_existing_objects_matched()
-      except (AssertionError, ValueError, IndexError, tf.errors.OpError) as e:
-        if status is not None:
-          status.expect_partial()  # No warning about the values of a skipped checkpoint.
-        self.skipped.append((path, f'{type(e).__name__}: {str(e).strip()[:200]}'))
+        cifar10_run.read_checkpoint(self.checkpoint, path)
+      except cifar10_run.UnreadableCheckpoint as e:
+        self.skipped.append((path, str(e)))
         continue
       self.restored_from = path
       return int(self.step.numpy())
     if paths:
       raise cifar10_run.UnreadableCheckpoint(
           f'none of the {len(paths)} checkpoints in {self.config.train_dir} restores (the '
-          f'newest, {paths[0]}: {self.skipped[0][1]}); pass --restart to move them aside and '
-          'start again from step 0.')
+          f'newest: {self.skipped[0][1]}); pass --restart to move them aside and start again '
+          'from step 0.')
     return 0
 
   def open_checkpoints(self):
@@ -317,7 +313,7 @@ def _resume(config, make_trainer, restart):
   trainer = make_trainer(config)
   step = trainer.restore_latest()
   for path, reason in trainer.skipped:
-    _log(f'skipped {path}, which does not restore ({reason})')
+    _log(f'skipped {path}, which does not restore: {reason}')
   cifar10_run.write_config(config)
   for change in changes:
     _log(f'note: changed since the last run in {config.train_dir}: {change}')
