@@ -302,11 +302,16 @@ class Model(Sequential):
   def __init__(self, layers, image_size, name=None):
     super().__init__(layers, name=name)
     self.input_shape = (image_size, image_size, 3)
-    names = [layer.name for layer, _ in self.walk(self.input_shape) if layer.kernels]
+    names = [layer.name for layer in self.weight_layers()]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
       raise ValueError(f'model {name}: layers with weights must have unique names; repeated: '
                        f'{", ".join(repeated)}')
+
+  def weight_layers(self):
+    """The layers with a weight matrix (convs and dense layers), in call order: the ones
+    `kernels` lists, as layers, for tools that need their names and biases too."""
+    return [layer for layer, _ in self.walk(self.input_shape) if layer.kernels]
 
 
 def conv(regime, name, in_channels, out_channels, kernel_size, *, tutorial_stddev=5e-2,

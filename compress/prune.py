@@ -154,7 +154,7 @@ class PruningTrainer(cifar10_train.Trainer):
 
   def extra_state(self):
     """One all-ones mask per pruned matrix, saved in the checkpoint as `masks`."""
-    layers = weight_layers(self.model)
+    layers = self.model.weight_layers()
     unknown = sorted(set(self.settings.dense_layers) - {layer.name for layer in layers})
     if unknown:
       raise cifar10_run.ConfigError(
@@ -205,25 +205,20 @@ class PruningTrainer(cifar10_train.Trainer):
     return 1.0 - kept / self.num_weights
 
 
-def weight_layers(model):
-  """The model's layers with a weight matrix (its convs and dense layers), in call order."""
-  return [layer for layer, _ in model.walk(model.input_shape) if layer.kernels]
-
-
 # --------------------------------------------------------------------------- report
 
 
 def ema_weights(trainer):
   """{'<layer>/kernel' or '<layer>/bias': EMA value as NumPy} of every weight layer."""
   return {f'{layer.name}/{part}': trainer.ema.average(getattr(layer, part)).numpy()
-          for layer in weight_layers(trainer.model) for part in ('kernel', 'bias')}
+          for layer in trainer.model.weight_layers() for part in ('kernel', 'bias')}
 
 
 def layer_rows(trainer):
   """Per conv/dense matrix: layer, shape, size, nonzeros, pruned (bool) of the EMA weights."""
   pruned = {id(k) for k in trainer.pruned}
   rows = []
-  for layer in weight_layers(trainer.model):
+  for layer in trainer.model.weight_layers():
     value = trainer.ema.average(layer.kernel).numpy()
     rows.append({'layer': layer.name, 'shape': list(value.shape), 'size': int(value.size),
                  'nonzeros': int((value != 0).sum()), 'pruned': id(layer.kernel) in pruned})

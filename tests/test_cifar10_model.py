@@ -188,6 +188,13 @@ def test_walk_yields_every_leaf_with_its_input_shape():
       id(k) for layer in leaves for k, _ in layer.kernels}
 
 
+def test_weight_layers_are_the_layers_of_the_kernels_in_call_order():
+  model = models.build('inception1')
+  layers = model.weight_layers()
+  assert [id(layer.kernel) for layer in layers] == [id(kernel) for kernel, _ in model.kernels]
+  assert layers[0].name == 'conv1' and layers[-1].name == 'softmax_linear'
+
+
 def test_a_model_refuses_two_weight_layers_of_one_name():
   layers = [cm.Conv2D(3, 4, 3, stddev=0.1, name='conv'),
             cm.Conv2D(4, 4, 3, stddev=0.1, name='conv')]
