@@ -85,18 +85,22 @@ def split_files(split):
 
 def check_batches_dir(batches_dir, records_per_file=RECORDS_PER_FILE):
   """Raises DataError unless every .bin file is present with its exact size."""
-  expected = records_per_file * RECORD_BYTES
   for name in TRAIN_FILES + TEST_FILES:
     path = os.path.join(batches_dir, name)
     if not os.path.isfile(path):
       raise DataError(f'{path} is missing: {batches_dir} must hold {", ".join(TRAIN_FILES)} '
                       f'and {TEST_FILES[0]}; delete the folder to extract it again.')
-    actual = os.path.getsize(path)
-    if actual != expected:
-      kind = 'truncated' if actual < expected else 'oversized'
-      raise DataError(f'{path} is {kind}: expected {expected:,} bytes '
-                      f'({records_per_file:,} records of {RECORD_BYTES}), found {actual:,}. '
+    _check_exact_size(path, os.path.getsize(path), records_per_file,
                       'Delete the folder and extract the archive again.')
+
+
+def _check_exact_size(source, actual, records_per_file, remedy):
+  """Raises DataError unless a .bin of `actual` bytes holds exactly records_per_file records."""
+  expected = records_per_file * RECORD_BYTES
+  if actual != expected:
+    kind = 'truncated' if actual < expected else 'oversized'
+    raise DataError(f'{source} is {kind}: expected {expected:,} bytes ({records_per_file:,} '
+                    f'records of {RECORD_BYTES}), found {actual:,}. {remedy}')
 
 
 def _is_writable_dir(path):
@@ -169,12 +173,9 @@ def _extract_members(archive, staging, records_per_file):
   for name, member, source in _archive_members(archive, names, optional=(META_FILE,)):
     if name == META_FILE:
       _check_at_most(f'{archive}:{name}', member.size, META_FILE_LIMIT)
-    elif member.size != records_per_file * RECORD_BYTES:
-      kind = 'truncated' if member.size < records_per_file * RECORD_BYTES else 'oversized'
-      raise DataError(f'{archive}: {BATCHES_DIR}/{name} is {kind}: it declares '
-                      f'{member.size:,} bytes, expected {records_per_file * RECORD_BYTES:,} '
-                      f'({records_per_file:,} records of {RECORD_BYTES}). Replace the archive '
-                      f'with a fresh copy of {ARCHIVE_NAME}.')
+    else:
+      _check_exact_size(f'{archive}:{BATCHES_DIR}/{name}', member.size, records_per_file,
+                        f'Replace the archive with a fresh copy of {ARCHIVE_NAME}.')
     with open(os.path.join(staging, name), 'wb') as out:
       shutil.copyfileobj(source, out, 1 << 20)
 
