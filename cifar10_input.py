@@ -6,8 +6,9 @@ standardization. Finding and decoding the records is cifar10_records.py's job (n
 TensorFlow there).
 
 Augmentation runs on whole batches with stateless random ops, so one batch costs a handful
-of tensor ops instead of 128 per-image map calls, and a given seed always gives the same
-distortions.
+of tensor ops instead of 128 per-image map calls. The batch of a step, its images and its
+distortions, is a function of the seed and the step alone: a resumed run sees what an
+uninterrupted one would have.
 """
 
 import tensorflow as tf
@@ -86,33 +87,74 @@ def eval_batch(images, size):
 # --------------------------------------------------------------------------- pipelines
 
 
-def train_inputs(split, batch_size, seed, augment=True, image_size=CROP_SIZE):
-  """Endless shuffled training batches.
+# Streams of the two kinds of randomness, so the order of one epoch never shares a seed with
+# the distortions of one step.
+ORDER_STREAM, DISTORTION_STREAM = 0, 1
+
+
+def step_seed(seed, stream, index):
+  """The int32 [2] stateless seed of `index` (an epoch or a step) in `stream`."""
+  base = tf.stack([tf.cast(seed, tf.int64), tf.cast(stream, tf.int64)])
+  return tf.cast(tf.random.experimental.stateless_fold_in(base, index), tf.int32)
+
+
+def epoch_order(num_images, seed, epoch):
+  """The permutation of range(num_images) that training visits in `epoch`: a function of
+  (seed, epoch) only, so any epoch's order is known without replaying the ones before."""
+  keys = tf.random.stateless_uniform([num_images], step_seed(seed, ORDER_STREAM, epoch))
+  return tf.argsort(keys, stable=True)
+
+
+def steps_per_epoch(num_images, batch_size):
+  """Whole batches in one pass over the images (the last partial one is dropped)."""
+  if batch_size > num_images:
+    raise ValueError(f'batch_size={batch_size} exceeds the {num_images:,} training images')
+  return num_images // batch_size
+
+
+def train_inputs(split, batch_size, seed, augment=True, image_size=CROP_SIZE, first_step=0):
+  """Endless shuffled training batches, indexed by the step they feed.
+
+  The batch of step k depends only on (seed, k): its images are batch k mod steps_per_epoch
+  of epoch k // steps_per_epoch's permutation (epoch_order), its distortions come from the
+  seed of step k. A run resumed at step k therefore sees exactly the batches an
+  uninterrupted run would have seen from step k on.
 
   Args:
     split: the training Split.
-    batch_size: images per batch; the last partial batch of an epoch is dropped so every
-      batch has the same shape.
-    seed: int; fixes the shuffle order and the distortions.
+    batch_size: images per batch; each epoch drops its last partial batch so every batch
+      has the same shape.
+    seed: int; fixes the order of every epoch and the distortions of every step.
     augment: the tutorial's distortions if True; else the central crop (the full 32x32 image
       when image_size is 32), standardized.
     image_size: 24 or 32.
+    first_step: the step whose batch comes first (the step a run resumes at).
 
   Returns:
     A tf.data.Dataset of (float32 [batch, size, size, 3], int32 [batch]).
+
+  Raises:
+    ValueError: batch_size exceeds the images of the split.
   """
-  data = tf.data.Dataset.from_tensor_slices((split.images, split.labels))
-  data = data.shuffle(len(split), seed=seed, reshuffle_each_iteration=True).repeat()
-  data = data.batch(batch_size, drop_remainder=True)
-  if augment:
-    seeds = tf.data.Dataset.random(seed=seed).batch(2).map(lambda s: tf.cast(s, tf.int32))
-    data = tf.data.Dataset.zip((data, seeds))
-    data = data.map(lambda batch, s: (distort_batch(batch[0], s, image_size), batch[1]),
-                    num_parallel_calls=tf.data.AUTOTUNE)
-  else:
-    data = data.map(lambda images, labels: (eval_batch(images, image_size), labels),
-                    num_parallel_calls=tf.data.AUTOTUNE)
-  return data.prefetch(tf.data.AUTOTUNE)
+  per_epoch = steps_per_epoch(len(split), batch_size)
+  images, labels = tf.constant(split.images), tf.constant(split.labels)
+
+  def epoch_batches(epoch):
+    order = epoch_order(len(split), seed, epoch)[:per_epoch * batch_size]
+    return tf.data.Dataset.from_tensor_slices(tf.reshape(order, [per_epoch, batch_size]))
+
+  def batch(step, indices):
+    chosen = tf.gather(images, indices)
+    if augment:
+      chosen = distort_batch(chosen, step_seed(seed, DISTORTION_STREAM, step), image_size)
+    else:
+      chosen = eval_batch(chosen, image_size)
+    return chosen, tf.gather(labels, indices)
+
+  first_epoch, offset = divmod(first_step, per_epoch)
+  indices = tf.data.Dataset.counter(first_epoch).flat_map(epoch_batches).skip(offset)
+  data = tf.data.Dataset.zip((tf.data.Dataset.counter(first_step), indices))
+  return data.map(batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 def eval_images(split, image_size=CROP_SIZE, chunk=1000):

@@ -1,6 +1,7 @@
 """Tests for cifar10_input: the batched distortions and the tf.data pipelines."""
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 import cifar10_input
@@ -166,6 +167,44 @@ def test_train_inputs_without_augmentation_32():
     assert images.shape == (8, 32, 32, 3) and images.dtype == tf.float32
     assert labels.shape == (8,) and labels.dtype == tf.int32
     assert set(labels.numpy()) <= set(split.labels)
+
+
+def indexed_split(num):
+  """Image i is dark but for a bright row i (num <= 32), its label i: whatever the
+  standardization, a batch shows which images it took."""
+  images = np.zeros((num, 32, 32, 3), np.uint8)
+  images[np.arange(num), np.arange(num)] = 255
+  return cifar10_records.Split(images=images, labels=np.arange(num, dtype=np.int32))
+
+
+def test_each_epoch_visits_every_image_once_in_a_new_order():
+  split = indexed_split(20)  # 8 per batch: 2 steps an epoch, 4 images left out each epoch.
+  data = cifar10_input.train_inputs(split, batch_size=8, seed=1, augment=False, image_size=32)
+  labels = [batch[1].numpy() for batch in data.take(6)]
+  epochs = [np.concatenate(labels[i:i + 2]) for i in range(0, 6, 2)]
+  for epoch in epochs:
+    assert len(set(epoch)) == 16  # No image twice within an epoch.
+  assert len({tuple(epoch) for epoch in epochs}) == 3  # Reshuffled every epoch.
+  images, labels = next(iter(data))  # A batch's images are the ones its labels name.
+  np.testing.assert_array_equal(np.argmax(images.numpy()[:, :, 0, 0], axis=1), labels)
+
+
+def test_a_pipeline_started_at_step_k_gives_the_batches_of_step_k_on():
+  """What makes a resumed run equal to an uninterrupted one: batches indexed by the step."""
+  split = tiny_split(20)
+  whole = list(cifar10_input.train_inputs(split, batch_size=8, seed=3).take(9))
+  for first_step in (1, 2, 5):  # Within the first epoch, at an epoch's start, mid-epoch.
+    resumed = cifar10_input.train_inputs(split, batch_size=8, seed=3, first_step=first_step)
+    for expected, got in zip(whole[first_step:], resumed.take(9 - first_step)):
+      np.testing.assert_array_equal(expected[0], got[0])  # Same images, same distortions.
+      np.testing.assert_array_equal(expected[1], got[1])
+  other = next(iter(cifar10_input.train_inputs(split, batch_size=8, seed=4)))
+  assert not np.array_equal(other[0], whole[0][0])
+
+
+def test_a_batch_larger_than_the_split_is_refused():
+  with pytest.raises(ValueError, match='batch_size=21 exceeds the 20 training images'):
+    cifar10_input.train_inputs(tiny_split(20), batch_size=21, seed=0)
 
 
 def test_eval_images_are_every_image_in_order_across_chunks():
