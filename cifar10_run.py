@@ -59,6 +59,7 @@ class TrainConfig:
   histogram_steps: int = 1000  # steps between weight histograms and sample images
   keep_checkpoints: int = 5  # most recent checkpoints kept in train_dir
   seed: int = 0
+  deterministic: bool = False  # TensorFlow's op determinism: bit-identical reruns, slower
 
   def __post_init__(self):
     # The run records what it computed with: 'auto' becomes 'direct' or 'spectral' for the
@@ -94,6 +95,21 @@ class RunFolderBusy(ConfigError):
 
 
 # --------------------------------------------------------------------------- config.json
+
+
+def write_whole(path, text):
+  """Writes `text` to `path` whole or not at all: a kill leaves the old file or the new one."""
+  partial = path + '.tmp'
+  with open(partial, 'w') as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(partial, path)
+
+
+def write_json(path, value):
+  """Writes `value` as indented JSON, whole or not at all (write_whole)."""
+  write_whole(path, json.dumps(value, indent=1) + '\n')
 
 
 def read_config(train_dir):
@@ -143,9 +159,7 @@ def write_config(config):
   path = os.path.join(config.train_dir, CONFIG_FILE)
   try:
     os.makedirs(config.train_dir, exist_ok=True)
-    with open(path + '.tmp', 'w') as f:
-      json.dump(dataclasses.asdict(config), f, indent=1)
-    os.replace(path + '.tmp', path)
+    write_json(path, dataclasses.asdict(config))
   except OSError as e:
     raise ConfigError(f'cannot write {path} ({e}): pass a writable --train_dir.') from e
   return changed
@@ -280,9 +294,7 @@ def rebuild_checkpoint_state(train_dir):
   names = [os.path.basename(path) for path in paths]
   lines = [f'model_checkpoint_path: "{names[0]}"']
   lines += [f'all_model_checkpoint_paths: "{name}"' for name in reversed(names)]
-  with open(state + '.tmp', 'w') as f:
-    f.write('\n'.join(lines) + '\n')
-  os.replace(state + '.tmp', state)
+  write_whole(state, '\n'.join(lines) + '\n')
 
 
 def move_checkpoints_aside(train_dir):
@@ -363,6 +375,14 @@ def define_conv_flag(default='auto'):
   """--conv, for every binary that builds a model; returns {'conv': FlagHolder}."""
   return {'conv': flags.DEFINE_enum('conv', default, list(cifar10_spectral.CONV_MODES),
                                     CONV_HELP)}
+
+
+def define_deterministic_flag():
+  """--deterministic, for the binaries that train; returns {'deterministic': FlagHolder}."""
+  return {'deterministic': flags.DEFINE_boolean(
+      'deterministic', TrainConfig.deterministic,
+      "TensorFlow's op determinism: the same flags give bit-identical weights on the same "
+      'machine, a killed and resumed run included (slower: docs/reliability.md).')}
 
 
 def batches_dir_from_flags(holders):

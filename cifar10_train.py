@@ -2,8 +2,9 @@
 
     python cifar10_train.py --model=tutorial --train_dir=runs/tutorial --max_steps=10000
 
-Re-running the same command resumes from the latest checkpoint in --train_dir; a run always
-ends with a checkpoint at exactly --max_steps. Every --log_frequency steps it prints the
+Re-running the same command resumes from the latest checkpoint in --train_dir, with the
+batches an uninterrupted run would have seen; a run always ends with a checkpoint at exactly
+--max_steps (with --deterministic, bit-identical to an uninterrupted run's). Every --log_frequency steps it prints the
 tutorial's line and writes scalar summaries for TensorBoard; --checkpoint_steps bounds the
 work a kill can lose. Run `cifar10_eval.py --checkpoint_dir=<train_dir>` beside it.
 """
@@ -50,6 +51,7 @@ def define_train_flags():
   d = cifar10_run.TrainConfig
   holders = cifar10_run.define_data_flags()
   holders.update(cifar10_run.define_conv_flag())
+  holders.update(cifar10_run.define_deterministic_flag())
   holders.update(
       train_dir=flags.DEFINE_string('train_dir', d.train_dir,
                                     'Checkpoints, summaries and config.json go here.'),
@@ -115,11 +117,45 @@ def learning_rate(step, config):
   return config.learning_rate * tf.pow(config.lr_decay_factor, drops)
 
 
+MEMORY_RESERVE = 1 << 30  # bytes left to the data, TensorFlow and the OS beside the batch
+
+
+def check_batch_fits(config, model, available=None):
+  """Refuses a --batch_size whose train step would not fit in this machine's memory.
+
+  Only without a GPU: a GPU's own memory rules there, and TensorFlow reports running out.
+
+  Args:
+    config: the run's TrainConfig.
+    model: its Model.
+    available: bytes free; default cifar10_env.available_memory() (unknown: no check).
+
+  Raises:
+    cifar10_run.ConfigError: the batch would not fit; the message gives the largest that does.
+  """
+  if available is None:
+    if tf.config.list_physical_devices('GPU'):
+      return
+    available = cifar10_env.available_memory()
+    if available is None:
+      return
+  per_image = cifar10_model.training_bytes_per_image(model)
+  fits = max(available - MEMORY_RESERVE, 0) // per_image
+  if config.batch_size > fits:
+    raise cifar10_run.ConfigError(
+        f'--batch_size={config.batch_size:,} does not fit in memory: a train step of '
+        f'{config.model} at {config.image_size}x{config.image_size} takes about '
+        f'{per_image / 2**20:.2f} MiB per image, {config.batch_size * per_image / 2**30:.1f} '
+        f'GiB in all, and {available / 2**30:.1f} GiB is available; use --batch_size='
+        f'{fits:,} or less.')
+
+
 class Trainer(cifar10_run.RunState):
   """A run's state (model, step, EMA, checkpoint) and its SGD step."""
 
   def __init__(self, config):
     super().__init__(config)
+    check_batch_fits(config, self.model)  # Before the first step tries to allocate it.
     self.checkpoint = self.make_checkpoint(**self.extra_state())
     self.manager = None  # Opened by restore_latest(), which comes before any save().
     size = config.image_size
@@ -294,6 +330,8 @@ def train(config, train_split, on_log=None, make_trainer=Trainer, restart=False)
     cifar10_run.UnreadableCheckpoint: checkpoints exist but none restores (see restart).
   """
   tf.random.set_seed(config.seed)
+  if config.deterministic:  # For the rest of the process: TensorFlow cannot turn it off.
+    tf.config.experimental.enable_op_determinism()
   with cifar10_run.locked(config.train_dir):
     trainer, step = _resume(config, make_trainer, restart)
     if step >= config.max_steps:
@@ -324,9 +362,9 @@ def _resume(config, make_trainer, restart):
 
 def _loop(config, trainer, step, train_split, on_log):
   """Steps from `step` to config.max_steps; returns the last metrics."""
-  batches = iter(cifar10_input.train_inputs(
-      train_split, config.batch_size, seed=config.seed + step, augment=config.augment,
-      image_size=config.image_size))
+  batches = iter(cifar10_input.train_inputs(  # From the batch of `step`: nothing replayed.
+      train_split, config.batch_size, seed=config.seed, augment=config.augment,
+      image_size=config.image_size, first_step=step))
   clock = _Clock(step, float(trainer.train_seconds.numpy()))
   with tf.summary.create_file_writer(config.train_dir).as_default():
     while step < config.max_steps:

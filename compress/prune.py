@@ -291,8 +291,7 @@ def write_settings(train_dir, settings, source_checkpoint):
           f'{train_dir} holds a pruning run with other settings ({"; ".join(changed)}): pass '
           'another --train_dir to prune differently.')
   os.makedirs(train_dir, exist_ok=True)
-  with open(path, 'w') as f:
-    json.dump(record, f, indent=1)
+  cifar10_run.write_json(path, record)
 
 
 def prepare(values):
@@ -330,7 +329,7 @@ def prepare(values):
   config = dataclasses.replace(
       source_config, train_dir=train_dir, max_steps=last,
       learning_rate=source_config.learning_rate if learning_rate is None else learning_rate,
-      conv=values['conv'])
+      conv=values['conv'], deterministic=values['deterministic'])
   return config, settings, source
 
 
@@ -354,8 +353,7 @@ def main(argv):
     sys.exit(cifar10_train.stop_exit_code())
   except KeyboardInterrupt:
     sys.exit(130)
-  with open(os.path.join(config.train_dir, REPORT_FILE), 'w') as f:
-    json.dump(report, f, indent=1)
+  cifar10_run.write_json(os.path.join(config.train_dir, REPORT_FILE), report)
   print(format_report(report))
 
 
@@ -364,6 +362,7 @@ def define_prune_flags():
   d = PruningSettings
   holders = cifar10_run.define_data_flags()
   holders.update(cifar10_run.define_conv_flag())
+  holders.update(cifar10_run.define_deterministic_flag())
   holders.update(
       source_dir=flags.DEFINE_string('source_dir', None, 'The --train_dir of a trained run.',
                                      required=True),
