@@ -3,8 +3,9 @@
 A binary calls `start()` first when it runs as a program (under `if __name__ == '__main__'`,
 before it imports TensorFlow or a module that does) and `quiet_logging(...)` at the top of
 its main(). Libraries never call either, and neither does a binary imported as a library, so
-importing a module changes nothing in the caller's process. Imports only the standard
-library and absl.
+importing a module changes nothing in the caller's process. `available_memory()` tells how
+much memory a batch may take (cifar10_train.py bounds --batch_size by it). Imports only the
+standard library and absl.
 
 Defaults, each only where the user has not set the variable:
   TF_CPP_MIN_LOG_LEVEL=1   TensorFlow's C++ INFO lines off (warnings and errors stay).
@@ -53,6 +54,37 @@ def start():
       for line in captured.read().decode(errors='replace').splitlines():
         if not _START_UP_NOISE.match(line):
           print(line, file=sys.stderr)
+
+
+def available_memory():
+  """Bytes of memory this process can still take, or None when unknown.
+
+  The least of the kernel's MemAvailable and the room left under the cgroup's limit (a
+  container's limit is not in MemAvailable); the physical memory where neither is readable
+  (macOS).
+  """
+  bounds = []
+  try:
+    with open('/proc/meminfo') as f:
+      for line in f:
+        if line.startswith('MemAvailable:'):
+          bounds.append(int(line.split()[1]) * 1024)
+  except (OSError, ValueError, IndexError):
+    pass
+  for limit_file, usage_file in (('/sys/fs/cgroup/memory.max', '/sys/fs/cgroup/memory.current'),
+                                 ('/sys/fs/cgroup/memory/memory.limit_in_bytes',
+                                  '/sys/fs/cgroup/memory/memory.usage_in_bytes')):
+    try:
+      with open(limit_file) as f, open(usage_file) as g:
+        bounds.append(int(f.read()) - int(g.read()))  # 'max' (no limit) fails int().
+    except (OSError, ValueError):
+      pass
+  if not bounds:
+    try:
+      bounds.append(os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE'))
+    except (OSError, ValueError):
+      return None
+  return max(min(bounds), 0)
 
 
 def quiet_logging(verbosity_flag_given):

@@ -233,8 +233,7 @@ def main(argv):
     sys.exit(f'error: {e}')
   os.makedirs(_FLAGS['out_dir'].value, exist_ok=True)
   table = markdown_table(results)
-  with open(os.path.join(_FLAGS['out_dir'].value, 'results.md'), 'w') as f:
-    f.write(table + '\n')
+  cifar10_run.write_whole(os.path.join(_FLAGS['out_dir'].value, 'results.md'), table + '\n')
   plot(results, os.path.join(_FLAGS['out_dir'].value, 'results.png'))
   print(table)
 

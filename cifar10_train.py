@@ -4,9 +4,9 @@
 
 Re-running the same command resumes from the latest checkpoint in --train_dir, with the
 batches an uninterrupted run would have seen; a run always ends with a checkpoint at exactly
---max_steps (with --deterministic, bit-identical to an uninterrupted run's). Every --log_frequency steps it prints the
-tutorial's line and writes scalar summaries for TensorBoard; --checkpoint_steps bounds the
-work a kill can lose. Run `cifar10_eval.py --checkpoint_dir=<train_dir>` beside it.
+--max_steps (with --deterministic, bit-identical to an uninterrupted run's). Every
+--log_frequency steps it prints the tutorial's line and writes scalar summaries for
+TensorBoard; --checkpoint_steps bounds the work a kill can lose. Run `cifar10_eval.py --checkpoint_dir=<train_dir>` beside it.
 """
 
 import dataclasses

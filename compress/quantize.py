@@ -342,8 +342,7 @@ def main(argv):
     sys.exit(f'error: {e}')
   except KeyboardInterrupt:
     sys.exit(130)  # The model file is written whole or not at all (compress/sparse.py).
-  with open(os.path.join(out_dir, REPORT_FILE), 'w') as f:
-    json.dump(report, f, indent=1)
+  cifar10_run.write_json(os.path.join(out_dir, REPORT_FILE), report)
   print(format_report(report))
 
 

@@ -201,3 +201,12 @@ def test_a_model_refuses_two_weight_layers_of_one_name():
   with pytest.raises(ValueError, match='unique names; repeated: conv'):
     cm.Model(layers, 8, name='twice')
   cm.Model([cm.MaxPool(name='pool'), cm.MaxPool(name='pool')], 8)  # No weights: no keys.
+
+
+def test_training_memory_estimate_counts_every_layer_output_by_hand():
+  # The tutorial at 24x24: conv1 24*24*64, then pool1, norm1, conv2, norm2 at 12*12*64,
+  # pool2 and flatten 6*6*64, local3 384, local4 192, softmax_linear 10.
+  activations = 24 * 24 * 64 + 4 * 12 * 12 * 64 + 2 * 6 * 6 * 64 + 384 + 192 + 10
+  assert activations == 78_922
+  model = models.build('tutorial', 24)
+  assert cm.training_bytes_per_image(model) == 12 * activations

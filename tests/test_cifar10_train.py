@@ -14,6 +14,7 @@ import tensorflow as tf
 import cifar10_input
 import cifar10_run
 import cifar10_train
+import models
 from fixtures import copy_run, tiny_config, tiny_split
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -306,3 +307,16 @@ def test_a_failed_save_is_a_clear_error_and_the_earlier_checkpoints_stay(run_dir
   monkeypatch.undo()
   trainer = cifar10_train.Trainer(tiny_config(run_dir, max_steps=15))
   assert trainer.restore_latest() == 10
+
+
+def test_a_batch_that_cannot_fit_in_memory_is_refused_with_the_largest_that_fits(tmp_path):
+  config = cifar10_run.TrainConfig(train_dir=str(tmp_path), batch_size=2000)
+  model = models.build('tutorial', 24)
+  per_image = 12 * 78_922  # cifar10_model.training_bytes_per_image, by hand
+  available = cifar10_train.MEMORY_RESERVE + 1000 * per_image
+  with pytest.raises(cifar10_run.ConfigError,
+                     match=r'--batch_size=2,000 does not fit.*0\.90 MiB per image.*'
+                           r'use --batch_size=1,000 or less'):
+    cifar10_train.check_batch_fits(config, model, available=available)
+  cifar10_train.check_batch_fits(dataclasses.replace(config, batch_size=1000), model,
+                                 available=available)
