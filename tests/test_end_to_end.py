@@ -1,14 +1,10 @@
-"""Real-data tests of the binaries: learning well above chance, and training, pruning and
-quantization surviving SIGKILL at random moments."""
+"""Real-data tests of the binaries: learning well above chance, and a run killed and resumed
+with the watcher beside it (the fault-injection suite is tests/test_faults.py)."""
 
-import json
 import os
-import random
 import subprocess
 import sys
-import time
 
-import numpy as np
 import pytest
 
 import tensorflow as tf
@@ -17,7 +13,6 @@ import cifar10_eval
 import cifar10_records
 import cifar10_run
 import cifar10_train
-from compress import int8
 from fixtures import wait_for
 
 pytestmark = pytest.mark.subprocess  # Every test here starts the binaries.
@@ -78,91 +73,3 @@ def test_sigkill_then_rerun_finishes_with_the_watcher_running(tmp_path, real_dat
       if process.poll() is None:
         process.kill()
         process.wait()
-
-
-def test_kills_at_random_moments_never_leave_an_unreadable_checkpoint(tmp_path, real_data_dir):
-  """A checkpoint every step, so some kills land inside a save."""
-  train_dir = str(tmp_path / 'run')
-  train_cmd = [sys.executable, 'cifar10_train.py', f'--data_dir={real_data_dir}',
-               f'--train_dir={train_dir}', '--max_steps=1000', '--checkpoint_steps=1',
-               '--log_frequency=1', '--keep_checkpoints=2']
-  rng = random.Random(0)
-  for _ in range(3):
-    trainer = subprocess.Popen(train_cmd, cwd=ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
-    before = tf.train.latest_checkpoint(train_dir)
-    wait_for(lambda: tf.train.latest_checkpoint(train_dir) != before, trainer, 600,
-              'a new checkpoint')
-    time.sleep(rng.uniform(0.0, 1.0))
-    trainer.kill()
-    trainer.wait()
-    path = tf.train.latest_checkpoint(train_dir)
-    config = cifar10_run.read_config(train_dir)
-    evaluator = cifar10_eval.Evaluator(config, cifar10_records.Split(
-        images=np.zeros((4, 32, 32, 3), np.uint8), labels=np.zeros(4, np.int32)))
-    evaluator.restore(path)  # Raises if the checkpoint were unreadable.
-    assert int(evaluator.step.numpy()) == int(path.rsplit('-', 1)[1])
-
-
-def kill_after_a_new_checkpoint(command, train_dir, rng, timeout=600):
-  """Starts `command`, waits for a checkpoint newer than the one before, kills it at a random
-  moment of the next second (often inside a save: the run checkpoints every step)."""
-  before = cifar10_run.newest_checkpoint(train_dir)
-  process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-  try:
-    wait_for(lambda: cifar10_run.newest_checkpoint(train_dir) not in (None, before), process,
-             timeout, 'a new checkpoint')
-    time.sleep(rng.uniform(0.0, 1.0))
-  finally:
-    process.kill()
-    process.wait()
-
-
-def test_a_pruning_run_killed_at_random_moments_finishes_whole(tmp_path, real_data_dir):
-  source, pruned = str(tmp_path / 'source'), str(tmp_path / 'pruned')
-  subprocess.run([sys.executable, 'cifar10_train.py', f'--data_dir={real_data_dir}',
-                  f'--train_dir={source}', '--max_steps=10', '--checkpoint_steps=1',
-                  '--keep_checkpoints=2'], cwd=ROOT, check=True, capture_output=True,
-                 timeout=600)
-  prune_cmd = [sys.executable, 'compress/prune.py', f'--source_dir={source}',
-               f'--train_dir={pruned}', '--finetune_steps=90', '--target_sparsity=0.75',
-               f'--data_dir={real_data_dir}']
-  rng = random.Random(1)
-  for _ in range(3):
-    kill_after_a_new_checkpoint(prune_cmd, pruned, rng)
-    newest = cifar10_run.newest_checkpoint(pruned)
-    # Whatever the moment of the kill, the newest checkpoint restores, masks included.
-    assert cifar10_run.checkpoint_step(newest) > 10
-  finished = subprocess.run(prune_cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-  assert finished.returncode == 0, finished.stdout + finished.stderr
-  assert 'resumed from' in finished.stdout
-  with open(os.path.join(pruned, 'prune_report.json')) as f:
-    report = json.load(f)
-  assert report['step'] == 100 and report['sparsity'] == pytest.approx(0.75, abs=1e-4)
-
-
-def test_a_quantization_killed_midway_leaves_no_half_model_and_reruns(tmp_path, real_data_dir):
-  run = str(tmp_path / 'run')
-  subprocess.run([sys.executable, 'cifar10_train.py', f'--data_dir={real_data_dir}',
-                  f'--train_dir={run}', '--max_steps=5'], cwd=ROOT, check=True,
-                 capture_output=True, timeout=600)
-  out_dir = tmp_path / 'int8'
-  command = [sys.executable, 'compress/quantize.py', f'--checkpoint_dir={run}',
-             f'--out_dir={out_dir}', f'--data_dir={real_data_dir}', '--calibration_images=50',
-             '--compare_images=20']
-  process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True)
-  try:
-    wait_for(lambda: out_dir.exists(), process, 300, 'the output folder')
-    time.sleep(random.Random(2).uniform(0.0, 8.0))
-  finally:
-    process.kill()
-    process.wait()
-  model = out_dir / 'model_int8.npz'
-  if model.exists():  # Written whole, or not at all.
-    int8.Int8Model.load(model)
-  finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
-  assert finished.returncode == 0, finished.stdout + finished.stderr
-  assert 'same predictions: True' in finished.stdout
-  int8.Int8Model.load(model)
