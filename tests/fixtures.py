@@ -46,6 +46,29 @@ def write_batches_dir(root, split):
   return batches_dir
 
 
+FULL_FILE_BYTES = cifar10_records.RECORDS_PER_FILE * cifar10_records.RECORD_BYTES  # 30,730,000
+
+
+def make_batches_dir(data_dir, resize=None, bad_label=None):
+  """Full-size .bin files of zeros (sparse, so instant); optionally one bad size or label.
+
+  Args:
+    data_dir: folder to create cifar-10-batches-bin in.
+    resize: (file name, byte delta) to make one file truncated or oversized.
+    bad_label: (file name, record index) whose label byte becomes 10.
+  """
+  batches_dir = os.path.join(data_dir, cifar10_records.BATCHES_DIR)
+  os.makedirs(batches_dir)
+  for name in cifar10_records.TRAIN_FILES + cifar10_records.TEST_FILES:
+    with open(os.path.join(batches_dir, name), 'wb') as f:
+      f.truncate(FULL_FILE_BYTES + (resize[1] if resize and resize[0] == name else 0))
+  if bad_label:
+    with open(os.path.join(batches_dir, bad_label[0]), 'r+b') as f:
+      f.seek(bad_label[1] * cifar10_records.RECORD_BYTES)
+      f.write(bytes([10]))
+  return batches_dir
+
+
 def add_member(tar, name, data=b'', **fields):
   """Adds a member holding `data` to an open tarfile; `fields` set TarInfo attributes."""
   info = tarfile.TarInfo(name)

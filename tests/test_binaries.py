@@ -16,34 +16,11 @@ import cifar10_records
 import cifar10_run
 import cifar10_train
 from compress import sparse
-from fixtures import wait_for
+from fixtures import make_batches_dir, wait_for
 
 pytestmark = pytest.mark.subprocess  # Every test here starts the binaries.
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FILE_BYTES = cifar10_records.RECORDS_PER_FILE * cifar10_records.RECORD_BYTES  # 30,730,000
-
-
-def make_batches_dir(data_dir, resize=None, bad_label=None):
-  """Full-size .bin files of zeros (sparse, so instant); optionally one bad size or label.
-
-  Args:
-    data_dir: folder to create cifar-10-batches-bin in.
-    resize: (file name, byte delta) to make one file truncated or oversized.
-    bad_label: (file name, record index) whose label byte becomes 10.
-  """
-  batches_dir = os.path.join(data_dir, cifar10_records.BATCHES_DIR)
-  os.makedirs(batches_dir)
-  for name in cifar10_records.TRAIN_FILES + cifar10_records.TEST_FILES:
-    with open(os.path.join(batches_dir, name), 'wb') as f:
-      f.truncate(FILE_BYTES + (resize[1] if resize and resize[0] == name else 0))
-  if bad_label:
-    with open(os.path.join(batches_dir, bad_label[0]), 'r+b') as f:
-      f.seek(bad_label[1] * cifar10_records.RECORD_BYTES)
-      f.write(bytes([10]))
-  return batches_dir
-
-
 CASES = {
     'truncated': (dict(resize=('data_batch_3.bin', -1)),
                   ['data_batch_3.bin is truncated', '30,730,000', '30,729,999']),
