@@ -93,8 +93,13 @@ def record(metrics, eval_dir, writer, use_ema):
     tf.summary.scalar('precision @ 1/ema', metrics['precision_ema'], step=metrics['step'])
     tf.summary.scalar('precision @ 1/raw', metrics['precision_raw'], step=metrics['step'])
   writer.flush()
-  with open(os.path.join(eval_dir, cifar10_run.RESULTS_FILE), 'a') as f:
-    f.write(json.dumps(metrics) + '\n')
+  path = os.path.join(eval_dir, cifar10_run.RESULTS_FILE)
+  try:
+    with open(path, 'a') as f:
+      f.write(json.dumps(metrics) + '\n')
+  except OSError as e:
+    raise cifar10_run.ConfigError(f'cannot write {path} ({e}): pass a writable '
+                                  '--eval_dir.') from e
 
 
 def watch(evaluator, checkpoint_dir, eval_dir, use_ema=True, interval_secs=EVAL_INTERVAL_SECS,
@@ -107,7 +112,7 @@ def watch(evaluator, checkpoint_dir, eval_dir, use_ema=True, interval_secs=EVAL_
   Raises:
     UnreadableCheckpoint: the latest checkpoint failed READ_ATTEMPTS reads in a row.
     FileNotFoundError: run_once and there is no checkpoint.
-    ConfigError: eval_dir cannot be created.
+    ConfigError: eval_dir cannot be created, or results.jsonl cannot be written there.
   """
   try:
     os.makedirs(eval_dir, exist_ok=True)

@@ -231,10 +231,14 @@ def main(argv):
     results = [read_run(run) for run in _FLAGS['runs'].value]
   except (FileNotFoundError, ResultsError, cifar10_run.ConfigError) as e:
     sys.exit(f'error: {e}')
-  os.makedirs(_FLAGS['out_dir'].value, exist_ok=True)
+  out_dir = _FLAGS['out_dir'].value
   table = markdown_table(results)
-  cifar10_run.write_whole(os.path.join(_FLAGS['out_dir'].value, 'results.md'), table + '\n')
-  plot(results, os.path.join(_FLAGS['out_dir'].value, 'results.png'))
+  try:
+    os.makedirs(out_dir, exist_ok=True)
+    cifar10_run.write_whole(os.path.join(out_dir, 'results.md'), table + '\n')
+    plot(results, os.path.join(out_dir, 'results.png'))
+  except OSError as e:
+    sys.exit(f'error: cannot write results.md and results.png into --out_dir={out_dir} ({e})')
   print(table)
 
 

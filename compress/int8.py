@@ -394,6 +394,8 @@ def main(argv):
   try:
     if out and not os.path.isdir(os.path.dirname(os.path.abspath(out))):
       raise FileNotFoundError(f'--predictions_out={out}: its folder does not exist')
+    if out and os.path.isdir(out):
+      raise IsADirectoryError(f'--predictions_out={out} is a folder: pass a file name')
     model = Int8Model.load(values['model_file'])
     test = cifar10_records.read_split(values['data_dir'], 'test')
   except (OSError, KeyError, ValueError, cifar10_records.DataError) as e:
@@ -401,7 +403,10 @@ def main(argv):
   precision, rate, predictions = evaluate(model, test.images, test.labels, values['batch_size'],
                                           values['threads'])
   if out:
-    np.save(out, predictions)
+    try:
+      np.save(out, predictions)
+    except OSError as e:
+      sys.exit(f'error: cannot write --predictions_out={out} ({e})')
   print(json.dumps({'model_file': values['model_file'], 'precision': precision,
                     'num_examples': len(test), 'images_per_sec': round(rate, 1),
                     'batch_size': values['batch_size'], 'threads': values['threads']}))

@@ -290,8 +290,12 @@ def write_settings(train_dir, settings, source_checkpoint):
       raise cifar10_run.ConfigError(
           f'{train_dir} holds a pruning run with other settings ({"; ".join(changed)}): pass '
           'another --train_dir to prune differently.')
-  os.makedirs(train_dir, exist_ok=True)
-  cifar10_run.write_json(path, record)
+  try:
+    os.makedirs(train_dir, exist_ok=True)
+    cifar10_run.write_json(path, record)
+  except OSError as e:
+    raise cifar10_run.ConfigError(f'cannot write {path} ({e}): pass a writable '
+                                  '--train_dir.') from e
 
 
 def prepare(values):
