@@ -30,9 +30,11 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
+import models
+
 _DATA_DIR = flags.DEFINE_string('data_dir', 'data', 'As cifar10_train.py --data_dir.')
 _EXTRACT_DIR = flags.DEFINE_string('extract_dir', None, 'As cifar10_train.py --extract_dir.')
-_MODEL = flags.DEFINE_string('model', 'tutorial', 'Model to time.')
+_MODEL = flags.DEFINE_enum('model', 'tutorial', models.names(), 'Model to time.')
 _WINDOW = flags.DEFINE_integer('window', 20, 'Steps per timed window (log line).',
                                lower_bound=1)
 _WINDOWS = flags.DEFINE_integer('windows', 10, 'Timed windows per child.', lower_bound=1)
@@ -69,7 +71,8 @@ def _weights(train_dir):
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   rates = {name: [] for name in CANDIDATES}
   first, identical = {}, {name: True for name in CANDIDATES}
   for _ in range(_ROUNDS.value):

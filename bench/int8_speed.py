@@ -35,6 +35,16 @@ _BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['1', '10', '25', '50', '100'],
 _THREADS = flags.DEFINE_list('threads', ['1', '2'], 'Worker thread counts to compare.')
 
 
+def _positive_integers(values):
+  return all(value.isdigit() and int(value) > 0 for value in values)
+
+
+# Checked at parse time, not after minutes of loading and timing.
+POSITIVE_INTEGERS = 'must be a comma-separated list of positive integers'
+flags.register_validator(_BATCH_SIZES, _positive_integers, POSITIVE_INTEGERS)
+flags.register_validator(_THREADS, _positive_integers, POSITIVE_INTEGERS)
+
+
 def images_per_sec(model, images, batch_size, threads):
   start = time.perf_counter()
   model.predict(images, batch_size, threads)
@@ -52,9 +62,13 @@ def op_seconds(model, x_q):
 
 
 def main(argv):
-  del argv
-  model = int8.Int8Model.load(_MODEL_FILE.value)
-  images = cifar10_records.read_split(_DATA_DIR.value, 'test').images[:_IMAGES.value]
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  try:  # The runner's own checks, and its one-line errors (compress/int8.py).
+    model = int8.Int8Model.load(_MODEL_FILE.value)
+    images = cifar10_records.read_split(_DATA_DIR.value, 'test').images[:_IMAGES.value]
+  except (OSError, ValueError, cifar10_records.DataError) as e:
+    sys.exit(f'error: {e}')
   start = time.perf_counter()
   prepared = int8.eval_preprocess(images, model.meta['image_size'])
   x_q = model.quantize_input(prepared)

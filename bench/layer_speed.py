@@ -246,7 +246,8 @@ def conv_ops(batch):
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   cifar10_env.quiet_logging(flags.FLAGS['verbosity'].present)
   batch = _BATCH.value
   images = tf.random.stateless_normal([batch, 24, 24, 3], seed=[5, 6])

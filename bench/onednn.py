@@ -52,7 +52,8 @@ def child():
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   if _CHILD.value:
     child()
     return
@@ -60,10 +61,14 @@ def main(argv):
   for _ in range(_ROUNDS.value):
     for setting, found in rates.items():
       env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS=setting, TF_CPP_MIN_LOG_LEVEL='2')
-      out = subprocess.run([sys.executable, __file__, '--child', f'--model={_MODEL.value}',
-                            f'--conv={_CONV.value}'],
-                           env=env, check=True, capture_output=True, text=True).stdout
-      found.append(float(out.split()[-1]))
+      result = subprocess.run([sys.executable, __file__, '--child', f'--model={_MODEL.value}',
+                               f'--conv={_CONV.value}'],
+                              env=env, check=False, capture_output=True, text=True)
+      if result.returncode:  # E.g. an unknown --model: the child's last line says why.
+        reason = (result.stderr.strip().splitlines() or [f'exit code {result.returncode}'])[-1]
+        sys.exit(f'error: the timing process with TF_ENABLE_ONEDNN_OPTS={setting} failed: '
+                 f'{reason}')
+      found.append(float(result.stdout.split()[-1]))
       print(f'TF_ENABLE_ONEDNN_OPTS={setting}: {found[-1]:.1f} images/s', flush=True)
   off, on = (statistics.median(rates[s]) for s in ('0', '1'))
   print(f'\nmodel {_MODEL.value}, bare train step, median of {_ROUNDS.value} processes each')

@@ -36,6 +36,17 @@ _BATCHES = flags.DEFINE_list('batches', ['256', '1024'], 'Two batch sizes.')
 _CHILD = flags.DEFINE_string('child', None, 'Internal: MODEL,BATCH measured in this process.')
 
 
+def _two_batch_sizes(values):
+  return (len(values) == 2 and all(value.isdigit() and int(value) > 0 for value in values)
+          and int(values[0]) != int(values[1]))
+
+
+# Checked at parse time, not after the first children have measured.
+flags.register_validator(_MODELS, lambda names: set(names) <= set(models.names()),
+                         f'must be models of {", ".join(models.names())}')
+flags.register_validator(_BATCHES, _two_batch_sizes, 'must be two different positive integers')
+
+
 def measure_here(model, batch):
   """Peak resident MiB added by two train steps at `batch` in this process."""
   config = cifar10_run.TrainConfig(model=model, batch_size=batch, train_dir='unused')
@@ -58,7 +69,8 @@ def measure_in_child(model, batch):
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   cifar10_env.quiet_logging(flags.FLAGS['verbosity'].present)
   if _CHILD.value:
     model, batch = _CHILD.value.split(',')

@@ -136,13 +136,17 @@ def evaluation(config, test_split):
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   cifar10_env.quiet_logging(flags.FLAGS['verbosity'].present)
   config = cifar10_run.TrainConfig(model=models.canonical_name(_MODEL.value),
                                    conv=_FLAGS['conv'].value)
-  batches_dir = cifar10_run.batches_dir_from_flags(_FLAGS)
-  train_split = cifar10_records.load_split(batches_dir, 'train')
-  test_split = cifar10_records.load_split(batches_dir, 'test')
+  try:
+    batches_dir = cifar10_run.batches_dir_from_flags(_FLAGS)
+    train_split = cifar10_records.load_split(batches_dir, 'train')
+    test_split = cifar10_records.load_split(batches_dir, 'test')
+  except cifar10_records.DataError as e:
+    sys.exit(f'error: {e}')
   images, labels = next(iter(cifar10_input.train_inputs(train_split, config.batch_size, 0)))
   flops = sum(r.flops for r in cifar10_model.count_model(
       models.build(config.model, config.image_size)))
