@@ -1,0 +1,568 @@
+"""Every binary walked through its error paths: bad flags, missing, damaged or misplaced files.
+
+Each case of CASES is one command on one bad input. A binary must fail with a nonzero exit
+code and no traceback, and say what is wrong in one line that names the flag or the file:
+  error  the last line of stderr is `error: ...` (the binaries' own checks), and stderr holds
+         no other line;
+  flags  absl's flag parser refused a value before main() ran: `FATAL Flags parsing error:
+         ...`, then absl's pointer to --helpshort;
+  usage  main() raised absl's app.UsageError (stray positional arguments): absl prints the
+         binary's help, then the message as the last line.
+The table doubles as the list of error paths; a case that still prints a traceback in a file
+this suite does not own yet stays in it as a strict xfail naming the fix.
+
+All cases run once per module, two at a time, with downloads refused: a proxy that does not
+exist stands in for the network, so a case that looks for absent data ends in its download
+error instead of fetching 170 MB. Each TensorFlow binary spends ~4 s importing it before it
+parses a flag, so absl's parse-time refusals (the same code in every binary) appear on a few
+binaries only, and the TensorFlow-free ones take most of the cases on files.
+"""
+
+import concurrent.futures
+import dataclasses
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import cifar10_model
+import cifar10_records
+import cifar10_run
+import cifar10_train
+from compress import int8
+from compress import quantize
+from compress import sparse
+from fixtures import add_member, copy_run, make_batches_dir, tiny_config, tiny_split
+from fixtures import write_batches_dir
+
+pytestmark = pytest.mark.subprocess  # Every test here starts the binaries.
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NO_NETWORK = 'http://127.0.0.1:9'  # the discard port: nothing listens, a connect is refused
+UNREACHABLE_URL = f'{NO_NETWORK}/{cifar10_records.ARCHIVE_NAME}'
+TIMEOUT_SECS = 120  # per process; the slowest case (an evaluation) takes ~10 s
+FLAGS_ERROR = 'FATAL Flags parsing error: '
+AS_ROOT = os.geteuid() == 0  # root reads a chmod 000 file: those cases cannot fail then
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  """One command on one bad input.
+
+  Attributes:
+    binary: the script, from the project root.
+    what: the bad input, in words (with the binary, the test id).
+    args: the command-line arguments; `{case}` is the case's own empty folder, `{run}`,
+      `{data}`, ... the shared inputs of `shared_inputs`.
+    kind: 'error', 'flags' or 'usage' (the module docstring).
+    names: texts the message must hold, formatted like args: the flag or the file.
+    setup: optional callable(case_dir, shared) that makes the case's own inputs.
+    xfail: why the case still fails badly, when it does (a strict xfail).
+    fails_as_root: False for a case that only fails for a user without root's rights.
+  """
+  binary: str
+  what: str
+  args: tuple
+  kind: str
+  names: tuple
+  setup: object = None
+  xfail: str = None
+  fails_as_root: bool = True
+
+  @property
+  def id(self):
+    return f'{self.binary}: {self.what}'
+
+
+# --------------------------------------------------------------------------- making inputs
+
+
+def write(relative, content=b''):
+  """A setup that writes `content` (bytes or str) at case_dir/relative."""
+  def setup(case_dir, shared):
+    del shared
+    path = os.path.join(case_dir, relative)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, 'wb') as f:
+      f.write(content.encode() if isinstance(content, str) else content)
+  return setup
+
+
+def folder(relative):
+  """A setup that makes the folder case_dir/relative."""
+  return lambda case_dir, shared: os.makedirs(os.path.join(case_dir, relative))
+
+
+def folder_instead(relative):
+  """A setup that replaces the file case_dir/relative by a folder."""
+  def setup(case_dir, shared):
+    del shared
+    os.remove(os.path.join(case_dir, relative))
+    os.makedirs(os.path.join(case_dir, relative))
+  return setup
+
+
+def no_permissions(relative):
+  """A setup that takes every permission away from the file case_dir/relative."""
+  return lambda case_dir, shared: os.chmod(os.path.join(case_dir, relative), 0)
+
+
+def run_copy(*damages):
+  """A setup that copies the trained run to case_dir/run, then damages it.
+
+  Each damage is callable(run_dir).
+  """
+  def setup(case_dir, shared):
+    run_dir = copy_run(shared['run'], os.path.join(case_dir, 'run'))
+    for damage in damages:
+      damage(str(run_dir))
+  return setup
+
+
+def batches(**kwargs):
+  """A setup that makes full-size .bin files in case_dir (make_batches_dir's damages)."""
+  return lambda case_dir, shared: make_batches_dir(case_dir, **kwargs)
+
+
+def steps(*setups):
+  """A setup running several setups in turn."""
+  def setup(case_dir, shared):
+    for one in setups:
+      one(case_dir, shared)
+  return setup
+
+
+def truncate_checkpoints(run_dir):
+  """Halves every checkpoint data file of a run: the index still lists what is gone."""
+  for name in os.listdir(run_dir):
+    if '.data-' in name:
+      path = os.path.join(run_dir, name)
+      os.truncate(path, os.path.getsize(path) // 2)
+
+
+def remove_checkpoints(run_dir):
+  """Deletes every checkpoint file of a run; its config.json stays."""
+  for name in os.listdir(run_dir):
+    if name.startswith('ckpt-'):
+      os.remove(os.path.join(run_dir, name))
+
+
+def set_config(**values):
+  """A damage rewriting config.json's fields as raw JSON (no TrainConfig checks them)."""
+  def damage(run_dir):
+    path = os.path.join(run_dir, cifar10_run.CONFIG_FILE)
+    with open(path) as f:
+      config = json.load(f)
+    config.update(values)
+    with open(path, 'w') as f:
+      json.dump(config, f)
+  return damage
+
+
+def evaluated_run(results, config=None):
+  """A setup making case_dir/run: a config.json (`config`, default a valid one) and an
+  eval/results.jsonl holding `results` (str or bytes; A_FOLDER: a folder instead)."""
+  def setup(case_dir, shared):
+    del shared
+    run_dir = os.path.join(case_dir, 'run')
+    os.makedirs(os.path.join(run_dir, 'eval'))
+    text = config if config is not None else json.dumps(dataclasses.asdict(
+        cifar10_run.TrainConfig(train_dir=run_dir, conv='direct')))
+    with open(os.path.join(run_dir, cifar10_run.CONFIG_FILE), 'w') as f:
+      f.write(text)
+    path = os.path.join(run_dir, 'eval', cifar10_run.RESULTS_FILE)
+    if results is A_FOLDER:
+      os.makedirs(path)
+    else:
+      with open(path, 'wb') as f:
+        f.write(results.encode() if isinstance(results, str) else results)
+  return setup
+
+
+GOOD_RESULT = json.dumps({'step': 2, 'precision_ema': 0.1, 'train_seconds': 1.0}) + '\n'
+
+
+def tar_gz(members):
+  """The bytes of a .tar.gz holding {name: bytes}."""
+  buffer = io.BytesIO()
+  with tarfile.open(fileobj=buffer, mode='w:gz') as tar:
+    for name, data in members.items():
+      add_member(tar, name, data)
+  return buffer.getvalue()
+
+
+def npz(**entries):
+  """The bytes of an .npz holding `entries` (arrays; `meta` given as a str is encoded)."""
+  if isinstance(entries.get('meta'), str):
+    entries['meta'] = np.frombuffer(entries['meta'].encode(), np.uint8)
+  buffer = io.BytesIO()
+  np.savez(buffer, **entries)
+  return buffer.getvalue()
+
+
+def damaged_int8(damage):
+  """A setup writing case_dir/model.npz: the shared int8 model with `damage(meta)` applied."""
+  def setup(case_dir, shared):
+    arrays, meta = sparse.load(shared['int8'])
+    damage(meta)
+    sparse.save(os.path.join(case_dir, 'model.npz'), arrays, meta)
+  return setup
+
+
+def first_half_of(key, name):
+  """A setup writing case_dir/name: the first half of the shared file `key`."""
+  def setup(case_dir, shared):
+    with open(shared[key], 'rb') as f:
+      data = f.read()
+    write(name, data[:len(data) // 2])(case_dir, shared)
+  return setup
+
+
+MASK_THAT_DOES_NOT_INFLATE = npz(**{'w/shape': np.array([4], np.int64),
+                                    'w/mask': np.frombuffer(b'not zlib', np.uint8),
+                                    'w/values': np.ones(2, np.float32)}, meta='{}')
+ARCHIVE_WITHOUT_DATA = tar_gz({'README': b'not CIFAR-10'})
+ARCHIVE_SHORT_MEMBER = tar_gz({f'{cifar10_records.BATCHES_DIR}/data_batch_1.bin': b'0' * 10})
+TRUNCATED_ARCHIVE = tar_gz({'README': os.urandom(1 << 16)})[:1 << 15]  # random: no deflate
+A_FOLDER = object()  # evaluated_run's results: a folder where results.jsonl should be
+ARCHIVE = f'{{case}}/{cifar10_records.ARCHIVE_NAME}'
+BATCHES = f'{{case}}/{cifar10_records.BATCHES_DIR}'
+UNKNOWN_MODEL = ('cifar10_run.read_config accepts any model name in config.json, and '
+                 'models.build raises ValueError when the binary builds it')
+
+
+# --------------------------------------------------------------------------- the cases
+
+TRAIN = 'cifar10_train.py'
+EVAL = 'cifar10_eval.py'
+RESULTS = 'cifar10_results.py'
+RECORDS = 'cifar10_records.py'
+COUNT = 'models/count.py'
+PRUNE = 'compress/prune.py'
+QUANTIZE = 'compress/quantize.py'
+RUNNER = 'compress/int8.py'
+BENCH = 'bench'
+TRAIN_ARGS = ('--train_dir={case}/run', '--data_dir={data}', '--max_steps=2',
+              '--batch_size=16')
+EVAL_ARGS = ('--data_dir={data}', '--run_once', '--eval_dir={case}/eval')
+PRUNE_ARGS = ('--source_dir={run}', '--train_dir={case}/pruned', '--data_dir={data}',
+              '--finetune_steps=2')
+
+CASES = [
+    # ----- cifar10_train.py
+    Case(TRAIN, 'a flag out of range', ('--batch_size=0',), 'flags', ('--batch_size=0',)),
+    Case(TRAIN, 'a stray argument', ('stray',), 'usage', ('stray',)),
+    Case(TRAIN, 'no data and no network',
+         ('--data_dir={case}/nowhere', f'--data_url={UNREACHABLE_URL}', '--train_dir={case}/run'),
+         'error', ('{case}/nowhere', UNREACHABLE_URL)),
+    Case(TRAIN, 'a --train_dir that is a file', TRAIN_ARGS, 'error', ('{case}/run',),
+         setup=write('run')),
+    Case(TRAIN, 'a config.json that is a folder', TRAIN_ARGS, 'error',
+         ('{case}/run/config.json',), setup=folder('run/config.json')),
+    Case(TRAIN, 'no checkpoint restores', TRAIN_ARGS + ('--max_steps=4', '--noaugment'),
+         'error', ('{case}/run/ckpt-2', '--restart'), setup=run_copy(truncate_checkpoints)),
+    Case(TRAIN, 'a state file that is a folder', TRAIN_ARGS, 'error', ('{case}/run/checkpoint',),
+         setup=folder('run/checkpoint'),
+         xfail='cifar10_run.rebuild_checkpoint_state removes or replaces the state file '
+               'unguarded: IsADirectoryError'),
+
+    # ----- cifar10_eval.py
+    Case(EVAL, 'a stray argument', ('--run_once', 'stray'), 'usage', ('stray',)),
+    Case(EVAL, 'no run folder', ('--checkpoint_dir={case}/nowhere',) + EVAL_ARGS, 'error',
+         ('{case}/nowhere',)),
+    Case(EVAL, 'a garbage config.json', ('--checkpoint_dir={case}/run',) + EVAL_ARGS, 'error',
+         ('{case}/run/config.json',), setup=write('run/config.json', '{"model": "tuto')),
+    Case(EVAL, 'a config.json of an unknown model', ('--checkpoint_dir={case}/run',) + EVAL_ARGS,
+         'error', ('{case}/run/config.json', 'vgg'), setup=run_copy(set_config(model='vgg')),
+         xfail=UNKNOWN_MODEL),
+    Case(EVAL, 'a run without checkpoints', ('--checkpoint_dir={case}/run',) + EVAL_ARGS,
+         'error', ('{case}/run',), setup=run_copy(remove_checkpoints)),
+    Case(EVAL, 'a truncated checkpoint', ('--checkpoint_dir={case}/run',) + EVAL_ARGS, 'error',
+         ('{case}/run/ckpt-2',), setup=run_copy(truncate_checkpoints)),
+    Case(EVAL, 'a results.jsonl that is a folder', ('--checkpoint_dir={run}',) + EVAL_ARGS,
+         'error', ('{case}/eval/results.jsonl',), setup=folder('eval/results.jsonl')),
+
+    # ----- cifar10_results.py
+    Case(RESULTS, 'a stray argument', ('--runs={case}', 'stray'), 'usage', ('stray',)),
+    Case(RESULTS, 'no run folder', ('--runs={case}/nowhere', '--out_dir={case}/out'), 'error',
+         ('{case}/nowhere',)),
+    Case(RESULTS, 'a garbage results.jsonl line', ('--runs={case}/run', '--out_dir={case}/out'),
+         'error', ('{case}/run/eval/results.jsonl, line 2',),
+         setup=evaluated_run(GOOD_RESULT + '{"step": 4, "precision\n')),
+    Case(RESULTS, 'a results.jsonl that is a folder',
+         ('--runs={case}/run', '--out_dir={case}/out'), 'error',
+         ('{case}/run/eval/results.jsonl',), setup=evaluated_run(A_FOLDER)),
+    Case(RESULTS, 'an unreadable config.json', ('--runs={case}/run', '--out_dir={case}/out'),
+         'error', ('{case}/run/config.json',),
+         setup=steps(evaluated_run(GOOD_RESULT), no_permissions('run/config.json')),
+         fails_as_root=False),
+    Case(RESULTS, 'a config.json of an unknown model',
+         ('--runs={case}/run', '--out_dir={case}/out'), 'error',
+         ('{case}/run/config.json', 'vgg'),
+         setup=evaluated_run(GOOD_RESULT, config='{"model": "vgg"}'), xfail=UNKNOWN_MODEL),
+    Case(RESULTS, 'an --out_dir that is a file', ('--runs={case}/run', '--out_dir={case}/out'),
+         'error', ('--out_dir={case}/out',),
+         setup=steps(evaluated_run(GOOD_RESULT), write('out'))),
+
+    # ----- cifar10_records.py (no TensorFlow)
+    Case(RECORDS, 'two data folders', ('{case}', '{case}'), 'usage', ('{case} {case}',)),
+    Case(RECORDS, 'no data and no network', ('{case}/nowhere',), 'error', ('{case}/nowhere',)),
+    Case(RECORDS, 'a garbage archive given as the data', ('{case}/data.tar.gz',), 'error',
+         ('{case}/data.tar.gz',), setup=write('data.tar.gz', b'\x1f\x8b garbage')),
+    Case(RECORDS, 'an empty archive', ('{case}',), 'error', (ARCHIVE,),
+         setup=write(cifar10_records.ARCHIVE_NAME)),
+    Case(RECORDS, 'a truncated archive', ('{case}',), 'error', (ARCHIVE,),
+         setup=write(cifar10_records.ARCHIVE_NAME, TRUNCATED_ARCHIVE)),
+    Case(RECORDS, 'an archive without the data', ('{case}',), 'error',
+         (ARCHIVE, 'data_batch_1.bin'), setup=write(cifar10_records.ARCHIVE_NAME,
+                                                    ARCHIVE_WITHOUT_DATA)),
+    Case(RECORDS, 'an archive member of the wrong size', ('{case}',), 'error',
+         (f'{ARCHIVE}:{cifar10_records.BATCHES_DIR}/data_batch_1.bin is truncated',),
+         setup=write(cifar10_records.ARCHIVE_NAME, ARCHIVE_SHORT_MEMBER)),
+    Case(RECORDS, 'a truncated .bin', ('{case}',), 'error', ('data_batch_2.bin is truncated',),
+         setup=batches(resize=('data_batch_2.bin', -cifar10_records.RECORD_BYTES))),
+    Case(RECORDS, 'a .bin that is a folder', ('{case}',), 'error',
+         (f'{BATCHES}/data_batch_4.bin is missing',),
+         setup=steps(batches(), folder_instead(f'{cifar10_records.BATCHES_DIR}/data_batch_4.bin'))),
+    Case(RECORDS, 'a bad label byte', ('{case}',), 'error', ('test_batch.bin: record 9',),
+         setup=batches(bad_label=('test_batch.bin', 9))),
+    Case(RECORDS, 'a data folder that is a file', ('{case}',), 'error', ('{case}',),
+         setup=write(cifar10_records.BATCHES_DIR)),
+    Case(RECORDS, 'an unreadable .bin', ('{case}',), 'error', ('data_batch_1.bin',),
+         setup=steps(batches(), no_permissions(f'{cifar10_records.BATCHES_DIR}/data_batch_1.bin')),
+         fails_as_root=False),
+
+    # ----- models/count.py
+    Case(COUNT, 'an unknown model', ('--model=vgg',), 'usage', ('vgg',)),
+
+    # ----- compress/prune.py
+    Case(PRUNE, 'a stray argument', PRUNE_ARGS + ('stray',), 'usage', ('stray',)),
+    Case(PRUNE, 'no source run', ('--source_dir={case}/nowhere', '--train_dir={case}/pruned'),
+         'error', ('--source_dir={case}/nowhere',)),
+    Case(PRUNE, 'a truncated source checkpoint',
+         ('--source_dir={case}/run', '--train_dir={case}/pruned'), 'error',
+         ('{case}/run/ckpt-2',),
+         setup=run_copy(lambda run_dir: os.truncate(os.path.join(run_dir, 'ckpt-2.index'), 10))),
+    Case(PRUNE, 'an unknown --dense_layers', PRUNE_ARGS + ('--dense_layers=conv9',), 'error',
+         ('conv9',)),
+    Case(PRUNE, 'a garbage pruning.json', PRUNE_ARGS, 'error', ('{case}/pruned/pruning.json',),
+         setup=write('pruned/pruning.json', '[1, 2')),
+    Case(PRUNE, 'a --train_dir that is a file', PRUNE_ARGS, 'error', ('{case}/pruned',),
+         setup=write('pruned')),
+
+    # ----- compress/quantize.py
+    Case(QUANTIZE, 'a stray argument', ('--checkpoint_dir={run}', 'stray'), 'usage', ('stray',)),
+    Case(QUANTIZE, 'a run without checkpoints',
+         ('--checkpoint_dir={case}/run', '--data_dir={data}', '--out_dir={case}/out'), 'error',
+         ('--checkpoint_dir={case}/run',), setup=write('run/config.json', '{}')),
+    Case(QUANTIZE, 'a truncated checkpoint',
+         ('--checkpoint_dir={case}/run', '--data_dir={data}', '--out_dir={case}/out'), 'error',
+         ('{case}/run/ckpt-2',), setup=run_copy(truncate_checkpoints)),
+
+    # ----- compress/int8.py, the NumPy runner (no TensorFlow)
+    Case(RUNNER, 'no --model_file', (), 'flags', ('--model_file',)),
+    Case(RUNNER, 'a batch size of 0', ('--model_file={int8}', '--batch_size=0'), 'flags',
+         ('--batch_size=0',)),
+    Case(RUNNER, 'an unknown flag', ('--model_file={int8}', '--bogus_flag'), 'flags',
+         ('bogus_flag',)),
+    Case(RUNNER, 'a stray argument', ('--model_file={int8}', 'stray'), 'usage', ('stray',)),
+    Case(RUNNER, 'no model file', ('--model_file={case}/none.npz',), 'error',
+         ('{case}/none.npz',)),
+    Case(RUNNER, 'a model file that is a folder', ('--model_file={case}',), 'error',
+         ('{case}',)),
+    Case(RUNNER, 'an empty model file', ('--model_file={case}/model.npz',), 'error',
+         ('{case}/model.npz',), setup=write('model.npz')),
+    Case(RUNNER, 'a truncated model file', ('--model_file={case}/model.npz',), 'error',
+         ('{case}/model.npz',), setup=first_half_of('int8', 'model.npz')),
+    Case(RUNNER, 'an .npz without meta', ('--model_file={case}/model.npz',), 'error',
+         ('{case}/model.npz',), setup=write('model.npz', npz(w=np.ones(3)))),
+    Case(RUNNER, 'a meta that is not JSON', ('--model_file={case}/model.npz',), 'error',
+         ('{case}/model.npz',), setup=write('model.npz', npz(meta='{"ops": [', w=np.ones(3)))),
+    Case(RUNNER, 'a pickled array', ('--model_file={case}/model.npz',), 'error',
+         ('{case}/model.npz',),
+         setup=write('model.npz', npz(meta='{}', w=np.array([{'a': 1}], dtype=object)))),
+    Case(RUNNER, 'a sparse mask that does not inflate', ('--model_file={case}/model.npz',),
+         'error', ('{case}/model.npz',), setup=write('model.npz', MASK_THAT_DOES_NOT_INFLATE)),
+    Case(RUNNER, 'a pruned float model_sparse.npz', ('--model_file={sparse}',), 'error',
+         ('{sparse}', 'not an int8 model')),
+    Case(RUNNER, 'an op of an unknown type', ('--model_file={case}/model.npz',), 'error',
+         ('{case}/model.npz', 'not an op of a known type'),
+         setup=damaged_int8(lambda meta: meta['ops'][0].update(type='softmax'))),
+    Case(RUNNER, 'an image size of 10^13', ('--model_file={case}/model.npz',), 'error',
+         ('{case}/model.npz', 'image_size'),
+         setup=damaged_int8(lambda meta: meta.update(image_size=10 ** 13))),
+    Case(RUNNER, 'no data', ('--model_file={int8}', '--data_dir={case}/nowhere'), 'error',
+         ('{case}/nowhere',)),
+    Case(RUNNER, 'an oversized test_batch.bin', ('--model_file={int8}', '--data_dir={case}'),
+         'error', ('test_batch.bin is oversized',), setup=batches(resize=('test_batch.bin', 1))),
+    Case(RUNNER, 'a test_batch.bin of partial records',
+         ('--model_file={int8}', '--data_dir={case}'), 'error', (f'{BATCHES}/test_batch.bin',),
+         setup=write(f'{cifar10_records.BATCHES_DIR}/test_batch.bin', b'\0' * 100)),
+    Case(RUNNER, 'a garbage archive', ('--model_file={int8}', '--data_dir={case}'), 'error',
+         (ARCHIVE,), setup=write(cifar10_records.ARCHIVE_NAME, b'garbage')),
+    Case(RUNNER, '--predictions_out in no folder',
+         ('--model_file={int8}', '--data_dir={tiny}', '--predictions_out={case}/no/p.npy'),
+         'error', ('--predictions_out={case}/no/p.npy',)),
+    Case(RUNNER, '--predictions_out that is a folder',
+         ('--model_file={int8}', '--data_dir={tiny}', '--predictions_out={case}/p.npy'), 'error',
+         ('--predictions_out={case}/p.npy',), setup=folder('p.npy')),
+
+    # ----- bench/ (a benchmark must never start on a mistyped command)
+    Case(f'{BENCH}/int8_speed.py', 'no --model_file', (), 'flags', ('--model_file',)),
+    Case(f'{BENCH}/int8_speed.py', 'a batch size that is no number',
+         ('--model_file={int8}', '--data_dir={tiny}', '--batch_sizes=10,ten'), 'flags',
+         ('--batch_sizes',)),
+    Case(f'{BENCH}/int8_speed.py', 'a stray argument',
+         ('--model_file={int8}', '--data_dir={tiny}', 'stray'), 'usage', ('stray',)),
+    Case(f'{BENCH}/int8_speed.py', 'no model file', ('--model_file={case}/none.npz',), 'error',
+         ('{case}/none.npz',)),
+    Case(f'{BENCH}/onednn.py', 'no rounds', ('--rounds=0',), 'flags', ('--rounds=0',)),
+    Case(f'{BENCH}/onednn.py', 'a stray argument', ('stray',), 'usage', ('stray',)),
+    Case(f'{BENCH}/onednn.py', 'an unknown model', ('--model=vgg', '--rounds=1'), 'error',
+         ('vgg',)),
+    Case(f'{BENCH}/train_speed.py', 'a stray argument', ('stray',), 'usage', ('stray',)),
+    Case(f'{BENCH}/train_speed.py', 'no data and no network',
+         ('--data_dir={case}/nowhere', f'--data_url={UNREACHABLE_URL}'), 'error',
+         ('{case}/nowhere',)),
+    Case(f'{BENCH}/layer_speed.py', 'a stray argument', ('stray',), 'usage', ('stray',)),
+    Case(f'{BENCH}/determinism.py', 'a stray argument', ('stray',), 'usage', ('stray',)),
+    Case(f'{BENCH}/train_memory.py', 'one batch size', ('--batches=256',), 'flags',
+         ('--batches',)),
+    Case(f'{BENCH}/train_memory.py', 'an unknown model', ('--models=tutorial,vgg',), 'flags',
+         ('--models',)),
+]
+
+BY_ID = {case.id: case for case in CASES}
+assert len(BY_ID) == len(CASES), 'two cases share an id'
+
+
+# --------------------------------------------------------------------------- running them
+
+
+def tiny_int8_model():
+  """(meta, arrays) of a two-conv model on 8x8 inputs, quantized: the runner's input."""
+  regime = cifar10_model.Regime()
+  tf.random.set_seed(0)
+  model = cifar10_model.Model([cifar10_model.conv(regime, 'c1', 3, 4, 3),
+                               cifar10_model.conv(regime, 'logits', 4, 10, 1, relu=False),
+                               cifar10_model.GlobalAvgPool(name='avg')], image_size=8)
+  images = tf.random.stateless_normal([16, 8, 8, 3], seed=[0, 1]).numpy()
+  return quantize.quantize_model(model, images, quantize.Calibration(images=16))
+
+
+def shared_inputs(root):
+  """The inputs several cases read (never write): {placeholder: path}."""
+  shared = {'run': str(root / 'run'), 'data': str(root / 'data'), 'tiny': str(root / 'tiny'),
+            'int8': str(root / 'model_int8.npz'), 'sparse': str(root / 'model_sparse.npz')}
+  tf.random.set_seed(0)
+  cifar10_train.train(tiny_config(shared['run'], max_steps=2, checkpoint_steps=2),
+                      tiny_split())
+  make_batches_dir(shared['data'])
+  write_batches_dir(shared['tiny'], tiny_split())
+  int8.Int8Model(*tiny_int8_model()).save(shared['int8'])
+  sparse.save(shared['sparse'], {'conv1/kernel': np.ones((3, 3), np.float32)},
+              {'model': 'tutorial', 'image_size': 24, 'weights': 'ema'})
+  return shared
+
+
+def runnable(case):
+  return case.fails_as_root or not AS_ROOT
+
+
+def run_case(case, case_dir, shared):
+  """The case's command, run in the project root without a network."""
+  values = dict(shared, case=case_dir)
+  env = dict(os.environ, http_proxy=NO_NETWORK, https_proxy=NO_NETWORK,
+             HTTP_PROXY=NO_NETWORK, HTTPS_PROXY=NO_NETWORK, no_proxy='', NO_PROXY='')
+  command = [sys.executable, case.binary, *(arg.format(**values) for arg in case.args)]
+  try:
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=TIMEOUT_SECS)
+  except subprocess.TimeoutExpired:
+    return subprocess.CompletedProcess(command, None, '', f'timed out after {TIMEOUT_SECS} s')
+
+
+@pytest.fixture(scope='module', name='outcomes')
+def fixture_outcomes(tmp_path_factory):
+  """{case id: (CompletedProcess, the case's formatting values)} of every runnable case."""
+  root = tmp_path_factory.mktemp('error_paths')
+  shared = shared_inputs(root)
+  cases = [case for case in CASES if runnable(case)]
+  folders = {}
+  for number, case in enumerate(cases):
+    case_dir = root / 'cases' / f'{number:03d}_{re.sub(r"[^a-z0-9]+", "_", case.what)}'
+    case_dir.mkdir(parents=True)
+    if case.setup:
+      case.setup(str(case_dir), shared)
+    folders[case.id] = str(case_dir)
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    results = dict(zip([case.id for case in cases], pool.map(
+        lambda case: run_case(case, folders[case.id], shared), cases)))
+  yield {case_id: (results[case_id], dict(shared, case=folders[case_id]))
+         for case_id in results}
+  for case_dir in folders.values():  # chmod 000 files would stop pytest's own clean-up
+    for parent, _, names in os.walk(case_dir):
+      for name in names:
+        os.chmod(os.path.join(parent, name), 0o644)
+
+
+def the_message(result, kind):
+  """The one line that explains the failure, checked to be where `kind` puts it."""
+  lines = [line for line in result.stderr.splitlines() if line.strip()]
+  assert lines, f'nothing on stderr; stdout:\n{result.stdout}'
+  if kind == 'error':
+    assert lines[-1].startswith('error: '), result.stderr
+    assert len(lines) == 1, f'more than the error line on stderr:\n{result.stderr}'
+    return lines[-1]
+  if kind == 'flags':
+    assert lines[0].startswith(FLAGS_ERROR) and len(lines) == 2, result.stderr
+    return lines[0]
+  assert kind == 'usage', kind
+  return lines[-1]  # After the help text absl prints.
+
+
+def case_params():
+  params = []
+  for case in CASES:
+    marks = []
+    if case.xfail:
+      marks.append(pytest.mark.xfail(reason=case.xfail, strict=True))
+    if not runnable(case):
+      marks.append(pytest.mark.skip(reason='root reads a file without permissions'))
+    params.append(pytest.param(case.id, marks=marks, id=case.id))
+  return params
+
+
+@pytest.mark.parametrize('case_id', case_params())
+def test_fails_in_one_line_naming_the_input(case_id, outcomes):
+  case = BY_ID[case_id]
+  result, values = outcomes[case_id]
+  output = result.stdout + result.stderr
+  assert 'Traceback' not in output, output
+  assert result.returncode not in (0, None), (result.returncode, output)
+  message = the_message(result, case.kind)
+  for name in case.names:
+    assert name.format(**values) in message, message
+
+
+def test_no_binary_prints_a_traceback_on_any_case(outcomes):
+  printed = sorted(case_id for case_id, (result, _) in outcomes.items()
+                   if 'Traceback' in result.stdout + result.stderr)
+  assert set(printed) <= {case.id for case in CASES if case.xfail}, printed
+
+
+def test_the_table_walks_every_binary():
+  binaries = set()  # A binary is a file that runs absl's app.
+  for folder_name in ('', 'models', 'compress', BENCH):
+    for name in os.listdir(os.path.join(ROOT, folder_name)):
+      path = os.path.join(folder_name, name)
+      if name.endswith('.py') and 'app.run(main)' in open(os.path.join(ROOT, path)).read():
+        binaries.add(path)
+  assert binaries - {case.binary for case in CASES} == set()
