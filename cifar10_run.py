@@ -65,6 +65,9 @@ class TrainConfig:
     # The run records what it computed with: 'auto' becomes 'direct' or 'spectral' for the
     # devices this process sees (cifar10_spectral.resolve).
     object.__setattr__(self, 'conv', cifar10_spectral.resolve(self.conv))
+    if self.model not in models.names():  # A hand-edited config.json, say.
+      raise ConfigError(f'model {self.model!r} is unknown; the models: '
+                        f'{", ".join(models.MODELS)}')
     for name in ('learning_rate', 'lr_decay_epochs', 'lr_decay_factor', 'moving_average_decay'):
       value = getattr(self, name)
       if not math.isfinite(value) or value < 0:
@@ -284,17 +287,24 @@ def rebuild_checkpoint_state(train_dir):
   CheckpointManager opened next sees (and rotates) every one of them, newest as latest.
 
   The file is a text protocol buffer of relative paths, as the manager writes it.
+
+  Raises:
+    ConfigError: the state file cannot be replaced (a folder in its place, a read-only run).
   """
   paths = checkpoint_paths(train_dir)
   state = os.path.join(train_dir, STATE_FILE)
-  if not paths:
-    if os.path.exists(state):
-      os.remove(state)
-    return
-  names = [os.path.basename(path) for path in paths]
-  lines = [f'model_checkpoint_path: "{names[0]}"']
-  lines += [f'all_model_checkpoint_paths: "{name}"' for name in reversed(names)]
-  write_whole(state, '\n'.join(lines) + '\n')
+  try:
+    if not paths:
+      if os.path.lexists(state):
+        os.remove(state)
+      return
+    names = [os.path.basename(path) for path in paths]
+    lines = [f'model_checkpoint_path: "{names[0]}"']
+    lines += [f'all_model_checkpoint_paths: "{name}"' for name in reversed(names)]
+    write_whole(state, '\n'.join(lines) + '\n')
+  except OSError as e:
+    raise ConfigError(f'cannot rewrite {state}, the list of the checkpoints ({e}): it must be '
+                      'a file in a writable --train_dir.') from e
 
 
 def move_checkpoints_aside(train_dir):

@@ -212,6 +212,20 @@ def test_bad_label_error_names_file_and_record(tmp_path):
   assert str(path) in message and 'record 2' in message and '0-9' in message
 
 
+def test_a_bin_without_read_permission_is_a_data_error_naming_it(tmp_path, monkeypatch):
+  """What a user without the file's read permission gets (root reads it whatever its mode,
+  so the kernel's refusal is simulated)."""
+  path = tmp_path / 'data_batch_1.bin'
+  path.write_bytes(record_bytes([1], np.zeros((1, 3 * PLANE))))
+
+  def refuse(file, *args, **kwargs):
+    del args, kwargs
+    raise PermissionError(13, 'Permission denied', str(file))
+  monkeypatch.setattr(cifar10_records.np, 'fromfile', refuse)
+  with pytest.raises(DataError, match=f'cannot read {path} .*Permission denied'):
+    cifar10_records.read_records(str(path))
+
+
 def test_partial_record_error_names_file(tmp_path):
   path = tmp_path / 'odd.bin'
   path.write_bytes(cifar_files()['data_batch_1.bin'][:-1])

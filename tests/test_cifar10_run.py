@@ -33,6 +33,23 @@ def test_unreadable_config_file_is_a_config_error(tmp_path):
     cifar10_run.read_config(str(tmp_path))
 
 
+def test_a_config_json_without_read_permission_or_of_an_unknown_model_is_a_config_error(
+    tmp_path, monkeypatch):
+  path = tmp_path / cifar10_run.CONFIG_FILE
+  path.write_text('{"model": "vgg"}')  # Hand-edited: no such model.
+  with pytest.raises(cifar10_run.ConfigError, match="config.json is unreadable.*'vgg' is unkn"):
+    cifar10_run.read_config(str(tmp_path))
+  path.unlink()
+  cifar10_run.write_config(tiny_config(tmp_path))
+
+  def refuse(file, *args, **kwargs):  # root reads any file: the kernel's refusal, simulated
+    del args, kwargs
+    raise PermissionError(13, 'Permission denied', str(file))
+  monkeypatch.setattr(cifar10_run, 'open', refuse, raising=False)
+  with pytest.raises(cifar10_run.ConfigError, match='config.json is unreadable.*Permission'):
+    cifar10_run.read_config(str(tmp_path))
+
+
 def test_a_config_json_from_before_the_conv_flag_still_reads(tmp_path):
   config = tiny_config(tmp_path)
   record = {key: value for key, value in json.loads(
