@@ -16,7 +16,7 @@ from compress import int8
 from compress import quantize
 from compress import sparse
 from compress import trace
-from fixtures import tiny_config, tiny_split, write_batches_dir
+from fixtures import make_batches_dir, tiny_config, tiny_split, write_batches_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REGIME = cm.Regime()
@@ -303,3 +303,26 @@ def test_a_sound_int8_file_passes_the_checks(exported):
   meta, arrays, folder = exported
   int8.Int8Model(meta, arrays).save(folder / 'sound.npz')
   assert int8.Int8Model.load(folder / 'sound.npz').meta == meta
+
+
+@pytest.mark.subprocess
+def test_the_runner_reads_only_the_test_file_of_its_data_dir_flag(exported, tmp_path):
+  """A model file cannot choose the data: a `data` block in its meta naming another test
+  file (here one whose labels would be an error) is ignored; --data_dir alone is read."""
+  meta, arrays, _ = exported
+  decoy = tmp_path / 'decoy'
+  make_batches_dir(str(decoy), bad_label=('test_batch.bin', 0))
+  model = tmp_path / 'model.npz'
+  int8.Int8Model(dict(meta, data={'dir': str(decoy), 'test_file': '/etc/passwd'}),
+                 arrays).save(model)
+  good = tmp_path / 'good'
+  make_batches_dir(str(good))
+  result = subprocess.run([sys.executable, 'compress/int8.py', f'--model_file={model}',
+                           f'--data_dir={good}'], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode == 0, result.stderr
+  assert json.loads(result.stdout.strip().splitlines()[-1])['num_examples'] == 10_000
+  refused = subprocess.run([sys.executable, 'compress/int8.py', f'--model_file={model}',
+                            f'--data_dir={decoy}'], cwd=ROOT, capture_output=True, text=True,
+                           timeout=300)
+  assert refused.returncode == 1 and 'record 0 has label byte 10' in refused.stderr
