@@ -151,3 +151,34 @@ def test_the_watcher_finds_checkpoints_without_a_readable_state_file(trained_dir
   results = cifar10_eval.watch(cifar10_eval.Evaluator(config, tiny_split()), str(trained_dir),
                                str(tmp_path / 'eval'), run_once=True)
   assert [r['step'] for r in results] == [20]
+
+
+def test_an_eval_dir_that_cannot_be_created_is_a_config_error(trained_dir, tmp_path):
+  (tmp_path / 'a_file').write_text('')
+  config = cifar10_run.read_config(str(trained_dir))
+  with pytest.raises(cifar10_run.ConfigError, match='cannot create the eval folder .*a_file'):
+    cifar10_eval.watch(cifar10_eval.Evaluator(config, tiny_split()), str(trained_dir),
+                       str(tmp_path / 'a_file' / 'eval'), run_once=True)
+
+
+def test_the_failure_count_starts_again_for_each_new_checkpoint(trained_dir, tmp_path,
+                                                                monkeypatch):
+  """Two failed reads of ckpt-10, then two of ckpt-20 as it appears: four failures in a row,
+  but never READ_ATTEMPTS (3) of one checkpoint, so the watcher goes on and scores it."""
+  monkeypatch.setattr(cifar10_eval, 'RETRY_SECS', 0.01)
+  first, last = str(trained_dir / 'ckpt-10'), str(trained_dir / 'ckpt-20')
+  newest = iter([first, first, last, last, last])
+  monkeypatch.setattr(cifar10_run, 'newest_checkpoint', lambda train_dir: next(newest))
+  real_eval_once, reads = cifar10_eval.eval_once, []
+
+  def flaky_eval_once(evaluator, path):
+    reads.append(path)
+    if len(reads) <= 4:  # Being written or rotated while read, say.
+      raise cifar10_run.UnreadableCheckpoint(f'{path} is unreadable')
+    return real_eval_once(evaluator, path)
+  monkeypatch.setattr(cifar10_eval, 'eval_once', flaky_eval_once)
+  config = cifar10_run.read_config(str(trained_dir))
+  results = watch_with_deadline(cifar10_eval.Evaluator(config, tiny_split()), str(trained_dir),
+                                str(tmp_path / 'eval'), interval_secs=0.01)
+  assert reads == [first, first, last, last, last]
+  assert [r['step'] for r in results] == [20]
