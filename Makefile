@@ -33,7 +33,7 @@ eval: $(VENV)/installed
 	$(PY) cifar10_eval.py --checkpoint_dir=$(TRAIN_DIR) --data_dir=$(DATA_DIR) --run_once
 
 test: $(VENV)/installed
-	CIFAR10_DATA=$(CIFAR10_DATA) $(PY) -m pytest -q tests
+	CIFAR10_DATA=$(CIFAR10_DATA) $(PY) -m pytest -q --durations=15 tests
 
 test-fast: $(VENV)/installed
 	$(PY) -m pytest -q -m unit tests
