@@ -30,22 +30,42 @@ def standardize(images):
   return tf.image.per_image_standardization(images)
 
 
-def random_crop_and_flip(images, seed, size=CROP_SIZE):
+def _draw(seed, part, rows, tail=(), **kwargs):
+  """Uniform draws for `rows` images: the rows part[0].. of one draw for a whole batch of
+  part[1] images, so that a replica's share of a batch gets what it would in the batch whole.
+
+  Args:
+    seed: int32 [2] stateless seed.
+    part: (first row, rows of the whole batch), or None: a draw for exactly `rows`.
+    rows: images drawn for (a scalar, possibly a tensor).
+    tail: the shape of one image's draw.
+    **kwargs: minval, maxval, dtype of tf.random.stateless_uniform.
+  """
+  tail = tf.constant(tail, tf.int32, shape=[len(tail)])
+  if part is None:
+    return tf.random.stateless_uniform(tf.concat([[rows], tail], 0), seed, **kwargs)
+  first, total = part
+  whole = tf.random.stateless_uniform(tf.concat([[total], tail], 0), seed, **kwargs)
+  return whole[first:first + rows]
+
+
+def random_crop_and_flip(images, seed, size=CROP_SIZE, part=None):
   """Crops a random size x size window from each image and mirrors half of them.
 
   Args:
     images: [B, 32, 32, C] of any dtype.
     seed: int32 [2] stateless seed.
     size: side of the crop.
+    part: (first row, rows of the whole batch) when images are a replica's share (_draw).
 
   Returns:
     [B, size, size, C], same dtype.
   """
   batch, channels = tf.shape(images)[0], images.shape[-1]
   crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-  offsets = tf.random.stateless_uniform([batch, 2], crop_seed, 0, STORED_SIZE - size + 1,
-                                        dtype=tf.int32)
-  flip = tf.random.stateless_uniform([batch], flip_seed) < 0.5
+  offsets = _draw(crop_seed, part, batch, [2], minval=0, maxval=STORED_SIZE - size + 1,
+                  dtype=tf.int32)
+  flip = _draw(flip_seed, part, batch) < 0.5
   window = tf.range(size)
   rows = offsets[:, :1] + window  # [B, size]
   cols = offsets[:, 1:] + tf.where(flip[:, None], size - 1 - window, window)  # Mirrored: reversed.
@@ -56,27 +76,31 @@ def random_crop_and_flip(images, seed, size=CROP_SIZE):
   return tf.reshape(tf.gather(flat, pixels, batch_dims=1), [batch, size, size, channels])
 
 
-def random_brightness_and_contrast(images, seed):
+def random_brightness_and_contrast(images, seed, part=None):
   """The tutorial's per-image brightness (+-63) then contrast (0.2..1.8) on float images."""
   batch = tf.shape(images)[0]
   brightness_seed, contrast_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-  delta = tf.random.stateless_uniform([batch, 1, 1, 1], brightness_seed,
-                                      -MAX_BRIGHTNESS_DELTA, MAX_BRIGHTNESS_DELTA)
+  delta = _draw(brightness_seed, part, batch, [1, 1, 1], minval=-MAX_BRIGHTNESS_DELTA,
+                maxval=MAX_BRIGHTNESS_DELTA)
   images = images + delta
-  factor = tf.random.stateless_uniform([batch, 1, 1, 1], contrast_seed, *CONTRAST_RANGE)
+  factor = _draw(contrast_seed, part, batch, [1, 1, 1], minval=CONTRAST_RANGE[0],
+                 maxval=CONTRAST_RANGE[1])
   mean = tf.reduce_mean(images, axis=[1, 2], keepdims=True)
   return (images - mean) * factor + mean
 
 
-def distort_batch(images, seed, size=CROP_SIZE):
+def distort_batch(images, seed, size=CROP_SIZE, part=None):
   """The tutorial's training distortions on a batch of uint8 [B, 32, 32, 3] images.
+
+  `part` = (first row, rows of the whole batch) when the images are a replica's share of a
+  batch: each image is distorted as it would be in the whole batch.
 
   Returns:
     float32 [B, size, size, 3], standardized per image.
   """
   crop_seed, color_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-  images = tf.cast(random_crop_and_flip(images, crop_seed, size), tf.float32)
-  return standardize(random_brightness_and_contrast(images, color_seed))
+  images = tf.cast(random_crop_and_flip(images, crop_seed, size, part), tf.float32)
+  return standardize(random_brightness_and_contrast(images, color_seed, part))
 
 
 def eval_batch(images, size):
@@ -112,41 +136,57 @@ def steps_per_epoch(num_images, batch_size):
   return num_images // batch_size
 
 
-def train_inputs(split, batch_size, seed, augment=True, image_size=CROP_SIZE, first_step=0):
+def train_inputs(split, batch_size, seed, augment=True, image_size=CROP_SIZE, first_step=0,
+                 replicas=(0, 1, 1)):
   """Endless shuffled training batches, indexed by the step they feed.
 
   The batch of step k depends only on (seed, k): its images are batch k mod steps_per_epoch
   of epoch k // steps_per_epoch's permutation (epoch_order), its distortions come from the
   seed of step k. A run resumed at step k therefore sees exactly the batches an
-  uninterrupted run would have seen from step k on.
+  uninterrupted run would have seen from step k on. Split over replicas, replica r gets
+  rows r*b .. (r+1)*b - 1 of that batch (b = batch_size / replicas), distorted as they are
+  in the whole batch: the replicas of one step together see exactly the one-device batch.
 
   Args:
     split: the training Split.
-    batch_size: images per batch; each epoch drops its last partial batch so every batch
-      has the same shape.
+    batch_size: images per (global) batch; each epoch drops its last partial batch so every
+      batch has the same shape.
     seed: int; fixes the order of every epoch and the distortions of every step.
     augment: the tutorial's distortions if True; else the central crop (the full 32x32 image
       when image_size is 32), standardized.
     image_size: 24 or 32.
     first_step: the step whose batch comes first (the step a run resumes at).
+    replicas: (first, count, total): the shares of replicas first .. first + count - 1 of
+      `total` are yielded in turn for each step (what tf.distribute's input function gives
+      one input pipeline). The default: the whole batch.
 
   Returns:
-    A tf.data.Dataset of (float32 [batch, size, size, 3], int32 [batch]).
+    A tf.data.Dataset of (float32 [b, size, size, 3], int32 [b]), b = batch_size / total.
 
   Raises:
-    ValueError: batch_size exceeds the images of the split.
+    ValueError: batch_size exceeds the images of the split or does not split evenly.
   """
   per_epoch = steps_per_epoch(len(split), batch_size)
+  first, count, total = replicas
+  share, rest = divmod(batch_size, total)
+  if rest or not 0 <= first < first + count <= total:
+    raise ValueError(f'batch_size={batch_size} does not split into replicas {replicas}')
   images, labels = tf.constant(split.images), tf.constant(split.labels)
 
   def epoch_batches(epoch):
     order = epoch_order(len(split), seed, epoch)[:per_epoch * batch_size]
     return tf.data.Dataset.from_tensor_slices(tf.reshape(order, [per_epoch, batch_size]))
 
-  def batch(step, indices):
+  def shares(step, indices):  # This pipeline's replicas' shares of one step's batch.
+    rows = tf.reshape(indices[first * share:(first + count) * share], [count, share])
+    return tf.data.Dataset.from_tensor_slices(
+        (tf.fill([count], step), rows, tf.range(first, first + count) * share))
+
+  def batch(step, indices, first_row):
     chosen = tf.gather(images, indices)
     if augment:
-      chosen = distort_batch(chosen, step_seed(seed, DISTORTION_STREAM, step), image_size)
+      chosen = distort_batch(chosen, step_seed(seed, DISTORTION_STREAM, step), image_size,
+                             part=(first_row, batch_size))
     else:
       chosen = eval_batch(chosen, image_size)
     return chosen, tf.gather(labels, indices)
@@ -154,6 +194,10 @@ def train_inputs(split, batch_size, seed, augment=True, image_size=CROP_SIZE, fi
   first_epoch, offset = divmod(first_step, per_epoch)
   indices = tf.data.Dataset.counter(first_epoch).flat_map(epoch_batches).skip(offset)
   data = tf.data.Dataset.zip((tf.data.Dataset.counter(first_step), indices))
+  if total == 1:
+    data = data.map(lambda step, rows: (step, rows, tf.constant(0, tf.int32)))
+  else:
+    data = data.flat_map(shares)
   return data.map(batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 

@@ -202,6 +202,27 @@ def test_a_pipeline_started_at_step_k_gives_the_batches_of_step_k_on():
   assert not np.array_equal(other[0], whole[0][0])
 
 
+@pytest.mark.parametrize('augment', [True, False])
+def test_the_replicas_shares_of_a_step_are_the_one_device_batch_split_in_order(augment):
+  """What makes a 2-replica step equal a 1-replica one: the same images, distorted alike."""
+  split = tiny_split(40)
+  whole = list(cifar10_input.train_inputs(split, 8, seed=5, augment=augment,
+                                          first_step=3).take(4))
+  both = list(cifar10_input.train_inputs(split, 8, seed=5, augment=augment, first_step=3,
+                                         replicas=(0, 2, 2)).take(8))
+  second = list(cifar10_input.train_inputs(split, 8, seed=5, augment=augment, first_step=3,
+                                           replicas=(1, 1, 2)).take(4))
+  for step in range(4):
+    images, labels = whole[step]
+    np.testing.assert_array_equal(np.concatenate([both[2 * step][1], both[2 * step + 1][1]]),
+                                  labels)
+    np.testing.assert_array_equal(np.concatenate([both[2 * step][0], both[2 * step + 1][0]]),
+                                  images)
+    np.testing.assert_array_equal(second[step][0], images[4:])  # Worker 1 of 2: its half.
+  with pytest.raises(ValueError, match='does not split'):
+    cifar10_input.train_inputs(split, 9, seed=5, replicas=(0, 2, 2))
+
+
 def test_a_batch_larger_than_the_split_is_refused():
   with pytest.raises(ValueError, match='batch_size=21 exceeds the 20 training images'):
     cifar10_input.train_inputs(tiny_split(20), batch_size=21, seed=0)
