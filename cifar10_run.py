@@ -60,6 +60,8 @@ class TrainConfig:
   keep_checkpoints: int = 5  # most recent checkpoints kept in train_dir
   seed: int = 0
   deterministic: bool = False  # TensorFlow's op determinism: bit-identical reruns, slower
+  strategy: str = 'default'  # tf.distribute: default (one device), mirrored, multi_worker
+  cpu_replicas: int = 1  # logical CPU devices of --strategy=mirrored without a GPU
 
   def __post_init__(self):
     # The run records what it computed with: 'auto' becomes 'direct' or 'spectral' for the
@@ -190,18 +192,20 @@ class RunState:
       restored by position, not by name.
   """
 
-  def __init__(self, config, conv=None):
-    self.config = config
-    self.model = models.build(config.model, config.image_size, config.init,
-                              config.weight_decay, conv=conv or config.conv)
-    self.variables = self.model.trainable_variables
-    self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name='global_step')
-    self.train_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False,
-                                     name='train_seconds')
-    self.ema = tf.train.ExponentialMovingAverage(config.moving_average_decay,
-                                                 num_updates=self.step)
-    self.ema.apply(self.variables)  # Creates the shadows now, equal to the initial weights.
-    self.ema_shadows = [self.ema.average(v) for v in self.variables]
+  def __init__(self, config, conv=None, strategy=None):
+    """Builds the state; under `strategy`'s scope (mirrored variables) when one is given."""
+    self.config, self.strategy = config, strategy
+    with strategy.scope() if strategy else contextlib.nullcontext():
+      self.model = models.build(config.model, config.image_size, config.init,
+                                config.weight_decay, conv=conv or config.conv)
+      self.variables = self.model.trainable_variables
+      self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name='global_step')
+      self.train_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False,
+                                       name='train_seconds')
+      self.ema = tf.train.ExponentialMovingAverage(config.moving_average_decay,
+                                                   num_updates=self.step)
+      self.ema.apply(self.variables)  # Creates the shadows now, equal to the initial weights.
+      self.ema_shadows = [self.ema.average(v) for v in self.variables]
 
   def make_checkpoint(self, **extra):
     """The checkpoint of this layout; `extra` adds trackables by name (e.g. masks)."""

@@ -6,9 +6,12 @@ Re-running the same command resumes from the latest checkpoint in --train_dir, w
 batches an uninterrupted run would have seen; a run always ends with a checkpoint at exactly
 --max_steps (with --deterministic, bit-identical to an uninterrupted run's). Every
 --log_frequency steps it prints the tutorial's line and writes scalar summaries for
-TensorBoard; --checkpoint_steps bounds the work a kill can lose. Run `cifar10_eval.py --checkpoint_dir=<train_dir>` beside it.
+TensorBoard; --checkpoint_steps bounds the work a kill can lose. Run
+`cifar10_eval.py --checkpoint_dir=<train_dir>` beside it. --strategy trains on several
+devices or machines with tf.distribute, a step meaning the same (cifar10_distribute.py).
 """
 
+import contextlib
 import dataclasses
 import datetime
 import math
@@ -16,6 +19,7 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 
@@ -28,6 +32,7 @@ from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 import tensorflow as tf
 
+import cifar10_distribute
 import cifar10_input
 import cifar10_model
 import cifar10_records
@@ -52,6 +57,7 @@ def define_train_flags():
   holders = cifar10_run.define_data_flags()
   holders.update(cifar10_run.define_conv_flag())
   holders.update(cifar10_run.define_deterministic_flag())
+  holders.update(cifar10_distribute.define_strategy_flags())
   holders.update(
       train_dir=flags.DEFINE_string('train_dir', d.train_dir,
                                     'Checkpoints, summaries and config.json go here.'),
@@ -151,17 +157,31 @@ def check_batch_fits(config, model, available=None):
 
 
 class Trainer(cifar10_run.RunState):
-  """A run's state (model, step, EMA, checkpoint) and its SGD step."""
+  """A run's state (model, step, EMA, checkpoint) and its SGD step, on one device or under a
+  tf.distribute strategy (cifar10_distribute.py), with the same meaning of a step."""
 
-  def __init__(self, config):
-    super().__init__(config)
-    check_batch_fits(config, self.model)  # Before the first step tries to allocate it.
-    self.checkpoint = self.make_checkpoint(**self.extra_state())
+  def __init__(self, config, strategy=None):
+    super().__init__(config, strategy=strategy)
+    self.worker = cifar10_distribute.this_worker(strategy)
+    self.replicas = strategy.num_replicas_in_sync if strategy else 1
+    try:
+      self.replica_batch = cifar10_distribute.replica_batch_size(config.batch_size,
+                                                                 self.replicas)
+    except cifar10_distribute.DistributeError as e:
+      raise cifar10_run.ConfigError(str(e)) from e
+    # Before the first step tries to allocate it: this process's share of the batch.
+    check_batch_fits(dataclasses.replace(
+        config, batch_size=config.batch_size // self.worker.num_workers), self.model)
+    with strategy.scope() if strategy else contextlib.nullcontext():
+      self.checkpoint = self.make_checkpoint(**self.extra_state())
     self.manager = None  # Opened by restore_latest(), which comes before any save().
     size = config.image_size
-    self.train_step = tf.function(self._train_step, input_signature=(
-        tf.TensorSpec([config.batch_size, size, size, 3], tf.float32),
-        tf.TensorSpec([config.batch_size], tf.int32)))
+    if strategy is None:
+      self.train_step = tf.function(self._train_step, input_signature=(
+          tf.TensorSpec([config.batch_size, size, size, 3], tf.float32),
+          tf.TensorSpec([config.batch_size], tf.int32)))
+    else:  # Takes the per-replica values of a distributed dataset.
+      self.train_step = tf.function(self._distributed_train_step)
 
   def extra_state(self):
     """Further trackables saved in the checkpoint, by name: none here.
@@ -202,24 +222,84 @@ class Trainer(cifar10_run.RunState):
     """Opens the manager that saves and rotates the checkpoints, on a state file rebuilt from
     the checkpoints present: an emptied, damaged or lost one must neither stop the run nor
     make it start again from step 0."""
+    if not self.worker.is_chief:  # Saves its share where nobody reads it (save() clears it).
+      self.scratch_dir = tempfile.mkdtemp(prefix=f'cifar10-worker{self.worker.task_index}-')
+      self.manager = tf.train.CheckpointManager(self.checkpoint, self.scratch_dir, max_to_keep=1)
+      return
     cifar10_run.rebuild_checkpoint_state(self.config.train_dir)
     self.manager = tf.train.CheckpointManager(self.checkpoint, self.config.train_dir,
                                               max_to_keep=self.config.keep_checkpoints)
 
   def _train_step(self, images, labels):
+    """One SGD step on one device: the update of the whole batch."""
+    self.before_update()
+    gradients, metrics = self._gradients(images, labels)
+    metrics['learning_rate'] = self._update(gradients)
+    self.after_update(metrics)
+    return metrics
+
+  def _distributed_train_step(self, images, labels):
+    """One SGD step over the strategy's replicas, each on its share of the global batch.
+
+    Each replica's loss is its share of the global one (its mean cross-entropy and the weight
+    decay, over the number of replicas), so the sum of the replicas' gradients, all-reduced,
+    is the gradient of the one-device step; the update, the step and the EMA then run once,
+    in cross-replica context, on every copy of the variables alike.
+    """
+    self.before_update()
+    per_replica = self.strategy.run(self._replica_step, args=(images, labels))
+    metrics = {name: self.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+               for name, value in per_replica.items()}
+    self.after_update(metrics)
+    return metrics
+
+  def _replica_step(self, images, labels):
+    gradients, metrics = self._gradients(images, labels, share=1.0 / self.replicas)
+    context = tf.distribute.get_replica_context()
+    gradients = context.all_reduce(tf.distribute.ReduceOp.SUM, gradients)
+    rate = context.merge_call(lambda strategy, g: self._update(g, strategy), args=(gradients,))
+    metrics['learning_rate'] = rate / self.replicas  # Summed over the replicas by the caller.
+    return metrics
+
+  def _gradients(self, images, labels, share=1.0):
+    """Gradients of `share` x the batch's loss, and the metrics of that share."""
     with tf.GradientTape() as tape:
       logits = self.model(images, training=True)
       cross_entropy, decay = cifar10_model.loss(logits, labels, self.model)
+      if share != 1.0:
+        cross_entropy, decay = cross_entropy * share, decay * share
       total = cross_entropy + decay
     gradients = tape.gradient(total, self.variables)
-    rate = learning_rate(self.step, self.config)
-    for variable, gradient in zip(self.variables, gradients):
-      variable.assign_sub(rate * gradient)
-    self.step.assign_add(1)
-    self.ema.apply(self.variables)
     correct = tf.equal(tf.argmax(logits, axis=1, output_type=tf.int32), labels)
-    return {'loss': total, 'cross_entropy': cross_entropy, 'weight_decay': decay,
-            'learning_rate': rate, 'batch_accuracy': tf.reduce_mean(tf.cast(correct, tf.float32))}
+    accuracy = tf.reduce_mean(tf.cast(correct, tf.float32)) * share
+    return gradients, {'loss': total, 'cross_entropy': cross_entropy, 'weight_decay': decay,
+                       'batch_accuracy': accuracy}
+
+  def _update(self, gradients, strategy=None):
+    """The SGD update, the step and the EMA; returns the learning rate used.
+
+    With a strategy: in cross-replica context, each copy of a variable updated alike.
+    """
+    rate = learning_rate(self.step, self.config)
+    if strategy is None:
+      for variable, gradient in zip(self.variables, gradients):
+        variable.assign_sub(rate * gradient)
+      self.step.assign_add(1)
+    else:
+      for variable, gradient in zip(self.variables, gradients):
+        strategy.extended.update(variable, lambda v, g: v.assign_sub(rate * g), args=(gradient,))
+      strategy.extended.update(self.step, lambda step: step.assign_add(1))
+    self.ema.apply(self.variables)
+    return rate
+
+  def before_update(self):
+    """Runs at the start of each step, before the gradients (cross-replica context): a
+    subclass changes state here (compress/prune.py: the masks)."""
+    return  # A statement: AutoGraph cannot convert a body of a docstring alone.
+
+  def after_update(self, metrics):
+    """Runs at the end of each step (cross-replica context); may add to `metrics`."""
+    del metrics
 
   def weights_finite(self):
     return all(bool(tf.reduce_all(tf.math.is_finite(v)))
@@ -233,7 +313,10 @@ class Trainer(cifar10_run.RunState):
                              'last good checkpoint is kept; lower --learning_rate and re-run.')
     self.train_seconds.assign(train_seconds)
     try:
-      return self.manager.save(checkpoint_number=step)
+      path = self.manager.save(checkpoint_number=step)  # Every worker takes part.
+      if not self.worker.is_chief:
+        shutil.rmtree(self.scratch_dir, ignore_errors=True)
+      return path
     except (tf.errors.OpError, OSError) as e:
       _remove_partial_saves(self.config.train_dir)
       kept = cifar10_run.checkpoint_paths(self.config.train_dir)
@@ -277,6 +360,15 @@ def _remove_partial_saves(train_dir):
       shutil.rmtree(path, ignore_errors=True)
 
 
+class WorkerLost(Exception):
+  """Another worker of a multi-worker run stopped (killed, crashed, unreachable)."""
+
+
+# What TensorFlow raises in a collective op when a peer of the cluster is gone.
+_PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError,
+                tf.errors.DeadlineExceededError, tf.errors.CancelledError)
+
+
 class StopRequested(Exception):
   """SIGINT or SIGTERM arrived; raised between steps, after the state was saved."""
 
@@ -308,19 +400,23 @@ class _Clock:
     return datetime.timedelta(seconds=round((max_steps - step) * per_step))
 
 
-def train(config, train_split, on_log=None, make_trainer=Trainer, restart=False):
+def train(config, train_split, on_log=None, make_trainer=None, restart=False, strategy=None):
   """Trains until config.max_steps, resuming from train_dir; returns the final metrics.
 
   Holds train_dir's lock throughout. Resumes from the newest checkpoint that restores (the
   newer ones that do not are named and skipped); with `restart`, the checkpoints are first
-  moved into a subfolder and training starts from step 0.
+  moved into a subfolder and training starts from step 0. Under a multi-worker strategy only
+  the chief writes into train_dir (and holds its lock); the other workers read the same
+  checkpoint and write nothing there.
 
   Args:
     config: a cifar10_run.TrainConfig.
     train_split: the cifar10_records.Split to train on.
     on_log: optional callable(step, examples_per_sec) run at each log line (benchmarks).
-    make_trainer: callable(config) -> Trainer; compress/prune.py passes a pruning one.
+    make_trainer: callable(config) -> Trainer; default Trainer(config, strategy).
+      compress/prune.py passes a pruning one.
     restart: move the existing checkpoints aside and start from step 0.
+    strategy: a tf.distribute strategy (cifar10_distribute.make_strategy), or None: one device.
 
   Raises:
     TrainingDiverged: the loss or the weights became NaN or infinite (nothing is saved then).
@@ -328,31 +424,55 @@ def train(config, train_split, on_log=None, make_trainer=Trainer, restart=False)
     StopRequested: a signal asked to stop; the state was saved first.
     cifar10_run.RunFolderBusy: another process trains in train_dir.
     cifar10_run.UnreadableCheckpoint: checkpoints exist but none restores (see restart).
+    WorkerLost: another worker of a multi-worker strategy stopped.
   """
   tf.random.set_seed(config.seed)
   if config.deterministic:  # For the rest of the process: TensorFlow cannot turn it off.
     tf.config.experimental.enable_op_determinism()
-  with cifar10_run.locked(config.train_dir):
-    trainer, step = _resume(config, make_trainer, restart)
-    if step >= config.max_steps:
-      _log(f'{config.train_dir} is already at step {step} >= max_steps {config.max_steps}; '
-           'nothing to do.')
-      return None
-    return _loop(config, trainer, step, train_split, on_log)
+  make_trainer = make_trainer or (lambda c: Trainer(c, strategy))
+  chief = cifar10_distribute.this_worker(strategy).is_chief
+  with cifar10_run.locked(config.train_dir) if chief else contextlib.nullcontext():
+    trainer, step = _resume(config, make_trainer, restart, chief)
+    try:
+      if step >= config.max_steps:
+        _log(f'{config.train_dir} is already at step {step} >= max_steps {config.max_steps}; '
+             'nothing to do.')
+        return None
+      return _loop(config, trainer, step, train_split, on_log)
+    except _PEER_ERRORS as e:
+      if trainer.worker.num_workers == 1:
+        raise
+      newest = cifar10_run.newest_checkpoint(config.train_dir)
+      raise WorkerLost(f'another worker of the cluster stopped (TensorFlow: {type(e).__name__} '
+                       'in a collective op; its own log says why); the newest checkpoint is '
+                       f'{newest or "none"}: run every worker\'s command again to resume from '
+                       'it') from e
+    finally:
+      if not chief:
+        shutil.rmtree(trainer.scratch_dir, ignore_errors=True)
 
 
-def _resume(config, make_trainer, restart):
-  """The run's trainer, restored, and its step; config.json written once that succeeded."""
-  _remove_partial_saves(config.train_dir)  # A kill during a save leaves these behind.
+def _resume(config, make_trainer, restart, chief=True):
+  """The run's trainer, restored, and its step; config.json written once that succeeded.
+
+  A worker that is not the chief only reads: it restores what the chief restores and
+  leaves the partial saves, the moving aside and config.json to it.
+  """
+  if chief:
+    _remove_partial_saves(config.train_dir)  # A kill during a save leaves these behind.
   changes = cifar10_run.check_config(config)  # Refuses another model before touching a file.
-  if restart and cifar10_run.checkpoint_paths(config.train_dir):
+  if chief and restart and cifar10_run.checkpoint_paths(config.train_dir):
     aside = cifar10_run.move_checkpoints_aside(config.train_dir)
     _log(f'--restart: moved the checkpoints to {aside}')
   trainer = make_trainer(config)
+  if restart and not chief:  # The chief moves the checkpoints aside: start from step 0.
+    trainer.open_checkpoints()
+    return trainer, 0
   step = trainer.restore_latest()
   for path, reason in trainer.skipped:
     _log(f'skipped {path}, which does not restore: {reason}')
-  cifar10_run.write_config(config)
+  if chief:
+    cifar10_run.write_config(config)
   for change in changes:
     _log(f'note: changed since the last run in {config.train_dir}: {change}')
   if step:
@@ -360,13 +480,34 @@ def _resume(config, make_trainer, restart):
   return trainer, step
 
 
+def _batches(config, trainer, step, train_split):
+  """The training batches from `step` on: one device's, or the strategy's per replica."""
+  def inputs(replicas):
+    return cifar10_input.train_inputs(
+        train_split, config.batch_size, seed=config.seed, augment=config.augment,
+        image_size=config.image_size, first_step=step, replicas=replicas)
+  if trainer.strategy is None:
+    return inputs((0, 1, 1))
+
+  def pipeline(context):  # Each input pipeline (worker) yields its replicas' shares in turn.
+    local = context.num_replicas_in_sync // context.num_input_pipelines
+    return inputs((context.input_pipeline_id * local, local, context.num_replicas_in_sync))
+  return trainer.strategy.distribute_datasets_from_function(pipeline)
+
+
+def _local(value, strategy):
+  """This process's first replica's part of a per-replica value (the value itself without a
+  strategy)."""
+  return strategy.experimental_local_results(value)[0] if strategy else value
+
+
 def _loop(config, trainer, step, train_split, on_log):
   """Steps from `step` to config.max_steps; returns the last metrics."""
-  batches = iter(cifar10_input.train_inputs(  # From the batch of `step`: nothing replayed.
-      train_split, config.batch_size, seed=config.seed, augment=config.augment,
-      image_size=config.image_size, first_step=step))
+  batches = iter(_batches(config, trainer, step, train_split))  # From `step`: nothing replayed.
   clock = _Clock(step, float(trainer.train_seconds.numpy()))
-  with tf.summary.create_file_writer(config.train_dir).as_default():
+  writer = (tf.summary.create_file_writer(config.train_dir) if trainer.worker.is_chief
+            else tf.summary.create_noop_writer())
+  with writer.as_default():
     while step < config.max_steps:
       if _STOP.is_set():
         _log(f'stopping on a signal: saved {trainer.save(clock.total_seconds())}')
@@ -377,7 +518,7 @@ def _loop(config, trainer, step, train_split, on_log):
       if step % config.log_frequency == 0 or step == config.max_steps:
         _log_step(config, metrics, step, clock, on_log)
       if step % config.histogram_steps == 0:
-        _write_histograms(trainer, images, step)
+        _write_histograms(trainer, _local(images, trainer.strategy), step)
       if step % config.checkpoint_steps == 0 or step == config.max_steps:
         path = trainer.save(clock.total_seconds())
         _log(f'saved {path} (ETA {clock.eta(step, config.max_steps)})')
@@ -420,17 +561,25 @@ def install_stop_handlers():
   signal.signal(signal.SIGINT, request_stop)
 
 
+def start_strategy(name, cpu_replicas):
+  """Sets the devices up and makes the strategy, first thing (cifar10_distribute.py)."""
+  cifar10_distribute.configure_devices(name, cpu_replicas)
+  return cifar10_distribute.make_strategy(name, cpu_replicas)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   cifar10_env.quiet_logging(flags.FLAGS['verbosity'].present)
   try:
+    strategy = start_strategy(_FLAGS['strategy'].value, _FLAGS['cpu_replicas'].value)
     config = config_from_flags(_FLAGS)
     split = cifar10_records.load_split(cifar10_run.batches_dir_from_flags(_FLAGS), 'train')
     install_stop_handlers()  # Only now: before, Ctrl-C simply ends the download or extraction.
-    train(config, split, restart=_FLAGS['restart'].value)
+    train(config, split, restart=_FLAGS['restart'].value, strategy=strategy)
   except (cifar10_records.DataError, TrainingDiverged, SaveFailed, cifar10_run.ConfigError,
-          cifar10_run.UnreadableCheckpoint) as e:
+          cifar10_run.UnreadableCheckpoint, cifar10_distribute.DistributeError,
+          WorkerLost) as e:
     sys.exit(f'error: {e}')
   except StopRequested:
     sys.exit(stop_exit_code())

@@ -37,6 +37,7 @@ from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 import tensorflow as tf
 
+import cifar10_distribute
 import cifar10_records
 import cifar10_run
 import cifar10_train
@@ -146,9 +147,9 @@ class PruningTrainer(cifar10_train.Trainer):
   plain SGD that equals masking the gradient (Zhu & Gupta's masked updates).
   """
 
-  def __init__(self, config, settings, source_checkpoint=None):
+  def __init__(self, config, settings, source_checkpoint=None, strategy=None):
     self.settings, self.source_checkpoint = settings, source_checkpoint
-    super().__init__(config)  # Calls extra_state(), which makes the masks.
+    super().__init__(config, strategy)  # Calls extra_state(), which makes the masks.
     self.num_weights = sum(math.prod(k.shape) for k, _ in self.model.kernels)
     self.num_dense = self.num_weights - sum(math.prod(k.shape) for k in self.pruned)
 
@@ -181,13 +182,13 @@ class PruningTrainer(cifar10_train.Trainer):
     self.restore(self.source_checkpoint)  # The source's layout: no masks.
     return int(self.step.numpy())
 
-  def _train_step(self, images, labels):
+  def before_update(self):
     if self.settings.is_update_step(self.step):
       self.update_masks(self.settings.sparsity(self.step))
-    metrics = super(PruningTrainer, self)._train_step(images, labels)
+
+  def after_update(self, metrics):
     self.apply_masks()
     metrics['sparsity'] = self.sparsity()
-    return metrics
 
   def update_masks(self, sparsity):
     for mask, new in zip(self.masks, new_masks(self.pruned, sparsity, self.settings.threshold)):
@@ -333,7 +334,8 @@ def prepare(values):
   config = dataclasses.replace(
       source_config, train_dir=train_dir, max_steps=last,
       learning_rate=source_config.learning_rate if learning_rate is None else learning_rate,
-      conv=values['conv'], deterministic=values['deterministic'])
+      conv=values['conv'], deterministic=values['deterministic'],
+      strategy=values['strategy'], cpu_replicas=values['cpu_replicas'])
   return config, settings, source
 
 
@@ -343,15 +345,21 @@ def main(argv):
   cifar10_env.quiet_logging(flags.FLAGS['verbosity'].present)
   values = {name: holder.value for name, holder in _FLAGS.items()}
   try:
+    strategy = cifar10_train.start_strategy(values['strategy'], values['cpu_replicas'])
     config, settings, source = prepare(values)
-    trainer = PruningTrainer(config, settings, source)  # Checks --dense_layers first.
-    write_settings(config.train_dir, settings, source)
+    # Checks --dense_layers first.
+    trainer = PruningTrainer(config, settings, source, strategy=strategy)
+    if trainer.worker.is_chief:  # The only writer of the run folder.
+      write_settings(config.train_dir, settings, source)
     split = cifar10_records.load_split(cifar10_run.batches_dir_from_flags(_FLAGS), 'train')
     cifar10_train.install_stop_handlers()
-    cifar10_train.train(config, split, make_trainer=lambda _: trainer)
+    cifar10_train.train(config, split, make_trainer=lambda _: trainer, strategy=strategy)
+    if not trainer.worker.is_chief:
+      return
     report = build_report(trainer, os.path.join(config.train_dir, SPARSE_FILE))
   except (cifar10_records.DataError, cifar10_train.TrainingDiverged, cifar10_train.SaveFailed,
-          cifar10_run.ConfigError, cifar10_run.UnreadableCheckpoint) as e:
+          cifar10_run.ConfigError, cifar10_run.UnreadableCheckpoint,
+          cifar10_distribute.DistributeError, cifar10_train.WorkerLost) as e:
     sys.exit(f'error: {e}')
   except cifar10_train.StopRequested:
     sys.exit(cifar10_train.stop_exit_code())
@@ -367,6 +375,7 @@ def define_prune_flags():
   holders = cifar10_run.define_data_flags()
   holders.update(cifar10_run.define_conv_flag())
   holders.update(cifar10_run.define_deterministic_flag())
+  holders.update(cifar10_distribute.define_strategy_flags())
   holders.update(
       source_dir=flags.DEFINE_string('source_dir', None, 'The --train_dir of a trained run.',
                                      required=True),

@@ -1,0 +1,198 @@
+"""tf.distribute on CPU: a step split over replicas equals the one-device step, checkpoints
+move between replica counts, and two worker processes on 127.0.0.1 train, stop and resume
+together (ports chosen free at test time, every process bounded in time)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import cifar10_distribute
+import cifar10_run
+from fixtures import wait_for
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMEOUT = 300  # seconds any one process may take
+
+
+# --------------------------------------------------------------------------- TF_CONFIG
+
+
+def test_tf_config_names_the_chief_and_counts_the_workers():
+  cluster = {'worker': ['a:1', 'b:2', 'c:3']}
+  first = cifar10_distribute.worker_from_tf_config(
+      json.dumps({'cluster': cluster, 'task': {'type': 'worker', 'index': 0}}))
+  assert first == cifar10_distribute.Worker('worker', 0, 3, True)
+  third = cifar10_distribute.worker_from_tf_config(
+      json.dumps({'cluster': cluster, 'task': {'type': 'worker', 'index': 2}}))
+  assert not third.is_chief and third.num_workers == 3
+  with_chief = dict(cluster, chief=['d:4'])
+  worker0 = cifar10_distribute.worker_from_tf_config(
+      json.dumps({'cluster': with_chief, 'task': {'type': 'worker', 'index': 0}}))
+  assert not worker0.is_chief and worker0.num_workers == 4  # The `chief` task is.
+  assert cifar10_distribute.worker_from_tf_config('') == cifar10_distribute.Worker()
+
+
+@pytest.mark.parametrize('text,message', [
+    ('{"cluster": ', 'TF_CONFIG is not valid'),
+    ('{"task": {"type": "worker", "index": 0}}', 'TF_CONFIG is not valid'),
+    ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 1}}',
+     'names task worker 1'),
+])
+def test_a_bad_tf_config_is_one_clear_error(text, message):
+  with pytest.raises(cifar10_distribute.DistributeError, match=message):
+    cifar10_distribute.worker_from_tf_config(text)
+
+
+def test_a_batch_that_does_not_split_over_the_replicas_names_both_numbers():
+  assert cifar10_distribute.replica_batch_size(128, 2) == 64
+  with pytest.raises(cifar10_distribute.DistributeError,
+                     match='--batch_size=128 does not split evenly over the 3 replicas'):
+    cifar10_distribute.replica_batch_size(128, 3)
+
+
+# --------------------------------------------------------------------------- binaries
+
+
+def weights(train_dir):
+  """{name: array} of the newest checkpoint's variables but the run's bookkeeping."""
+  reader = tf.train.load_checkpoint(cifar10_run.newest_checkpoint(str(train_dir)))
+  return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+          if not any(part in name for part in ('train_seconds', 'save_counter', '_CHECKPOINT'))}
+
+
+def max_difference(a, b):
+  assert a.keys() == b.keys()
+  return max(float(np.max(np.abs(a[name].astype(np.float64) - b[name]))) for name in a)
+
+
+def train(data_dir, train_dir, max_steps, *flags, env=None):
+  result = subprocess.run(
+      [sys.executable, 'cifar10_train.py', f'--data_dir={data_dir}', f'--train_dir={train_dir}',
+       f'--max_steps={max_steps}', *flags], cwd=ROOT, capture_output=True, text=True,
+      timeout=TIMEOUT, env=env)
+  assert result.returncode == 0, result.stdout + result.stderr
+  return result.stdout
+
+
+@pytest.mark.subprocess
+def test_a_2_replica_step_equals_the_1_replica_step_and_runs_move_between_them(tmp_path,
+                                                                              real_data_dir):
+  one, two = tmp_path / 'one', tmp_path / 'two'
+  mirrored = ('--strategy=mirrored', '--cpu_replicas=2')
+  train(real_data_dir, one, 1)
+  train(real_data_dir, two, 1, *mirrored)
+  # The same global batch of 128, distorted alike, split 64 + 64: the weights and the EMA
+  # shadows after one step equal within float32 rounding of the summed gradients.
+  assert max_difference(weights(one), weights(two)) < 1e-5
+  # Each run resumes with the other replica count: step 2 on one device for the 2-replica
+  # run, on two replicas for the other. Both read the other's checkpoints as they are.
+  assert 'at step 1' in train(real_data_dir, one, 2, *mirrored)
+  assert 'at step 1' in train(real_data_dir, two, 2)
+  # The first step's rounding (~1e-8) grows through the second step's gradients: 1.5e-5
+  # measured.
+  assert max_difference(weights(one), weights(two)) < 1e-4
+  assert cifar10_run.checkpoint_step(cifar10_run.newest_checkpoint(str(one))) == 2
+
+
+@pytest.mark.subprocess
+def test_a_batch_that_does_not_split_is_refused_in_one_line(tmp_path, real_data_dir):
+  result = subprocess.run(
+      [sys.executable, 'cifar10_train.py', f'--data_dir={real_data_dir}',
+       f'--train_dir={tmp_path}', '--strategy=mirrored', '--cpu_replicas=3', '--max_steps=1'],
+      cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT)
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1] == (
+      'error: --batch_size=128 does not split evenly over the 3 replicas: pass a multiple of 3')
+  assert 'Traceback' not in result.stderr
+
+
+def free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def start_workers(data_dir, train_dir, tmp_path, max_steps, *flags):
+  """Two worker processes of one multi-worker run on 127.0.0.1; their logs in tmp_path."""
+  cluster = {'worker': [f'127.0.0.1:{free_port()}' for _ in range(2)]}
+  scratch = tmp_path / 'worker_tmp'
+  scratch.mkdir(exist_ok=True)
+  workers = []
+  for index in range(2):
+    env = dict(os.environ, TMPDIR=str(scratch), TF_CONFIG=json.dumps(
+        {'cluster': cluster, 'task': {'type': 'worker', 'index': index}}))
+    log = open(tmp_path / f'worker{index}.log', 'w')
+    workers.append(subprocess.Popen(
+        [sys.executable, 'cifar10_train.py', f'--data_dir={data_dir}',
+         f'--train_dir={train_dir}', f'--max_steps={max_steps}', '--strategy=multi_worker',
+         '--log_frequency=1', *flags], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
+    log.close()
+  return workers
+
+
+def finish(workers, tmp_path):
+  """Waits for both workers; returns their logs."""
+  try:
+    for worker in workers:
+      worker.wait(timeout=TIMEOUT)
+  finally:
+    for worker in workers:
+      if worker.poll() is None:
+        worker.kill()
+        worker.wait()
+  return [(tmp_path / f'worker{i}.log').read_text() for i in range(2)]
+
+
+@pytest.mark.subprocess
+def test_two_workers_train_together_and_the_run_resumes_on_one_device(tmp_path, real_data_dir):
+  run = tmp_path / 'run'
+  workers = start_workers(real_data_dir, run, tmp_path, 6, '--checkpoint_steps=3')
+  logs = finish(workers, tmp_path)
+  assert [w.returncode for w in workers] == [0, 0], logs
+  # Both took the same steps with the same global loss.
+  losses = [[line.split('loss = ')[1].split(' ')[0] for line in log.splitlines()
+             if ', loss = ' in line] for log in logs]
+  assert len(losses[0]) == 6 and losses[0] == losses[1]
+  # Only the chief wrote into the run folder; the other's scratch folders are gone.
+  assert f'saved {run}/ckpt-6' in logs[0] and f'saved {run}' not in logs[1]
+  assert sorted(p.name for p in run.glob('ckpt-*.index')) == ['ckpt-3.index', 'ckpt-6.index']
+  assert cifar10_run.read_config(str(run)).strategy == 'multi_worker'
+  assert not list((tmp_path / 'worker_tmp').iterdir())
+  out = train(real_data_dir, run, 8)  # One device, the same checkpoints.
+  assert f'resumed from {run}/ckpt-6 at step 6' in out
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize('victim', [1, 0])
+def test_a_killed_worker_stops_the_other_in_one_line_and_both_resume(tmp_path, real_data_dir,
+                                                                     victim):
+  run = tmp_path / 'run'
+  flags = ('--checkpoint_steps=5',)
+  workers = start_workers(real_data_dir, run, tmp_path, 10_000, *flags)
+  try:
+    wait_for(lambda: cifar10_run.newest_checkpoint(str(run)) is not None, workers[0], TIMEOUT,
+             'the first checkpoint')
+    workers[victim].kill()  # SIGKILL: the other learns it from the cluster's heartbeats.
+    start = time.time()
+    survivor = workers[1 - victim]
+    survivor.wait(timeout=120)  # Bounded: no hang.
+    assert time.time() - start < 120
+  finally:
+    logs = finish(workers, tmp_path)
+  assert survivor.returncode == 1, logs
+  last = logs[1 - victim].strip().splitlines()[-1]
+  assert last.startswith('error: another worker of the cluster stopped'), logs[1 - victim]
+  assert 'Traceback' not in logs[1 - victim]
+  kept = cifar10_run.checkpoint_step(cifar10_run.newest_checkpoint(str(run)))
+  again = start_workers(real_data_dir, run, tmp_path, kept + 3, *flags)
+  logs = finish(again, tmp_path)
+  assert [w.returncode for w in again] == [0, 0], logs
+  assert f'at step {kept}' in logs[0] and f'at step {kept}' in logs[1]
+  assert cifar10_run.checkpoint_step(cifar10_run.newest_checkpoint(str(run))) == kept + 3
