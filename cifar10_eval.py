@@ -26,6 +26,7 @@ from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 import tensorflow as tf
 
+import cifar10_distribute
 import cifar10_input
 import cifar10_records
 import cifar10_run
@@ -175,6 +176,8 @@ def main(argv):
   interval_secs, timeout_secs = _FLAGS['eval_interval_secs'].value, _FLAGS['timeout'].value
   run_once = _FLAGS['run_once'].value
   try:
+    # Memory growth on every GPU, so that the watcher and a trainer share one.
+    cifar10_distribute.configure_devices('default')
     # The run first: a mistyped --checkpoint_dir is reported before any data is fetched.
     config = find_run(checkpoint_dir, interval_secs, timeout_secs, run_once)
     split = cifar10_records.load_split(cifar10_run.batches_dir_from_flags(_FLAGS), eval_data)
@@ -182,7 +185,7 @@ def main(argv):
     results = watch(evaluator, checkpoint_dir, eval_dir, _FLAGS['ema'].value, interval_secs,
                     timeout_secs, run_once)
   except (cifar10_records.DataError, cifar10_run.ConfigError, cifar10_run.UnreadableCheckpoint,
-          FileNotFoundError) as e:
+          FileNotFoundError, cifar10_distribute.DistributeError) as e:
     sys.exit(f'error: {e}')
   except KeyboardInterrupt:
     sys.exit(130)

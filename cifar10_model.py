@@ -19,6 +19,10 @@ STUDY_WEIGHT_DECAY = 500.0  # The study's WD: coefficient = WD / prod(shape(W)).
 TUTORIAL_WEIGHT_DECAY = 0.004  # The tutorial's coefficient on local3 and local4.
 XAVIER_GAIN = 1.3  # The study's factor compensating the truncation at 2 stddev.
 LRN_FLOPS_PER_ELEMENT = 36  # (3 + 2*r*r + 1) with r = 4, as the study counted it.
+# --precision: the dtype the layers compute in. Variables, EMA shadows and the loss stay
+# float32 in every mode ("mixed" precision).
+PRECISIONS = {'float32': tf.float32, 'mixed_bfloat16': tf.bfloat16,
+              'mixed_float16': tf.float16}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,7 +122,9 @@ class Conv2D(Layer):
     self.convolution = direct_conv2d
 
   def __call__(self, x, training=False):
-    y = self.convolution(x, self.kernel, self.stride) + self.bias
+    # The variables are float32; a model computing in lower precision casts them to x's.
+    kernel, bias = tf.cast(self.kernel, x.dtype), tf.cast(self.bias, x.dtype)
+    y = self.convolution(x, kernel, self.stride) + bias
     return tf.nn.relu(y) if self.relu else y
 
   def output_shape(self, input_shape):
@@ -144,7 +150,7 @@ class Dense(Layer):
     self.relu = relu
 
   def __call__(self, x, training=False):
-    y = tf.matmul(x, self.kernel) + self.bias
+    y = tf.matmul(x, tf.cast(self.kernel, x.dtype)) + tf.cast(self.bias, x.dtype)
     return tf.nn.relu(y) if self.relu else y
 
   def output_shape(self, input_shape):
@@ -190,7 +196,7 @@ class LRN(Layer):
     channels = x.shape[self.data_format.index('C')]
     index = np.arange(channels)
     band = np.abs(index[:, None] - index[None, :]) <= self.depth_radius
-    band = tf.constant(self.alpha * band[np.newaxis, np.newaxis], tf.float32)
+    band = tf.constant(self.alpha * band[np.newaxis, np.newaxis], x.dtype)
     scale = self.bias + tf.nn.conv2d(tf.square(x), band, 1, 'VALID', data_format=self.data_format)
     if self.beta == 0.75:  # The tutorial's: scale^-3/4 = rsqrt(s) * sqrt(rsqrt(s)), no pow.
       inverse_root = tf.math.rsqrt(scale)
@@ -302,11 +308,21 @@ class Model(Sequential):
   def __init__(self, layers, image_size, name=None):
     super().__init__(layers, name=name)
     self.input_shape = (image_size, image_size, 3)
+    self.compute_dtype = tf.float32
     names = [layer.name for layer in self.weight_layers()]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
       raise ValueError(f'model {name}: layers with weights must have unique names; repeated: '
                        f'{", ".join(repeated)}')
+
+  def __call__(self, x, training=False):
+    """float32 logits of float32 images, computed in `compute_dtype` (set_precision)."""
+    logits = super().__call__(tf.cast(x, self.compute_dtype), training)
+    return tf.cast(logits, tf.float32)
+
+  def set_precision(self, precision):
+    """Computes the layers in PRECISIONS[precision]; the variables stay float32."""
+    self.compute_dtype = PRECISIONS[precision]
 
   def weight_layers(self):
     """The layers with a weight matrix (convs and dense layers), in call order: the ones

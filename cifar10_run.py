@@ -62,6 +62,7 @@ class TrainConfig:
   deterministic: bool = False  # TensorFlow's op determinism: bit-identical reruns, slower
   strategy: str = 'default'  # tf.distribute: default (one device), mirrored, multi_worker
   cpu_replicas: int = 1  # logical CPU devices of --strategy=mirrored without a GPU
+  precision: str = 'float32'  # what the layers compute in (cifar10_model.PRECISIONS)
 
   def __post_init__(self):
     # The run records what it computed with: 'auto' becomes 'direct' or 'spectral' for the

@@ -59,7 +59,12 @@ def spectral_convolution(x, kernel, stride):
   """A Conv2D.convolution: `spectral_conv2d` (stride 1 only)."""
   if stride != 1:
     raise ValueError(f'the spectral convolution needs stride 1, got {stride}')
-  return spectral_conv2d(x, kernel)
+  if x.dtype == tf.float32:
+    return spectral_conv2d(x, kernel)
+  # Mixed precision: the transforms sum hundreds of terms, too many for 8 bits of mantissa;
+  # this layer computes in float32 between two casts.
+  y = spectral_conv2d(tf.cast(x, tf.float32), tf.cast(kernel, tf.float32))
+  return tf.cast(y, x.dtype)
 
 
 def apply(model, mode):

@@ -58,6 +58,7 @@ def define_train_flags():
   holders.update(cifar10_run.define_conv_flag())
   holders.update(cifar10_run.define_deterministic_flag())
   holders.update(cifar10_distribute.define_strategy_flags())
+  holders.update(define_precision_flag())
   holders.update(
       train_dir=flags.DEFINE_string('train_dir', d.train_dir,
                                     'Checkpoints, summaries and config.json go here.'),
@@ -101,6 +102,14 @@ def define_train_flags():
   return holders
 
 
+def define_precision_flag():
+  """--precision, for the binaries that train; returns {'precision': FlagHolder}."""
+  return {'precision': flags.DEFINE_enum(
+      'precision', cifar10_run.TrainConfig.precision, list(cifar10_model.PRECISIONS),
+      'What the layers compute in: float32, or bfloat16 / float16 with float32 variables, '
+      'EMA and loss (mixed_float16 with dynamic loss scaling).')}
+
+
 def config_from_flags(holders):
   """Reads the training flags once into a TrainConfig."""
   values = {name: holder.value for name, holder in holders.items()
@@ -123,6 +132,10 @@ def learning_rate(step, config):
   return config.learning_rate * tf.pow(config.lr_decay_factor, drops)
 
 
+# Dynamic loss scaling of --precision=mixed_float16: the first scale, and the finite steps in
+# a row after which it doubles (an overflow halves it, down to 1).
+INITIAL_LOSS_SCALE = 2.0 ** 15
+LOSS_SCALE_GROWTH_STEPS = 2000
 MEMORY_RESERVE = 1 << 30  # bytes left to the data, TensorFlow and the OS beside the batch
 
 
@@ -172,8 +185,15 @@ class Trainer(cifar10_run.RunState):
     # Before the first step tries to allocate it: this process's share of the batch.
     check_batch_fits(dataclasses.replace(
         config, batch_size=config.batch_size // self.worker.num_workers), self.model)
+    self.model.set_precision(config.precision)  # The layers' compute dtype; float32 weights.
     with strategy.scope() if strategy else contextlib.nullcontext():
-      self.checkpoint = self.make_checkpoint(**self.extra_state())
+      extra = self.extra_state()
+      self.loss_scale = None
+      if config.precision == 'mixed_float16':  # Dynamic loss scaling, in the checkpoint.
+        self.loss_scale = tf.Variable(INITIAL_LOSS_SCALE, trainable=False, name='loss_scale')
+        self.good_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name='good_steps')
+        extra.update(loss_scale=self.loss_scale, good_steps=self.good_steps)
+      self.checkpoint = self.make_checkpoint(**extra)
     self.manager = None  # Opened by restore_latest(), which comes before any save().
     size = config.image_size
     if strategy is None:
@@ -262,14 +282,21 @@ class Trainer(cifar10_run.RunState):
     return metrics
 
   def _gradients(self, images, labels, share=1.0):
-    """Gradients of `share` x the batch's loss, and the metrics of that share."""
+    """Gradients of `share` x the batch's loss, and the metrics of that share.
+
+    With mixed_float16 the loss is multiplied by the loss scale before the gradients, which
+    are divided by it after (small float16 gradients would flush to zero otherwise).
+    """
     with tf.GradientTape() as tape:
-      logits = self.model(images, training=True)
+      logits = self.model(images, training=True)  # float32 logits in every precision.
       cross_entropy, decay = cifar10_model.loss(logits, labels, self.model)
       if share != 1.0:
         cross_entropy, decay = cross_entropy * share, decay * share
       total = cross_entropy + decay
-    gradients = tape.gradient(total, self.variables)
+      scaled = total if self.loss_scale is None else total * self.loss_scale
+    gradients = tape.gradient(scaled, self.variables)
+    if self.loss_scale is not None:
+      gradients = [gradient / self.loss_scale for gradient in gradients]
     correct = tf.equal(tf.argmax(logits, axis=1, output_type=tf.int32), labels)
     accuracy = tf.reduce_mean(tf.cast(correct, tf.float32)) * share
     return gradients, {'loss': total, 'cross_entropy': cross_entropy, 'weight_decay': decay,
@@ -281,6 +308,10 @@ class Trainer(cifar10_run.RunState):
     With a strategy: in cross-replica context, each copy of a variable updated alike.
     """
     rate = learning_rate(self.step, self.config)
+    if self.loss_scale is not None:  # A step whose gradients overflowed changes no weight.
+      finite = self._adjust_loss_scale(gradients, strategy)
+      gradients = [tf.where(finite, gradient, tf.zeros_like(gradient))
+                   for gradient in gradients]
     if strategy is None:
       for variable, gradient in zip(self.variables, gradients):
         variable.assign_sub(rate * gradient)
@@ -289,8 +320,29 @@ class Trainer(cifar10_run.RunState):
       for variable, gradient in zip(self.variables, gradients):
         strategy.extended.update(variable, lambda v, g: v.assign_sub(rate * g), args=(gradient,))
       strategy.extended.update(self.step, lambda step: step.assign_add(1))
-    self.ema.apply(self.variables)
+    if self.loss_scale is None:
+      self.ema.apply(self.variables)
+    else:  # Skipped with the update: the shadows must not drift towards unchanged weights.
+      def apply_ema():
+        self.ema.apply(self.variables)
+      tf.cond(finite, apply_ema, lambda: None)
     return rate
+
+  def _adjust_loss_scale(self, gradients, strategy=None):
+    """Dynamic loss scaling: whether the gradients are finite; the scale halves after an
+    overflow and doubles after LOSS_SCALE_GROWTH_STEPS finite steps in a row."""
+    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in gradients])
+    good = tf.where(finite, self.good_steps + 1, 0)
+    grow = good >= LOSS_SCALE_GROWTH_STEPS
+    scale = tf.where(finite, tf.where(grow, self.loss_scale * 2.0, self.loss_scale),
+                     tf.maximum(self.loss_scale / 2.0, 1.0))
+    good = tf.where(grow, tf.zeros_like(good), good)
+    for variable, value in ((self.loss_scale, scale), (self.good_steps, good)):
+      if strategy is None:
+        variable.assign(value)
+      else:
+        strategy.extended.update(variable, lambda v, x: v.assign(x), args=(value,))
+    return finite
 
   def before_update(self):
     """Runs at the start of each step, before the gradients (cross-replica context): a

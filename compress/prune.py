@@ -335,7 +335,8 @@ def prepare(values):
       source_config, train_dir=train_dir, max_steps=last,
       learning_rate=source_config.learning_rate if learning_rate is None else learning_rate,
       conv=values['conv'], deterministic=values['deterministic'],
-      strategy=values['strategy'], cpu_replicas=values['cpu_replicas'])
+      strategy=values['strategy'], cpu_replicas=values['cpu_replicas'],
+      precision=values['precision'])
   return config, settings, source
 
 
@@ -376,6 +377,7 @@ def define_prune_flags():
   holders.update(cifar10_run.define_conv_flag())
   holders.update(cifar10_run.define_deterministic_flag())
   holders.update(cifar10_distribute.define_strategy_flags())
+  holders.update(cifar10_train.define_precision_flag())
   holders.update(
       source_dir=flags.DEFINE_string('source_dir', None, 'The --train_dir of a trained run.',
                                      required=True),

@@ -1,6 +1,7 @@
 """Tests of the training loop: learning, EMA, checkpoints, resume and divergence."""
 
 import dataclasses
+import math
 import os
 import re
 import subprocess
@@ -320,3 +321,48 @@ def test_a_batch_that_cannot_fit_in_memory_is_refused_with_the_largest_that_fits
     cifar10_train.check_batch_fits(config, model, available=available)
   cifar10_train.check_batch_fits(dataclasses.replace(config, batch_size=1000), model,
                                  available=available)
+
+
+# ----------------------------------------------------------------------- mixed precision
+
+
+def test_mixed_bfloat16_trains_with_float32_variables_and_bfloat16_layers(tmp_path):
+  config = tiny_config(tmp_path, max_steps=10, precision='mixed_bfloat16')
+  trainer = cifar10_train.Trainer(config)
+  assert trainer.model.compute_dtype == tf.bfloat16
+  assert {v.dtype for v in list(trainer.variables) + trainer.ema_shadows} == {tf.float32}
+  conv = trainer.model.weight_layers()[0]
+  assert conv(tf.zeros([1, 32, 32, 3], tf.bfloat16)).dtype == tf.bfloat16
+  logits = trainer.model(tf.zeros([2, 32, 32, 3]), training=True)
+  assert logits.dtype == tf.float32
+  first = cifar10_train.train(config, tiny_split())
+  assert math.isfinite(first['loss'])
+  restored = cifar10_train.Trainer(config)
+  assert restored.restore_latest() == 10
+
+
+def test_mixed_float16_skips_an_overflowing_step_and_scales_the_loss_dynamically(tmp_path,
+                                                                                 monkeypatch):
+  monkeypatch.setattr(cifar10_train, 'LOSS_SCALE_GROWTH_STEPS', 2)
+  trainer = cifar10_train.Trainer(tiny_config(tmp_path, precision='mixed_float16'))
+  assert trainer.model.compute_dtype == tf.float16
+  images = tf.constant(cifar10_input.eval_batch(tiny_split(16).images, 32))
+  labels = tf.constant(tiny_split(16).labels)
+  before = [v.numpy() for v in trainer.variables]
+  shadows = [s.numpy() for s in trainer.ema_shadows]
+  trainer.loss_scale.assign(3e38)  # The scaled loss overflows: every gradient is inf or NaN.
+  trainer.train_step(images, labels)
+  assert all(np.array_equal(a, v.numpy()) for a, v in zip(before, trainer.variables))
+  assert all(np.array_equal(a, s.numpy()) for a, s in zip(shadows, trainer.ema_shadows))
+  assert int(trainer.step.numpy()) == 1  # The batch is spent; the weights are not touched.
+  assert trainer.loss_scale.numpy() == np.float32(1.5e38) and trainer.good_steps.numpy() == 0
+  trainer.loss_scale.assign(1024.0)
+  trainer.train_step(images, labels)
+  assert not all(np.array_equal(a, v.numpy()) for a, v in zip(before, trainer.variables))
+  assert trainer.loss_scale.numpy() == 1024.0 and trainer.good_steps.numpy() == 1
+  trainer.train_step(images, labels)  # The second finite step in a row: the scale doubles.
+  assert trainer.loss_scale.numpy() == 2048.0 and trainer.good_steps.numpy() == 0
+  saved = tf.train.load_checkpoint(trainer.checkpoint.write(str(tmp_path / 'ckpt')))
+  names = saved.get_variable_to_shape_map()
+  assert any(name.startswith('loss_scale/') for name in names)  # Resumes with its scale.
+  assert any(name.startswith('good_steps/') for name in names)

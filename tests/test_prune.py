@@ -202,7 +202,7 @@ def prune_values(source_dir, train_dir, **overrides):
                 target_sparsity=0.5, initial_sparsity=0.0, begin_step=None, end_step=None,
                 frequency=5, mode='gradual', rounds=4, threshold='per_layer', dense_layers=[],
                 learning_rate=None, conv='auto', deterministic=False, strategy='default',
-                cpu_replicas=1)
+                cpu_replicas=1, precision='float32')
   values.update(overrides)
   return values
 
