@@ -5,7 +5,8 @@
 Times, for one model: (1) the bare train step on one fixed in-memory batch, (2) the full
 loop exactly as cifar10_train.py runs it, (3) the input pipeline alone, (4) the same network
 as a tf.keras.Sequential trained with model.fit on the same pipeline, (5) evaluation of the
-whole test set. Each figure is the median over its timed windows after a warm-up; 1, 2 and 4
+whole test set; with --precision given twice or more, 1 and 2 again in each further precision.
+Each figure is the median over its timed windows after a warm-up; 1, 2 and 4
 run in turn --rounds times, so the machine's drifting speed hits them alike. It prints
 images/s, the ratios 2/1, 3/2 and 2/4, and the GFLOP/s of 1, 2 and 5 (a train step counted as
 3x the forward FLOPs of cifar10_model's counting), each also as a fraction of the machine's
@@ -46,6 +47,10 @@ _MODEL = flags.DEFINE_enum('model', 'tutorial', models.names(), 'Model to time.'
 _WINDOW = flags.DEFINE_integer('window', 20, 'Steps per timed window.', lower_bound=1)
 _WINDOWS = flags.DEFINE_integer('windows', 7, 'Timed windows per candidate.', lower_bound=1)
 _WARMUP = flags.DEFINE_integer('warmup', 20, 'Untimed steps first.', lower_bound=1)
+_PRECISIONS = flags.DEFINE_multi_enum(
+    'precision', ['float32'], ['float32', 'mixed_bfloat16', 'mixed_float16'],
+    'Precisions of the bare step and the loop; each one after the first adds rows 1 and 2 in '
+    'it, timed in the same rounds, and their ratios to the first (repeat the flag).')
 _ROUNDS = flags.DEFINE_integer('rounds', 2, 'Rounds of 1, 2 and 4 in turn, so that the '
                                "machine's drifting speed hits all three alike.", lower_bound=1)
 
@@ -140,7 +145,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   cifar10_env.quiet_logging(flags.FLAGS['verbosity'].present)
   config = cifar10_run.TrainConfig(model=models.canonical_name(_MODEL.value),
-                                   conv=_FLAGS['conv'].value)
+                                   conv=_FLAGS['conv'].value, precision=_PRECISIONS.value[0])
   try:
     batches_dir = cifar10_run.batches_dir_from_flags(_FLAGS)
     train_split = cifar10_records.load_split(batches_dir, 'train')
@@ -152,14 +157,23 @@ def main(argv):
       models.build(config.model, config.image_size)))
 
   windows = {'1 bare step': [], '2 full loop': [], '4 keras fit': []}
+  others = {precision: dataclasses.replace(config, precision=precision)
+            for precision in _PRECISIONS.value[1:]}
+  for precision in others:
+    windows[f'1 bare step, {precision}'], windows[f'2 full loop, {precision}'] = [], []
   for _ in range(_ROUNDS.value):
     windows['1 bare step'] += bare_step(config, images, labels)
     windows['2 full loop'] += full_loop(config, train_split)
     windows['4 keras fit'] += keras_fit(config, train_split)
+    for precision, other in others.items():
+      windows[f'1 bare step, {precision}'] += bare_step(other, images, labels)
+      windows[f'2 full loop, {precision}'] += full_loop(other, train_split)
   rates = {'1 bare step': statistics.median(windows['1 bare step']),
            '2 full loop': statistics.median(windows['2 full loop']),
            '3 input pipeline': input_pipeline(config, train_split),
            '4 keras fit': statistics.median(windows['4 keras fit'])}
+  low_rates = {name: statistics.median(values) for name, values in windows.items()
+               if ', ' in name}
   eval_secs = evaluation(config, test_split)
   ceiling = timing.gemm_gflops(windows=_WINDOWS.value)
 
@@ -170,9 +184,15 @@ def main(argv):
     print(f'{name:<20} {rate:>10.1f} images/s')
   print(f'{"5 eval (10,000)":<20} {eval_secs:>10.2f} s '
         f'({len(test_split) / eval_secs:.0f} images/s)')
+  for name, rate in low_rates.items():
+    print(f'{name:<20} {rate:>10.1f} images/s')
   one, two, three, four = rates.values()
   print(f'ratio 2/1 = {two / one:.3f}   ratio 3/2 = {three / two:.2f}   '
         f'ratio 2/4 = {two / four:.2f}')
+  for precision in others:
+    print(f'{precision} / {config.precision}: bare step '
+          f'{low_rates[f"1 bare step, {precision}"] / one:.3f}, full loop '
+          f'{low_rates[f"2 full loop, {precision}"] / two:.3f}')
   achieved = {'bare step': 3 * flops * one / 1e9, 'full loop': 3 * flops * two / 1e9,
               'eval': flops * len(test_split) / eval_secs / 1e9}
   # The model's FLOP count is the study's, for direct convolutions; a spectral layer does
