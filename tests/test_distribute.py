@@ -196,3 +196,33 @@ def test_a_killed_worker_stops_the_other_in_one_line_and_both_resume(tmp_path, r
   assert [w.returncode for w in again] == [0, 0], logs
   assert f'at step {kept}' in logs[0] and f'at step {kept}' in logs[1]
   assert cifar10_run.checkpoint_step(cifar10_run.newest_checkpoint(str(run))) == kept + 3
+
+
+@pytest.mark.subprocess
+def test_a_bad_tf_config_is_one_error_line_from_the_binary(tmp_path, real_data_dir):
+  env = dict(os.environ, TF_CONFIG='{"cluster": {"worker": ["127.0.0.1:1"]}}')
+  result = subprocess.run(
+      [sys.executable, 'cifar10_train.py', f'--data_dir={real_data_dir}',
+       f'--train_dir={tmp_path}', '--strategy=multi_worker'], cwd=ROOT, capture_output=True,
+      text=True, timeout=TIMEOUT, env=env)
+  assert result.returncode == 1 and 'Traceback' not in result.stderr
+  assert result.stderr.strip().splitlines()[-1].startswith('error: TF_CONFIG is not valid')
+
+
+@pytest.mark.subprocess
+def test_pruning_runs_on_two_replicas_and_its_run_evaluates_on_one(tmp_path, real_data_dir):
+  source, pruned = tmp_path / 'source', tmp_path / 'pruned'
+  train(real_data_dir, source, 4)
+  result = subprocess.run(
+      [sys.executable, 'compress/prune.py', f'--source_dir={source}', f'--train_dir={pruned}',
+       f'--data_dir={real_data_dir}', '--finetune_steps=6', '--target_sparsity=0.5',
+       '--frequency=1', '--strategy=mirrored', '--cpu_replicas=2'], cwd=ROOT,
+      capture_output=True, text=True, timeout=TIMEOUT)
+  assert result.returncode == 0, result.stdout + result.stderr
+  report = json.loads((pruned / 'prune_report.json').read_text())
+  assert report['step'] == 10 and report['sparsity'] == pytest.approx(0.5, abs=1e-3)
+  evaluated = subprocess.run(
+      [sys.executable, 'cifar10_eval.py', f'--checkpoint_dir={pruned}', '--run_once',
+       f'--data_dir={real_data_dir}'], cwd=ROOT, capture_output=True, text=True,
+      timeout=TIMEOUT)
+  assert evaluated.returncode == 0 and 'step 10, precision @ 1 = 0.' in evaluated.stdout
