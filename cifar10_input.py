@@ -182,7 +182,7 @@ def train_inputs(split, batch_size, seed, augment=True, image_size=CROP_SIZE, fi
     return tf.data.Dataset.from_tensor_slices(
         (tf.fill([count], step), rows, tf.range(first, first + count) * share))
 
-  def batch(step, indices, first_row):
+  def batch(step, indices, first_row=0):
     chosen = tf.gather(images, indices)
     if augment:
       chosen = distort_batch(chosen, step_seed(seed, DISTORTION_STREAM, step), image_size,
@@ -194,9 +194,7 @@ def train_inputs(split, batch_size, seed, augment=True, image_size=CROP_SIZE, fi
   first_epoch, offset = divmod(first_step, per_epoch)
   indices = tf.data.Dataset.counter(first_epoch).flat_map(epoch_batches).skip(offset)
   data = tf.data.Dataset.zip((tf.data.Dataset.counter(first_step), indices))
-  if total == 1:
-    data = data.map(lambda step, rows: (step, rows, tf.constant(0, tf.int32)))
-  else:
+  if total > 1:
     data = data.flat_map(shares)
   return data.map(batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 

@@ -20,6 +20,8 @@ import shutil
 from absl import flags
 import tensorflow as tf
 
+import cifar10_distribute
+import cifar10_model
 import cifar10_records
 import cifar10_spectral
 import models
@@ -59,7 +61,7 @@ class TrainConfig:
   histogram_steps: int = 1000  # steps between weight histograms and sample images
   keep_checkpoints: int = 5  # most recent checkpoints kept in train_dir
   seed: int = 0
-  deterministic: bool = False  # TensorFlow's op determinism: bit-identical reruns, slower
+  deterministic: bool = False  # TensorFlow's op determinism: bit-identical reruns
   strategy: str = 'default'  # tf.distribute: default (one device), mirrored, multi_worker
   cpu_replicas: int = 1  # logical CPU devices of --strategy=mirrored without a GPU
   precision: str = 'float32'  # what the layers compute in (cifar10_model.PRECISIONS)
@@ -71,6 +73,10 @@ class TrainConfig:
     if self.model not in models.names():  # A hand-edited config.json, say.
       raise ConfigError(f'model {self.model!r} is unknown; the models: '
                         f'{", ".join(models.MODELS)}')
+    for name, known in (('strategy', cifar10_distribute.STRATEGIES),
+                        ('precision', tuple(cifar10_model.PRECISIONS))):
+      if getattr(self, name) not in known:
+        raise ConfigError(f'{name} {getattr(self, name)!r} is not one of {", ".join(known)}')
     for name in ('learning_rate', 'lr_decay_epochs', 'lr_decay_factor', 'moving_average_decay'):
       value = getattr(self, name)
       if not math.isfinite(value) or value < 0:
@@ -397,7 +403,7 @@ def define_deterministic_flag():
   return {'deterministic': flags.DEFINE_boolean(
       'deterministic', TrainConfig.deterministic,
       "TensorFlow's op determinism: the same flags give bit-identical weights on the same "
-      'machine, a killed and resumed run included (slower: docs/reliability.md).')}
+      'machine, a killed and resumed run included (its cost: docs/reliability.md).')}
 
 
 def batches_dir_from_flags(holders):

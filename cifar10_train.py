@@ -169,6 +169,14 @@ def check_batch_fits(config, model, available=None):
         f'{fits:,} or less.')
 
 
+def _assign(strategy, variable, update, *args):
+  """update(variable, *args): directly, or on every copy of a mirrored variable alike (in
+  cross-replica context under a strategy)."""
+  if strategy is None:
+    return update(variable, *args)
+  return strategy.extended.update(variable, update, args=args)
+
+
 class Trainer(cifar10_run.RunState):
   """A run's state (model, step, EMA, checkpoint) and its SGD step, on one device or under a
   tf.distribute strategy (cifar10_distribute.py), with the same meaning of a step."""
@@ -178,8 +186,7 @@ class Trainer(cifar10_run.RunState):
     self.worker = cifar10_distribute.this_worker(strategy)
     self.replicas = strategy.num_replicas_in_sync if strategy else 1
     try:
-      self.replica_batch = cifar10_distribute.replica_batch_size(config.batch_size,
-                                                                 self.replicas)
+      cifar10_distribute.replica_batch_size(config.batch_size, self.replicas)
     except cifar10_distribute.DistributeError as e:
       raise cifar10_run.ConfigError(str(e)) from e
     # Before the first step tries to allocate it: this process's share of the batch.
@@ -312,14 +319,9 @@ class Trainer(cifar10_run.RunState):
       finite = self._adjust_loss_scale(gradients, strategy)
       gradients = [tf.where(finite, gradient, tf.zeros_like(gradient))
                    for gradient in gradients]
-    if strategy is None:
-      for variable, gradient in zip(self.variables, gradients):
-        variable.assign_sub(rate * gradient)
-      self.step.assign_add(1)
-    else:
-      for variable, gradient in zip(self.variables, gradients):
-        strategy.extended.update(variable, lambda v, g: v.assign_sub(rate * g), args=(gradient,))
-      strategy.extended.update(self.step, lambda step: step.assign_add(1))
+    for variable, gradient in zip(self.variables, gradients):
+      _assign(strategy, variable, lambda v, g: v.assign_sub(rate * g), gradient)
+    _assign(strategy, self.step, lambda step: step.assign_add(1))
     if self.loss_scale is None:
       self.ema.apply(self.variables)
     else:  # Skipped with the update: the shadows must not drift towards unchanged weights.
@@ -337,11 +339,8 @@ class Trainer(cifar10_run.RunState):
     scale = tf.where(finite, tf.where(grow, self.loss_scale * 2.0, self.loss_scale),
                      tf.maximum(self.loss_scale / 2.0, 1.0))
     good = tf.where(grow, tf.zeros_like(good), good)
-    for variable, value in ((self.loss_scale, scale), (self.good_steps, good)):
-      if strategy is None:
-        variable.assign(value)
-      else:
-        strategy.extended.update(variable, lambda v, x: v.assign(x), args=(value,))
+    _assign(strategy, self.loss_scale, lambda v, x: v.assign(x), scale)
+    _assign(strategy, self.good_steps, lambda v, x: v.assign(x), good)
     return finite
 
   def before_update(self):
