@@ -8,6 +8,7 @@ import tarfile
 import time
 
 import numpy as np
+import tensorflow as tf
 
 import cifar10_records
 import cifar10_run
@@ -94,3 +95,16 @@ def copy_run(source_dir, target_dir):
   config = cifar10_run.read_config(str(target_dir))
   cifar10_run.write_config(dataclasses.replace(config, train_dir=str(target_dir)))
   return target_dir
+
+
+# Not weights: the seconds of training and the number of saves differ between a resumed run
+# and an uninterrupted one.
+BOOKKEEPING = ('train_seconds', 'save_counter')
+
+
+def newest_checkpoint_values(train_dir):
+  """{name: value} of every entry of train_dir's newest checkpoint but the run's bookkeeping
+  (the weights, EMA shadows, step, masks, and the object graph as bytes)."""
+  reader = tf.train.load_checkpoint(cifar10_run.newest_checkpoint(str(train_dir)))
+  return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+          if not any(part in name for part in BOOKKEEPING)}

@@ -11,11 +11,10 @@ import time
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import cifar10_distribute
 import cifar10_run
-from fixtures import wait_for
+from fixtures import newest_checkpoint_values, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 300  # seconds any one process may take
@@ -61,10 +60,9 @@ def test_a_batch_that_does_not_split_over_the_replicas_names_both_numbers():
 
 
 def weights(train_dir):
-  """{name: array} of the newest checkpoint's variables but the run's bookkeeping."""
-  reader = tf.train.load_checkpoint(cifar10_run.newest_checkpoint(str(train_dir)))
-  return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
-          if not any(part in name for part in ('train_seconds', 'save_counter', '_CHECKPOINT'))}
+  """The newest checkpoint's numbers (newest_checkpoint_values without the object graph)."""
+  return {name: value for name, value in newest_checkpoint_values(train_dir).items()
+          if '_CHECKPOINTABLE_OBJECT_GRAPH' not in name}
 
 
 def max_difference(a, b):

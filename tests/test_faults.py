@@ -20,11 +20,10 @@ import time
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import cifar10_run
 from compress import int8
-from fixtures import wait_for
+from fixtures import newest_checkpoint_values, wait_for
 
 pytestmark = pytest.mark.subprocess  # Every test here starts the binaries.
 
@@ -32,15 +31,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 600  # seconds any one process may take
 LOGGED_STEP = re.compile(r'step (\d+), loss = ')
 RESUMED = re.compile(r'resumed from \S+ at step (\d+)')
-# Not weights: the seconds of training and the number of saves differ in a resumed run.
-NOT_WEIGHTS = ('train_seconds', 'save_counter')
-
-
-def final_weights(train_dir):
-  """{name: array} of the newest checkpoint in train_dir, but the run's bookkeeping."""
-  reader = tf.train.load_checkpoint(cifar10_run.newest_checkpoint(train_dir))
-  return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
-          if not any(part in name for part in NOT_WEIGHTS)}
 
 
 def assert_bit_identical(got, expected):
@@ -132,7 +122,7 @@ def test_training_killed_10_times_resumes_to_the_uninterrupted_weights(tmp_path,
   assert cifar10_run.checkpoint_step(cifar10_run.newest_checkpoint(killed)) == steps
   reference = str(tmp_path / 'reference')
   run_to_the_end(train_command(real_data_dir, reference, steps))
-  assert_bit_identical(final_weights(killed), final_weights(reference))
+  assert_bit_identical(newest_checkpoint_values(killed), newest_checkpoint_values(reference))
 
 
 def test_pruning_killed_6_times_resumes_to_the_uninterrupted_weights_and_masks(tmp_path,
@@ -157,9 +147,9 @@ def test_pruning_killed_6_times_resumes_to_the_uninterrupted_weights_and_masks(t
   assert 'sparsity 75.00%' in out
   reference = str(tmp_path / 'reference')
   run_to_the_end(prune_command(reference, steps - 10))
-  weights = final_weights(killed)
+  weights = newest_checkpoint_values(killed)
   assert any('masks' in name for name in weights)
-  assert_bit_identical(weights, final_weights(reference))
+  assert_bit_identical(weights, newest_checkpoint_values(reference))
   # The reports agree too: same step, sparsity and nonzeros of every layer, same file bytes.
   reports = [json.loads((tmp_path / run / 'prune_report.json').read_text())
              for run in ('killed', 'reference')]
