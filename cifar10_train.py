@@ -612,6 +612,11 @@ def install_stop_handlers():
   signal.signal(signal.SIGINT, request_stop)
 
 
+# What a training binary (this one, compress/prune.py) reports as one `error:` line.
+ERRORS = (cifar10_records.DataError, TrainingDiverged, SaveFailed, cifar10_run.ConfigError,
+          cifar10_run.UnreadableCheckpoint, cifar10_distribute.DistributeError, WorkerLost)
+
+
 def start_strategy(name, cpu_replicas):
   """Sets the devices up and makes the strategy, first thing (cifar10_distribute.py)."""
   cifar10_distribute.configure_devices(name, cpu_replicas)
@@ -628,9 +633,7 @@ def main(argv):
     split = cifar10_records.load_split(cifar10_run.batches_dir_from_flags(_FLAGS), 'train')
     install_stop_handlers()  # Only now: before, Ctrl-C simply ends the download or extraction.
     train(config, split, restart=_FLAGS['restart'].value, strategy=strategy)
-  except (cifar10_records.DataError, TrainingDiverged, SaveFailed, cifar10_run.ConfigError,
-          cifar10_run.UnreadableCheckpoint, cifar10_distribute.DistributeError,
-          WorkerLost) as e:
+  except ERRORS as e:
     sys.exit(f'error: {e}')
   except StopRequested:
     sys.exit(stop_exit_code())

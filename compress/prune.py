@@ -358,9 +358,7 @@ def main(argv):
     if not trainer.worker.is_chief:
       return
     report = build_report(trainer, os.path.join(config.train_dir, SPARSE_FILE))
-  except (cifar10_records.DataError, cifar10_train.TrainingDiverged, cifar10_train.SaveFailed,
-          cifar10_run.ConfigError, cifar10_run.UnreadableCheckpoint,
-          cifar10_distribute.DistributeError, cifar10_train.WorkerLost) as e:
+  except cifar10_train.ERRORS as e:
     sys.exit(f'error: {e}')
   except cifar10_train.StopRequested:
     sys.exit(cifar10_train.stop_exit_code())
