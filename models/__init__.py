@@ -11,6 +11,7 @@ import functools
 import cifar10_model
 import cifar10_spectral
 from models import alex
+from models import budget
 from models import inception
 from models import nin
 from models import squeeze
@@ -30,6 +31,7 @@ MODELS = {
     'squeeze1': functools.partial(squeeze.build, variant=1),
     'inception0': functools.partial(inception.build, variant=0),
     'inception1': functools.partial(inception.build, variant=1),
+    'budget0': functools.partial(budget.build, variant=0),
 }
 # Short names; each family name stands for its best model in the study.
 ALIASES = {
@@ -38,6 +40,7 @@ ALIASES = {
     'nin': 'nin2',
     'squeeze': 'squeeze1',
     'inception': 'inception0',
+    'budget': 'budget0',
 }
 
 
@@ -54,17 +57,18 @@ def canonical_name(name):
   return name
 
 
-def build(name, image_size=24, init='xavier', decay='study', conv='direct'):
+def build(name, image_size=24, init='xavier', decay='study', conv='direct',
+          l2=cifar10_model.L2_WEIGHT_DECAY):
   """Builds model `name` for image_size x image_size x 3 inputs.
 
   Args:
     name: a name or alias of `names()`.
     image_size: input side, 24 or 32.
-    init, decay: the cifar10_model.Regime.
+    init, decay, l2: the cifar10_model.Regime.
     conv: 'direct', 'spectral' or 'auto' (cifar10_spectral.resolve): how convolutions are
       computed; the variables are the same either way.
   """
   builder = MODELS[canonical_name(name)]
-  model = builder(cifar10_model.Regime(init=init, decay=decay), image_size=image_size)
+  model = builder(cifar10_model.Regime(init=init, decay=decay, l2=l2), image_size=image_size)
   cifar10_spectral.apply(model, cifar10_spectral.resolve(conv))
   return model

@@ -144,7 +144,7 @@ def test_table_ends_with_the_totals_line():
 
 def test_registry_resolves_alias_and_lists_names_for_unknown():
   assert models.canonical_name('tuto') == 'tutorial'
-  with pytest.raises(ValueError, match='valid models: tutorial, alex0, .*inception1, tuto'):
+  with pytest.raises(ValueError, match='valid models: tutorial, alex0, .*budget0, tuto'):
     models.build('resnet')
 
 
@@ -210,3 +210,79 @@ def test_training_memory_estimate_counts_every_layer_output_by_hand():
   assert activations == 78_922
   model = models.build('tutorial', 24)
   assert cm.training_bytes_per_image(model) == 12 * activations
+
+
+def test_l2_decay_puts_one_coefficient_on_every_weight_matrix():
+  model = models.build('tutorial', decay='l2', l2=3e-4)
+  assert [decay for _, decay in model.kernels] == [3e-4] * 5  # conv1, conv2, 3 dense layers
+  budget = models.build('budget0', image_size=32, decay='l2')
+  assert len(budget.kernels) == 7 and all(d == cm.L2_WEIGHT_DECAY for _, d in budget.kernels)
+
+
+def test_label_smoothing_is_cross_entropy_against_the_smoothed_target():
+  logits = tf.constant([[2.0, 0.5, -1.0], [0.0, 1.0, 3.0]])
+  labels = tf.constant([0, 1])
+  model = cm.Model([cm.Flatten(name='flatten')], 1)
+  log_p = logits.numpy() - np.log(np.exp(logits.numpy()).sum(axis=1, keepdims=True))
+  s = 0.3  # Target: 0.7 on the label + 0.1 on each of the 3 classes.
+  target = np.full((2, 3), s / 3) + np.eye(3)[[0, 1]] * (1 - s)
+  expected = -(target * log_p).sum(axis=1).mean()
+  cross_entropy, _ = cm.loss(logits, labels, model, label_smoothing=s)
+  assert float(cross_entropy) == pytest.approx(expected, rel=1e-6)
+  plain, _ = cm.loss(logits, labels, model)
+  assert float(plain) == pytest.approx(-log_p[[0, 1], [0, 1]].mean(), rel=1e-6)
+
+
+def test_batchnorm_trains_on_batch_statistics_and_moves_its_averages():
+  tf.random.set_seed(0)
+  norm = cm.BatchNorm(3, relu=False, name='bn')
+  norm.gamma.assign([1.0, 2.0, 0.5])
+  norm.beta.assign([0.0, 1.0, -1.0])
+  x = tf.random.normal([4, 5, 5, 3]) * 3.0 + 2.0
+  y = norm(x, training=True).numpy()
+  values = x.numpy().reshape(-1, 3)
+  mean, variance = values.mean(axis=0), values.var(axis=0)
+  expected = (x.numpy() - mean) / np.sqrt(variance + 1e-5) * [1.0, 2.0, 0.5] + [0, 1, -1]
+  np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4)
+  unbiased = variance * len(values) / (len(values) - 1)
+  np.testing.assert_allclose(norm.moving_mean.numpy(), 0.1 * mean, rtol=1e-5)
+  np.testing.assert_allclose(norm.moving_variance.numpy(), 0.9 + 0.1 * unbiased, rtol=1e-5)
+  # Evaluation: the moving statistics, an affine map per channel.
+  evaluated = norm(x).numpy()
+  scale = np.array([1.0, 2.0, 0.5]) / np.sqrt(norm.moving_variance.numpy() + 1e-5)
+  np.testing.assert_allclose(evaluated, (x.numpy() - norm.moving_mean.numpy()) * scale
+                             + [0, 1, -1], rtol=1e-4, atol=1e-4)
+
+
+def _trained_statistics(model, steps=3):
+  """Moves every BatchNorm's statistics and affine away from their initial values."""
+  rng = np.random.default_rng(0)
+  for _ in range(steps):
+    model(tf.random.normal([8] + list(model.input_shape)) * 2 + 1, training=True)
+  for layer, _ in model.walk(model.input_shape):
+    if isinstance(layer, cm.BatchNorm):
+      layer.gamma.assign(rng.uniform(0.5, 1.5, layer.gamma.shape).astype(np.float32))
+      layer.beta.assign(rng.normal(0, 0.5, layer.beta.shape).astype(np.float32))
+
+
+def test_folded_batchnorm_gives_the_same_logits_within_1e_4():
+  tf.random.set_seed(1)
+  model = models.build('budget0', image_size=32)
+  _trained_statistics(model)
+  folded = cm.fold_batchnorm(model)
+  assert not any(isinstance(layer, cm.BatchNorm) for layer, _ in folded.walk((32, 32, 3)))
+  assert [layer.name for layer in folded.weight_layers()] == [
+      layer.name for layer in model.weight_layers()]
+  images = tf.random.normal([16, 32, 32, 3])
+  np.testing.assert_allclose(folded(images).numpy(), model(images).numpy(), atol=1e-4)
+  totals = lambda m: [sum(getattr(row, key) for row in cm.count_model(m))
+                      for key in ('params', 'flops')]
+  assert totals(folded) == totals(model)  # Counted folded, by the counting rules.
+
+
+def test_folding_a_model_without_batchnorm_returns_it_and_a_stray_batchnorm_is_refused():
+  model = models.build('tutorial')
+  assert cm.fold_batchnorm(model) is model
+  stray = cm.Model([cm.MaxPool(name='pool'), cm.BatchNorm(3, name='bn')], 8, name='stray')
+  with pytest.raises(ValueError, match='bn: a BatchNorm folds only into a Conv2D'):
+    cm.fold_batchnorm(stray)

@@ -35,6 +35,24 @@ INCEPTION_GOLDEN = {
     'inception1': (688_266, 36_581_898),
 }
 BUDGET_PARAMS, BUDGET_FLOPS = 1_100_000, 40_000_000
+# The budget models at 32x32, counted folded (a BatchNorm is the bias of its conv).
+BUDGET_GOLDEN = {'budget0': (568_666, 36_515_786)}
+# The tutorial's own cost, which a budget model must not exceed.
+TUTORIAL_PARAMS, TUTORIAL_FLOPS = GOLDEN['tutorial'][:2]
+
+
+def test_budget0_counts_by_hand_inside_the_tutorials_cost():
+  # (C_in, C_out, side) of each 3x3 conv + BatchNorm + ReLU: (1 + 18 C_in) C_out s^2 FLOPs
+  # of the folded conv and 2 C_out s^2 of its ReLU; 9 C_in C_out + C_out parameters.
+  convs = [(3, 24, 32), (24, 48, 16), (48, 96, 8), (96, 96, 8), (96, 176, 4), (176, 176, 4)]
+  flops = sum((1 + 18 * c_in) * c_out * s * s + 2 * c_out * s * s for c_in, c_out, s in convs)
+  params = sum(9 * c_in * c_out + c_out for c_in, c_out, _ in convs)
+  flops += (2 * 176 + 1) * 10  # The logits layer.
+  params += 176 * 10 + 10
+  assert (params, flops) == BUDGET_GOLDEN['budget0']
+  rows = cm.count_model(models.build('budget0', image_size=32))
+  assert (sum(r.params for r in rows), sum(r.flops for r in rows)) == (params, flops)
+  assert params <= TUTORIAL_PARAMS and flops <= TUTORIAL_FLOPS
 
 
 @pytest.mark.parametrize('name', sorted(INCEPTION_GOLDEN))
@@ -67,19 +85,24 @@ def test_golden_params_and_flops(name):
 
 
 def test_registry_lists_every_model_and_family_aliases():
-  assert set(models.MODELS) == set(GOLDEN) | set(INCEPTION_GOLDEN)
+  assert set(models.MODELS) == set(GOLDEN) | set(INCEPTION_GOLDEN) | set(BUDGET_GOLDEN)
   assert models.canonical_name('alex') == 'alex4'
   assert models.canonical_name('nin') == 'nin2'
   assert models.canonical_name('squeeze') == 'squeeze1'
 
 
-@pytest.mark.parametrize('name', sorted(GOLDEN) + sorted(INCEPTION_GOLDEN))
+ALL = sorted(GOLDEN) + sorted(INCEPTION_GOLDEN) + sorted(BUDGET_GOLDEN)
+
+
+@pytest.mark.parametrize('name', ALL)
 @pytest.mark.parametrize('size', [24, 32])
 def test_forward_gives_logits_and_counts_match_variables(name, size):
   model = models.build(name, image_size=size)
   logits = model(tf.random.normal([2, size, size, 3]))
   assert logits.shape == (2, 10)
-  variables = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+  # The variables of the model as it runs in inference: BatchNorms folded.
+  folded = cm.fold_batchnorm(model)
+  variables = sum(int(np.prod(v.shape)) for v in folded.trainable_variables)
   assert sum(r.params for r in cm.count_model(model)) == variables
 
 
@@ -105,7 +128,7 @@ def test_nin2_dropout_only_in_training():
                             model(images, training=True).numpy())
 
 
-@pytest.mark.parametrize('name', sorted(GOLDEN) + sorted(INCEPTION_GOLDEN))
+@pytest.mark.parametrize('name', ALL)
 def test_checkpoint_round_trip(name, tmp_path):
   model = models.build(name)
   path = tf.train.Checkpoint(model=model).write(str(tmp_path / 'ckpt'))
