@@ -20,6 +20,12 @@ STORED_SIZE = cifar10_records.IMAGE_SIZE  # 32: the side of the images as stored
 CROP_SIZE = 24
 MAX_BRIGHTNESS_DELTA = 63.0
 CONTRAST_RANGE = (0.2, 1.8)
+# The distortions of training (--distortions): the tutorial's, or today's usual random crop
+# and flip alone, whose window of image_size pixels moves over the image padded (with zeros)
+# to image_size + CROP_SLACK: a 24x24 crop of the 32x32 image, or a 32x32 crop of it padded
+# by 4 on every side; both have the tutorial's 9 x 9 positions.
+DISTORTIONS = ('tutorial', 'crop_flip')
+CROP_SLACK = 8
 
 
 # --------------------------------------------------------------------------- distortions
@@ -53,7 +59,7 @@ def random_crop_and_flip(images, seed, size=CROP_SIZE, part=None):
   """Crops a random size x size window from each image and mirrors half of them.
 
   Args:
-    images: [B, 32, 32, C] of any dtype.
+    images: [B, S, S, C] of any dtype, S >= size (S is static).
     seed: int32 [2] stateless seed.
     size: side of the crop.
     part: (first row, rows of the whole batch) when images are a replica's share (_draw).
@@ -61,9 +67,9 @@ def random_crop_and_flip(images, seed, size=CROP_SIZE, part=None):
   Returns:
     [B, size, size, C], same dtype.
   """
-  batch, channels = tf.shape(images)[0], images.shape[-1]
+  batch, side, channels = tf.shape(images)[0], images.shape[1], images.shape[-1]
   crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-  offsets = _draw(crop_seed, part, batch, [2], minval=0, maxval=STORED_SIZE - size + 1,
+  offsets = _draw(crop_seed, part, batch, [2], minval=0, maxval=side - size + 1,
                   dtype=tf.int32)
   flip = _draw(flip_seed, part, batch) < 0.5
   window = tf.range(size)
@@ -71,8 +77,8 @@ def random_crop_and_flip(images, seed, size=CROP_SIZE, part=None):
   cols = offsets[:, 1:] + tf.where(flip[:, None], size - 1 - window, window)  # Mirrored: reversed.
   # One gather of whole pixels by their flat index: 3x faster than gathering rows, then
   # columns, then selecting between the crops and their mirror images (same output).
-  pixels = tf.reshape(rows[:, :, None] * STORED_SIZE + cols[:, None, :], [batch, size * size])
-  flat = tf.reshape(images, [batch, STORED_SIZE * STORED_SIZE, channels])
+  pixels = tf.reshape(rows[:, :, None] * side + cols[:, None, :], [batch, size * size])
+  flat = tf.reshape(images, [batch, side * side, channels])
   return tf.reshape(tf.gather(flat, pixels, batch_dims=1), [batch, size, size, channels])
 
 
@@ -89,18 +95,52 @@ def random_brightness_and_contrast(images, seed, part=None):
   return (images - mean) * factor + mean
 
 
-def distort_batch(images, seed, size=CROP_SIZE, part=None):
-  """The tutorial's training distortions on a batch of uint8 [B, 32, 32, 3] images.
+def cutout(images, seed, side, part=None):
+  """Zeroes a side x side square at a random place of each image (clipped at the edges):
+  rows and columns c - side // 2 .. c - side // 2 + side - 1 around a uniform centre c.
 
-  `part` = (first row, rows of the whole batch) when the images are a replica's share of a
-  batch: each image is distorted as it would be in the whole batch.
+  On standardized images zero is the image's mean: the square carries no information.
+  """
+  batch, size = tf.shape(images)[0], images.shape[1]
+  starts = _draw(seed, part, batch, [2], minval=0, maxval=size, dtype=tf.int32) - side // 2
+  pixels = tf.range(size)[None, :]
+  rows, cols = [(pixels >= starts[:, axis:axis + 1]) & (pixels < starts[:, axis:axis + 1] + side)
+                for axis in (0, 1)]
+  keep = ~(rows[:, :, None] & cols[:, None, :])  # [B, size, size]
+  return images * tf.cast(keep, images.dtype)[..., None]
+
+
+def distort_batch(images, seed, size=CROP_SIZE, part=None, distortions='tutorial',
+                  cutout_side=0):
+  """Training distortions on a batch of uint8 [B, 32, 32, 3] images.
+
+  Args:
+    images: uint8 [B, 32, 32, 3].
+    seed: int32 [2] stateless seed.
+    size: side of the output.
+    part: (first row, rows of the whole batch) when the images are a replica's share of a
+      batch: each image is distorted as it would be in the whole batch.
+    distortions: 'tutorial' (crop, flip, brightness, contrast) or 'crop_flip' (a crop of the
+      zero-padded image and a flip; DISTORTIONS).
+    cutout_side: side of the square `cutout` zeroes after standardization; 0: none.
 
   Returns:
     float32 [B, size, size, 3], standardized per image.
   """
-  crop_seed, color_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-  images = tf.cast(random_crop_and_flip(images, crop_seed, size, part), tf.float32)
-  return standardize(random_brightness_and_contrast(images, color_seed, part))
+  if distortions == 'tutorial':  # The seeds of the study's runs, unchanged.
+    crop_seed, color_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    images = tf.cast(random_crop_and_flip(images, crop_seed, size, part), tf.float32)
+    images = standardize(random_brightness_and_contrast(images, color_seed, part))
+  else:
+    crop_seed = tf.random.experimental.stateless_split(seed, 2)[0]
+    pad = max(size + CROP_SLACK - STORED_SIZE, 0) // 2
+    padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+    images = standardize(tf.cast(random_crop_and_flip(padded, crop_seed, size, part),
+                                 tf.float32))
+  if not cutout_side:
+    return images
+  cutout_seed = tf.random.experimental.stateless_fold_in(seed, 3)
+  return cutout(images, cutout_seed, cutout_side, part)
 
 
 def eval_batch(images, size):
@@ -137,7 +177,7 @@ def steps_per_epoch(num_images, batch_size):
 
 
 def train_inputs(split, batch_size, seed, augment=True, image_size=CROP_SIZE, first_step=0,
-                 replicas=(0, 1, 1)):
+                 replicas=(0, 1, 1), distortions='tutorial', cutout_side=0):
   """Endless shuffled training batches, indexed by the step they feed.
 
   The batch of step k depends only on (seed, k): its images are batch k mod steps_per_epoch
@@ -152,8 +192,8 @@ def train_inputs(split, batch_size, seed, augment=True, image_size=CROP_SIZE, fi
     batch_size: images per (global) batch; each epoch drops its last partial batch so every
       batch has the same shape.
     seed: int; fixes the order of every epoch and the distortions of every step.
-    augment: the tutorial's distortions if True; else the central crop (the full 32x32 image
-      when image_size is 32), standardized.
+    augment: distort if True (`distortions`, `cutout_side`: distort_batch); else the
+      central crop (the full 32x32 image when image_size is 32), standardized.
     image_size: 24 or 32.
     first_step: the step whose batch comes first (the step a run resumes at).
     replicas: (first, count, total): the shares of replicas first .. first + count - 1 of
@@ -186,7 +226,7 @@ def train_inputs(split, batch_size, seed, augment=True, image_size=CROP_SIZE, fi
     chosen = tf.gather(images, indices)
     if augment:
       chosen = distort_batch(chosen, step_seed(seed, DISTORTION_STREAM, step), image_size,
-                             part=(first_row, batch_size))
+                             (first_row, batch_size), distortions, cutout_side)
     else:
       chosen = eval_batch(chosen, image_size)
     return chosen, tf.gather(labels, indices)

@@ -96,6 +96,55 @@ def assert_standardized(images):
   np.testing.assert_allclose(moments.std(axis=1), 1.0, atol=1e-3)
 
 
+def _rectangle(mask):
+  """(height, width) if the True cells of a 2-D mask form one filled rectangle, else None."""
+  rows, cols = np.nonzero(mask)
+  if not len(rows):
+    return (0, 0)
+  height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+  return (height, width) if height * width == len(rows) else None
+
+
+def test_crop_flip_at_32_takes_a_window_of_the_image_padded_by_4():
+  images = tf.fill([64, 32, 32, 3], tf.constant(200, tf.uint8))  # Constant: only padding shows.
+  out = cifar10_input.distort_batch(images, seed(5, 6), 32, distortions='crop_flip').numpy()
+  assert out.shape == (64, 32, 32, 3)
+  shapes = set()
+  for image in out[..., 0]:
+    inside = image > image.min() if image.min() < image.max() else np.ones_like(image, bool)
+    shape = _rectangle(inside)
+    assert shape is not None and 28 <= shape[0] <= 32 and 28 <= shape[1] <= 32
+    shapes.add(shape)
+  assert len(shapes) > 5  # The offsets vary over the 9 x 9 positions.
+
+
+def test_crop_flip_at_24_is_the_tutorials_window_without_colour_changes():
+  images = tf.constant(np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3)), tf.uint8)
+  out = cifar10_input.distort_batch(images, seed(7, 8), 24, distortions='crop_flip')
+  crop_seed = tf.random.experimental.stateless_split(seed(7, 8), 2)[0]
+  window = cifar10_input.random_crop_and_flip(images, crop_seed, 24)
+  expected = cifar10_input.standardize(tf.cast(window, tf.float32))
+  np.testing.assert_allclose(out.numpy(), expected.numpy(), atol=1e-5)
+
+
+def test_cutout_zeroes_one_square_clipped_at_the_edges():
+  images = tf.ones([200, 32, 32, 1])
+  out = cifar10_input.cutout(images, seed(9, 9), 8).numpy()[..., 0]
+  shapes = [_rectangle(image == 0) for image in out]
+  assert None not in shapes
+  assert all(h <= 8 and w <= 8 for h, w in shapes)
+  assert (8, 8) in shapes and any(h < 8 or w < 8 for h, w in shapes)  # Some clipped.
+  assert set(np.unique(out)) == {0.0, 1.0}
+
+
+def test_a_replicas_share_is_distorted_as_in_the_whole_batch_with_cutout():
+  images = tf.constant(np.random.default_rng(1).integers(0, 256, (8, 32, 32, 3)), tf.uint8)
+  whole = cifar10_input.distort_batch(images, seed(3, 3), 32, None, 'crop_flip', 12)
+  halves = [cifar10_input.distort_batch(images[first:first + 4], seed(3, 3), 32, (first, 8),
+                                        'crop_flip', 12) for first in (0, 4)]
+  np.testing.assert_allclose(np.concatenate(halves), whole.numpy(), atol=1e-6)
+
+
 def test_distort_batch_shape_and_dtype():
   distorted = cifar10_input.distort_batch(random_uint8_images(6), seed(1, 1))
   assert distorted.shape == (6, 24, 24, 3) and distorted.dtype == tf.float32
