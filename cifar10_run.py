@@ -21,6 +21,7 @@ from absl import flags
 import tensorflow as tf
 
 import cifar10_distribute
+import cifar10_input
 import cifar10_model
 import cifar10_records
 import cifar10_spectral
@@ -44,17 +45,25 @@ class TrainConfig:
   """Every training hyperparameter, with its default (docs/design.md)."""
   train_dir: str = 'runs/tutorial'
   model: str = 'tutorial'
+  recipe: str = 'study'  # the named set of defaults the run started from (RECIPES)
   max_steps: int = 10000  # steps (the study's ablation length)
   batch_size: int = 128  # images per step
-  learning_rate: float = 0.1
-  lr_schedule: str = 'constant'  # the study's; 'staircase' is the tutorial's
+  optimizer: str = 'sgd'  # or 'momentum', 'nesterov' (OPTIMIZERS)
+  momentum: float = 0.9  # of 'momentum' and 'nesterov'
+  learning_rate: float = 0.1  # the peak rate of the schedules that warm up
+  lr_schedule: str = 'constant'  # the study's; 'staircase' is the tutorial's (SCHEDULES)
   lr_decay_epochs: float = 350.0  # epochs per x0.1 step of the staircase schedule
   lr_decay_factor: float = 0.1
+  warmup_steps: int = 0  # steps of linear warm-up of warmup_linear and warmup_cosine
+  label_smoothing: float = 0.0  # share of each label spread evenly over the 10 classes
   moving_average_decay: float = 0.9999
-  augment: bool = True  # the tutorial's distortions; off: standardized 32x32 images
+  augment: bool = True  # distort the training images; off: standardized 32x32 images
+  distortions: str = 'tutorial'  # or 'crop_flip' (cifar10_input.DISTORTIONS)
+  cutout: int = 0  # side in pixels of the square cut out of each training image; 0: none
   image_size: int = 24  # pixels; 24 with augmentation, 32 without unless set
   init: str = 'xavier'  # or 'tutorial'
-  weight_decay: str = 'study'  # WD / prod(shape) with WD = 500; or 'tutorial' (0.004)
+  weight_decay: str = 'study'  # WD / prod(shape) with WD = 500; 'tutorial' (0.004); 'l2'
+  l2_decay: float = 5e-4  # the coefficient of weight_decay='l2', on every weight matrix
   conv: str = 'auto'  # how convolutions are computed; 'auto' is resolved at once (below)
   log_frequency: int = 10  # steps between log lines and scalar summaries
   checkpoint_steps: int = 1000  # steps between checkpoints
@@ -74,13 +83,25 @@ class TrainConfig:
       raise ConfigError(f'model {self.model!r} is unknown; the models: '
                         f'{", ".join(models.MODELS)}')
     for name, known in (('strategy', cifar10_distribute.STRATEGIES),
-                        ('precision', tuple(cifar10_model.PRECISIONS))):
+                        ('precision', tuple(cifar10_model.PRECISIONS)),
+                        ('recipe', tuple(RECIPES)), ('optimizer', OPTIMIZERS),
+                        ('lr_schedule', SCHEDULES), ('distortions', cifar10_input.DISTORTIONS),
+                        ('init', cifar10_model.INIT_MODES),
+                        ('weight_decay', cifar10_model.DECAY_MODES)):
       if getattr(self, name) not in known:
         raise ConfigError(f'{name} {getattr(self, name)!r} is not one of {", ".join(known)}')
-    for name in ('learning_rate', 'lr_decay_epochs', 'lr_decay_factor', 'moving_average_decay'):
+    for name in ('learning_rate', 'lr_decay_epochs', 'lr_decay_factor', 'moving_average_decay',
+                 'momentum', 'label_smoothing', 'l2_decay', 'warmup_steps', 'cutout'):
       value = getattr(self, name)
       if not math.isfinite(value) or value < 0:
         raise ConfigError(f'--{name}={value} must be a finite number >= 0')
+    for name, bound in (('momentum', 1.0), ('label_smoothing', 1.0)):
+      if getattr(self, name) >= bound:
+        raise ConfigError(f'--{name}={getattr(self, name)} must be below {bound}')
+    if self.moving_average_decay > 1:
+      raise ConfigError(f'--moving_average_decay={self.moving_average_decay} must be <= 1')
+    if self.cutout > self.image_size:
+      raise ConfigError(f'--cutout={self.cutout} exceeds the image side {self.image_size}')
     if not 1 <= self.batch_size <= cifar10_records.NUM_TRAIN_EXAMPLES:
       raise ConfigError(f'--batch_size={self.batch_size} must lie in 1 .. '
                         f'{cifar10_records.NUM_TRAIN_EXAMPLES:,} (the training images)')
@@ -92,6 +113,35 @@ class TrainConfig:
   def decay_steps(self):
     """Steps between two x0.1 drops of the staircase schedule (136,718 at batch 128)."""
     return int(cifar10_records.NUM_TRAIN_EXAMPLES / self.batch_size * self.lr_decay_epochs)
+
+
+OPTIMIZERS = ('sgd', 'momentum', 'nesterov')
+SCHEDULES = ('constant', 'staircase', 'warmup_linear', 'warmup_cosine', 'onecycle')
+# --recipe: named sets of training defaults; a flag given explicitly overrides its recipe's
+# value. 'study' is TrainConfig's own defaults (the study's runs); docs/recipes.md has how
+# 'fast' and 'fast32' were chosen and what they reach.
+RECIPES = {
+    'study': {},
+    'tutorial': dict(init='tutorial', weight_decay='tutorial', lr_schedule='staircase'),
+    'fast': dict(optimizer='nesterov', momentum=0.9, learning_rate=0.05,
+                 lr_schedule='warmup_linear', warmup_steps=500, label_smoothing=0.1,
+                 weight_decay='l2', l2_decay=5e-4, moving_average_decay=0.999),
+    'fast32': dict(optimizer='nesterov', momentum=0.9, learning_rate=0.2,
+                   lr_schedule='onecycle', label_smoothing=0.1, weight_decay='l2',
+                   l2_decay=5e-4, moving_average_decay=0.999, distortions='crop_flip',
+                   image_size=32),
+}
+
+
+def recipe_summary(config):
+  """One line naming the run's recipe and its values, marking those a flag overrode."""
+  recipe = RECIPES[config.recipe]
+  if not recipe:
+    return f'recipe {config.recipe}: the defaults of every flag'
+  parts = [f'{name}={getattr(config, name)}' +
+           ('' if getattr(config, name) == value else f' (recipe: {value})')
+           for name, value in recipe.items()]
+  return f'recipe {config.recipe}: {", ".join(parts)}'
 
 
 class ConfigError(ValueError):
@@ -177,9 +227,10 @@ def write_config(config):
   return changed
 
 
-def default_eval_dir(train_dir, eval_data):
-  """Where cifar10_eval.py writes its results of `eval_data` ('test' or 'train_eval')."""
-  return os.path.join(train_dir, EVAL_DIRS[eval_data])
+def default_eval_dir(train_dir, eval_data, tta='none'):
+  """Where cifar10_eval.py writes its results of `eval_data` ('test' or 'train_eval'): with
+  test-time augmentation in a folder of its own (eval_flip), never among plain results."""
+  return os.path.join(train_dir, EVAL_DIRS[eval_data] + ('' if tta == 'none' else f'_{tta}'))
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -204,7 +255,8 @@ class RunState:
     self.config, self.strategy = config, strategy
     with strategy.scope() if strategy else contextlib.nullcontext():
       self.model = models.build(config.model, config.image_size, config.init,
-                                config.weight_decay, conv=conv or config.conv)
+                                config.weight_decay, conv=conv or config.conv,
+                                l2=config.l2_decay)
       self.variables = self.model.trainable_variables
       self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name='global_step')
       self.train_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False,

@@ -67,17 +67,44 @@ def define_train_flags():
                                      lower_bound=1),
       batch_size=flags.DEFINE_integer('batch_size', d.batch_size, 'Images per step.',
                                       lower_bound=1),
-      learning_rate=flags.DEFINE_float('learning_rate', d.learning_rate, 'SGD learning rate.',
+      recipe=flags.DEFINE_enum(
+          'recipe', d.recipe, list(cifar10_run.RECIPES),
+          'A named set of defaults for the flags below (printed at start, docs/recipes.md): '
+          "study (the study's), tutorial (the tutorial's init, decay and staircase), fast "
+          '(Nesterov, warm-up + linear decay, label smoothing, L2 on every matrix), fast32 '
+          '(fast at 32x32 with crop and flip, one-cycle). A flag given explicitly wins.'),
+      optimizer=flags.DEFINE_enum('optimizer', d.optimizer, list(cifar10_run.OPTIMIZERS),
+                                  'sgd (plain), momentum (heavy ball) or nesterov.'),
+      momentum=flags.DEFINE_float('momentum', d.momentum, 'Momentum of the velocity.',
+                                  lower_bound=0.0, upper_bound=0.999),
+      learning_rate=flags.DEFINE_float('learning_rate', d.learning_rate,
+                                       'Learning rate (the peak of the warm-up schedules).',
                                        lower_bound=0.0),
-      lr_schedule=flags.DEFINE_enum('lr_schedule', d.lr_schedule, ['constant', 'staircase'],
-                                    'constant (the study) or x0.1 every --lr_decay_epochs.'),
+      lr_schedule=flags.DEFINE_enum(
+          'lr_schedule', d.lr_schedule, list(cifar10_run.SCHEDULES),
+          'constant (the study), staircase (x0.1 every --lr_decay_epochs), warmup_linear / '
+          'warmup_cosine (up over --warmup_steps, then down to 0 at --max_steps), onecycle '
+          '(linearly up to the peak at a quarter of --max_steps, then down to 0).'),
       lr_decay_epochs=flags.DEFINE_float('lr_decay_epochs', d.lr_decay_epochs,
                                          'Epochs per staircase drop.', lower_bound=1e-9),
+      warmup_steps=flags.DEFINE_integer('warmup_steps', d.warmup_steps,
+                                        'Steps of linear warm-up.', lower_bound=0),
+      label_smoothing=flags.DEFINE_float('label_smoothing', d.label_smoothing,
+                                         'Share of each label spread over the classes.',
+                                         lower_bound=0.0, upper_bound=0.999),
       moving_average_decay=flags.DEFINE_float(
-          'moving_average_decay', d.moving_average_decay, 'EMA decay of the weights.',
+          'moving_average_decay', d.moving_average_decay, 'EMA decay of the weights (at '
+          'most (1 + step) / (10 + step)); 0.999 suits runs of a few thousand steps.',
           lower_bound=0.0, upper_bound=1.0),
-      augment=flags.DEFINE_boolean('augment', d.augment,
-                                   "The tutorial's random crop/flip/brightness/contrast."),
+      augment=flags.DEFINE_boolean('augment', d.augment, 'Distort the training images.'),
+      distortions=flags.DEFINE_enum(
+          'distortions', d.distortions, list(cifar10_input.DISTORTIONS),
+          "tutorial (random crop, flip, brightness, contrast) or crop_flip (a random crop of "
+          'the image zero-padded to --image_size + 8, and a flip).'),
+      cutout=flags.DEFINE_integer('cutout', d.cutout, 'Side in pixels of a random square '
+                                  'zeroed in each training image; 0: none.', lower_bound=0),
+      l2_decay=flags.DEFINE_float('l2_decay', d.l2_decay, 'Coefficient of --weight_decay=l2.',
+                                  lower_bound=0.0),
       image_size=flags.DEFINE_enum(
           'image_size', None, ['24', '32'],
           'Input side in pixels. Default: 24 with --augment, 32 with --noaugment.'),
@@ -85,7 +112,8 @@ def define_train_flags():
                              "xavier (the study's) or tutorial (explicit stddevs)."),
       weight_decay=flags.DEFINE_enum('weight_decay', d.weight_decay,
                                      list(cifar10_model.DECAY_MODES),
-                                     'study: 500 / prod(shape); tutorial: 0.004.'),
+                                     'study: 500 / prod(shape); tutorial: 0.004 (both on '
+                                     "the model's chosen layers); l2: --l2_decay on all."),
       log_frequency=flags.DEFINE_integer('log_frequency', d.log_frequency,
                                          'Steps between log lines.', lower_bound=1),
       checkpoint_steps=flags.DEFINE_integer('checkpoint_steps', d.checkpoint_steps,
@@ -114,6 +142,9 @@ def config_from_flags(holders):
   """Reads the training flags once into a TrainConfig."""
   values = {name: holder.value for name, holder in holders.items()
             if name in {f.name for f in dataclasses.fields(cifar10_run.TrainConfig)}}
+  for name, value in cifar10_run.RECIPES[values['recipe']].items():
+    if not holders[name].present:  # A flag given explicitly overrides the recipe.
+      values[name] = value
   if values['image_size'] is None:
     values['image_size'] = cifar10_input.CROP_SIZE if values['augment'] else 32
   values['image_size'] = int(values['image_size'])
@@ -124,12 +155,33 @@ def config_from_flags(holders):
 # --------------------------------------------------------------------------- training
 
 
+ONECYCLE_PEAK = 0.25  # where 'onecycle' peaks, as a share of max_steps
+
+
 def learning_rate(step, config):
-  """The learning rate at `step` (an int64 tensor): constant, or the tutorial's staircase."""
+  """The learning rate of the update at `step` (an int64 tensor, 0 for the first).
+
+  constant: the rate. staircase: x lr_decay_factor every decay_steps (the tutorial's).
+  warmup_linear / warmup_cosine: linearly up to the rate over warmup_steps (from rate /
+  warmup_steps at step 0), then down to 0 at max_steps along a line or a half cosine.
+  onecycle: linearly up to the rate at ONECYCLE_PEAK of max_steps, then linearly down to 0.
+  """
+  rate = config.learning_rate
   if config.lr_schedule == 'constant':
-    return tf.constant(config.learning_rate, tf.float32)
-  drops = tf.cast(step // config.decay_steps, tf.float32)
-  return config.learning_rate * tf.pow(config.lr_decay_factor, drops)
+    return tf.constant(rate, tf.float32)
+  if config.lr_schedule == 'staircase':
+    drops = tf.cast(step // config.decay_steps, tf.float32)
+    return rate * tf.pow(config.lr_decay_factor, drops)
+  step, total = tf.cast(step, tf.float32), float(config.max_steps)
+  if config.lr_schedule == 'onecycle':
+    peak = max(ONECYCLE_PEAK * total, 1.0)
+    return rate * tf.maximum(tf.minimum((step + 1) / peak, (total - step) / (total - peak)), 0)
+  warmup = float(config.warmup_steps)
+  rise = tf.minimum((step + 1) / max(warmup, 1.0), 1.0)
+  progress = tf.clip_by_value((step - warmup) / max(total - warmup, 1.0), 0.0, 1.0)
+  if config.lr_schedule == 'warmup_linear':
+    return rate * rise * (1.0 - progress)
+  return rate * rise * 0.5 * (1.0 + tf.cos(math.pi * progress))
 
 
 # Dynamic loss scaling of --precision=mixed_float16: the first scale, and the finite steps in
@@ -195,6 +247,12 @@ class Trainer(cifar10_run.RunState):
     self.model.set_precision(config.precision)  # The layers' compute dtype; float32 weights.
     with strategy.scope() if strategy else contextlib.nullcontext():
       extra = self.extra_state()
+      self.velocities = []
+      if config.optimizer != 'sgd':  # One velocity per variable, in the checkpoint.
+        self.velocities = [tf.Variable(tf.zeros(v.shape), trainable=False,
+                                       name=v.name.split(':')[0] + '/velocity')
+                           for v in self.variables]
+        extra.update(velocities=list(self.velocities))
       self.loss_scale = None
       if config.precision == 'mixed_float16':  # Dynamic loss scaling, in the checkpoint.
         self.loss_scale = tf.Variable(INITIAL_LOSS_SCALE, trainable=False, name='loss_scale')
@@ -296,7 +354,8 @@ class Trainer(cifar10_run.RunState):
     """
     with tf.GradientTape() as tape:
       logits = self.model(images, training=True)  # float32 logits in every precision.
-      cross_entropy, decay = cifar10_model.loss(logits, labels, self.model)
+      cross_entropy, decay = cifar10_model.loss(logits, labels, self.model,
+                                                self.config.label_smoothing)
       if share != 1.0:
         cross_entropy, decay = cross_entropy * share, decay * share
       total = cross_entropy + decay
@@ -310,17 +369,32 @@ class Trainer(cifar10_run.RunState):
                        'batch_accuracy': accuracy}
 
   def _update(self, gradients, strategy=None):
-    """The SGD update, the step and the EMA; returns the learning rate used.
+    """The optimizer's update, the step and the EMA; returns the learning rate used.
 
+    sgd: w -= rate * g. momentum: v = momentum * v + g, w -= rate * v. nesterov: the same v,
+    w -= rate * (g + momentum * v) (the form of Sutskever et al. 2013 that PyTorch uses).
     With a strategy: in cross-replica context, each copy of a variable updated alike.
     """
     rate = learning_rate(self.step, self.config)
+    finite = None
     if self.loss_scale is not None:  # A step whose gradients overflowed changes no weight.
       finite = self._adjust_loss_scale(gradients, strategy)
       gradients = [tf.where(finite, gradient, tf.zeros_like(gradient))
                    for gradient in gradients]
-    for variable, gradient in zip(self.variables, gradients):
-      _assign(strategy, variable, lambda v, g: v.assign_sub(rate * g), gradient)
+      rate = tf.where(finite, rate, 0.0)
+    mu = self.config.momentum
+    for variable, gradient, velocity in zip(self.variables, gradients,
+                                            self.velocities or [None] * len(gradients)):
+      if velocity is None:
+        _assign(strategy, variable, lambda v, g: v.assign_sub(rate * g), gradient)
+        continue
+      _assign(strategy, velocity, lambda v, g: v.assign(
+          mu * v + g if finite is None else tf.where(finite, mu * v + g, v)), gradient)
+      if self.config.optimizer == 'nesterov':
+        _assign(strategy, variable, lambda w, g, v: w.assign_sub(rate * (g + mu * v)),
+                gradient, velocity)
+      else:
+        _assign(strategy, variable, lambda w, v: w.assign_sub(rate * v), velocity)
     _assign(strategy, self.step, lambda step: step.assign_add(1))
     if self.loss_scale is None:
       self.ema.apply(self.variables)
@@ -536,7 +610,8 @@ def _batches(config, trainer, step, train_split):
   def inputs(replicas):
     return cifar10_input.train_inputs(
         train_split, config.batch_size, seed=config.seed, augment=config.augment,
-        image_size=config.image_size, first_step=step, replicas=replicas)
+        image_size=config.image_size, first_step=step, replicas=replicas,
+        distortions=config.distortions, cutout_side=config.cutout)
   if trainer.strategy is None:
     return inputs((0, 1, 1))
 
@@ -630,6 +705,7 @@ def main(argv):
   try:
     strategy = start_strategy(_FLAGS['strategy'].value, _FLAGS['cpu_replicas'].value)
     config = config_from_flags(_FLAGS)
+    _log(cifar10_run.recipe_summary(config))
     split = cifar10_records.load_split(cifar10_run.batches_dir_from_flags(_FLAGS), 'train')
     install_stop_handlers()  # Only now: before, Ctrl-C simply ends the download or extraction.
     train(config, split, restart=_FLAGS['restart'].value, strategy=strategy)

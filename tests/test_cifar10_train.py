@@ -37,10 +37,115 @@ def test_constant_schedule():
       pytest.approx(0.1))
 
 
+def _holders(given=(), **values):
+  """Flag holders of TrainConfig's defaults updated by `values`; `given`: set explicitly."""
+  defaults = {field.name: field.default for field in dataclasses.fields(cifar10_run.TrainConfig)}
+  values = dict(defaults, image_size=None, **values)
+  return {name: types.SimpleNamespace(value=value, present=name in given)
+          for name, value in values.items()}
+
+
+def _rates(config, steps):
+  return [float(cifar10_train.learning_rate(tf.constant(s, tf.int64), config)) for s in steps]
+
+
+def test_warmup_linear_rises_over_the_warmup_then_falls_to_zero_at_max_steps():
+  config = cifar10_run.TrainConfig(lr_schedule='warmup_linear', learning_rate=0.4,
+                                   warmup_steps=100, max_steps=1100)
+  # Step s of the warm-up: 0.4 (s + 1) / 100; then 0.4 (1 - (s - 100) / 1000).
+  np.testing.assert_allclose(_rates(config, [0, 49, 99, 100, 600, 1099, 1100]),
+                             [0.004, 0.2, 0.4, 0.4, 0.2, 0.0004, 0.0], rtol=1e-5, atol=1e-7)
+
+
+def test_warmup_cosine_is_half_the_rate_halfway_through_the_decay():
+  config = cifar10_run.TrainConfig(lr_schedule='warmup_cosine', learning_rate=0.2,
+                                   warmup_steps=10, max_steps=110)
+  # 0.2 * (1 + cos(pi * p)) / 2 at p = (s - 10) / 100: p = 0.5 -> 0.1, p = 0.25 -> 0.1707.
+  np.testing.assert_allclose(_rates(config, [4, 10, 35, 60, 110]),
+                             [0.1, 0.2, 0.2 * (1 + math.sqrt(0.5)) / 2, 0.1, 0.0], atol=1e-6)
+
+
+def test_onecycle_peaks_at_a_quarter_of_max_steps_and_ends_at_zero():
+  config = cifar10_run.TrainConfig(lr_schedule='onecycle', learning_rate=0.2, max_steps=400)
+  # Up as 0.2 (s + 1) / 100, down as 0.2 (400 - s) / 300.
+  np.testing.assert_allclose(_rates(config, [0, 49, 99, 100, 250, 399]),
+                             [0.002, 0.1, 0.2, 0.2, 0.1, 0.2 / 300], rtol=1e-5)
+
+
+def test_a_recipe_sets_its_values_and_an_explicit_flag_overrides_one(tmp_path):
+  holders = _holders(given=('learning_rate',), train_dir=str(tmp_path), recipe='fast32',
+                     learning_rate=0.05)
+  config = cifar10_train.config_from_flags(holders)
+  recipe = cifar10_run.RECIPES['fast32']
+  assert config.recipe == 'fast32' and config.learning_rate == 0.05
+  for name, value in recipe.items():
+    if name != 'learning_rate':
+      assert getattr(config, name) == value, name
+  assert config.image_size == 32  # The recipe's, not the default 24 of augmentation.
+  line = cifar10_run.recipe_summary(config)
+  assert 'recipe fast32: optimizer=nesterov' in line
+  assert f'learning_rate=0.05 (recipe: {recipe["learning_rate"]})' in line
+  cifar10_run.write_config(config)
+  assert cifar10_run.read_config(str(tmp_path)) == config
+
+
+def test_the_study_recipe_is_the_defaults_and_tutorial_sets_the_tutorials_choices(tmp_path):
+  study = cifar10_train.config_from_flags(_holders(train_dir=str(tmp_path)))
+  assert study == cifar10_run.TrainConfig(train_dir=str(tmp_path), conv=study.conv)
+  tutorial = cifar10_train.config_from_flags(_holders(train_dir=str(tmp_path),
+                                                      recipe='tutorial'))
+  assert (tutorial.init, tutorial.weight_decay, tutorial.lr_schedule) == (
+      'tutorial', 'tutorial', 'staircase')
+
+
+def _one_step(tmp_path, **overrides):
+  """(weights before, gradients, weights after) of one step on a tiny batch."""
+  tf.random.set_seed(0)
+  trainer = cifar10_train.Trainer(tiny_config(tmp_path, **overrides))
+  images, labels = next(iter(cifar10_input.train_inputs(tiny_split(), 16, seed=0,
+                                                        augment=False, image_size=32)))
+  before = [v.numpy() for v in trainer.variables]
+  gradients, _ = trainer._gradients(images, labels)
+  trainer.train_step(images, labels)
+  return trainer, before, [g.numpy() for g in gradients], (images, labels)
+
+
+@pytest.mark.parametrize('optimizer', ['momentum', 'nesterov'])
+def test_momentum_and_nesterov_follow_their_formulas_over_two_steps(tmp_path, optimizer):
+  rate, mu = 0.01, 0.9
+  trainer, w0, g0, batch = _one_step(tmp_path, optimizer=optimizer, momentum=mu,
+                                     learning_rate=rate)
+  w1 = [v.numpy() for v in trainer.variables]
+  g1 = [g.numpy() for g in trainer._gradients(*batch)[0]]
+  trainer.train_step(*batch)
+  for i in range(len(w0)):
+    v1 = g0[i]  # The velocity starts at zero.
+    step1 = g0[i] + mu * v1 if optimizer == 'nesterov' else v1
+    np.testing.assert_allclose(w1[i], w0[i] - rate * step1, rtol=1e-4, atol=1e-6)
+    v2 = mu * v1 + g1[i]
+    np.testing.assert_allclose(trainer.velocities[i].numpy(), v2, rtol=1e-4, atol=1e-6)
+    step2 = g1[i] + mu * v2 if optimizer == 'nesterov' else v2
+    np.testing.assert_allclose(trainer.variables[i].numpy(), w1[i] - rate * step2,
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_velocities_are_saved_and_restored_with_the_checkpoint(tmp_path):
+  config = tiny_config(tmp_path, optimizer='nesterov', max_steps=10)
+  cifar10_train.train(config, tiny_split())
+  saved = tf.train.load_checkpoint(str(tmp_path / 'ckpt-10'))
+  trainer = cifar10_train.Trainer(config)
+  assert trainer.restore_latest() == 10
+  velocity = trainer.velocities[0].numpy()
+  assert np.abs(velocity).max() > 0
+  key = [k for k in saved.get_variable_to_shape_map() if k.startswith('velocities/0/')][0]
+  np.testing.assert_array_equal(saved.get_tensor(key), velocity)
+
+
 def test_config_from_flags_records_the_resolved_convolution(tmp_path):
   defaults = {field.name: field.default for field in dataclasses.fields(cifar10_run.TrainConfig)}
   values = dict(defaults, train_dir=str(tmp_path), image_size=None, conv='auto')
-  holders = {name: types.SimpleNamespace(value=value) for name, value in values.items()}
+  holders = {name: types.SimpleNamespace(value=value, present=False)
+             for name, value in values.items()}
   config = cifar10_train.config_from_flags(holders)
   gpus = tf.config.list_physical_devices('GPU')
   assert config.conv == ('direct' if gpus else 'spectral') and config.image_size == 24
