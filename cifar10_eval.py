@@ -38,11 +38,21 @@ READ_ATTEMPTS = 3  # tries to read one checkpoint before calling it unreadable
 RETRY_SECS = 1.0  # seconds between two tries
 
 
-class Evaluator(cifar10_run.RunState):
-  """A run's state (restored from its checkpoints) and the test images to score it on."""
+TTA_MODES = ('none', 'flip')
 
-  def __init__(self, config, split, batch_size=EVAL_BATCH_SIZE, conv='auto'):
+
+class Evaluator(cifar10_run.RunState):
+  """A run's state (restored from its checkpoints) and the test images to score it on.
+
+  With tta='flip' each image is classified by the mean of the softmax of it and of its
+  mirror image (test-time augmentation: two forward passes per image).
+  """
+
+  def __init__(self, config, split, batch_size=EVAL_BATCH_SIZE, conv='auto', tta='none'):
     super().__init__(config, conv=conv)
+    if tta not in TTA_MODES:
+      raise ValueError(f'tta must be one of {TTA_MODES}, got {tta!r}')
+    self.tta = tta
     self.images = cifar10_input.eval_images(split, config.image_size)
     self.labels = tf.constant(split.labels)
     self.num_examples = len(split)
@@ -52,8 +62,8 @@ class Evaluator(cifar10_run.RunState):
   def _count_correct(self, images, labels):
     """Correct predictions over all images, in one call: no Python between the batches."""
     def hits(start, size):
-      logits = self.model(images[start:start + size], training=False)
-      predicted = tf.argmax(logits, axis=1, output_type=tf.int32)
+      predicted = tf.argmax(self.scores(images[start:start + size]), axis=1,
+                            output_type=tf.int32)
       return tf.reduce_sum(tf.cast(tf.equal(predicted, labels[start:start + size]), tf.int64))
 
     full_batches, remainder = divmod(self.num_examples, self.batch_size)
@@ -63,6 +73,15 @@ class Evaluator(cifar10_run.RunState):
     if remainder:
       correct += hits(full_batches * self.batch_size, remainder)
     return correct
+
+  def scores(self, images):
+    """[B, 10] class scores of float32 [B, s, s, 3] images: the logits, or with tta='flip'
+    the mean softmax of the images and of their mirror images."""
+    logits = self.model(images, training=False)
+    if self.tta == 'none':
+      return logits
+    mirrored = self.model(tf.reverse(images, axis=[2]), training=False)
+    return (tf.nn.softmax(logits) + tf.nn.softmax(mirrored)) / 2
 
   def precision(self):
     """Top-1 accuracy of the model's current weights over every image, and the count."""
@@ -82,7 +101,7 @@ def eval_once(evaluator, checkpoint_path):
   ema, _ = evaluator.precision()
   return {'step': int(evaluator.step.numpy()), 'precision_ema': ema, 'precision_raw': raw,
           'num_examples': count, 'train_seconds': float(evaluator.train_seconds.numpy()),
-          'checkpoint': os.path.basename(checkpoint_path)}
+          'checkpoint': os.path.basename(checkpoint_path), 'tta': evaluator.tta}
 
 
 def record(metrics, eval_dir, writer, use_ema):
@@ -115,12 +134,7 @@ def watch(evaluator, checkpoint_dir, eval_dir, use_ema=True, interval_secs=EVAL_
     FileNotFoundError: run_once and there is no checkpoint.
     ConfigError: eval_dir cannot be created, or results.jsonl cannot be written there.
   """
-  try:
-    os.makedirs(eval_dir, exist_ok=True)
-  except OSError as e:
-    raise cifar10_run.ConfigError(f'cannot create the eval folder {eval_dir} ({e}): pass a '
-                                  'writable --eval_dir.') from e
-  writer = tf.summary.create_file_writer(eval_dir)
+  writer = _writer(eval_dir)
   evaluated, results, failures, failed, last_new = None, [], 0, None, time.time()
   while True:
     path = cifar10_run.newest_checkpoint(checkpoint_dir)  # From the files: no state file needed.
@@ -155,6 +169,44 @@ def watch(evaluator, checkpoint_dir, eval_dir, use_ema=True, interval_secs=EVAL_
     time.sleep(interval_secs)
 
 
+def evaluate_every_checkpoint(evaluator, checkpoint_dir, eval_dir, use_ema=True):
+  """Evaluates, oldest first, each checkpoint in checkpoint_dir that eval_dir's
+  results.jsonl does not hold yet (a finished run kept with --keep_checkpoints: its curve,
+  and when it first reached a precision). Returns the new metrics.
+
+  Raises:
+    FileNotFoundError: no checkpoint in checkpoint_dir.
+    UnreadableCheckpoint: one of them cannot be read.
+    ConfigError: eval_dir cannot be created, or results.jsonl cannot be written there.
+  """
+  paths = cifar10_run.checkpoint_paths(checkpoint_dir)[::-1]
+  if not paths:
+    raise FileNotFoundError(f'no checkpoint in {checkpoint_dir}')
+  done = set()
+  try:
+    with open(os.path.join(eval_dir, cifar10_run.RESULTS_FILE)) as f:
+      done = {json.loads(line).get('checkpoint') for line in f if line.strip()}
+  except (OSError, ValueError, AttributeError):
+    pass  # None yet (or unreadable: evaluated again, appended after).
+  writer = _writer(eval_dir)
+  results = []
+  for path in paths:
+    if os.path.basename(path) not in done:
+      results.append(eval_once(evaluator, path))
+      record(results[-1], eval_dir, writer, use_ema)
+  return results
+
+
+def _writer(eval_dir):
+  """The summary writer of eval_dir, created with it."""
+  try:
+    os.makedirs(eval_dir, exist_ok=True)
+  except OSError as e:
+    raise cifar10_run.ConfigError(f'cannot create the eval folder {eval_dir} ({e}): pass a '
+                                  'writable --eval_dir.') from e
+  return tf.summary.create_file_writer(eval_dir)
+
+
 def wait_for_config(checkpoint_dir, interval_secs, timeout_secs):
   """The run's TrainConfig, waiting for the trainer to write it (None after the timeout)."""
   start = time.time()
@@ -172,16 +224,22 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   cifar10_env.quiet_logging(flags.FLAGS['verbosity'].present)
   checkpoint_dir, eval_data = _FLAGS['checkpoint_dir'].value, _FLAGS['eval_data'].value
-  eval_dir = _FLAGS['eval_dir'].value or cifar10_run.default_eval_dir(checkpoint_dir, eval_data)
+  tta = _FLAGS['tta'].value
+  eval_dir = _FLAGS['eval_dir'].value or cifar10_run.default_eval_dir(checkpoint_dir, eval_data,
+                                                                      tta)
   interval_secs, timeout_secs = _FLAGS['eval_interval_secs'].value, _FLAGS['timeout'].value
   run_once = _FLAGS['run_once'].value
   try:
     # Memory growth on every GPU, so that the watcher and a trainer share one.
     cifar10_distribute.configure_devices('default')
     # The run first: a mistyped --checkpoint_dir is reported before any data is fetched.
-    config = find_run(checkpoint_dir, interval_secs, timeout_secs, run_once)
+    every = _FLAGS['every_checkpoint'].value
+    config = find_run(checkpoint_dir, interval_secs, timeout_secs, run_once or every)
     split = cifar10_records.load_split(cifar10_run.batches_dir_from_flags(_FLAGS), eval_data)
-    evaluator = Evaluator(config, split, conv=_FLAGS['conv'].value)
+    evaluator = Evaluator(config, split, conv=_FLAGS['conv'].value, tta=tta)
+    if every:
+      evaluate_every_checkpoint(evaluator, checkpoint_dir, eval_dir, _FLAGS['ema'].value)
+      return
     results = watch(evaluator, checkpoint_dir, eval_dir, _FLAGS['ema'].value, interval_secs,
                     timeout_secs, run_once)
   except (cifar10_records.DataError, cifar10_run.ConfigError, cifar10_run.UnreadableCheckpoint,
@@ -219,7 +277,13 @@ def define_eval_flags():
                                          'The --train_dir of the run to evaluate.'),
       eval_dir=flags.DEFINE_string('eval_dir', None,
                                    'Summaries and results.jsonl; default <checkpoint_dir>/eval '
-                                   '(<checkpoint_dir>/eval_train with --eval_data=train_eval).'),
+                                   '(<checkpoint_dir>/eval_train with --eval_data=train_eval; '
+                                   '_flip added with --tta=flip).'),
+      tta=flags.DEFINE_enum('tta', 'none', list(TTA_MODES), 'Test-time augmentation: none, '
+                            'or flip (mean softmax of each image and its mirror image).'),
+      every_checkpoint=flags.DEFINE_boolean(
+          'every_checkpoint', False, 'Evaluate, oldest first, every checkpoint of the run '
+          'not in results.jsonl yet, then stop (its curve; train with --keep_checkpoints).'),
       eval_data=flags.DEFINE_enum('eval_data', 'test', ['test', 'train_eval'],
                                   'test: the 10,000 test images; train_eval: the 50,000 '
                                   'training images, undistorted.'),

@@ -5,8 +5,9 @@
 Each run is a --train_dir whose checkpoints cifar10_eval.py evaluated: the model comes from
 its config.json, the accuracies from <run>/eval/results.jsonl (one line per evaluated
 checkpoint), params and MFLOPs from cifar10_model's counting. Writes results.md (model,
-params, MFLOPs, EMA precision @ 1 at every evaluated step, training wall time) and
-results.png (precision against MFLOPs and against parameters, Pareto front marked).
+recipe, input side, params, MFLOPs, EMA precision @ 1 at 10,000 steps and at the last
+evaluated step, with flip test-time augmentation when <run>/eval_flip holds it, training wall
+time) and results.png (precision against MFLOPs and against parameters, Pareto front marked).
 """
 
 import dataclasses
@@ -46,10 +47,17 @@ class RunResult:
   flops: int
   precision_by_step: dict  # step -> EMA precision @ 1 (fraction)
   train_seconds: float  # wall time of training up to the last evaluated step
+  recipe: str = 'study'
+  image_size: int = 24
+  flip_by_step: dict = dataclasses.field(default_factory=dict)  # the same with --tta=flip
+
+  @property
+  def final_step(self):
+    return max(self.precision_by_step)
 
   @property
   def final_precision(self):
-    return self.precision_by_step[max(self.precision_by_step)]
+    return self.precision_by_step[self.final_step]
 
 
 class ResultsError(ValueError):
@@ -71,6 +79,21 @@ def read_run(train_dir, eval_dir=None):
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path} is missing: run cifar10_eval.py --checkpoint_dir='
                             f'{train_dir} first')
+  lines = _read_results(path, train_dir)
+  flip = os.path.join(cifar10_run.default_eval_dir(train_dir, 'test', 'flip'),
+                      cifar10_run.RESULTS_FILE)
+  flip_lines = _read_results(flip, train_dir) if eval_dir is None and os.path.exists(flip) else []
+  rows = cifar10_model.count_model(models.build(config.model, config.image_size))
+  return RunResult(name=os.path.basename(os.path.normpath(train_dir)), model=config.model,
+                   params=sum(r.params for r in rows), flops=sum(r.flops for r in rows),
+                   precision_by_step={step: precision for step, precision, _ in lines},
+                   train_seconds=max(lines)[2], recipe=config.recipe,
+                   image_size=config.image_size,
+                   flip_by_step={step: precision for step, precision, _ in flip_lines})
+
+
+def _read_results(path, train_dir):
+  """The checked (step, EMA precision, seconds) of each line of one results.jsonl."""
   lines = []
   try:
     with open(path, encoding='utf-8') as f:
@@ -83,11 +106,7 @@ def read_run(train_dir, eval_dir=None):
   if not lines:
     raise ResultsError(f'{path} holds no evaluated checkpoint: run cifar10_eval.py '
                        f'--checkpoint_dir={train_dir} first')
-  rows = cifar10_model.count_model(models.build(config.model, config.image_size))
-  return RunResult(name=os.path.basename(os.path.normpath(train_dir)), model=config.model,
-                   params=sum(r.params for r in rows), flops=sum(r.flops for r in rows),
-                   precision_by_step={step: precision for step, precision, _ in lines},
-                   train_seconds=max(lines)[2])
+  return lines
 
 
 def _result_fields(line, where):
@@ -129,23 +148,23 @@ def pareto_front(points):
 
 
 def markdown_table(results):
-  """One row per run; one precision column per evaluated step found in any run.
-
-  The study's figure at 10k steps (when it published one) and our difference to it follow.
-  """
-  steps = sorted({step for r in results for step in r.precision_by_step})
-  header = (['run', 'model', 'params', 'MFLOPs'] + [f'@{s:,}' for s in steps]
-            + ['study @10,000', 'difference', 'wall time'])
+  """One row per run, by cost: EMA precision @ 1 at 10,000 steps and at the last evaluated
+  step (with flip test-time augmentation where evaluated), and the study's figure at 10k
+  steps (when it published one) with our difference to it."""
+  header = ['run', 'model', 'recipe', 'input', 'params', 'MFLOPs', f'@{STUDY_STEP:,}',
+            'last step', 'at last step', 'flip TTA', f'study @{STUDY_STEP:,}', 'difference',
+            'wall time']
   lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
-  for r in sorted(results, key=lambda r: r.flops):
-    cells = [r.name, r.model, f'{r.params:,}', f'{r.flops / 1e6:.2f}']
-    cells += [f'{100 * r.precision_by_step[s]:.2f}' if s in r.precision_by_step else ''
-              for s in steps]
-    study = STUDY_PRECISION_10K.get(r.model)
+  percent = lambda value: '' if value is None else f'{100 * value:.2f}'
+  for r in sorted(results, key=lambda r: (r.flops, r.name)):
     ours = r.precision_by_step.get(STUDY_STEP)
-    cells.append('' if study is None else f'{study:.1f}')
-    cells.append('' if study is None or ours is None else f'{100 * ours - study:+.2f}')
-    cells.append(f'{r.train_seconds / 60:.0f} min')
+    study = STUDY_PRECISION_10K.get(r.model) if r.image_size == 24 else None
+    cells = [r.name, r.model, r.recipe, f'{r.image_size}x{r.image_size}', f'{r.params:,}',
+             f'{r.flops / 1e6:.2f}', percent(ours), f'{r.final_step:,}',
+             percent(r.final_precision), percent(r.flip_by_step.get(r.final_step)),
+             '' if study is None else f'{study:.1f}',
+             '' if study is None or ours is None else f'{100 * ours - study:+.2f}',
+             f'{r.train_seconds / 60:.0f} min']
     lines.append('| ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
 
@@ -199,9 +218,15 @@ def plot(results, path):
            (axes[1], 'parameters (millions)', lambda r: r.params / 1e6))
   for axis, cost_name, cost_of in costs:
     points = [(cost_of(r), 100 * r.final_precision) for r in results]
-    axis.scatter(*zip(*points), color='tab:blue', zorder=3)
-    labels = [axis.annotate(r.model, point, textcoords='offset points', xytext=(4, 4),
-                            fontsize=8) for r, point in zip(results, points)]
+    study = [r.recipe == 'study' for r in results]
+    for chosen, colour, name in ((True, 'tab:blue', "the study's recipe"),
+                                 (False, 'tab:green', 'a newer recipe')):
+      shown = [point for point, flag in zip(points, study) if flag == chosen]
+      if shown:
+        axis.scatter(*zip(*shown), color=colour, zorder=3, label=name)
+    labels = [axis.annotate(r.model if r.recipe == 'study' else f'{r.model} ({r.recipe})',
+                            point, textcoords='offset points', xytext=(4, 4), fontsize=8)
+              for r, point in zip(results, points)]
     front = sorted(points[i] for i in pareto_front(points))
     axis.plot(*zip(*front), color='tab:orange', marker='o', markersize=11, fillstyle='none',
               label='Pareto front', zorder=2)

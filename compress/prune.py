@@ -38,10 +38,12 @@ from absl import flags
 import tensorflow as tf
 
 import cifar10_distribute
+import cifar10_model
 import cifar10_records
 import cifar10_run
 import cifar10_train
 from compress import sparse
+import models
 
 MODES = ('gradual', 'oneshot', 'iterative')
 THRESHOLDS = ('per_layer', 'global')
@@ -210,9 +212,18 @@ class PruningTrainer(cifar10_train.Trainer):
 
 
 def ema_weights(trainer):
-  """{'<layer>/kernel' or '<layer>/bias': EMA value as NumPy} of every weight layer."""
-  return {f'{layer.name}/{part}': trainer.ema.average(getattr(layer, part)).numpy()
-          for layer in trainer.model.weight_layers() for part in ('kernel', 'bias')}
+  """{'<layer>/kernel' or '<layer>/bias': NumPy} of every weight layer of the model as it
+  infers: the EMA shadows, each BatchNorm folded into its convolution (whose zeros stay)."""
+  config = trainer.config
+  model = models.build(config.model, config.image_size)
+  for target, shadow in zip(model.trainable_variables, trainer.ema_shadows):
+    target.assign(shadow)
+  for target, statistic in zip(model.non_trainable_variables,
+                               trainer.model.non_trainable_variables):
+    target.assign(statistic.read_value())  # BatchNorm's moving statistics.
+  folded = cifar10_model.fold_batchnorm(model)
+  return {f'{layer.name}/{part}': getattr(layer, part).numpy()
+          for layer in folded.weight_layers() for part in ('kernel', 'bias')}
 
 
 def layer_rows(trainer):

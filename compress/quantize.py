@@ -40,6 +40,7 @@ import numpy as np
 
 import cifar10_eval
 import cifar10_input
+import cifar10_model
 import cifar10_records
 import cifar10_run
 from compress import fake_quant
@@ -236,7 +237,7 @@ def quantize_run(checkpoint_dir, out_dir, batches_dir, calibration, use_ema=True
   if use_ema:
     evaluator.restore_ema_shadows()
   float_precision, _ = evaluator.precision()
-  model = evaluator.model
+  model = cifar10_model.fold_batchnorm(evaluator.model)  # Plain convs: what int8 computes.
   float_params = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
   log(f'float {float_precision:.4f}; calibrating on {calibration.images} training images')
   calibration_data = calibration_images(cifar10_records.load_split(batches_dir, 'train'),

@@ -182,3 +182,27 @@ def test_the_failure_count_starts_again_for_each_new_checkpoint(trained_dir, tmp
                                 str(tmp_path / 'eval'), interval_secs=0.01)
   assert reads == [first, first, last, last, last]
   assert [r['step'] for r in results] == [20]
+
+
+def test_flip_tta_scores_the_mean_softmax_of_each_image_and_its_mirror(trained_dir):
+  config = cifar10_run.read_config(str(trained_dir))
+  evaluator = cifar10_eval.Evaluator(config, tiny_split(), tta='flip')
+  evaluator.restore(tf.train.latest_checkpoint(str(trained_dir)))
+  images = evaluator.images[:5]
+  softmax = lambda x: tf.nn.softmax(evaluator.model(x)).numpy()
+  expected = (softmax(images) + softmax(images.numpy()[:, :, ::-1])) / 2
+  np.testing.assert_allclose(evaluator.scores(images).numpy(), expected, rtol=1e-5)
+  metrics = cifar10_eval.eval_once(evaluator, tf.train.latest_checkpoint(str(trained_dir)))
+  assert metrics['tta'] == 'flip'
+  assert cifar10_run.default_eval_dir('run', 'test', 'flip') == os.path.join('run', 'eval_flip')
+
+
+def test_every_checkpoint_is_evaluated_once_oldest_first(trained_dir, tmp_path):
+  config = cifar10_run.read_config(str(trained_dir))
+  evaluator = cifar10_eval.Evaluator(config, tiny_split())
+  eval_dir = str(tmp_path / 'eval')
+  results = cifar10_eval.evaluate_every_checkpoint(evaluator, str(trained_dir), eval_dir)
+  assert [r['step'] for r in results] == [10, 20]
+  assert cifar10_eval.evaluate_every_checkpoint(evaluator, str(trained_dir), eval_dir) == []
+  with open(os.path.join(eval_dir, 'results.jsonl')) as f:
+    assert [json.loads(line)['step'] for line in f] == [10, 20]

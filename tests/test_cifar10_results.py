@@ -76,23 +76,34 @@ def test_read_run_refuses_invalid_utf8_and_a_folder_named_results_jsonl(tmp_path
     cifar10_results.read_run(str(tmp_path / 'folder'))
 
 
-def test_table_has_a_column_per_step_and_rows_by_cost(tmp_path):
+def test_table_has_the_10k_and_last_figures_recipe_and_tta_and_rows_by_cost(tmp_path):
   write_run(tmp_path / 'tuto', 'tutorial', [(10000, 0.8141, 3960.0)])
   write_run(tmp_path / 'sq', 'squeeze1', [(5000, 0.6, 300.0), (10000, 0.663, 600.0)])
+  write_run(tmp_path / 'fast', 'tutorial', [(10000, 0.8420, 700.0)])
+  with open(tmp_path / 'fast' / 'config.json') as f:
+    config = json.load(f)
+  with open(tmp_path / 'fast' / 'config.json', 'w') as f:
+    json.dump(dict(config, recipe='fast'), f)
+  os.makedirs(tmp_path / 'fast' / 'eval_flip')
+  with open(tmp_path / 'fast' / 'eval_flip' / 'results.jsonl', 'w') as f:
+    f.write(json.dumps({'step': 10000, 'precision_ema': 0.8511, 'train_seconds': 700.0}) + '\n')
   table = cifar10_results.markdown_table(
-      [cifar10_results.read_run(str(tmp_path / name)) for name in ('tuto', 'sq')])
+      [cifar10_results.read_run(str(tmp_path / name)) for name in ('tuto', 'sq', 'fast')])
   lines = table.splitlines()
-  assert lines[0] == ('| run | model | params | MFLOPs | @5,000 | @10,000 | study @10,000 | '
-                      'difference | wall time |')
-  assert lines[2] == '| sq | squeeze1 | 146,570 | 22.84 | 60.00 | 66.30 | 66.0 | +0.30 | 10 min |'
-  assert lines[3] == ('| tuto | tutorial | 1,068,298 | 37.75 |  | 81.41 | 81.4 | +0.01 | '
-                      '66 min |')
+  assert lines[0] == ('| run | model | recipe | input | params | MFLOPs | @10,000 | last step | '
+                      'at last step | flip TTA | study @10,000 | difference | wall time |')
+  assert lines[2] == ('| sq | squeeze1 | study | 24x24 | 146,570 | 22.84 | 66.30 | 10,000 | '
+                      '66.30 |  | 66.0 | +0.30 | 10 min |')
+  assert lines[3] == ('| fast | tutorial | fast | 24x24 | 1,068,298 | 37.75 | 84.20 | 10,000 | '
+                      '84.20 | 85.11 | 81.4 | +2.80 | 12 min |')
+  assert lines[4] == ('| tuto | tutorial | study | 24x24 | 1,068,298 | 37.75 | 81.41 | 10,000 | '
+                      '81.41 |  | 81.4 | +0.01 | 66 min |')
 
 
 def test_table_leaves_the_study_columns_empty_for_new_models(tmp_path):
   write_run(tmp_path / 'inc', 'inception0', [(10000, 0.8145, 1800.0)])
   table = cifar10_results.markdown_table([cifar10_results.read_run(str(tmp_path / 'inc'))])
-  assert table.splitlines()[2].endswith('| 81.45 |  |  | 30 min |')
+  assert table.splitlines()[2].endswith('| 81.45 |  |  |  | 30 min |')
 
 
 def test_plot_writes_a_png(tmp_path):
