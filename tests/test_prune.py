@@ -13,6 +13,7 @@ import tensorflow as tf
 
 import cifar10_eval
 import cifar10_input
+import cifar10_model as cm
 import cifar10_run
 import cifar10_train
 from compress import prune
@@ -258,3 +259,34 @@ def test_resuming_accepts_the_same_source_however_its_path_is_spelt(tmp_path):
                        os.path.join(str(tmp_path), '.', 'source', 'ckpt-10'))
   with pytest.raises(cifar10_run.ConfigError, match='source_checkpoint'):
     prune.write_settings(str(tmp_path / 'run'), settings, str(tmp_path / 'other' / 'ckpt-10'))
+
+
+def test_a_batchnorm_model_prunes_and_exports_its_folded_ema_weights(tmp_path):
+  tf.random.set_seed(0)
+  source = tiny_config(tmp_path / 'source', model='budget0', max_steps=10,
+                       optimizer='nesterov', weight_decay='l2')
+  cifar10_train.train(source, tiny_split())
+  config = tiny_config(tmp_path / 'pruned', model='budget0', max_steps=20,
+                       optimizer='nesterov', weight_decay='l2')
+  trainer = prune.PruningTrainer(
+      config, prune.PruningSettings(target_sparsity=0.8, begin_step=10, end_step=15,
+                                    frequency=5),
+      tf.train.latest_checkpoint(source.train_dir))
+  cifar10_train.train(config, tiny_split(), make_trainer=lambda _: trainer)
+  report = prune.build_report(trainer, str(tmp_path / prune.SPARSE_FILE))
+  arrays, _ = sparse.load(tmp_path / prune.SPARSE_FILE)
+  assert sorted(arrays) == sorted(f'{name}/{part}' for name in (
+      'conv1_1', 'conv2_1', 'conv3_1', 'conv3_2', 'conv4_1', 'conv4_2', 'logits')
+                                  for part in ('kernel', 'bias'))
+  # The folded kernels keep the masks' zeros: BatchNorm scales whole output channels.
+  for kernel, mask in zip(trainer.pruned, trainer.masks):
+    name = kernel.name.split('/')[0]
+    np.testing.assert_array_equal(arrays[f'{name}/kernel'] == 0, mask.numpy() == 0)
+  assert report['sparsity'] == pytest.approx(0.8, abs=1e-3)
+  # The exported weights are the EMA model's, folded: the same logits as the unfolded one.
+  evaluator = cifar10_eval.Evaluator(config, tiny_split())
+  evaluator.restore(cifar10_run.newest_checkpoint(config.train_dir))
+  evaluator.restore_ema_shadows()
+  folded = cm.fold_batchnorm(evaluator.model)
+  for layer in folded.weight_layers():
+    np.testing.assert_allclose(arrays[f'{layer.name}/kernel'], layer.kernel.numpy(), rtol=1e-6)
