@@ -231,10 +231,10 @@ class BatchNorm(Layer):
   averages towards the batch's mean and unbiased variance (m <- momentum m + (1 - momentum)
   value, as PyTorch and Keras do); evaluation uses the moving averages, so the layer is then
   an affine map per channel that `fold_batchnorm` merges into the convolution before it.
-  Training runs TensorFlow's fused kernel (FusedBatchNormV3: 1.1-1.24x faster train steps
-  than tf.nn.moments here, and cuDNN's on a GPU); statistics are float32 in every precision.
-  Under a tf.distribute strategy each replica normalizes its own share of the batch (as
-  Keras does by default).
+  Training runs TensorFlow's fused kernel (FusedBatchNormV3; cuDNN's on a GPU), or with
+  `fused` False the same formulas from tf.nn.moments (the readable reference; bench/
+  batchnorm.py times both). Statistics are float32 in every precision. Under a tf.distribute
+  strategy each replica normalizes its own share of the batch (as Keras does by default).
 
   Counted folded, as the study counted inference: no FLOPs but the ReLU's, and one
   parameter per channel (the bias it gives the convolution before it).
@@ -252,18 +252,31 @@ class BatchNorm(Layer):
       self.moving_variance = tf.Variable(tf.ones([channels]), name='moving_variance',
                                          **statistic)
     self.relu, self.momentum, self.epsilon = relu, momentum, epsilon
+    self.fused = True
 
   def __call__(self, x, training=False):
-    if training:
+    if not training:
+      y = self._normalize(x, *self.affine())
+    elif self.fused:
       y, mean, variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
           x=x, scale=self.gamma, offset=self.beta, mean=tf.zeros([0]),
           variance=tf.zeros([0]), epsilon=self.epsilon, is_training=True)
-      for average, value in ((self.moving_mean, mean), (self.moving_variance, variance)):
-        average.assign(self.momentum * average + (1 - self.momentum) * value)
+      self._move_averages(mean, variance)
     else:
-      scale, shift = self.affine()
-      y = x * tf.cast(scale, x.dtype) + tf.cast(shift, x.dtype)
+      mean, biased = tf.nn.moments(tf.cast(x, tf.float32), axes=[0, 1, 2])
+      values = tf.cast(tf.size(x) // tf.shape(x)[-1], tf.float32)
+      self._move_averages(mean, biased * values / (values - 1))  # The unbiased variance.
+      scale = self.gamma * tf.math.rsqrt(biased + self.epsilon)
+      y = self._normalize(x, scale, self.beta - mean * scale)
     return tf.nn.relu(y) if self.relu else y
+
+  @staticmethod
+  def _normalize(x, scale, shift):
+    return x * tf.cast(scale, x.dtype) + tf.cast(shift, x.dtype)
+
+  def _move_averages(self, mean, variance):
+    for average, value in ((self.moving_mean, mean), (self.moving_variance, variance)):
+      average.assign(self.momentum * average + (1 - self.momentum) * value)
 
   def affine(self):
     """(scale, shift) of evaluation, y = x * scale + shift, from the moving statistics."""

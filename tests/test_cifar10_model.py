@@ -254,6 +254,24 @@ def test_batchnorm_trains_on_batch_statistics_and_moves_its_averages():
                              + [0, 1, -1], rtol=1e-4, atol=1e-4)
 
 
+def test_the_fused_kernel_and_the_moments_reference_agree_with_their_gradients():
+  tf.random.set_seed(2)
+  x = tf.random.normal([6, 4, 4, 5]) * 2.0 - 1.0
+  results = []
+  for fused in (True, False):
+    norm = cm.BatchNorm(5, name='bn')
+    norm.fused = fused
+    norm.gamma.assign(tf.linspace(0.5, 1.5, 5))
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      y = norm(x, training=True)
+      total = tf.reduce_sum(y * tf.range(5, dtype=tf.float32))
+    gradients = tape.gradient(total, [x, norm.gamma, norm.beta])
+    results.append([y, norm.moving_mean, norm.moving_variance] + gradients)
+  for fused, reference in zip(*results):
+    np.testing.assert_allclose(fused.numpy(), reference.numpy(), rtol=1e-4, atol=1e-5)
+
+
 def _trained_statistics(model, steps=3):
   """Moves every BatchNorm's statistics and affine away from their initial values."""
   rng = np.random.default_rng(0)
