@@ -50,6 +50,15 @@ class RunResult:
   recipe: str = 'study'
   image_size: int = 24
   flip_by_step: dict = dataclasses.field(default_factory=dict)  # the same with --tta=flip
+  seconds_by_step: dict = dataclasses.field(default_factory=dict)  # training seconds
+
+  def time_to(self, precision):
+    """(step, training seconds) of the first evaluated checkpoint whose EMA precision @ 1
+    reaches `precision` (a fraction), or None."""
+    for step in sorted(self.precision_by_step):
+      if self.precision_by_step[step] >= precision:
+        return step, self.seconds_by_step[step]
+    return None
 
   @property
   def final_step(self):
@@ -89,7 +98,8 @@ def read_run(train_dir, eval_dir=None):
                    precision_by_step={step: precision for step, precision, _ in lines},
                    train_seconds=max(lines)[2], recipe=config.recipe,
                    image_size=config.image_size,
-                   flip_by_step={step: precision for step, precision, _ in flip_lines})
+                   flip_by_step={step: precision for step, precision, _ in flip_lines},
+                   seconds_by_step={step: seconds for step, _, seconds in lines})
 
 
 def _read_results(path, train_dir):
@@ -147,13 +157,14 @@ def pareto_front(points):
   return front
 
 
-def markdown_table(results):
+def markdown_table(results, target=None):
   """One row per run, by cost: EMA precision @ 1 at 10,000 steps and at the last evaluated
   step (with flip test-time augmentation where evaluated), and the study's figure at 10k
-  steps (when it published one) with our difference to it."""
+  steps (when it published one) with our difference to it. With `target` (a fraction), a
+  last column gives when each run first reached it (RunResult.time_to)."""
   header = ['run', 'model', 'recipe', 'input', 'params', 'MFLOPs', f'@{STUDY_STEP:,}',
             'last step', 'at last step', 'flip TTA', f'study @{STUDY_STEP:,}', 'difference',
-            'wall time']
+            'wall time'] + ([] if target is None else [f'first at {100 * target:g} %'])
   lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   percent = lambda value: '' if value is None else f'{100 * value:.2f}'
   for r in sorted(results, key=lambda r: (r.flops, r.name)):
@@ -165,6 +176,10 @@ def markdown_table(results):
              '' if study is None else f'{study:.1f}',
              '' if study is None or ours is None else f'{100 * ours - study:+.2f}',
              f'{r.train_seconds / 60:.0f} min']
+    if target is not None:
+      reached = r.time_to(target)
+      cells.append('not reached' if reached is None else
+                   f'step {reached[0]:,}, {reached[1]:.0f} s')
     lines.append('| ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
 
@@ -257,7 +272,7 @@ def main(argv):
   except (FileNotFoundError, ResultsError, cifar10_run.ConfigError) as e:
     sys.exit(f'error: {e}')
   out_dir = _FLAGS['out_dir'].value
-  table = markdown_table(results)
+  table = markdown_table(results, _FLAGS['target'].value)
   try:
     os.makedirs(out_dir, exist_ok=True)
     cifar10_run.write_whole(os.path.join(out_dir, 'results.md'), table + '\n')
@@ -273,6 +288,9 @@ def define_flags():
       runs=flags.DEFINE_list('runs', None, 'Comma-separated train dirs evaluated by '
                              'cifar10_eval.py.', required=True),
       out_dir=flags.DEFINE_string('out_dir', 'docs', 'Where results.md and results.png go.'),
+      target=flags.DEFINE_float('target', None, 'A precision @ 1 (fraction, e.g. 0.814): add '
+                                'a column with the step and training seconds at which each '
+                                'run first reached it.', lower_bound=0.0, upper_bound=1.0),
   )
 
 

@@ -100,6 +100,17 @@ def test_table_has_the_10k_and_last_figures_recipe_and_tta_and_rows_by_cost(tmp_
                       '81.41 |  | 81.4 | +0.01 | 66 min |')
 
 
+def test_time_to_a_target_is_the_first_evaluated_checkpoint_that_reaches_it(tmp_path):
+  write_run(tmp_path / 'r', 'tutorial', [(1000, 0.70, 60.0), (2000, 0.815, 130.5),
+                                          (3000, 0.81, 190.0), (4000, 0.83, 250.0)])
+  result = cifar10_results.read_run(str(tmp_path / 'r'))
+  assert result.time_to(0.814) == (2000, 130.5)
+  assert result.time_to(0.9) is None
+  table = cifar10_results.markdown_table([result], target=0.814)
+  assert table.splitlines()[0].endswith('| first at 81.4 % |')
+  assert table.splitlines()[2].endswith('| step 2,000, 130 s |')
+
+
 def test_table_leaves_the_study_columns_empty_for_new_models(tmp_path):
   write_run(tmp_path / 'inc', 'inception0', [(10000, 0.8145, 1800.0)])
   table = cifar10_results.markdown_table([cifar10_results.read_run(str(tmp_path / 'inc'))])
