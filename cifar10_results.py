@@ -142,6 +142,41 @@ def _result_fields(line, where):
   return step, precision, seconds
 
 
+def read_table(path):
+  """The rows of a results.md this tool wrote before (this format or the study-only one
+  without recipe and input columns), as RunResults: runs whose folders are gone keep their
+  row when the table is written again (`--previous`).
+
+  Raises:
+    ResultsError: the file is not such a table.
+  """
+  try:
+    with open(path, encoding='utf-8') as f:
+      rows = [[cell.strip() for cell in line.strip().strip('|').split('|')]
+              for line in f if line.startswith('|') and not line.startswith('|---')]
+    header, rows = rows[0], rows[1:]
+    results = []
+    for row in rows:
+      cells = dict(zip(header, row))
+      last = int(cells.get('last step', f'{STUDY_STEP}').replace(',', ''))
+      precision = float(cells.get('at last step') or cells[f'@{STUDY_STEP:,}']) / 100
+      by_step = {last: precision}
+      if cells.get(f'@{STUDY_STEP:,}'):
+        by_step[STUDY_STEP] = float(cells[f'@{STUDY_STEP:,}']) / 100
+      flip = cells.get('flip TTA')
+      results.append(RunResult(
+          name=cells['run'], model=cells['model'], params=int(cells['params'].replace(',', '')),
+          flops=round(float(cells['MFLOPs']) * 1e6), precision_by_step=by_step,
+          train_seconds=60 * float(cells['wall time'].split()[0]),
+          recipe=cells.get('recipe', 'study'),
+          image_size=int(cells.get('input', '24x24').split('x')[0]),
+          flip_by_step={last: float(flip) / 100} if flip else {}))
+  except (OSError, UnicodeDecodeError, IndexError, KeyError, ValueError) as e:
+    raise ResultsError(f'{path} is not a results table of cifar10_results.py ({type(e).__name__}: '
+                       f'{e})') from e
+  return results
+
+
 def pareto_front(points):
   """Indices of the points no other point beats on both cost (lower) and accuracy (higher).
 
@@ -269,6 +304,9 @@ def main(argv):
     if not _FLAGS['runs'].value:
       raise ResultsError('--runs is empty: pass the comma-separated --train_dir of each run')
     results = [read_run(run) for run in _FLAGS['runs'].value]
+    if _FLAGS['previous'].value:  # Rows of runs not given again, e.g. folders since deleted.
+      names = {r.name for r in results}
+      results += [r for r in read_table(_FLAGS['previous'].value) if r.name not in names]
   except (FileNotFoundError, ResultsError, cifar10_run.ConfigError) as e:
     sys.exit(f'error: {e}')
   out_dir = _FLAGS['out_dir'].value
@@ -288,6 +326,8 @@ def define_flags():
       runs=flags.DEFINE_list('runs', None, 'Comma-separated train dirs evaluated by '
                              'cifar10_eval.py.', required=True),
       out_dir=flags.DEFINE_string('out_dir', 'docs', 'Where results.md and results.png go.'),
+      previous=flags.DEFINE_string('previous', None, 'A results.md written before: its rows '
+                                   'of runs not in --runs are kept (their folders may be gone).'),
       target=flags.DEFINE_float('target', None, 'A precision @ 1 (fraction, e.g. 0.814): add '
                                 'a column with the step and training seconds at which each '
                                 'run first reached it.', lower_bound=0.0, upper_bound=1.0),

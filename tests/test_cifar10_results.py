@@ -111,6 +111,26 @@ def test_time_to_a_target_is_the_first_evaluated_checkpoint_that_reaches_it(tmp_
   assert table.splitlines()[2].endswith('| step 2,000, 130 s |')
 
 
+def test_a_table_written_before_reads_back_into_the_same_rows(tmp_path):
+  write_run(tmp_path / 'tuto', 'tutorial', [(10000, 0.8141, 3960.0)])
+  write_run(tmp_path / 'sq', 'squeeze1', [(5000, 0.6, 300.0), (10000, 0.663, 600.0)])
+  table = cifar10_results.markdown_table(
+      [cifar10_results.read_run(str(tmp_path / name)) for name in ('tuto', 'sq')])
+  (tmp_path / 'results.md').write_text(table + '\n')
+  again = cifar10_results.read_table(str(tmp_path / 'results.md'))
+  assert cifar10_results.markdown_table(again) == table
+  old = ('| run | model | params | MFLOPs | @1,012 | @10,000 | study @10,000 | difference | '
+         'wall time |\n|---|---|---|---|---|---|---|---|---|\n'
+         '| alex0 | alex0 | 1,463,594 | 25.24 |  | 81.54 | 82.2 | -0.66 | 27 min |\n')
+  (tmp_path / 'old.md').write_text(old)
+  row = cifar10_results.read_table(str(tmp_path / 'old.md'))[0]
+  assert (row.name, row.recipe, row.image_size, row.final_precision) == (
+      'alex0', 'study', 24, 0.8154)
+  (tmp_path / 'bad.md').write_text('| a | b |\n| 1 | 2 |\n')
+  with pytest.raises(cifar10_results.ResultsError, match='bad.md is not a results table'):
+    cifar10_results.read_table(str(tmp_path / 'bad.md'))
+
+
 def test_table_leaves_the_study_columns_empty_for_new_models(tmp_path):
   write_run(tmp_path / 'inc', 'inception0', [(10000, 0.8145, 1800.0)])
   table = cifar10_results.markdown_table([cifar10_results.read_run(str(tmp_path / 'inc'))])
