@@ -123,7 +123,7 @@ SCHEDULES = ('constant', 'staircase', 'warmup_linear', 'warmup_cosine', 'onecycl
 RECIPES = {
     'study': {},
     'tutorial': dict(init='tutorial', weight_decay='tutorial', lr_schedule='staircase'),
-    'fast': dict(optimizer='nesterov', momentum=0.9, learning_rate=0.05,
+    'fast': dict(optimizer='nesterov', momentum=0.9, learning_rate=0.03,
                  lr_schedule='warmup_linear', warmup_steps=500, label_smoothing=0.1,
                  weight_decay='l2', l2_decay=5e-4, moving_average_decay=0.999),
     'fast32': dict(optimizer='nesterov', momentum=0.9, learning_rate=0.2,
