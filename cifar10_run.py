@@ -126,9 +126,11 @@ RECIPES = {
     'fast': dict(optimizer='nesterov', momentum=0.9, learning_rate=0.03,
                  lr_schedule='warmup_linear', warmup_steps=500, label_smoothing=0.1,
                  weight_decay='l2', l2_decay=5e-4, moving_average_decay=0.999),
+    # EMA 0.99: the shadows of a BatchNorm model are read with the raw weights' moving
+    # statistics; 0.999 cost budget0 0.46 point against its raw weights at 20k steps.
     'fast32': dict(optimizer='nesterov', momentum=0.9, learning_rate=0.2,
                    lr_schedule='onecycle', label_smoothing=0.1, weight_decay='l2',
-                   l2_decay=5e-4, moving_average_decay=0.999, distortions='crop_flip',
+                   l2_decay=5e-4, moving_average_decay=0.99, distortions='crop_flip',
                    image_size=32),
 }
 
