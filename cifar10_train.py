@@ -1,6 +1,11 @@
-"""Trains a CIFAR-10 model with plain SGD, an EMA of the weights and resumable checkpoints.
+"""Trains a CIFAR-10 model with SGD (plain, momentum or Nesterov), an EMA of the weights and
+resumable checkpoints.
 
     python cifar10_train.py --model=tutorial --train_dir=runs/tutorial --max_steps=10000
+    python cifar10_train.py --model=budget0 --recipe=fast32 --train_dir=runs/budget0
+
+--recipe picks a named set of defaults (cifar10_run.RECIPES, docs/recipes.md): the study's
+(the default), the tutorial's, or the faster ones of later practice.
 
 Re-running the same command resumes from the latest checkpoint in --train_dir, with the
 batches an uninterrupted run would have seen; a run always ends with a checkpoint at exactly
