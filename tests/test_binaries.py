@@ -130,8 +130,9 @@ def test_a_training_log_shows_only_our_lines(tmp_path):
   assert result.returncode == 0, result.stderr
   assert result.stderr == ''
   lines = result.stdout.splitlines()
-  # step 2, saved ckpt-2, step 4, saved ckpt-4, done: nothing else.
-  assert len(lines) == 5 and all(OWN_LOG_LINE.match(line) for line in lines), lines
+  # The recipe, step 2, saved ckpt-2, step 4, saved ckpt-4, done: nothing else.
+  assert len(lines) == 6 and all(OWN_LOG_LINE.match(line) for line in lines), lines
+  assert lines[0].endswith('recipe study: the defaults of every flag'), lines[0]
 
 
 # The TensorFlow-free binaries on bad input: each case one `error:` line (no traceback).
