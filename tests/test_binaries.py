@@ -119,7 +119,8 @@ def test_a_second_trainer_is_refused_then_sigterm_saves_and_exits_143(tmp_path):
   assert logged <= saved < 100000  # The steps done before the signal are kept.
 
 
-OWN_LOG_LINE = re.compile(r'^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: (step \d+, |saved |done: )')
+OWN_LOG_LINE = re.compile(
+    r'^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: (recipe \w+: |step \d+, |saved |done: )')
 
 
 def test_a_training_log_shows_only_our_lines(tmp_path):
