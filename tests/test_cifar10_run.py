@@ -50,6 +50,16 @@ def test_a_config_json_without_read_permission_or_of_an_unknown_model_is_a_confi
     cifar10_run.read_config(str(tmp_path))
 
 
+def test_a_config_json_from_before_the_recipes_reads_as_the_study_recipe(tmp_path):
+  config = tiny_config(tmp_path)
+  new = {'recipe', 'optimizer', 'momentum', 'warmup_steps', 'label_smoothing', 'distortions',
+         'cutout', 'l2_decay'}
+  record = {key: value for key, value in dataclasses.asdict(config).items() if key not in new}
+  (tmp_path / cifar10_run.CONFIG_FILE).write_text(json.dumps(record))
+  assert cifar10_run.read_config(str(tmp_path)) == config  # The defaults are the study's.
+  assert config.recipe == 'study' and config.optimizer == 'sgd'
+
+
 def test_a_config_json_from_before_the_conv_flag_still_reads(tmp_path):
   config = tiny_config(tmp_path)
   record = {key: value for key, value in json.loads(
@@ -115,6 +125,15 @@ def test_a_truncated_checkpoint_is_unreadable_not_a_traceback(tmp_path):
     (dict(moving_average_decay=-0.5), '--moving_average_decay=-0.5 must be'),
     (dict(batch_size=100000), '--batch_size=100000 must lie in 1 .. 50,000'),
     (dict(lr_schedule='staircase', lr_decay_epochs=1e-9), 'under one step at batch 128'),
+    # A hand-edited config.json: values no flag would have let through.
+    (dict(optimizer='adam'), "optimizer 'adam' is not one of sgd, momentum, nesterov"),
+    (dict(recipe='fastest'), "recipe 'fastest' is not one of study, tutorial, fast, fast32"),
+    (dict(lr_schedule='cyclic'), "lr_schedule 'cyclic' is not one of constant"),
+    (dict(distortions='mixup'), "distortions 'mixup' is not one of tutorial, crop_flip"),
+    (dict(momentum=1.0), '--momentum=1.0 must be below 1.0'),
+    (dict(label_smoothing=-0.1), '--label_smoothing=-0.1 must be a finite number >= 0'),
+    (dict(moving_average_decay=1.5), '--moving_average_decay=1.5 must be <= 1'),
+    (dict(cutout=40, image_size=32), '--cutout=40 exceeds the image side 32'),
 ])
 def test_a_config_refuses_values_that_cannot_train(overrides, message):
   with pytest.raises(cifar10_run.ConfigError, match=message):
