@@ -453,14 +453,13 @@ def _folded_layers(layers):
 def _fold_into(conv, norm):
   """The Conv2D computing conv then the evaluation-mode `norm`."""
   k, _, c_in, c_out = conv.kernel.shape
-  folded = Conv2D(c_in, c_out, k, stddev=0.0, relu=norm.relu, stride=conv.stride,
-                  name=conv.name)
+  folded = Conv2D(c_in, c_out, k, stddev=0.0, decay=conv.kernels[0][1], relu=norm.relu,
+                  stride=conv.stride, name=conv.name)
   scale, shift = norm.affine()
   folded.kernel.assign(conv.kernel * scale)
   bias = shift if conv.bias is None else conv.bias * scale + shift
   folded.bias.assign(bias)
   folded.convolution = conv.convolution
-  folded.kernels = ((folded.kernel, conv.kernels[0][1]),)  # Its weight decay, for counting.
   return folded
 
 
