@@ -5,7 +5,8 @@
 The tutorial's watcher: it evaluates each new checkpoint once, with the EMA shadows restored
 into the model (and the raw weights too, for the summaries), prints
 `<date time>: step N, precision @ 1 = 0.XXXX`, and writes `precision @ 1/ema` and
-`precision @ 1/raw` summaries plus a line of results.jsonl to --eval_dir. It stops by itself
+`precision @ 1/raw` summaries plus a line of results.jsonl to --eval_dir, and a line of
+confusion.jsonl beside it (each weights' confusion matrix and per-class precision). It stops by itself
 after the checkpoint at the run's max_steps, or after --timeout seconds without a new one.
 With --eval_data=train_eval it scores the 50,000 training images instead (undistorted), and
 writes to <checkpoint_dir>/eval_train by default, never among the test results.
@@ -24,6 +25,7 @@ if __name__ == '__main__':  # As a program only: importing this module changes n
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
+import numpy as np
 import tensorflow as tf
 
 import cifar10_distribute
@@ -36,6 +38,8 @@ EVAL_INTERVAL_SECS = 60.0  # seconds between looks for a new checkpoint
 TIMEOUT_SECS = 3600.0  # seconds without a new checkpoint before the watcher gives up
 READ_ATTEMPTS = 3  # tries to read one checkpoint before calling it unreadable
 RETRY_SECS = 1.0  # seconds between two tries
+CONFUSION_FILE = 'confusion.jsonl'  # beside results.jsonl: per evaluation, per class
+NUM_CLASSES = len(cifar10_records.CLASS_NAMES)
 
 
 TTA_MODES = ('none', 'flip')
@@ -57,22 +61,23 @@ class Evaluator(cifar10_run.RunState):
     self.labels = tf.constant(split.labels)
     self.num_examples = len(split)
     self.batch_size = batch_size
-    self._count_correct = tf.function(self._count_correct)
+    self._confusion = tf.function(self._confusion)
 
-  def _count_correct(self, images, labels):
-    """Correct predictions over all images, in one call: no Python between the batches."""
-    def hits(start, size):
+  def _confusion(self, images, labels):
+    """The confusion matrix over all images, in one call: no Python between the batches."""
+    def counts(start, size):
       predicted = tf.argmax(self.scores(images[start:start + size]), axis=1,
                             output_type=tf.int32)
-      return tf.reduce_sum(tf.cast(tf.equal(predicted, labels[start:start + size]), tf.int64))
+      return tf.math.confusion_matrix(labels[start:start + size], predicted,
+                                      num_classes=NUM_CLASSES, dtype=tf.int64)
 
     full_batches, remainder = divmod(self.num_examples, self.batch_size)
-    correct = tf.constant(0, tf.int64)
+    matrix = tf.zeros([NUM_CLASSES, NUM_CLASSES], tf.int64)
     for batch in tf.range(full_batches):
-      correct += hits(batch * self.batch_size, self.batch_size)
+      matrix += counts(batch * self.batch_size, self.batch_size)
     if remainder:
-      correct += hits(full_batches * self.batch_size, remainder)
-    return correct
+      matrix += counts(full_batches * self.batch_size, remainder)
+    return matrix
 
   def scores(self, images):
     """[B, 10] class scores of float32 [B, s, s, 3] images: the logits, or with tta='flip'
@@ -83,29 +88,57 @@ class Evaluator(cifar10_run.RunState):
     mirrored = self.model(tf.reverse(images, axis=[2]), training=False)
     return (tf.nn.softmax(logits) + tf.nn.softmax(mirrored)) / 2
 
+  def confusion(self):
+    """The model's current weights on every image: an int64 [10, 10] NumPy matrix, row = the
+    true class, column = the predicted one (its trace: the correct predictions)."""
+    return self._confusion(self.images, self.labels).numpy()
+
   def precision(self):
     """Top-1 accuracy of the model's current weights over every image, and the count."""
-    correct = int(self._count_correct(self.images, self.labels))
-    return correct / self.num_examples, self.num_examples
+    return precision_of(self.confusion()), self.num_examples
+
+
+def precision_of(confusion):
+  """Precision @ 1 of a confusion matrix: the share of its images on the diagonal."""
+  return int(np.trace(confusion)) / int(np.sum(confusion))
+
+
+def per_class(confusion):
+  """Per class, precision @ 1 among the images of that class (the row's diagonal share)."""
+  return [int(row[index]) / max(int(np.sum(row)), 1) for index, row in enumerate(confusion)]
 
 
 def eval_once(evaluator, checkpoint_path):
   """Scores one checkpoint with its raw weights and with its EMA shadows.
 
   Returns:
-    A dict: step, precision_ema, precision_raw, num_examples, train_seconds, checkpoint.
+    A dict: step, precision_ema, precision_raw, num_examples, train_seconds, checkpoint, tta,
+    and confusion: {'ema': matrix, 'raw': matrix} (lists of lists; see confusion_line).
   """
   evaluator.restore(checkpoint_path)
-  raw, count = evaluator.precision()
+  raw = evaluator.confusion()
   evaluator.restore_ema_shadows()
-  ema, _ = evaluator.precision()
-  return {'step': int(evaluator.step.numpy()), 'precision_ema': ema, 'precision_raw': raw,
-          'num_examples': count, 'train_seconds': float(evaluator.train_seconds.numpy()),
-          'checkpoint': os.path.basename(checkpoint_path), 'tta': evaluator.tta}
+  ema = evaluator.confusion()
+  return {'step': int(evaluator.step.numpy()), 'precision_ema': precision_of(ema),
+          'precision_raw': precision_of(raw), 'num_examples': evaluator.num_examples,
+          'train_seconds': float(evaluator.train_seconds.numpy()),
+          'checkpoint': os.path.basename(checkpoint_path), 'tta': evaluator.tta,
+          'confusion': {'ema': ema.tolist(), 'raw': raw.tolist()}}
+
+
+def confusion_line(metrics):
+  """The line of confusion.jsonl for an eval_once result: step, checkpoint, tta, the class
+  names, and per weights ('ema', 'raw') the confusion matrix (row = true class, column =
+  predicted) and each class's precision @ 1."""
+  line = {key: metrics[key] for key in ('step', 'checkpoint', 'tta')}
+  line['classes'] = list(cifar10_records.CLASS_NAMES)
+  for weights, matrix in metrics['confusion'].items():
+    line[weights] = {'confusion': matrix, 'per_class': per_class(np.array(matrix))}
+  return line
 
 
 def record(metrics, eval_dir, writer, use_ema):
-  """Prints the tutorial's line and writes the summaries and results.jsonl."""
+  """Prints the tutorial's line and writes the summaries, results.jsonl and confusion.jsonl."""
   shown = metrics['precision_ema'] if use_ema else metrics['precision_raw']
   print(f"{datetime.datetime.now()}: step {metrics['step']}, precision @ 1 = {shown:.4f}",
         flush=True)
@@ -113,10 +146,17 @@ def record(metrics, eval_dir, writer, use_ema):
     tf.summary.scalar('precision @ 1/ema', metrics['precision_ema'], step=metrics['step'])
     tf.summary.scalar('precision @ 1/raw', metrics['precision_raw'], step=metrics['step'])
   writer.flush()
-  path = os.path.join(eval_dir, cifar10_run.RESULTS_FILE)
+  summary = {key: value for key, value in metrics.items() if key != 'confusion'}
+  _append(os.path.join(eval_dir, cifar10_run.RESULTS_FILE), summary)
+  if 'confusion' in metrics:
+    _append(os.path.join(eval_dir, CONFUSION_FILE), confusion_line(metrics))
+
+
+def _append(path, line):
+  """Appends one JSON line to path."""
   try:
     with open(path, 'a') as f:
-      f.write(json.dumps(metrics) + '\n')
+      f.write(json.dumps(line) + '\n')
   except OSError as e:
     raise cifar10_run.ConfigError(f'cannot write {path} ({e}): pass a writable '
                                   '--eval_dir.') from e

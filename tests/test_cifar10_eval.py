@@ -74,6 +74,29 @@ def test_eval_counts_exactly_every_example_with_a_partial_last_batch(trained_dir
   assert precision == pytest.approx(np.mean(predicted == split.labels))
 
 
+def test_confusion_matrix_counts_each_image_once_in_its_true_row(trained_dir):
+  config = cifar10_run.read_config(str(trained_dir))
+  split = tiny_split(num=23, seed=3)
+  evaluator = cifar10_eval.Evaluator(config, split, batch_size=5)
+  evaluator.restore(tf.train.latest_checkpoint(str(trained_dir)))
+  images = tf.image.per_image_standardization(tf.cast(split.images, tf.float32))
+  predicted = np.argmax(evaluator.model(images).numpy(), axis=1)
+  expected = np.zeros((10, 10), np.int64)
+  for true, guess in zip(split.labels, predicted):
+    expected[true, guess] += 1
+  np.testing.assert_array_equal(evaluator.confusion(), expected)
+  assert cifar10_eval.precision_of(expected) == pytest.approx(np.mean(predicted ==
+                                                                      split.labels))
+
+
+def test_per_class_precision_by_hand():
+  matrix = np.zeros((10, 10), np.int64)
+  matrix[0, 0], matrix[0, 3] = 3, 1  # airplane: 3 of 4 right
+  matrix[3, 5] = 2  # cat: 0 of 2
+  assert cifar10_eval.per_class(matrix) == [0.75, 0, 0, 0.0] + [0] * 6
+  assert cifar10_eval.precision_of(matrix) == 0.5
+
+
 def test_eval_once_reports_both_weights_at_the_checkpoint_step(trained_dir):
   config = cifar10_run.read_config(str(trained_dir))
   evaluator = cifar10_eval.Evaluator(config, tiny_split())
@@ -93,7 +116,16 @@ def test_watcher_exits_after_the_final_checkpoint_and_writes_results(trained_dir
   line = capsys.readouterr().out.strip().splitlines()[-1]
   assert line.endswith(f"step 20, precision @ 1 = {results[0]['precision_ema']:.4f}")
   with open(eval_dir / cifar10_run.RESULTS_FILE) as f:
-    assert json.loads(f.readline())['step'] == 20
+    line = json.loads(f.readline())
+  assert line['step'] == 20 and 'confusion' not in line
+  with open(eval_dir / cifar10_eval.CONFUSION_FILE) as f:
+    confusion = json.loads(f.readline())
+  assert confusion['step'] == 20 and confusion['classes'][3] == 'cat'
+  for weights in ('ema', 'raw'):
+    matrix = np.array(confusion[weights]['confusion'])
+    assert matrix.shape == (10, 10) and matrix.sum() == 32
+    assert np.trace(matrix) / 32 == pytest.approx(results[0][f'precision_{weights}'])
+    assert confusion[weights]['per_class'] == cifar10_eval.per_class(matrix)
   tags = {}
   for name in os.listdir(eval_dir):
     if name.startswith('events.out'):
