@@ -20,6 +20,7 @@ again with `TF_CPP_MIN_LOG_LEVEL=0`, which skips the filtering and shows every l
 `--verbosity=0` (or `-v 0`) brings back Python-side INFO logging, TensorFlow's included.
 """
 
+import contextlib
 import os
 import re
 import sys
@@ -40,19 +41,32 @@ def start():
   os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')
   if 'tensorflow' in sys.modules or os.environ['TF_CPP_MIN_LOG_LEVEL'] in ('', '0'):
     return
+  with held_stderr(lambda line: not _START_UP_NOISE.match(line)):
+    import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
+
+
+@contextlib.contextmanager
+def held_stderr(keep=lambda line: False):
+  """Holds what native code writes to stderr (file descriptor 2) inside the block in a
+  temporary file, then writes back the lines `keep` accepts (by default none): C++ notes
+  that Python's warnings filters cannot reach. Unless TF_CPP_MIN_LOG_LEVEL is 0, which
+  shows everything."""
+  if os.environ.get('TF_CPP_MIN_LOG_LEVEL', '1') in ('', '0'):
+    yield
+    return
   sys.stderr.flush()
   saved = os.dup(2)
   with tempfile.TemporaryFile() as captured:
     os.dup2(captured.fileno(), 2)
     try:
-      import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
+      yield
     finally:
       sys.stderr.flush()
       os.dup2(saved, 2)
       os.close(saved)
       captured.seek(0)
       for line in captured.read().decode(errors='replace').splitlines():
-        if not _START_UP_NOISE.match(line):
+        if keep(line):
           print(line, file=sys.stderr)
 
 

@@ -231,6 +231,7 @@ BATCHES = f'{{case}}/{cifar10_records.BATCHES_DIR}'
 TRAIN = 'cifar10_train.py'
 EVAL = 'cifar10_eval.py'
 RESULTS = 'cifar10_results.py'
+EXPORT = 'cifar10_export.py'
 RECORDS = 'cifar10_records.py'
 COUNT = 'models/count.py'
 PRUNE = 'compress/prune.py'
@@ -291,6 +292,18 @@ CASES = [
     Case(RESULTS, 'an --out_dir that is a file', ('--runs={case}/run', '--out_dir={case}/out'),
          'error', ('--out_dir={case}/out',),
          setup=steps(evaluated_run(GOOD_RESULT), write('out'))),
+
+    # ----- cifar10_export.py
+    Case(EXPORT, 'a stray argument', ('--checkpoint_dir={run}', '--export_dir={case}/out',
+                                      'stray'), 'usage', ('stray',)),
+    Case(EXPORT, 'no run folder', ('--checkpoint_dir={case}/nowhere', '--export_dir={case}/out'),
+         'error', ('{case}/nowhere',)),
+    Case(EXPORT, 'an --export_dir that exists',
+         ('--checkpoint_dir={run}', '--export_dir={case}/out', '--verify_images=0'), 'error',
+         ('--export_dir={case}/out', '--overwrite'), setup=folder('out')),
+    Case(EXPORT, 'no data for the check', ('--checkpoint_dir={run}', '--export_dir={case}/out',
+                                           '--data_dir={case}/nowhere', '--data_url=' +
+                                           UNREACHABLE_URL), 'error', ('{case}/nowhere',)),
 
     # ----- cifar10_records.py (no TensorFlow)
     Case(RECORDS, 'two data folders', ('{case}', '{case}'), 'usage', ('{case} {case}',)),

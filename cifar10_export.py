@@ -1,0 +1,366 @@
+"""Exports a run's model for standard tools: a SavedModel, a TFLite file, TFLite's own int8.
+
+    python cifar10_export.py --checkpoint_dir=runs/tutorial --export_dir=runs/tutorial_export
+
+From the newest checkpoint of a cifar10_train.py (or compress/prune.py) run, with its EMA
+shadows (--noema: the raw weights), each BatchNorm folded into its convolution and every
+convolution the plain op (no spectral products), it writes into --export_dir:
+
+  saved_model/        signature serving_default: uint8 `images` [N, 32, 32, 3], any N ->
+                      `probabilities` float32 [N, 10], `classes` int64 [N], `logits` [N, 10];
+                      the evaluation's preprocessing (central crop to the model's input side,
+                      per-image standardization) is part of the graph, so a caller needs
+                      TensorFlow alone, not this project.
+  model_float.tflite  the same signature, converted by tf.lite.TFLiteConverter.
+  model_int8.tflite   with --tflite_int8: TFLite's full-integer post-training quantization of
+                      the model after the preprocessing (input: standardized float32 images
+                      [N, s, s, 3], output: logits), calibrated on the same training images as
+                      compress/quantize.py: the standard peer of our model_int8.npz, which
+                      takes the same input.
+  export.json         what was exported (run, step, weights, files and bytes) and, unless
+                      --verify_images=0, the check below.
+
+The check: the SavedModel, loaded in a fresh Python process that imports TensorFlow and NumPy
+only, and the float TFLite file in this one, classify the first --verify_images test images;
+their logits are compared with the evaluation's (cifar10_eval.Evaluator, the unfolded model).
+
+The folder is written whole or not at all: everything goes to a temporary folder beside it,
+renamed into place at the end. An existing --export_dir is refused unless --overwrite.
+"""
+
+import dataclasses
+import datetime
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+
+import cifar10_env  # pylint: disable=g-import-not-at-top
+
+if __name__ == '__main__':  # As a program only: importing this module changes nothing.
+  cifar10_env.start()  # Environment defaults and a quiet TensorFlow, before it loads.
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+import numpy as np
+import tensorflow as tf
+
+import cifar10_eval
+import cifar10_input
+import cifar10_model
+import cifar10_records
+import cifar10_run
+from compress import quantize
+
+SAVED_MODEL = 'saved_model'
+FLOAT_TFLITE = 'model_float.tflite'
+INT8_TFLITE = 'model_int8.tflite'
+REPORT_FILE = 'export.json'
+SIGNATURE = 'serving_default'
+VERIFY_BATCH = 500  # images per call of the check
+
+# Run in a fresh interpreter by verify_saved_model: TensorFlow and NumPy only, so a logit that
+# matches here matches for any user who has neither this project nor its code.
+_LOAD_ONLY_TENSORFLOW = r'''
+import sys
+import numpy as np
+import tensorflow as tf
+assert not [m for m in sys.modules if m.startswith(('cifar10', 'compress', 'models'))]
+saved_model, images_file, out_file, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+serve = tf.saved_model.load(saved_model).signatures['serving_default']
+images = np.load(images_file)
+logits = [serve(images=tf.constant(images[i:i + batch]))['logits'].numpy()
+          for i in range(0, len(images), batch)]
+np.save(out_file, np.concatenate(logits))
+'''
+
+
+class ExportError(Exception):
+  """The model could not be exported or converted, or does not check out."""
+
+
+class Serving(tf.Module):
+  """The exported graph: the folded model behind the evaluation's preprocessing."""
+
+  def __init__(self, model, image_size):
+    super().__init__(name='cifar10')
+    self.model = model
+    self.image_size = image_size
+    self.serve = tf.function(self._serve, input_signature=[
+        tf.TensorSpec([None, cifar10_records.IMAGE_SIZE, cifar10_records.IMAGE_SIZE, 3],
+                      tf.uint8, name='images')])
+    self.logits = tf.function(self._logits, input_signature=[
+        tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name='images')])
+
+  def _serve(self, images):
+    logits = self.model(cifar10_input.eval_batch(images, self.image_size), training=False)
+    return {'probabilities': tf.nn.softmax(logits), 'classes': tf.argmax(logits, axis=1),
+            'logits': logits}
+
+  def _logits(self, images):
+    return self.model(images, training=False)
+
+
+def export_model(state, use_ema=True):
+  """The Serving module of a restored RunState: EMA shadows (or raw), BatchNorm folded."""
+  if use_ema:
+    state.restore_ema_shadows()
+  model = cifar10_model.fold_batchnorm(state.model)
+  model.compute_dtype = tf.float32  # A mixed-precision run exports float32 all the same.
+  return Serving(model, state.config.image_size)
+
+
+def convert_float(saved_model_dir):
+  """The float TFLite flatbuffer of the SavedModel's serving signature."""
+  converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, [SIGNATURE])
+  with cifar10_env.held_stderr():  # The converter's notes; its errors come in the exception.
+    return converter.convert()
+
+
+def convert_int8(serving, calibration_data):
+  """TFLite's full-integer quantization of serving.logits (standardized float32 in, logits out),
+  calibrated one image at a time on calibration_data (float32 [N, s, s, 3])."""
+  function = serving.logits.get_concrete_function()
+  converter = tf.lite.TFLiteConverter.from_concrete_functions([function], serving)
+  converter.optimizations = [tf.lite.Optimize.DEFAULT]
+  converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+  converter.representative_dataset = lambda: ([image[np.newaxis]] for image in calibration_data)
+  with cifar10_env.held_stderr():
+    return converter.convert()
+
+
+def interpreter(model_content):
+  """A TFLite interpreter of the flatbuffer, its tensors allocated.
+
+  tf.lite.Interpreter is deprecated for LiteRT's (the ai-edge-litert package) but still in
+  TensorFlow 2.21: this way the check needs no second runtime. Its warning and its C++ notes
+  are held back."""
+  with warnings.catch_warnings(), cifar10_env.held_stderr():
+    warnings.simplefilter('ignore', UserWarning)
+    result = tf.lite.Interpreter(model_content=model_content)
+    result.allocate_tensors()
+  return result
+
+
+def tflite_outputs(model_content, images, batch=VERIFY_BATCH):
+  """{output name: NumPy} of a TFLite model's only signature over images, batch by batch."""
+  lite = interpreter(model_content)
+  runner = lite.get_signature_runner()
+  name = list(lite.get_signature_list().values())[0]['inputs'][0]
+  outputs = [runner(**{name: images[start:start + batch]})
+             for start in range(0, len(images), batch)]
+  return {key: np.concatenate([o[key] for o in outputs]) for key in outputs[0]}
+
+
+def verify_saved_model(saved_model_dir, images, work_dir):
+  """Logits of the SavedModel on uint8 images, computed in a fresh TensorFlow-only process."""
+  images_file = os.path.join(work_dir, 'verify_images.npy')
+  logits_file = os.path.join(work_dir, 'verify_logits.npy')
+  np.save(images_file, images)
+  result = subprocess.run([sys.executable, '-c', _LOAD_ONLY_TENSORFLOW, saved_model_dir,
+                           images_file, logits_file, str(VERIFY_BATCH)],
+                          capture_output=True, text=True, check=False,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+  if result.returncode:
+    raise ExportError('the SavedModel did not load and run in a fresh process: '
+                      f'{result.stderr.strip()[-800:]}')
+  logits = np.load(logits_file)
+  os.remove(images_file)
+  os.remove(logits_file)
+  return logits
+
+
+def agreement(reference, logits):
+  """How logits compare with the reference logits: same classes, max |difference|."""
+  same = np.argmax(logits, axis=1) == np.argmax(reference, axis=1)
+  return {'images': int(len(reference)), 'same_class': int(np.sum(same)),
+          'max_logit_difference': float(np.max(np.abs(logits - reference)))}
+
+
+def reference_logits(config, checkpoint, split, use_ema, conv='auto'):
+  """The evaluation's logits (cifar10_eval.Evaluator: unfolded, its default convolutions)."""
+  evaluator = cifar10_eval.Evaluator(config, split, conv=conv)
+  evaluator.restore(checkpoint)
+  if use_ema:
+    evaluator.restore_ema_shadows()
+  return np.concatenate([evaluator.model(evaluator.images[i:i + VERIFY_BATCH]).numpy()
+                         for i in range(0, evaluator.num_examples, VERIFY_BATCH)])
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  use_ema: bool = True
+  tflite_int8: bool = False
+  calibration: quantize.Calibration = quantize.Calibration()
+  verify_images: int = cifar10_records.NUM_TEST_EXAMPLES
+  overwrite: bool = False
+
+
+def export_run(checkpoint_dir, export_dir, batches_dir, options=Options(),
+               log=lambda message: None):
+  """Exports the newest checkpoint of the run in checkpoint_dir into export_dir; the report.
+
+  Raises:
+    ConfigError: no run in checkpoint_dir; export_dir exists (without overwrite) or cannot be
+      written.
+    UnreadableCheckpoint: the newest checkpoint cannot be read.
+    DataError: the data is needed (calibration, the check) and cannot be read.
+    ExportError: the conversion or the check failed.
+  """
+  config, checkpoint = cifar10_run.latest_run(checkpoint_dir, '--checkpoint_dir')
+  export_dir = os.path.normpath(export_dir)
+  check_export_dir(export_dir, options.overwrite)
+  parent = os.path.dirname(os.path.abspath(export_dir))
+  try:
+    os.makedirs(parent, exist_ok=True)
+    work = tempfile.mkdtemp(prefix=os.path.basename(export_dir) + '.partial-', dir=parent)
+  except OSError as e:
+    raise cifar10_run.ConfigError(f'cannot write beside --export_dir={export_dir} ({e})') from e
+  try:
+    report = _export(config, checkpoint, work, batches_dir, options, log)
+    cifar10_run.write_json(os.path.join(work, REPORT_FILE), report)
+    _replace(work, export_dir)
+  finally:
+    shutil.rmtree(work, ignore_errors=True)
+  return report
+
+
+def check_export_dir(export_dir, overwrite):
+  """Raises ConfigError when export_dir exists and may not be replaced."""
+  if os.path.exists(export_dir) and not overwrite:
+    raise cifar10_run.ConfigError(f'--export_dir={export_dir} exists: pass --overwrite to '
+                                  'replace it, or another folder.')
+
+
+def _export(config, checkpoint, work, batches_dir, options, log):
+  """Writes the files into the folder `work`; returns the report."""
+  log(f'restoring {checkpoint}')
+  state = cifar10_run.RunState(config, conv='direct')
+  state.restore(checkpoint)
+  serving = export_model(state, options.use_ema)
+  saved_model_dir = os.path.join(work, SAVED_MODEL)
+  tf.saved_model.save(serving, saved_model_dir, signatures={SIGNATURE: serving.serve})
+  log(f'wrote {SAVED_MODEL}; converting it to TFLite')
+  try:
+    float_tflite = convert_float(saved_model_dir)
+  except Exception as e:  # pylint: disable=broad-except  # The converter raises many kinds.
+    raise ExportError(f'TFLite conversion failed: {str(e).strip()[-800:]}') from e
+  _write(os.path.join(work, FLOAT_TFLITE), float_tflite)
+  files = [SAVED_MODEL, FLOAT_TFLITE]
+  report = {'checkpoint': checkpoint, 'model': config.model, 'step': int(state.step.numpy()),
+            'weights': 'ema' if options.use_ema else 'raw', 'image_size': config.image_size,
+            'batchnorm_folded': cifar10_model.fold_batchnorm(state.model) is not state.model}
+  if options.tflite_int8:
+    log(f'TFLite int8: calibrating on {options.calibration.images} training images')
+    calibration = quantize.calibration_images(
+        cifar10_records.load_split(batches_dir, 'train'), options.calibration,
+        config.image_size)
+    try:
+      int8_tflite = convert_int8(serving, calibration)
+    except Exception as e:  # pylint: disable=broad-except
+      raise ExportError(f'TFLite int8 conversion failed: {str(e).strip()[-800:]}') from e
+    _write(os.path.join(work, INT8_TFLITE), int8_tflite)
+    files.append(INT8_TFLITE)
+    report['calibration'] = dataclasses.asdict(options.calibration)
+  report['bytes'] = {name: _size(os.path.join(work, name)) for name in files}
+  if options.verify_images:
+    report['check'] = _check(config, checkpoint, work, batches_dir, options, float_tflite, log)
+  return report
+
+
+def _check(config, checkpoint, work, batches_dir, options, float_tflite, log):
+  """The SavedModel (fresh process) and the float TFLite file against the evaluation."""
+  test = cifar10_records.load_split(batches_dir, 'test')
+  count = min(options.verify_images, len(test))
+  split = cifar10_records.Split(images=test.images[:count], labels=test.labels[:count])
+  log(f'checking the exported files on {count} test images')
+  reference = reference_logits(config, checkpoint, split, options.use_ema)
+  saved = verify_saved_model(os.path.join(work, SAVED_MODEL), split.images, work)
+  lite = tflite_outputs(float_tflite, split.images)['logits']
+  check = {'saved_model': agreement(reference, saved), 'tflite_float': agreement(reference, lite)}
+  for name, result in check.items():
+    log(f'{name}: same class on {result["same_class"]} of {result["images"]}, logits within '
+        f'{result["max_logit_difference"]:.2e}')
+  return check
+
+
+def _write(path, content):
+  with open(path, 'wb') as f:
+    f.write(content)
+
+
+def _size(path):
+  """Bytes of a file, or of every file under a folder."""
+  if os.path.isfile(path):
+    return os.path.getsize(path)
+  return sum(os.path.getsize(os.path.join(root, name))
+             for root, _, names in os.walk(path) for name in names)
+
+
+def _replace(work, export_dir):
+  """Moves the finished folder `work` to export_dir, replacing what is there only now."""
+  old = None
+  if os.path.exists(export_dir):
+    old = work + '.old'
+    os.rename(export_dir, old)
+  os.rename(work, export_dir)
+  if old:
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  cifar10_env.quiet_logging(flags.FLAGS['verbosity'].present)
+  options = Options(use_ema=_FLAGS['ema'].value, tflite_int8=_FLAGS['tflite_int8'].value,
+                    calibration=quantize.Calibration(images=_FLAGS['calibration_images'].value),
+                    verify_images=_FLAGS['verify_images'].value,
+                    overwrite=_FLAGS['overwrite'].value)
+  log = lambda message: print(f'{datetime.datetime.now()}: {message}', flush=True)
+  checkpoint_dir, export_dir = _FLAGS['checkpoint_dir'].value, _FLAGS['export_dir'].value
+  try:
+    # The run and the folder first: a mistyped flag is reported before any data is fetched,
+    # and the data only when the int8 calibration or the check needs it.
+    cifar10_run.latest_run(checkpoint_dir, '--checkpoint_dir')
+    check_export_dir(os.path.normpath(export_dir), options.overwrite)
+    needs_data = options.tflite_int8 or options.verify_images
+    batches_dir = cifar10_run.batches_dir_from_flags(_FLAGS) if needs_data else None
+    report = export_run(checkpoint_dir, export_dir, batches_dir, options, log)
+  except (cifar10_records.DataError, cifar10_run.ConfigError, cifar10_run.UnreadableCheckpoint,
+          ExportError) as e:
+    sys.exit(f'error: {e}')
+  except KeyboardInterrupt:
+    sys.exit(130)  # Nothing was moved into --export_dir.
+  print(json.dumps({k: report[k] for k in ('model', 'step', 'weights', 'bytes')}))
+
+
+def define_export_flags():
+  """The shared data flags plus this binary's; returns {name: FlagHolder}."""
+  holders = cifar10_run.define_data_flags()
+  holders.update(
+      checkpoint_dir=flags.DEFINE_string('checkpoint_dir', None, 'The --train_dir of a run.',
+                                         required=True),
+      export_dir=flags.DEFINE_string('export_dir', None, 'The folder to write (must not exist '
+                                     'unless --overwrite).', required=True),
+      overwrite=flags.DEFINE_boolean('overwrite', False, 'Replace an existing --export_dir.'),
+      ema=flags.DEFINE_boolean('ema', True, 'Export the EMA shadows (--noema: raw weights).'),
+      tflite_int8=flags.DEFINE_boolean('tflite_int8', False, 'Also write model_int8.tflite, '
+                                       "TFLite's full-integer quantization."),
+      calibration_images=flags.DEFINE_integer(
+          'calibration_images', quantize.Calibration.images, 'Training images that calibrate '
+          'the int8 ranges (the same ones as compress/quantize.py picks).', lower_bound=1,
+          upper_bound=cifar10_records.NUM_TRAIN_EXAMPLES),
+      verify_images=flags.DEFINE_integer(
+          'verify_images', cifar10_records.NUM_TEST_EXAMPLES, 'Test images on which the '
+          'exported files are checked against the evaluation (0: no check, no test data).',
+          lower_bound=0, upper_bound=cifar10_records.NUM_TEST_EXAMPLES),
+  )
+  return holders
+
+
+if __name__ == '__main__':
+  _FLAGS = define_export_flags()
+  app.run(main)

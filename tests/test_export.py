@@ -1,0 +1,105 @@
+"""Tests of cifar10_export: the SavedModel and TFLite files, their check, and a whole-or-nothing
+export folder."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import cifar10_export
+import cifar10_input
+import cifar10_run
+import cifar10_train
+from compress import quantize
+from fixtures import tiny_config, tiny_split, write_batches_dir
+
+
+@pytest.fixture(scope='module', name='runs')
+def fixture_runs(tmp_path_factory):
+  """20-step runs on tiny data of the tutorial model (LRN, spectral convolutions in
+  evaluation) and of budget0 (BatchNorm), and a data folder holding that tiny data."""
+  root = tmp_path_factory.mktemp('export')
+  runs = {}
+  for model in ('tutorial', 'budget0'):
+    config = tiny_config(root / model, model=model)
+    cifar10_train.train(config, tiny_split())
+    runs[model] = str(root / model)
+  return runs, write_batches_dir(str(root / 'data'), tiny_split())
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize('model', ['tutorial', 'budget0'])
+def test_exported_files_give_the_evaluations_classes_and_logits(runs, model, tmp_path):
+  runs, batches_dir = runs
+  export_dir = tmp_path / 'out'
+  report = cifar10_export.export_run(
+      runs[model], str(export_dir), batches_dir,
+      cifar10_export.Options(tflite_int8=True, calibration=quantize.Calibration(images=16),
+                             verify_images=32))
+  assert report['batchnorm_folded'] is (model == 'budget0')
+  for name in ('saved_model', 'tflite_float'):  # the SavedModel in a TensorFlow-only process
+    check = report['check'][name]
+    assert check['images'] == check['same_class'] == 32, name
+    assert check['max_logit_difference'] < 1e-4, name
+  assert sorted(os.listdir(export_dir)) == ['export.json', 'model_float.tflite',
+                                            'model_int8.tflite', 'saved_model']
+  assert json.loads((export_dir / 'export.json').read_text())['step'] == 20
+  assert os.listdir(tmp_path) == ['out']  # no temporary folder left beside it
+  # The signature's other outputs, on a batch size the check did not use.
+  serve = tf.saved_model.load(str(export_dir / 'saved_model')).signatures['serving_default']
+  outputs = serve(images=tf.constant(tiny_split(num=3, seed=5).images))
+  np.testing.assert_allclose(outputs['probabilities'].numpy(),
+                             tf.nn.softmax(outputs['logits']).numpy(), rtol=1e-6)
+  np.testing.assert_array_equal(outputs['classes'].numpy(),
+                                np.argmax(outputs['logits'].numpy(), axis=1))
+
+
+def test_tflite_int8_is_integer_inside_and_close_to_float(runs, tmp_path):
+  runs, batches_dir = runs
+  cifar10_export.export_run(runs['budget0'], str(tmp_path / 'out'), batches_dir,
+                            cifar10_export.Options(tflite_int8=True, verify_images=0,
+                                                   calibration=quantize.Calibration(images=16)))
+  content = (tmp_path / 'out' / 'model_int8.tflite').read_bytes()
+  kinds = {detail['dtype'] for detail in cifar10_export.interpreter(content).get_tensor_details()}
+  assert np.int8 in kinds and np.int32 in kinds  # int8 weights and activations, int32 biases
+  images = cifar10_input.eval_batch(tiny_split().images, 32).numpy()
+  int8_logits = cifar10_export.tflite_outputs(content, images)
+  float_logits = cifar10_export.tflite_outputs(
+      (tmp_path / 'out' / 'model_float.tflite').read_bytes(), tiny_split().images)['logits']
+  (int8_logits,) = int8_logits.values()
+  scale = np.max(np.abs(float_logits))
+  assert np.max(np.abs(int8_logits - float_logits)) < 0.1 * scale
+
+
+def test_an_existing_export_dir_is_refused_unless_overwrite(runs, tmp_path):
+  runs, batches_dir = runs
+  export_dir = tmp_path / 'out'
+  export_dir.mkdir()
+  (export_dir / 'keep').write_text('x')
+  options = cifar10_export.Options(verify_images=0)
+  with pytest.raises(cifar10_run.ConfigError, match='exists: pass --overwrite'):
+    cifar10_export.export_run(runs['tutorial'], str(export_dir), batches_dir, options)
+  assert os.listdir(export_dir) == ['keep']
+  cifar10_export.export_run(runs['tutorial'], str(export_dir), batches_dir,
+                            cifar10_export.Options(verify_images=0, overwrite=True))
+  assert sorted(os.listdir(export_dir)) == ['export.json', 'model_float.tflite', 'saved_model']
+  assert os.listdir(tmp_path) == ['out']
+
+
+def test_a_failed_export_leaves_nothing(runs, tmp_path, monkeypatch):
+  runs, batches_dir = runs
+  def fail(saved_model_dir):
+    raise RuntimeError(f'converter broke on {saved_model_dir}')
+  monkeypatch.setattr(cifar10_export, 'convert_float', fail)
+  with pytest.raises(cifar10_export.ExportError, match='conversion failed: converter broke'):
+    cifar10_export.export_run(runs['tutorial'], str(tmp_path / 'out'), batches_dir,
+                              cifar10_export.Options(verify_images=0))
+  assert not os.listdir(tmp_path)
+
+
+def test_a_folder_without_a_run_is_a_clear_error(tmp_path):
+  with pytest.raises(cifar10_run.ConfigError, match='--checkpoint_dir=.*holds no trained run'):
+    cifar10_export.export_run(str(tmp_path), str(tmp_path / 'out'), str(tmp_path))
+  assert os.listdir(tmp_path) == []
