@@ -110,5 +110,5 @@ def quiet_logging(verbosity_flag_given):
   if verbosity_flag_given:
     return
   logging.set_verbosity(logging.WARNING)
-  if 'tensorflow' in sys.modules:
+  if sys.modules.get('tensorflow') is not None:  # Loaded (None: blocked, as in a test).
     sys.modules['tensorflow'].get_logger().setLevel('WARNING')

@@ -232,6 +232,7 @@ TRAIN = 'cifar10_train.py'
 EVAL = 'cifar10_eval.py'
 RESULTS = 'cifar10_results.py'
 EXPORT = 'cifar10_export.py'
+CLASSIFY = 'cifar10_classify.py'
 RECORDS = 'cifar10_records.py'
 COUNT = 'models/count.py'
 PRUNE = 'compress/prune.py'
@@ -304,6 +305,15 @@ CASES = [
     Case(EXPORT, 'no data for the check', ('--checkpoint_dir={run}', '--export_dir={case}/out',
                                            '--data_dir={case}/nowhere', '--data_url=' +
                                            UNREACHABLE_URL), 'error', ('{case}/nowhere',)),
+
+    # ----- cifar10_classify.py
+    Case(CLASSIFY, 'no image files', ('--source={int8}',), 'usage', ('image files',)),
+    Case(CLASSIFY, 'a source that is no model', ('--source={case}', '{case}/x.png'), 'error',
+         ('--source={case}',)),
+    Case(CLASSIFY, 'a garbage int8 file', ('--source={case}/m.npz', '{case}/x.png'), 'error',
+         ('{case}/m.npz',), setup=write('m.npz', b'garbage')),
+    Case(CLASSIFY, 'a file that is no image', ('--source={int8}', '{case}/x.png'), 'error',
+         ('{case}/x.png',), setup=write('x.png', b'garbage')),
 
     # ----- cifar10_records.py (no TensorFlow)
     Case(RECORDS, 'two data folders', ('{case}', '{case}'), 'usage', ('{case} {case}',)),

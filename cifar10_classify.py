@@ -1,0 +1,191 @@
+"""Classifies image files with a trained model: a run, an exported SavedModel, or an int8 file.
+
+    python cifar10_classify.py --source=runs/tutorial cat.png ship.jpg
+    python cifar10_classify.py --source=runs/tutorial_export --top_k=1 *.png
+    python cifar10_classify.py --source=pretrained/tutorial_int8.npz --json photo.jpg
+
+--source is one of
+  - a run folder of cifar10_train.py or compress/prune.py: its newest checkpoint, EMA shadows
+    (--noema: raw weights), computed as cifar10_eval.py computes;
+  - a folder of cifar10_export.py (or its saved_model/ inside): TensorFlow's SavedModel;
+  - an int8 model file (.npz) of compress/quantize.py: the NumPy runner, compress/int8.py;
+    TensorFlow is never imported then.
+Each file (PNG, JPEG, or anything else Pillow reads) becomes RGB, its largest central square
+is resized to 32x32 (area averages; bicubic for a smaller image; a 32x32 one is kept as it
+is), and the model sees it as it sees a test image. Per file, one line with the --top_k classes and their
+probabilities (--json: one JSON object per line). A file that cannot be read gets an `error:`
+line on stderr, the others are still classified, and the exit status is 1.
+"""
+
+import json
+import os
+import sys
+
+from absl import app
+from absl import flags
+import numpy as np
+from PIL import Image  # Decodes PNG, JPEG and more without TensorFlow (the int8 path).
+
+import cifar10_env
+import cifar10_records
+
+SIDE = cifar10_records.IMAGE_SIZE
+CLASS_NAMES = cifar10_records.CLASS_NAMES
+
+
+class SourceError(Exception):
+  """--source is not a model this script can load."""
+
+
+def read_image(path):
+  """uint8 [32, 32, 3] of an image file (see the module's docstring).
+
+  Raises:
+    OSError, ValueError: the file is missing or not an image Pillow can decode.
+  """
+  with Image.open(path) as image:
+    image = image.convert('RGB')
+    width, height = image.size
+    if (width, height) != (SIDE, SIDE):
+      side = min(width, height)
+      left, top = (width - side) // 2, (height - side) // 2
+      # Shrinking: each pixel the mean of the area it covers; enlarging: bicubic.
+      kind = Image.Resampling.BOX if side >= SIDE else Image.Resampling.BICUBIC
+      image = image.resize((SIDE, SIDE), kind, box=(left, top, left + side, top + side))
+    return np.asarray(image, dtype=np.uint8)
+
+
+def softmax(logits):
+  shifted = np.exp(logits - np.max(logits, axis=1, keepdims=True))
+  return shifted / np.sum(shifted, axis=1, keepdims=True)
+
+
+def int8_source(path):
+  """The probabilities function of an int8 model file (NumPy only)."""
+  from compress import int8  # pylint: disable=g-import-not-at-top
+  from compress import sparse  # pylint: disable=g-import-not-at-top
+  try:
+    model = int8.Int8Model.load(path)
+  except (OSError, ValueError, KeyError, sparse.FormatError) as e:
+    raise SourceError(f'--source={path}: {e}') from e
+  output = model.tensors[model.meta['output']]
+
+  def probabilities(images):
+    x_q = model.quantize_input(int8.eval_preprocess(images, model.meta['image_size']))
+    return softmax(int8.dequantize(model.run(x_q), output['scale'], output['zero_point']))
+  return probabilities
+
+
+def saved_model_source(path):
+  """The probabilities function of a SavedModel folder of cifar10_export.py."""
+  cifar10_env.start()
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  try:
+    serve = tf.saved_model.load(path).signatures['serving_default']
+  except (OSError, ValueError, KeyError, tf.errors.OpError) as e:
+    raise SourceError(f'--source={path} is not a SavedModel of cifar10_export.py '
+                      f'({type(e).__name__}: {str(e).strip()[:300]})') from e
+  return lambda images: serve(images=tf.constant(images))['probabilities'].numpy()
+
+
+def run_source(path, use_ema):
+  """The probabilities function of a training run's newest checkpoint."""
+  cifar10_env.start()
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import cifar10_input  # pylint: disable=g-import-not-at-top
+  import cifar10_run  # pylint: disable=g-import-not-at-top
+  try:
+    config, checkpoint = cifar10_run.latest_run(path, '--source')
+    state = cifar10_run.RunState(config, conv='auto')  # As cifar10_eval.py computes.
+    state.restore(checkpoint)
+  except (cifar10_run.ConfigError, cifar10_run.UnreadableCheckpoint) as e:
+    raise SourceError(str(e)) from e
+  if use_ema:
+    state.restore_ema_shadows()
+  return lambda images: tf.nn.softmax(state.model(
+      cifar10_input.eval_batch(images, config.image_size), training=False)).numpy()
+
+
+def open_source(path, use_ema=True):
+  """A function from uint8 [N, 32, 32, 3] images to float [N, 10] probabilities.
+
+  Raises:
+    SourceError: path is none of the three kinds of model, or does not load.
+  """
+  if os.path.isfile(path) and path.endswith('.npz'):
+    return int8_source(path)
+  if os.path.isdir(path):
+    if os.path.exists(os.path.join(path, 'config.json')):
+      return run_source(path, use_ema)
+    for folder in (path, os.path.join(path, 'saved_model')):
+      if os.path.exists(os.path.join(folder, 'saved_model.pb')):
+        return saved_model_source(folder)
+  raise SourceError(f'--source={path} is neither a run folder (config.json), an export '
+                    '(saved_model.pb, or saved_model/ inside) nor an int8 .npz file.')
+
+
+def top_classes(probabilities, k):
+  """[(class name, index, probability)] of the k most probable classes, most probable first
+  (ties: the lower index first, as argmax)."""
+  order = np.argsort(-probabilities, kind='stable')[:k]
+  return [(CLASS_NAMES[i], int(i), float(probabilities[i])) for i in order]
+
+
+def classify(files, probabilities_of, k):
+  """Yields (file, [top classes] or None, error message or None) in the order of files."""
+  images, readable = [], []
+  errors = {}
+  for path in files:
+    try:
+      images.append(read_image(path))
+      readable.append(path)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+      errors[path] = f'{path}: not an image this script can read ({e})'
+  probabilities = iter(probabilities_of(np.stack(images)) if images else [])
+  for path in files:
+    if path in errors:
+      yield path, None, errors[path]
+    else:
+      yield path, top_classes(next(probabilities), k), None
+
+
+def main(argv):
+  files = argv[1:]
+  if not files:
+    raise app.UsageError('give one or more image files to classify')
+  cifar10_env.quiet_logging(flags.FLAGS['verbosity'].present)
+  try:
+    probabilities_of = open_source(_FLAGS['source'].value, _FLAGS['ema'].value)
+  except SourceError as e:
+    sys.exit(f'error: {e}')
+  cifar10_env.quiet_logging(flags.FLAGS['verbosity'].present)  # TensorFlow's, if loaded.
+  failed = False
+  for path, top, error in classify(files, probabilities_of, _FLAGS['top_k'].value):
+    if error:
+      failed = True
+      print(f'error: {error}', file=sys.stderr, flush=True)
+    elif _FLAGS['json'].value:
+      print(json.dumps({'file': path, 'top': [{'class': name, 'index': index,
+                                              'probability': round(p, 6)}
+                                             for name, index, p in top]}), flush=True)
+    else:
+      print(f'{path}: ' + ', '.join(f'{name} {p:.3f}' for name, _, p in top), flush=True)
+  sys.exit(1 if failed else 0)
+
+
+def define_flags():
+  return dict(
+      source=flags.DEFINE_string('source', None, 'A run folder, an export folder (or its '
+                                 'saved_model/), or an int8 .npz of compress/quantize.py.',
+                                 required=True),
+      top_k=flags.DEFINE_integer('top_k', 3, 'Classes shown per image.', lower_bound=1,
+                                 upper_bound=len(CLASS_NAMES)),
+      json=flags.DEFINE_boolean('json', False, 'One JSON object per image instead of text.'),
+      ema=flags.DEFINE_boolean('ema', True, 'With a run folder: the EMA shadows (--noema: '
+                               'the raw weights).'),
+  )
+
+
+if __name__ == '__main__':
+  _FLAGS = define_flags()
+  app.run(main)

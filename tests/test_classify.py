@@ -1,0 +1,107 @@
+"""Tests of cifar10_classify: reading image files, the three kinds of source, bad files."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import cifar10_classify
+import cifar10_eval
+import cifar10_export
+import cifar10_model
+import cifar10_records
+import cifar10_run
+import cifar10_train
+from compress import int8
+from compress import quantize
+from fixtures import tiny_config, tiny_split
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_a_32x32_png_is_read_exactly_and_a_larger_photo_is_cropped_square(tmp_path):
+  image = tiny_split(num=1).images[0]
+  Image.fromarray(image).save(tmp_path / 'small.png')
+  np.testing.assert_array_equal(cifar10_classify.read_image(tmp_path / 'small.png'), image)
+  # 96 x 64, the central 64 x 64 square one colour and the sides another: the sides go.
+  wide = np.zeros((64, 96, 3), np.uint8)
+  wide[:, 16:80] = (200, 10, 30)
+  Image.fromarray(wide).save(tmp_path / 'wide.png')
+  read = cifar10_classify.read_image(tmp_path / 'wide.png')
+  assert read.shape == (32, 32, 3) and read.dtype == np.uint8
+  np.testing.assert_array_equal(read, np.broadcast_to([200, 10, 30], (32, 32, 3)))
+
+
+def test_top_classes_are_the_most_probable_first():
+  probabilities = np.array([0.05, 0.1, 0.05, 0.5, 0.0, 0.2, 0.0, 0.05, 0.05, 0.0])
+  assert cifar10_classify.top_classes(probabilities, 3) == [
+      ('cat', 3, 0.5), ('dog', 5, 0.2), ('automobile', 1, 0.1)]
+
+
+def test_a_folder_that_holds_no_model_is_a_clear_error(tmp_path):
+  with pytest.raises(cifar10_classify.SourceError, match='neither a run folder'):
+    cifar10_classify.open_source(str(tmp_path))
+
+
+@pytest.fixture(scope='module', name='sources')
+def fixture_sources(tmp_path_factory, real_batches_dir):
+  """Ten PNG files of real test images and a corrupt one; a 20-step budget0 run (BatchNorm),
+  its export and its int8 file; the evaluation's and the int8 runner's classes of the ten."""
+  root = tmp_path_factory.mktemp('classify')
+  test = cifar10_records.read_split(os.path.dirname(real_batches_dir), 'test')
+  ten = cifar10_records.Split(images=test.images[:10], labels=test.labels[:10])
+  files = []
+  for index, image in enumerate(ten.images):
+    files.append(str(root / f'test{index}.png'))
+    Image.fromarray(image).save(files[-1])
+  (root / 'corrupt.png').write_bytes(b'\x89PNG\r\n\x1a\n' + os.urandom(64))
+  files.insert(4, str(root / 'corrupt.png'))
+  config = tiny_config(root / 'run', model='budget0')
+  cifar10_train.train(config, tiny_split())
+  checkpoint = cifar10_run.newest_checkpoint(config.train_dir)
+  evaluator = cifar10_eval.Evaluator(config, ten)
+  evaluator.restore(checkpoint)
+  evaluator.restore_ema_shadows()
+  expected = np.argmax(evaluator.scores(evaluator.images).numpy(), axis=1)
+  cifar10_export.export_run(config.train_dir, str(root / 'export'), None,
+                            cifar10_export.Options(verify_images=0))
+  folded = cifar10_model.fold_batchnorm(evaluator.model)
+  meta, arrays = quantize.quantize_model(folded, evaluator.images.numpy(),
+                                         quantize.Calibration(images=10))
+  meta.update(model='budget0', image_size=32, step=20, weights='ema')
+  model = int8.Int8Model(meta, arrays)
+  model.save(str(root / 'model_int8.npz'))
+  int8_expected = model.predict(int8.eval_preprocess(ten.images, 32))
+  return files, {'run': (config.train_dir, expected),
+                 'export': (str(root / 'export'), expected),
+                 'int8': (str(root / 'model_int8.npz'), int8_expected)}
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize('kind', ['run', 'export', 'int8'])
+def test_each_source_prints_the_evaluations_classes_and_reports_the_corrupt_file(sources,
+                                                                                 kind):
+  files, by_kind = sources
+  source, expected = by_kind[kind]
+  # The int8 file in a process where importing TensorFlow fails: it must not need it.
+  prefix = 'import sys; sys.modules["tensorflow"] = None; ' if kind == 'int8' else ''
+  code = (prefix + 'import runpy; sys.argv = ["cifar10_classify.py"] + sys.argv[1:]; '
+          'runpy.run_path("cifar10_classify.py", run_name="__main__")')
+  if not prefix:
+    code = 'import sys; ' + code
+  result = subprocess.run([sys.executable, '-c', code, f'--source={source}', '--json',
+                           '--top_k=2', *files], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode == 1, result.stderr  # the corrupt file
+  errors = [line for line in result.stderr.splitlines() if line.startswith('error: ')]
+  assert errors == [line for line in errors if 'corrupt.png' in line] and len(errors) == 1
+  lines = [json.loads(line) for line in result.stdout.splitlines()]
+  assert [line['file'] for line in lines] == [f for f in files if 'corrupt' not in f]
+  assert [line['top'][0]['index'] for line in lines] == list(expected)
+  assert all(line['top'][0]['class'] == cifar10_records.CLASS_NAMES[line['top'][0]['index']]
+             and line['top'][0]['probability'] >= line['top'][1]['probability']
+             for line in lines)
