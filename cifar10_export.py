@@ -132,15 +132,16 @@ def convert_int8(serving, calibration_data):
     return converter.convert()
 
 
-def interpreter(model_content):
-  """A TFLite interpreter of the flatbuffer, its tensors allocated.
+def interpreter(model_content, num_threads=None):
+  """A TFLite interpreter of the flatbuffer (on num_threads threads; None: TFLite's
+  default), its tensors allocated.
 
   tf.lite.Interpreter is deprecated for LiteRT's (the ai-edge-litert package) but still in
   TensorFlow 2.21: this way the check needs no second runtime. Its warning and its C++ notes
   are held back."""
   with warnings.catch_warnings(), cifar10_env.held_stderr():
     warnings.simplefilter('ignore', UserWarning)
-    result = tf.lite.Interpreter(model_content=model_content)
+    result = tf.lite.Interpreter(model_content=model_content, num_threads=num_threads)
     result.allocate_tensors()
   return result
 
