@@ -38,7 +38,6 @@ EVAL_INTERVAL_SECS = 60.0  # seconds between looks for a new checkpoint
 TIMEOUT_SECS = 3600.0  # seconds without a new checkpoint before the watcher gives up
 READ_ATTEMPTS = 3  # tries to read one checkpoint before calling it unreadable
 RETRY_SECS = 1.0  # seconds between two tries
-CONFUSION_FILE = 'confusion.jsonl'  # beside results.jsonl: per evaluation, per class
 NUM_CLASSES = len(cifar10_records.CLASS_NAMES)
 
 
@@ -149,7 +148,7 @@ def record(metrics, eval_dir, writer, use_ema):
   summary = {key: value for key, value in metrics.items() if key != 'confusion'}
   _append(os.path.join(eval_dir, cifar10_run.RESULTS_FILE), summary)
   if 'confusion' in metrics:
-    _append(os.path.join(eval_dir, CONFUSION_FILE), confusion_line(metrics))
+    _append(os.path.join(eval_dir, cifar10_run.CONFUSION_FILE), confusion_line(metrics))
 
 
 def _append(path, line):

@@ -7,7 +7,10 @@ its config.json, the accuracies from <run>/eval/results.jsonl (one line per eval
 checkpoint), params and MFLOPs from cifar10_model's counting. Writes results.md (model,
 recipe, input side, params, MFLOPs, EMA precision @ 1 at 10,000 steps and at the last
 evaluated step, with flip test-time augmentation when <run>/eval_flip holds it, training wall
-time) and results.png (precision against MFLOPs and against parameters, Pareto front marked).
+time), results.png (precision against MFLOPs and against parameters, Pareto front marked, the
+study's published figures as hollow markers), curves.png (each run of --runs: precision against
+step and against training time) and, with --confusion=RUN, confusion.png (that run's newest
+confusion matrix, from its eval/confusion.jsonl).
 """
 
 import dataclasses
@@ -256,35 +259,59 @@ def _spread_group(renderer, labels):
     placed.append(box)
 
 
-def plot(results, path):
-  """Precision @ 1 against MFLOPs and against params; Pareto-front models ringed and joined."""
+def _pyplot():
+  """matplotlib's pyplot on the file-only Agg backend (imported when a plot is drawn)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def _label(result, results):
+  """A point's label: the model, with the recipe when not the study's; the run's name when
+  two runs would share that label."""
+  def plain(r):
+    return r.model if r.recipe == 'study' else f'{r.model} ({r.recipe})'
+  shared = sum(plain(r) == plain(result) for r in results) > 1
+  return result.name if shared else plain(result)
+
+
+def plot(results, path):
+  """Precision @ 1 against MFLOPs and against params; Pareto-front runs ringed and joined,
+  the study's published figure of each model it measured as a hollow marker."""
+  plt = _pyplot()
   from matplotlib import ticker  # pylint: disable=g-import-not-at-top
-  figure, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+  figure, axes = plt.subplots(1, 2, figsize=(15, 7), sharey=True)
   axis_labels = []
   costs = ((axes[0], "MFLOPs (at the run's input size)", lambda r: r.flops / 1e6),
            (axes[1], 'parameters (millions)', lambda r: r.params / 1e6))
+  published = {}  # model -> (run, figure): one hollow marker per model the study measured
+  for r in results:
+    if r.image_size == 24 and r.model in STUDY_PRECISION_10K:
+      published.setdefault(r.model, (r, STUDY_PRECISION_10K[r.model]))
   for axis, cost_name, cost_of in costs:
     points = [(cost_of(r), 100 * r.final_precision) for r in results]
     study = [r.recipe == 'study' for r in results]
-    for chosen, colour, name in ((True, 'tab:blue', "the study's recipe"),
-                                 (False, 'tab:green', 'a newer recipe')):
+    for chosen, colour, name in ((True, 'tab:blue', "ours, the study's recipe"),
+                                 (False, 'tab:green', 'ours, a newer recipe')):
       shown = [point for point, flag in zip(points, study) if flag == chosen]
       if shown:
-        axis.scatter(*zip(*shown), color=colour, zorder=3, label=name)
-    labels = [axis.annotate(r.model if r.recipe == 'study' else f'{r.model} ({r.recipe})',
-                            point, textcoords='offset points', xytext=(4, 4), fontsize=8)
+        axis.scatter(*zip(*shown), color=colour, s=36, zorder=3, label=name)
+    if published:
+      axis.scatter([cost_of(r) for r, _ in published.values()],
+                   [figure_ for _, figure_ in published.values()], facecolors='none',
+                   edgecolors='tab:blue', s=36, zorder=3, label='the study (published, 10k)')
+    labels = [axis.annotate(_label(r, results), point, textcoords='offset points',
+                            xytext=(4, 4), fontsize=9)
               for r, point in zip(results, points)]
     front = sorted(points[i] for i in pareto_front(points))
-    axis.plot(*zip(*front), color='tab:orange', marker='o', markersize=11, fillstyle='none',
+    axis.plot(*zip(*front), color='tab:orange', marker='o', markersize=13, fillstyle='none',
               label='Pareto front', zorder=2)
     axis.set_xscale('log')
     axis.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
     axis.xaxis.set_major_formatter(ticker.FormatStrFormatter('%g'))
     axis.xaxis.set_minor_formatter(ticker.NullFormatter())
-    axis.margins(x=0.08, y=0.1)
+    axis.margins(x=0.12, y=0.1)
     axis.set_xlabel(cost_name)
     axis.grid(True, which='both', alpha=0.3)
     axis.legend(loc='lower right')
@@ -292,7 +319,84 @@ def plot(results, path):
   axes[0].set_ylabel('EMA precision @ 1 (%), last evaluated step')
   figure.tight_layout()
   _spread_labels(figure, axis_labels)
-  figure.savefig(path, dpi=80)
+  figure.savefig(path, dpi=90)
+  plt.close(figure)
+
+
+def plot_curves(curves, path):
+  """EMA precision @ 1 of each run against its step and against its training seconds.
+
+  Args:
+    curves: {run name: RunResult}; runs with a single evaluated checkpoint show as a dot.
+  """
+  plt = _pyplot()
+  figure, axes = plt.subplots(1, 2, figsize=(15, 6), sharey=True)
+  for name, r in sorted(curves.items()):
+    steps = sorted(r.precision_by_step)
+    precision = [100 * r.precision_by_step[s] for s in steps]
+    line, = axes[0].plot(steps, precision, marker='.', label=name)
+    if all(s in r.seconds_by_step for s in steps):
+      axes[1].plot([r.seconds_by_step[s] / 60 for s in steps], precision, marker='.',
+                   color=line.get_color())
+  axes[0].set_xlabel('step (batches of 128)')
+  axes[1].set_xlabel('training wall time (minutes)')
+  axes[0].set_ylabel('EMA precision @ 1 (%), test set')
+  for axis in axes:
+    axis.grid(True, alpha=0.3)
+  axes[0].legend(fontsize=8, loc='lower right')
+  figure.tight_layout()
+  figure.savefig(path, dpi=90)
+  plt.close(figure)
+
+
+def read_confusion(train_dir, weights='ema'):
+  """(step, class names, confusion matrix as lists) of the newest line of the run's
+  <eval>/confusion.jsonl (cifar10_eval.py).
+
+  Raises:
+    FileNotFoundError: the run has no confusion.jsonl.
+    ResultsError: it holds no readable line.
+  """
+  path = os.path.join(cifar10_run.default_eval_dir(train_dir, 'test'),
+                      cifar10_run.CONFUSION_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} is missing: evaluate the run with this version of '
+                            f'cifar10_eval.py (--checkpoint_dir={train_dir} --run_once)')
+  try:
+    with open(path, encoding='utf-8') as f:
+      lines = [json.loads(line) for line in f if line.strip()]
+    newest = max(lines, key=lambda line: line['step'])
+    matrix = newest[weights]['confusion']
+    if len(matrix) != len(newest['classes']) or any(len(row) != len(matrix) for row in matrix):
+      raise ValueError('the matrix is not square over the classes')
+    return newest['step'], newest['classes'], matrix
+  except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+    raise ResultsError(f'{path} is not a confusion.jsonl of cifar10_eval.py ({e!r})') from e
+
+
+def plot_confusion(step, classes, matrix, title, path):
+  """The confusion matrix as a heat map, each cell's count written in it; the row labels
+  give each class's precision @ 1."""
+  plt = _pyplot()
+  figure, axis = plt.subplots(figsize=(9, 8))
+  axis.imshow(matrix, cmap='Blues')
+  largest = max(max(row) for row in matrix)
+  for i, row in enumerate(matrix):
+    for j, count in enumerate(row):
+      axis.text(j, i, str(count), ha='center', va='center', fontsize=9,
+                color='white' if count > largest / 2 else 'black')
+  rows = [f'{name} ({100 * row[i] / max(sum(row), 1):.1f} %)'
+          for i, (name, row) in enumerate(zip(classes, matrix))]
+  axis.set_xticks(range(len(classes)), classes, rotation=45, ha='right')
+  axis.set_yticks(range(len(classes)), rows)
+  axis.set_xlabel('predicted class')
+  axis.set_ylabel('true class (its precision @ 1)')
+  total = sum(map(sum, matrix))
+  correct = sum(matrix[i][i] for i in range(len(matrix)))
+  axis.set_title(f'{title}, step {step:,}: {100 * correct / total:.2f} % of {total:,} test '
+                 'images')
+  figure.tight_layout()
+  figure.savefig(path, dpi=90)
   plt.close(figure)
 
 
@@ -311,12 +415,23 @@ def main(argv):
     sys.exit(f'error: {e}')
   out_dir = _FLAGS['out_dir'].value
   table = markdown_table(results, _FLAGS['target'].value)
+  curves = {os.path.basename(os.path.normpath(run)): result
+            for run, result in zip(_FLAGS['runs'].value, results)}
+  confusion_run = _FLAGS['confusion'].value
+  try:
+    confusion = read_confusion(confusion_run) if confusion_run else None
+  except (FileNotFoundError, ResultsError) as e:
+    sys.exit(f'error: {e}')
   try:
     os.makedirs(out_dir, exist_ok=True)
     cifar10_run.write_whole(os.path.join(out_dir, 'results.md'), table + '\n')
     plot(results, os.path.join(out_dir, 'results.png'))
+    plot_curves(curves, os.path.join(out_dir, 'curves.png'))
+    if confusion:
+      title = os.path.basename(os.path.normpath(confusion_run))
+      plot_confusion(*confusion, title, os.path.join(out_dir, 'confusion.png'))
   except OSError as e:
-    sys.exit(f'error: cannot write results.md and results.png into --out_dir={out_dir} ({e})')
+    sys.exit(f'error: cannot write the table and plots into --out_dir={out_dir} ({e})')
   print(table)
 
 
@@ -328,6 +443,8 @@ def define_flags():
       out_dir=flags.DEFINE_string('out_dir', 'docs', 'Where results.md and results.png go.'),
       previous=flags.DEFINE_string('previous', None, 'A results.md written before: its rows '
                                    'of runs not in --runs are kept (their folders may be gone).'),
+      confusion=flags.DEFINE_string('confusion', None, 'A run evaluated by cifar10_eval.py: '
+                                    'draw its newest confusion matrix (EMA) as confusion.png.'),
       target=flags.DEFINE_float('target', None, 'A precision @ 1 (fraction, e.g. 0.814): add '
                                 'a column with the step and training seconds at which each '
                                 'run first reached it.', lower_bound=0.0, upper_bound=1.0),

@@ -32,6 +32,7 @@ LOCK_FILE = '.lock'  # held by the one process that writes checkpoints here
 STATE_FILE = 'checkpoint'  # TensorFlow's list of the checkpoints, rebuilt from the files
 CHECKPOINT_FILE = re.compile(r'^ckpt-(\d+)\.(index|data-\d+-of-\d+)$')
 RESULTS_FILE = 'results.jsonl'  # one JSON line per evaluated checkpoint
+CONFUSION_FILE = 'confusion.jsonl'  # beside it: per evaluation, the confusion matrices
 # The evaluations' folders below the run, one per --eval_data of cifar10_eval.py, so that
 # training-set figures never mix with the test figures that cifar10_results.py reads.
 EVAL_DIRS = {'test': 'eval', 'train_eval': 'eval_train'}

@@ -118,7 +118,7 @@ def test_watcher_exits_after_the_final_checkpoint_and_writes_results(trained_dir
   with open(eval_dir / cifar10_run.RESULTS_FILE) as f:
     line = json.loads(f.readline())
   assert line['step'] == 20 and 'confusion' not in line
-  with open(eval_dir / cifar10_eval.CONFUSION_FILE) as f:
+  with open(eval_dir / cifar10_run.CONFUSION_FILE) as f:
     confusion = json.loads(f.readline())
   assert confusion['step'] == 20 and confusion['classes'][3] == 'cat'
   for weights in ('ema', 'raw'):

@@ -161,3 +161,40 @@ def test_labels_of_close_points_are_spread_apart():
       assert not a.overlaps(b)
   assert labels[4].xyann == (4, 4)  # A lone point keeps the default place.
   plt.close(figure)
+
+
+def test_labels_name_the_run_only_when_two_runs_would_share_one(tmp_path):
+  write_run(tmp_path / 'a', 'tutorial', [(10000, 0.81, 60.0)])
+  write_run(tmp_path / 'b', 'tutorial', [(10000, 0.82, 60.0)])
+  write_run(tmp_path / 'c', 'alex4', [(10000, 0.82, 60.0)])
+  results = [cifar10_results.read_run(str(tmp_path / name)) for name in 'abc']
+  assert [cifar10_results._label(r, results)  # pylint: disable=protected-access
+          for r in results] == ['a', 'b', 'alex4']
+
+
+def test_curves_and_the_confusion_matrix_are_drawn_from_the_eval_files(tmp_path):
+  write_run(tmp_path / 'tuto', 'tutorial', [(5000, 0.7, 300.0), (10000, 0.8141, 600.0)])
+  matrix = [[90 if i == j else 1 for j in range(10)] for i in range(10)]
+  with open(tmp_path / 'tuto' / 'eval' / cifar10_run.CONFUSION_FILE, 'w') as f:
+    for step in (10000, 5000):  # the newest step wins, wherever its line is
+      f.write(json.dumps({'step': step, 'checkpoint': f'ckpt-{step}', 'tta': 'none',
+                          'classes': list('abcdefghij'),
+                          'ema': {'confusion': matrix if step == 10000 else [[0]]},
+                          'raw': {'confusion': matrix}}) + '\n')
+  step, classes, read = cifar10_results.read_confusion(str(tmp_path / 'tuto'))
+  assert (step, classes, read) == (10000, list('abcdefghij'), matrix)
+  run = cifar10_results.read_run(str(tmp_path / 'tuto'))
+  cifar10_results.plot_curves({'tuto': run}, str(tmp_path / 'curves.png'))
+  cifar10_results.plot_confusion(step, classes, read, 'tuto', str(tmp_path / 'confusion.png'))
+  for name in ('curves.png', 'confusion.png'):
+    assert (tmp_path / name).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_a_missing_or_broken_confusion_file_is_named(tmp_path):
+  write_run(tmp_path / 'tuto', 'tutorial', [(10000, 0.8141, 600.0)])
+  with pytest.raises(FileNotFoundError, match='confusion.jsonl is missing'):
+    cifar10_results.read_confusion(str(tmp_path / 'tuto'))
+  (tmp_path / 'tuto' / 'eval' / cifar10_run.CONFUSION_FILE).write_text(
+      json.dumps({'step': 1, 'classes': ['a', 'b'], 'ema': {'confusion': [[1, 2]]}}) + '\n')
+  with pytest.raises(cifar10_results.ResultsError, match='not a confusion.jsonl'):
+    cifar10_results.read_confusion(str(tmp_path / 'tuto'))
