@@ -32,6 +32,7 @@ MODELS = {
     'inception0': functools.partial(inception.build, variant=0),
     'inception1': functools.partial(inception.build, variant=1),
     'budget0': functools.partial(budget.build, variant=0),
+    'budget1': functools.partial(budget.build, variant=1),
 }
 # Short names; each family name stands for its best model in the study.
 ALIASES = {

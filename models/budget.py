@@ -19,6 +19,7 @@ import cifar10_model as cm
 # pooling closes every stage but the last.
 STAGES = {
     0: ((24,), (48,), (96, 96), (176, 176)),
+    1: ((16, 16), (40, 40), (80, 80), (144, 144)),
 }
 
 
