@@ -5,11 +5,13 @@ The study compared networks at the tutorial's cost (37.75 MFLOPs, 1.07M paramete
 each followed by BatchNorm and ReLU, 2x2 max pooling between stages, global average pooling
 and one linear layer:
 
-  stage side:  32          16          8                4
-  budget0      3->24  pool 24->48 pool 48->96 96->96 pool 96->176 176->176  avg  dense 10
+  stage side:  32            16            8            4
+  budget0      3->24         24->48        48->96 96->96  96->176 176->176   avg  dense 10
+  budget1      3->16 16->16  16->40 40->40  40->80 80->80  80->144 144->144   avg  dense 10
 
-The widths double where the side halves, so each stage costs about the same, and most
-parameters sit where they are cheap (4x4). Counted folded (cifar10_model.BatchNorm): a
+(a 2x2 max pooling between stages). budget0 puts one convolution on each of the two large
+sides and most parameters where they are cheap (4x4); budget1 spends the same FLOPs on two
+convolutions at every side, narrower, the widths doubling where the side halves. Counted folded (cifar10_model.BatchNorm): a
 BatchNorm adds one parameter per channel and no FLOP but its ReLU's.
 """
 

@@ -36,21 +36,30 @@ INCEPTION_GOLDEN = {
 }
 BUDGET_PARAMS, BUDGET_FLOPS = 1_100_000, 40_000_000
 # The budget models at 32x32, counted folded (a BatchNorm is the bias of its conv).
-BUDGET_GOLDEN = {'budget0': (568_666, 36_515_786)}
+BUDGET_GOLDEN = {'budget0': (568_666, 36_515_786), 'budget1': (401_610, 36_481_354)}
+# (C_in, C_out, side) of each 3x3 conv + BatchNorm + ReLU of each budget model.
+BUDGET_CONVS = {
+    'budget0': [(3, 24, 32), (24, 48, 16), (48, 96, 8), (96, 96, 8), (96, 176, 4),
+                (176, 176, 4)],
+    'budget1': [(3, 16, 32), (16, 16, 32), (16, 40, 16), (40, 40, 16), (40, 80, 8),
+                (80, 80, 8), (80, 144, 4), (144, 144, 4)],
+}
 # The tutorial's own cost, which a budget model must not exceed.
 TUTORIAL_PARAMS, TUTORIAL_FLOPS = GOLDEN['tutorial'][:2]
 
 
-def test_budget0_counts_by_hand_inside_the_tutorials_cost():
-  # (C_in, C_out, side) of each 3x3 conv + BatchNorm + ReLU: (1 + 18 C_in) C_out s^2 FLOPs
-  # of the folded conv and 2 C_out s^2 of its ReLU; 9 C_in C_out + C_out parameters.
-  convs = [(3, 24, 32), (24, 48, 16), (48, 96, 8), (96, 96, 8), (96, 176, 4), (176, 176, 4)]
+@pytest.mark.parametrize('name', sorted(BUDGET_GOLDEN))
+def test_budget_counts_by_hand_inside_the_tutorials_cost(name):
+  # (1 + 18 C_in) C_out s^2 FLOPs of the folded conv and 2 C_out s^2 of its ReLU;
+  # 9 C_in C_out + C_out parameters. Pooling counts no FLOP.
+  convs = BUDGET_CONVS[name]
   flops = sum((1 + 18 * c_in) * c_out * s * s + 2 * c_out * s * s for c_in, c_out, s in convs)
   params = sum(9 * c_in * c_out + c_out for c_in, c_out, _ in convs)
-  flops += (2 * 176 + 1) * 10  # The logits layer.
-  params += 176 * 10 + 10
-  assert (params, flops) == BUDGET_GOLDEN['budget0']
-  rows = cm.count_model(models.build('budget0', image_size=32))
+  width = convs[-1][1]
+  flops += (2 * width + 1) * 10  # The logits layer.
+  params += width * 10 + 10
+  assert (params, flops) == BUDGET_GOLDEN[name]
+  rows = cm.count_model(models.build(name, image_size=32))
   assert (sum(r.params for r in rows), sum(r.flops for r in rows)) == (params, flops)
   assert params <= TUTORIAL_PARAMS and flops <= TUTORIAL_FLOPS
 
