@@ -11,8 +11,9 @@ and one linear layer:
 
 (a 2x2 max pooling between stages). budget0 puts one convolution on each of the two large
 sides and most parameters where they are cheap (4x4); budget1 spends the same FLOPs on two
-convolutions at every side, narrower, the widths doubling where the side halves. Counted folded (cifar10_model.BatchNorm): a
-BatchNorm adds one parameter per channel and no FLOP but its ReLU's.
+convolutions at every side, narrower, the widths doubling where the side halves. Counted
+folded (cifar10_model.BatchNorm): a BatchNorm adds one parameter per channel and no FLOP but
+its ReLU's.
 """
 
 import cifar10_model as cm
