@@ -1,6 +1,7 @@
 # make train:     set up .venv, train the default model, then evaluate its last checkpoint.
 # make test:      set up .venv and run the whole test suite (real-data tests read $(CIFAR10_DATA)).
 # make test-fast: the unit tier alone (no real data, no processes started; under a minute).
+# make classify IMAGES="a.jpg b.png": set up .venv and classify image files with $(SOURCE).
 # make zoo:   train and evaluate every model of $(ZOO) in $(ZOO_DIR)/<model>, then write
 #             docs/results.md and docs/results.png (about 21-49 min per model here, resumable).
 PYTHON ?= python3
@@ -11,6 +12,7 @@ MAX_STEPS ?= 10000
 CONV ?= auto
 TRAIN_DIR ?= runs/$(MODEL)
 CIFAR10_DATA ?= $(DATA_DIR)
+SOURCE ?= pretrained/tutorial_int8.npz
 ZOO ?= tutorial alex0 alex1 alex2 alex3 alex4 nin0 nin1 squeeze0 squeeze1 inception0 inception1
 ZOO_DIR ?= runs/zoo
 PY := $(VENV)/bin/python
@@ -18,7 +20,7 @@ comma := ,
 empty :=
 space := $(empty) $(empty)
 
-.PHONY: train eval test test-fast zoo clean-venv
+.PHONY: train eval test test-fast classify zoo clean-venv
 
 $(VENV)/installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +39,9 @@ test: $(VENV)/installed
 
 test-fast: $(VENV)/installed
 	$(PY) -m pytest -q -m unit tests
+
+classify: $(VENV)/installed
+	$(PY) cifar10_classify.py --source=$(SOURCE) $(IMAGES)
 
 zoo: $(VENV)/installed
 	for model in $(ZOO); do \
