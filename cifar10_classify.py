@@ -10,11 +10,12 @@
   - a folder of cifar10_export.py (or its saved_model/ inside): TensorFlow's SavedModel;
   - an int8 model file (.npz) of compress/quantize.py: the NumPy runner, compress/int8.py;
     TensorFlow is never imported then.
-Each file (PNG, JPEG, or anything else Pillow reads) becomes RGB, its largest central square
-is resized to 32x32 (area averages; bicubic for a smaller image; a 32x32 one is kept as it
-is), and the model sees it as it sees a test image. Per file, one line with the --top_k classes and their
-probabilities (--json: one JSON object per line). A file that cannot be read gets an `error:`
-line on stderr, the others are still classified, and the exit status is 1.
+Each file (PNG, JPEG, or anything else Pillow reads) is turned upright by its EXIF
+orientation and made RGB; its largest central square is resized to 32x32 (area averages; bicubic
+for a smaller image; a 32x32 one is kept as it is), and the model sees it as it sees a test
+image. Per file, one line with the --top_k classes and their probabilities (--json: one JSON
+object per line). A file that cannot be read gets an `error:` line on stderr, the others are
+still classified, and the exit status is 1.
 """
 
 import json
@@ -25,6 +26,7 @@ from absl import app
 from absl import flags
 import numpy as np
 from PIL import Image  # Decodes PNG, JPEG and more without TensorFlow (the int8 path).
+from PIL import ImageOps
 
 import cifar10_env
 import cifar10_records
@@ -44,7 +46,7 @@ def read_image(path):
     OSError, ValueError: the file is missing or not an image Pillow can decode.
   """
   with Image.open(path) as image:
-    image = image.convert('RGB')
+    image = ImageOps.exif_transpose(image).convert('RGB')  # A phone photo the right way up.
     width, height = image.size
     if (width, height) != (SIDE, SIDE):
       side = min(width, height)
@@ -82,6 +84,11 @@ def saved_model_source(path):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   try:
     serve = tf.saved_model.load(path).signatures['serving_default']
+    inputs = serve.structured_input_signature[1]
+    if (set(inputs) != {'images'} or inputs['images'].dtype != tf.uint8
+        or 'probabilities' not in serve.structured_outputs):
+      raise ValueError('its serving_default does not take uint8 `images` and give '
+                       '`probabilities`')
   except (OSError, ValueError, KeyError, tf.errors.OpError) as e:
     raise SourceError(f'--source={path} is not a SavedModel of cifar10_export.py '
                       f'({type(e).__name__}: {str(e).strip()[:300]})') from e

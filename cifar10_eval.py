@@ -6,8 +6,9 @@ The tutorial's watcher: it evaluates each new checkpoint once, with the EMA shad
 into the model (and the raw weights too, for the summaries), prints
 `<date time>: step N, precision @ 1 = 0.XXXX`, and writes `precision @ 1/ema` and
 `precision @ 1/raw` summaries plus a line of results.jsonl to --eval_dir, and a line of
-confusion.jsonl beside it (each weights' confusion matrix and per-class precision). It stops by itself
-after the checkpoint at the run's max_steps, or after --timeout seconds without a new one.
+confusion.jsonl beside it (each weights' confusion matrix and per-class precision). It stops
+by itself after the checkpoint at the run's max_steps, or after --timeout seconds without a
+new one.
 With --eval_data=train_eval it scores the 50,000 training images instead (undistorted), and
 writes to <checkpoint_dir>/eval_train by default, never among the test results.
 """

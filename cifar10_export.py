@@ -61,6 +61,9 @@ INT8_TFLITE = 'model_int8.tflite'
 REPORT_FILE = 'export.json'
 SIGNATURE = 'serving_default'
 VERIFY_BATCH = 500  # images per call of the check
+VERIFY_TIMEOUT_SECS = 900  # the fresh process of the check (10,000 images take ~20 s here)
+# The largest |logit difference| the check accepts from the evaluation's (measured: < 2e-5).
+LOGIT_TOLERANCE = 1e-3
 
 # Run in a fresh interpreter by verify_saved_model: TensorFlow and NumPy only, so a logit that
 # matches here matches for any user who has neither this project nor its code.
@@ -109,8 +112,10 @@ def export_model(state, use_ema=True):
   if use_ema:
     state.restore_ema_shadows()
   model = cifar10_model.fold_batchnorm(state.model)
+  serving = Serving(model, state.config.image_size)
+  serving.batchnorm_folded = model is not state.model
   model.compute_dtype = tf.float32  # A mixed-precision run exports float32 all the same.
-  return Serving(model, state.config.image_size)
+  return serving
 
 
 def convert_float(saved_model_dir):
@@ -161,10 +166,14 @@ def verify_saved_model(saved_model_dir, images, work_dir):
   images_file = os.path.join(work_dir, 'verify_images.npy')
   logits_file = os.path.join(work_dir, 'verify_logits.npy')
   np.save(images_file, images)
-  result = subprocess.run([sys.executable, '-c', _LOAD_ONLY_TENSORFLOW, saved_model_dir,
-                           images_file, logits_file, str(VERIFY_BATCH)],
-                          capture_output=True, text=True, check=False,
-                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+  try:
+    result = subprocess.run([sys.executable, '-c', _LOAD_ONLY_TENSORFLOW, saved_model_dir,
+                             images_file, logits_file, str(VERIFY_BATCH)],
+                            capture_output=True, text=True, check=False,
+                            timeout=VERIFY_TIMEOUT_SECS,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+  except subprocess.TimeoutExpired as e:
+    raise ExportError(f'the SavedModel check took over {VERIFY_TIMEOUT_SECS} s') from e
   if result.returncode:
     raise ExportError('the SavedModel did not load and run in a fresh process: '
                       f'{result.stderr.strip()[-800:]}')
@@ -209,7 +218,7 @@ def export_run(checkpoint_dir, export_dir, batches_dir, options=Options(),
       written.
     UnreadableCheckpoint: the newest checkpoint cannot be read.
     DataError: the data is needed (calibration, the check) and cannot be read.
-    ExportError: the conversion or the check failed.
+    ExportError: the conversion or the check failed, or the files could not be written.
   """
   config, checkpoint = cifar10_run.latest_run(checkpoint_dir, '--checkpoint_dir')
   export_dir = os.path.normpath(export_dir)
@@ -224,6 +233,10 @@ def export_run(checkpoint_dir, export_dir, batches_dir, options=Options(),
     report = _export(config, checkpoint, work, batches_dir, options, log)
     cifar10_run.write_json(os.path.join(work, REPORT_FILE), report)
     _replace(work, export_dir)
+  except (OSError, tf.errors.OpError) as e:  # A full disk, a folder made unwritable...
+    raise ExportError(f'cannot write the export beside --export_dir={export_dir} '
+                      f'({type(e).__name__}: {str(e).strip()[:300]}); nothing was moved '
+                      'into place') from e
   finally:
     shutil.rmtree(work, ignore_errors=True)
   return report
@@ -253,7 +266,7 @@ def _export(config, checkpoint, work, batches_dir, options, log):
   files = [SAVED_MODEL, FLOAT_TFLITE]
   report = {'checkpoint': checkpoint, 'model': config.model, 'step': int(state.step.numpy()),
             'weights': 'ema' if options.use_ema else 'raw', 'image_size': config.image_size,
-            'batchnorm_folded': cifar10_model.fold_batchnorm(state.model) is not state.model}
+            'batchnorm_folded': serving.batchnorm_folded}
   if options.tflite_int8:
     log(f'TFLite int8: calibrating on {options.calibration.images} training images')
     calibration = quantize.calibration_images(
@@ -285,6 +298,10 @@ def _check(config, checkpoint, work, batches_dir, options, float_tflite, log):
   for name, result in check.items():
     log(f'{name}: same class on {result["same_class"]} of {result["images"]}, logits within '
         f'{result["max_logit_difference"]:.2e}')
+    if not result['max_logit_difference'] <= LOGIT_TOLERANCE:  # NaN fails too.
+      raise ExportError(f'the exported {name} differs from the evaluation by '
+                        f'{result["max_logit_difference"]:.2e} in a logit (tolerance '
+                        f'{LOGIT_TOLERANCE:g}): nothing was written')
   return check
 
 
@@ -302,14 +319,20 @@ def _size(path):
 
 
 def _replace(work, export_dir):
-  """Moves the finished folder `work` to export_dir, replacing what is there only now."""
+  """Moves the finished folder `work` to export_dir, replacing what is there only now (the
+  old folder comes back if the move fails)."""
   old = None
   if os.path.exists(export_dir):
     old = work + '.old'
     os.rename(export_dir, old)
-  os.rename(work, export_dir)
+  try:
+    os.rename(work, export_dir)
+  except OSError:
+    if old:
+      os.rename(old, export_dir)
+    raise
   if old:
-    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(old)
 
 
 def main(argv):

@@ -77,6 +77,11 @@ def main(argv):
   except (OSError, ValueError, cifar10_records.DataError) as e:
     sys.exit(f'error: {e}')
   size = ours.meta['image_size']
+  shape = cifar10_export.interpreter(contents[cifar10_export.INT8_TFLITE]).get_input_details()
+  if list(shape[0]['shape'][1:3]) != [size, size]:
+    sys.exit(f'error: {paths[cifar10_export.INT8_TFLITE]} takes {shape[0]["shape"][1]}x'
+             f'{shape[0]["shape"][2]} images, --int8_file={_INT8_FILE.value} {size}x{size}: '
+             'both must come from the same run')
   standardized = int8.eval_preprocess(test.images, size)
   float_logits = cifar10_export.tflite_outputs(contents[cifar10_export.FLOAT_TFLITE],
                                                test.images)['logits']

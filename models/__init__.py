@@ -34,7 +34,8 @@ MODELS = {
     'budget0': functools.partial(budget.build, variant=0),
     'budget1': functools.partial(budget.build, variant=1),
 }
-# Short names; each family name stands for its best model in the study.
+# Short names; each of the study's families stands for its best model in the study, and
+# `budget` for budget0, the first of ours (configs written with it keep meaning budget0).
 ALIASES = {
     'tuto': 'tutorial',
     'alex': 'alex4',

@@ -66,7 +66,8 @@ def fixture_sources(tmp_path_factory, real_batches_dir):
   evaluator = cifar10_eval.Evaluator(config, ten)
   evaluator.restore(checkpoint)
   evaluator.restore_ema_shadows()
-  expected = np.argmax(evaluator.scores(evaluator.images).numpy(), axis=1)
+  logits = evaluator.scores(evaluator.images).numpy()
+  expected = (np.argmax(logits, axis=1), np.max(cifar10_classify.softmax(logits), axis=1))
   cifar10_export.export_run(config.train_dir, str(root / 'export'), None,
                             cifar10_export.Options(verify_images=0))
   folded = cifar10_model.fold_batchnorm(evaluator.model)
@@ -75,7 +76,7 @@ def fixture_sources(tmp_path_factory, real_batches_dir):
   meta.update(model='budget0', image_size=32, step=20, weights='ema')
   model = int8.Int8Model(meta, arrays)
   model.save(str(root / 'model_int8.npz'))
-  int8_expected = model.predict(int8.eval_preprocess(ten.images, 32))
+  int8_expected = (model.predict(int8.eval_preprocess(ten.images, 32)), None)
   return files, {'run': (config.train_dir, expected),
                  'export': (str(root / 'export'), expected),
                  'int8': (str(root / 'model_int8.npz'), int8_expected)}
@@ -101,7 +102,11 @@ def test_each_source_prints_the_evaluations_classes_and_reports_the_corrupt_file
   assert errors == [line for line in errors if 'corrupt.png' in line] and len(errors) == 1
   lines = [json.loads(line) for line in result.stdout.splitlines()]
   assert [line['file'] for line in lines] == [f for f in files if 'corrupt' not in f]
-  assert [line['top'][0]['index'] for line in lines] == list(expected)
+  classes, probabilities = expected
+  assert [line['top'][0]['index'] for line in lines] == list(classes)
+  if probabilities is not None:  # a float source: the evaluation's softmax
+    np.testing.assert_allclose([line['top'][0]['probability'] for line in lines],
+                               probabilities, atol=1e-4)
   assert all(line['top'][0]['class'] == cifar10_records.CLASS_NAMES[line['top'][0]['index']]
              and line['top'][0]['probability'] >= line['top'][1]['probability']
              for line in lines)

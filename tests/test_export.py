@@ -18,12 +18,13 @@ from fixtures import tiny_config, tiny_split, write_batches_dir
 
 @pytest.fixture(scope='module', name='runs')
 def fixture_runs(tmp_path_factory):
-  """20-step runs on tiny data of the tutorial model (LRN, spectral convolutions in
-  evaluation) and of budget0 (BatchNorm), and a data folder holding that tiny data."""
+  """20-step runs on tiny data of the tutorial model at 24x24 (the crop inside the exported
+  graph; LRN; spectral convolutions in evaluation) and of budget0 at 32x32 (BatchNorm), and a
+  data folder holding that tiny data."""
   root = tmp_path_factory.mktemp('export')
   runs = {}
-  for model in ('tutorial', 'budget0'):
-    config = tiny_config(root / model, model=model)
+  for model, size in (('tutorial', 24), ('budget0', 32)):
+    config = tiny_config(root / model, model=model, image_size=size)
     cifar10_train.train(config, tiny_split())
     runs[model] = str(root / model)
   return runs, write_batches_dir(str(root / 'data'), tiny_split())
@@ -40,6 +41,7 @@ def test_exported_files_give_the_evaluations_classes_and_logits(runs, model, tmp
       cifar10_export.Options(tflite_int8=with_int8, verify_images=32,
                              calibration=quantize.Calibration(images=16)))
   assert report['batchnorm_folded'] is (model == 'budget0')
+  assert report['image_size'] == (24 if model == 'tutorial' else 32)
   for name in ('saved_model', 'tflite_float'):  # the SavedModel in a TensorFlow-only process
     check = report['check'][name]
     assert check['images'] == check['same_class'] == 32, name
@@ -59,7 +61,7 @@ def test_exported_files_give_the_evaluations_classes_and_logits(runs, model, tmp
     content = (export_dir / 'model_int8.tflite').read_bytes()
     details = cifar10_export.interpreter(content).get_tensor_details()
     assert {np.int8, np.int32} <= {detail['dtype'] for detail in details}
-    images = cifar10_input.eval_batch(tiny_split().images, 32).numpy()
+    images = cifar10_input.eval_batch(tiny_split().images, report['image_size']).numpy()
     (int8_logits,) = cifar10_export.tflite_outputs(content, images).values()
     float_logits = cifar10_export.tflite_outputs(
         (export_dir / 'model_float.tflite').read_bytes(), tiny_split().images)['logits']
@@ -89,6 +91,18 @@ def test_a_failed_export_leaves_nothing(runs, tmp_path, monkeypatch):
   with pytest.raises(cifar10_export.ExportError, match='conversion failed: converter broke'):
     cifar10_export.export_run(runs['tutorial'], str(tmp_path / 'out'), batches_dir,
                               cifar10_export.Options(verify_images=0))
+  assert not os.listdir(tmp_path)
+
+
+@pytest.mark.subprocess
+def test_a_check_that_differs_writes_nothing(runs, tmp_path, monkeypatch):
+  runs, batches_dir = runs
+  real = cifar10_export.reference_logits
+  monkeypatch.setattr(cifar10_export, 'reference_logits',
+                      lambda *args: real(*args) + 0.01)  # as if the export computed otherwise
+  with pytest.raises(cifar10_export.ExportError, match='differs from the evaluation by 1.00e-02'):
+    cifar10_export.export_run(runs['tutorial'], str(tmp_path / 'out'), batches_dir,
+                              cifar10_export.Options(verify_images=8))
   assert not os.listdir(tmp_path)
 
 
