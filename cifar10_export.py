@@ -151,13 +151,19 @@ def interpreter(model_content, num_threads=None):
   return result
 
 
-def tflite_outputs(model_content, images, batch=VERIFY_BATCH):
-  """{output name: NumPy} of a TFLite model's only signature over images, batch by batch."""
-  lite = interpreter(model_content)
+def tflite_function(model_content, num_threads=None):
+  """A function from a batch of images to {output name: NumPy}: the TFLite model's only
+  signature, its one input given by position."""
+  lite = interpreter(model_content, num_threads)
   runner = lite.get_signature_runner()
   name = list(lite.get_signature_list().values())[0]['inputs'][0]
-  outputs = [runner(**{name: images[start:start + batch]})
-             for start in range(0, len(images), batch)]
+  return lambda images: runner(**{name: images})
+
+
+def tflite_outputs(model_content, images, batch=VERIFY_BATCH):
+  """{output name: NumPy} of a TFLite model's only signature over images, batch by batch."""
+  run = tflite_function(model_content)
+  outputs = [run(images[start:start + batch]) for start in range(0, len(images), batch)]
   return {key: np.concatenate([o[key] for o in outputs]) for key in outputs[0]}
 
 

@@ -43,14 +43,6 @@ _IMAGES = flags.DEFINE_integer('images', 300, 'Images per batch-1 timing.', lowe
 _ROUNDS = flags.DEFINE_integer('rounds', 5, 'Timings per candidate, in turns.', lower_bound=1)
 
 
-def tflite_batch1(content):
-  """A function running one image [1, ...] through a TFLite model, one thread."""
-  lite = cifar10_export.interpreter(content, num_threads=1)
-  runner = lite.get_signature_runner()
-  name = list(lite.get_signature_list().values())[0]['inputs'][0]
-  return lambda image: runner(**{name: image})
-
-
 def images_per_sec(run_one, images):
   start = time.perf_counter()
   for index in range(len(images)):
@@ -93,8 +85,8 @@ def main(argv):
   sizes = {'float (TFLite)': len(contents[cifar10_export.FLOAT_TFLITE]),
            'int8, ours (NumPy)': os.path.getsize(_INT8_FILE.value),
            'int8, TFLite': len(contents[cifar10_export.INT8_TFLITE])}
-  float_one = tflite_batch1(contents[cifar10_export.FLOAT_TFLITE])
-  tflite_one = tflite_batch1(contents[cifar10_export.INT8_TFLITE])
+  float_one = cifar10_export.tflite_function(contents[cifar10_export.FLOAT_TFLITE], 1)
+  tflite_one = cifar10_export.tflite_function(contents[cifar10_export.INT8_TFLITE], 1)
   runs = {'float (TFLite)': (float_one, test.images),
           'int8, ours (NumPy)': (lambda x: ours.run(ours.quantize_input(x)), standardized),
           'int8, TFLite': (tflite_one, standardized)}
