@@ -337,6 +337,9 @@ class Sequential(Layer):
   def kernels(self):
     return tuple(pair for layer in self.layers for pair in layer.kernels)
 
+  def num_params(self):
+    return sum(layer.num_params() for layer in self.layers)
+
   def output_shape(self, input_shape):
     for layer in self.layers:
       input_shape = layer.output_shape(input_shape)
@@ -379,6 +382,79 @@ class Concat(Layer):
 
   def flops(self, input_shape):
     return sum(branch.flops(input_shape) for branch in self.branches)
+
+
+class Residual(Layer):
+  """x + branch(x), then an optional ReLU: the identity shortcut of He et al. (2016).
+
+  The branch keeps the shape of its input. Counted like the rest: 1 FLOP per value for the
+  add and 2 for the ReLU, no parameters but the branch's.
+  """
+
+  def __init__(self, branch, *, relu=True, name=None):
+    super().__init__(name=name)
+    self.branch = branch if isinstance(branch, Sequential) else Sequential(branch)
+    self.relu = relu
+
+  def __call__(self, x, training=False):
+    y = x + self.branch(x, training=training)
+    return tf.nn.relu(y) if self.relu else y
+
+  @property
+  def kernels(self):
+    return self.branch.kernels
+
+  def num_params(self):
+    return self.branch.num_params()
+
+  def walk(self, input_shape):
+    yield from self.branch.walk(input_shape)
+
+  def output_shape(self, input_shape):
+    shape = tuple(self.branch.output_shape(input_shape))
+    if shape != tuple(input_shape):
+      raise ValueError(f'{self.name}: the branch maps {input_shape} to {shape}; a residual '
+                       'branch must keep its input shape')
+    return shape
+
+  def flops(self, input_shape):
+    return self.branch.flops(input_shape) + (3 if self.relu else 1) * math.prod(input_shape)
+
+
+class SqueezeExcite(Layer):
+  """Channel gating (Hu et al. 2018): x * sigmoid(dense2(relu(dense1(mean of x over space)))).
+
+  Counted: the mean as an average pool (0 FLOPs), the two dense layers as Dense, the sigmoid
+  4 FLOPs per channel, the product 1 FLOP per value.
+  """
+
+  def __init__(self, squeeze, excite, name=None):
+    super().__init__(name=name)
+    self.pool = GlobalAvgPool(name=f'{name}_pool')
+    self.squeeze, self.excite = squeeze, excite
+
+  def __call__(self, x, training=False):
+    return x * self.gate(x)[:, tf.newaxis, tf.newaxis, :]
+
+  def gate(self, x):
+    """[B, C] in (0, 1): the factor of each channel of x."""
+    return tf.sigmoid(self.excite(self.squeeze(self.pool(x))))
+
+  @property
+  def kernels(self):
+    return self.squeeze.kernels + self.excite.kernels
+
+  def num_params(self):
+    return self.squeeze.num_params() + self.excite.num_params()
+
+  def walk(self, input_shape):
+    yield self.squeeze, (input_shape[-1],)
+    yield self.excite, self.squeeze.output_shape((input_shape[-1],))
+
+  def flops(self, input_shape):
+    channels = (input_shape[-1],)
+    return (math.prod(input_shape) + self.squeeze.flops(channels)
+            + self.excite.flops(self.squeeze.output_shape(channels)) + 4 * channels[0])
 
 
 class Model(Sequential):
@@ -445,6 +521,11 @@ def _folded_layers(layers):
       inner = _folded_layers(layer.layers)
       changed |= inner is not None
       result.append(layer if inner is None else Sequential(inner, name=layer.name))
+    elif isinstance(layer, Residual):
+      inner = _folded_layers(layer.branch.layers)
+      changed |= inner is not None
+      result.append(layer if inner is None else
+                    Residual(inner, relu=layer.relu, name=layer.name))
     else:
       result.append(layer)
   return result if changed else None

@@ -144,7 +144,7 @@ def test_table_ends_with_the_totals_line():
 
 def test_registry_resolves_alias_and_lists_names_for_unknown():
   assert models.canonical_name('tuto') == 'tutorial'
-  with pytest.raises(ValueError, match='valid models: tutorial, alex0, .*budget0, budget1, tuto'):
+  with pytest.raises(ValueError, match='valid models: tutorial, alex0, .*budget0, budget1, .*budget5, tuto'):
     models.build('resnet')
 
 
@@ -304,3 +304,54 @@ def test_folding_a_model_without_batchnorm_returns_it_and_a_stray_batchnorm_is_r
   stray = cm.Model([cm.MaxPool(name='pool'), cm.BatchNorm(3, name='bn')], 8, name='stray')
   with pytest.raises(ValueError, match='bn: a BatchNorm folds only into a Conv2D'):
     cm.fold_batchnorm(stray)
+
+
+def _gated_block(channels=8, side=4):
+  """A residual block whose branch is conv-BN then a squeeze-excite gate (hidden 2)."""
+  regime = cm.Regime()
+  gate = cm.SqueezeExcite(cm.dense(regime, 'squeeze', channels, 2, tutorial_stddev=0.5),
+                          cm.dense(regime, 'excite', 2, channels, tutorial_stddev=0.5,
+                                   relu=False), name='se')
+  return cm.Residual([*cm.conv_bn(regime, 'conv', channels, channels, 3, relu=False), gate],
+                     name='block')
+
+
+def test_residual_and_gate_compute_their_formulas():
+  tf.random.set_seed(3)
+  block = _gated_block()
+  x = tf.random.normal([2, 4, 4, 8])
+  conv, norm, gate = block.branch.layers
+  z = norm(conv(x))
+  pooled = tf.reduce_mean(z, axis=[1, 2]).numpy()
+  hidden = np.maximum(pooled @ gate.squeeze.kernel.numpy() + gate.squeeze.bias.numpy(), 0)
+  factor = 1 / (1 + np.exp(-(hidden @ gate.excite.kernel.numpy() + gate.excite.bias.numpy())))
+  expected = np.maximum(x.numpy() + z.numpy() * factor[:, None, None, :], 0)
+  np.testing.assert_allclose(block(x).numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_residual_and_gate_counts_by_hand():
+  block = _gated_block(channels=8, side=4)
+  values = 4 * 4 * 8
+  conv = (1 + 2 * 9 * 8) * values  # folded conv with its bias, no ReLU (before the add)
+  gate = (2 * 8 + 1) * 2 + 2 * 2 + (2 * 2 + 1) * 8 + 4 * 8 + values  # mean free, product
+  assert block.flops((4, 4, 8)) == conv + gate + 3 * values  # add and ReLU
+  # conv 9*8*8, BatchNorm (folded) 8, squeeze 8*2 + 2, excite 2*8 + 8.
+  assert block.num_params() == 9 * 8 * 8 + 8 + 8 * 2 + 2 + 2 * 8 + 8
+  assert [layer.name for layer, _ in block.walk((4, 4, 8))] == [
+      'conv', 'conv_bn', 'squeeze', 'excite']
+  narrowing = cm.Residual(cm.conv_bn(cm.Regime(), 'c', 8, 4, 3), name='bad')
+  with pytest.raises(ValueError, match='bad: the branch maps .* a residual branch must keep'):
+    narrowing.output_shape((4, 4, 8))
+
+
+def test_folding_reaches_into_residual_branches_within_1e_4():
+  tf.random.set_seed(4)
+  model = cm.Model([*cm.conv_bn(cm.Regime(), 'stem', 3, 8, 3), _gated_block(),
+                    cm.GlobalAvgPool(name='avg'),
+                    cm.dense(cm.Regime(), 'logits', 8, 10, tutorial_stddev=0.1, relu=False)],
+                   image_size=4, name='gated')
+  _trained_statistics(model)
+  folded = cm.fold_batchnorm(model)
+  assert not any(isinstance(layer, cm.BatchNorm) for layer, _ in folded.walk((4, 4, 3)))
+  images = tf.random.normal([8, 4, 4, 3])
+  np.testing.assert_allclose(folded(images).numpy(), model(images).numpy(), atol=1e-4)
