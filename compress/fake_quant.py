@@ -54,7 +54,7 @@ def compare_layers(ops, leaves, int_model, images):
   rows = []
   for op, leaf in zip(ops, leaves):
     inputs = [int8.dequantize(values[t], **params[t]) for t in op['inputs']]
-    output = tf.concat(inputs, axis=-1) if leaf is None else leaf(inputs[0], training=False)
+    output = trace.join(op, inputs) if leaf is None else leaf(inputs[0], training=False)
     expected = int8.quantize(output.numpy(), **params[op['output']])
     difference = np.abs(expected.astype(np.int32) - values[op['output']].astype(np.int32))
     rows.append({'name': op['name'], 'type': op['type'],

@@ -18,7 +18,9 @@ fixed-point multiplier m0 and a right shift; ReLU is the clamp at low = zp_y. Th
 products are summed by float32 BLAS, which is exact here: every partial sum is an integer
 below 128 * max_c sum_k |w_q[k, c]|, checked to be under 2^24 when the model is loaded (layers
 over it use float64, exact to 2^53). Max-pooling works on int8 directly; the global average
-pool sums int32 and requantizes. LRN is the one float step: dequantize, normalise in float32,
+pool sums int32 and requantizes; a residual add rescales both inputs to the output's scale
+with one shared fixed-point shift; a squeeze-excite gate is a sigmoid table and an integer
+product. LRN is the one float step: dequantize, normalise in float32,
 quantize to its calibrated output range (an integer LRN would need a table of x^-0.75).
 """
 
@@ -220,6 +222,50 @@ def local_response_norm(x_q, layer, tensors):
   return quantize(values, y['scale'], y['zero_point'], np.float32)
 
 
+def add(a_q, b_q, layer, tensors):
+  """Sum of two int8 tensors of the same shape, each at its own scale, then optional ReLU.
+
+  y = zp_y + round(M_a (a - zp_a) + M_b (b - zp_b)) with M = s_in / s_y: both multipliers
+  share one fixed-point shift t (that of the larger), m = round(M 2^t) < 2^31, so the int64
+  sum |(a - zp_a) m_a + (b - zp_b) m_b| < 2^40 is exact; ReLU is the clamp at zp_y.
+  """
+  if a_q.shape != b_q.shape:
+    raise ValueError(f'add {layer["name"]}: inputs of shapes {a_q.shape} and {b_q.shape}')
+  a, b = (tensors[t] for t in layer['inputs'])
+  y = tensors[layer['output']]
+  multipliers = np.array([a['scale'], b['scale']], np.float64) / y['scale']
+  _, shift = quantize_multiplier(multipliers.max())
+  if Q31 + shift < 1:
+    raise ValueError(f'add {layer["name"]}: input scales over 2^30 times the output\'s')
+  m_a, m_b = np.round(multipliers * 2.0 ** (Q31 + shift)).astype(np.int64)
+  acc = ((a_q.astype(np.int64) - a['zero_point']) * m_a
+         + (b_q.astype(np.int64) - b['zero_point']) * m_b)
+  low = y['zero_point'] if layer['relu'] else INT8_MIN
+  constants = requantizer(np.int64(1), shift, y['zero_point'], low)
+  return requantize(acc, constants)
+
+
+def sigmoid(x_q, layer, tensors):
+  """The sigmoid by a table of its 256 int8 outputs, one per int8 input (built from the
+  scales in float64; the lookup itself is integer-only)."""
+  x, y = tensors[layer['inputs'][0]], tensors[layer['output']]
+  real = x['scale'] * (np.arange(INT8_MIN, INT8_MAX + 1, dtype=np.float64) - x['zero_point'])
+  table = quantize(1 / (1 + np.exp(-real)), y['scale'], y['zero_point'])
+  return table[x_q.astype(np.int64) - INT8_MIN]
+
+
+def multiply(x_q, gate_q, layer, tensors):
+  """Each channel of x [B, H, W, C] times its gate [B, C]: the integer product of the two
+  offsets (under 2^16), requantized by M = s_x s_gate / s_y."""
+  x, gate, y = (tensors[t] for t in layer['inputs'] + [layer['output']])
+  if gate_q.shape != (x_q.shape[0], x_q.shape[-1]):
+    raise ValueError(f'mul {layer["name"]}: a gate of shape {gate_q.shape} for {x_q.shape}')
+  product = ((x_q.astype(np.int64) - x['zero_point'])
+             * (gate_q.astype(np.int64) - gate['zero_point'])[:, np.newaxis, np.newaxis, :])
+  m0, shift = quantize_multiplier(x['scale'] * gate['scale'] / y['scale'])
+  return requantize(product, requantizer(m0, shift, y['zero_point']))
+
+
 # --------------------------------------------------------------------------- model
 
 
@@ -335,6 +381,12 @@ class Int8Model:
       return local_response_norm(inputs[0], op, self.tensors)
     if kind == 'concat':
       return np.concatenate(inputs, axis=-1)
+    if kind == 'add':
+      return add(*inputs, op, self.tensors)
+    if kind == 'sigmoid':
+      return sigmoid(inputs[0], op, self.tensors)
+    if kind == 'mul':
+      return multiply(*inputs, op, self.tensors)
     raise ValueError(f'unknown op type {kind!r} in the model file')
 
   def quantize_input(self, images):

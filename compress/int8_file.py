@@ -23,6 +23,9 @@ OP_FIELDS = {  # The fields each op type carries besides type, name, inputs and 
     'flatten': {},
     'avg_pool': {},
     'concat': {},
+    'add': {'relu': bool},
+    'sigmoid': {},
+    'mul': {},
 }
 MAX_IMAGE_SIZE = 32  # CIFAR-10's side: no model reads more
 MAX_OPS = 1000
@@ -112,6 +115,9 @@ def check(meta, arrays):
       raise sparse.FormatError(f'op {op.get("name")!r}: its output {output!r} is not a new '
                                'tensor of the table')
     _check_fields(op)
+    if op['type'] in ('add', 'mul') and len(inputs) != 2:
+      raise sparse.FormatError(f'op {op["name"]!r}: {op["type"]} takes 2 inputs, not '
+                               f'{len(inputs)}')
     if op['type'] in ('conv', 'dense'):
       _check_linear(op, arrays)
     defined.add(output)

@@ -53,6 +53,8 @@ MODEL_FILE = 'model_int8.npz'
 RUNNER_PREDICTIONS = 'runner_predictions.npy'
 REPORT_FILE = 'quant_report.json'
 VALUE_OPS = ('max_pool', 'flatten')  # ops whose output keeps the input's scale
+# A sigmoid's output lies in (0, 1): a fixed scale of 1/256 from -128 (TFLite's choice).
+SIGMOID_PARAMS = {'scale': 1.0 / 256, 'zero_point': -128}
 COMPARE_IMAGES = 200  # test images of the layer-by-layer check
 ZERO_CHANNEL_MULTIPLIER = 2.0 ** -16  # M of an all-zero channel, so its bias stays precise
 HALF_TINY = float(np.finfo(np.float16).tiny)  # 2^-14, float16's smallest normal number
@@ -96,7 +98,9 @@ def tensor_params(ops, ranges):
   params = {trace.INPUT: affine_params(*ranges[trace.INPUT])}
   producer = {op['output']: op for op in ops}
   for op in ops:
-    if op['type'] not in VALUE_OPS:
+    if op['type'] == 'sigmoid':
+      params[op['output']] = dict(SIGMOID_PARAMS)
+    elif op['type'] not in VALUE_OPS:
       params[op['output']] = affine_params(*ranges[op['output']])
   for op in ops:
     if op['type'] == 'concat':

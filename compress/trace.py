@@ -3,7 +3,8 @@
 The op list is JSON-able: compress/quantize.py calibrates on it (run in float), the
 fake-quant path (compress/fake_quant.py) runs it with quantize-dequantize at every tensor,
 and the exported int8 file stores it for the NumPy runner (compress/int8.py). The tracer
-follows the model's structure (Sequential, Concat and the leaf layers), never variable names.
+follows the model's structure (Sequential, Concat, Residual and the leaf layers), never
+variable names.
 """
 
 import tensorflow as tf
@@ -22,7 +23,8 @@ def trace_ops(model):
 
   Returns:
     (ops, leaves, output): ops are JSON-able dicts (type, name, inputs, output and the
-    layer's hyperparameters); leaves[i] is the layer object of ops[i] (None for a concat);
+    layer's hyperparameters); leaves[i] is the layer object of ops[i] (None for the ops
+    without a layer, concat, add, sigmoid and mul: `join` computes them);
     output is the id of the logits tensor.
   """
   ops, leaves = [], []
@@ -41,6 +43,15 @@ def trace_ops(model):
       return tensor
     if isinstance(layer, cm.Concat):
       return add({'type': 'concat'}, None, [walk(b, tensor) for b in layer.branches])
+    if isinstance(layer, cm.SqueezeExcite):  # Its parts, then the two ops that apply them.
+      gate = tensor
+      for part in (layer.pool, layer.squeeze, layer.excite):
+        gate = add(leaf_op(part), part, [gate])
+      gate = add({'type': 'sigmoid', 'name': f'{layer.name}_sigmoid'}, None, [gate])
+      return add({'type': 'mul', 'name': layer.name}, None, [tensor, gate])
+    if isinstance(layer, cm.Residual):
+      return add({'type': 'add', 'name': layer.name, 'relu': layer.relu}, None,
+                 [tensor, walk(layer.branch, tensor)])
     if isinstance(layer, cm.Dropout):
       return tensor  # Identity at inference.
     return add(leaf_op(layer), layer, [tensor])
@@ -67,6 +78,20 @@ def leaf_op(layer):
   raise QuantizationError(f'no int8 form for layer {layer.name!r} ({type(layer).__name__})')
 
 
+def join(op, inputs):
+  """The output of an op without a layer (leaf None): concat, add (then its ReLU), the
+  sigmoid of a gate, or mul (each channel of a [B, H, W, C] tensor times a [B, C] gate)."""
+  kind = op['type']
+  if kind == 'concat':
+    return tf.concat(inputs, axis=-1)
+  if kind == 'sigmoid':
+    return tf.sigmoid(inputs[0])
+  if kind == 'mul':
+    return tf.multiply(inputs[0], tf.convert_to_tensor(inputs[1])[:, None, None, :])
+  total = tf.add_n(inputs)
+  return tf.nn.relu(total) if op['relu'] else total
+
+
 def run_float(ops, leaves, images, tensor_fn=None):
   """Runs the ops in TensorFlow; tensor_fn (e.g. fake quantization) maps each new tensor.
 
@@ -77,6 +102,6 @@ def run_float(ops, leaves, images, tensor_fn=None):
   values = {INPUT: tensor_fn(INPUT, tf.convert_to_tensor(images, tf.float32))}
   for op, leaf in zip(ops, leaves):
     inputs = [values[i] for i in op['inputs']]
-    value = tf.concat(inputs, axis=-1) if leaf is None else leaf(inputs[0], training=False)
+    value = join(op, inputs) if leaf is None else leaf(inputs[0], training=False)
     values[op['output']] = tensor_fn(op['output'], value)
   return values

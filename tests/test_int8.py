@@ -118,3 +118,46 @@ def test_loading_a_pruned_float_file_as_an_int8_model_says_so(tmp_path):
               {'model': 'tutorial', 'image_size': 24, 'step': 10, 'weights': 'ema'})
   with pytest.raises(sparse.FormatError, match='not an int8 model.*compress/prune.py'):
     int8.Int8Model.load(path)
+
+
+def _round_half_up(value):
+  return int(np.floor(value + fractions.Fraction(1, 2)))
+
+
+@pytest.mark.parametrize('relu', [False, True])
+def test_add_rescales_both_inputs_like_exact_arithmetic(relu):
+  tensors = {'a': {'scale': 0.031, 'zero_point': -7}, 'b': {'scale': 0.0123, 'zero_point': 40},
+             'y': {'scale': 0.045, 'zero_point': -20}}
+  layer = {'name': 'block', 'inputs': ['a', 'b'], 'output': 'y', 'relu': relu}
+  a_q, b_q = np.meshgrid(np.arange(-128, 128, 5), np.arange(-128, 128, 3))
+  got = int8.add(a_q.astype(np.int8), b_q.astype(np.int8), layer, tensors).reshape(-1)
+  low = -20 if relu else -128
+  exact = np.array([
+      min(max(_round_half_up((fractions.Fraction(0.031) * (int(a) + 7)
+                              + fractions.Fraction(0.0123) * (int(b) - 40))
+                             / fractions.Fraction(0.045)) - 20, low), 127)
+      for a, b in zip(a_q.flat, b_q.flat)])
+  # The multipliers keep 31 bits: one step off only within 2^-20 of a tie, so at most rarely.
+  assert np.abs(got.astype(int) - exact).max() <= 1 and np.mean(got == exact) > 0.999
+  with pytest.raises(ValueError, match='add block: inputs of shapes'):
+    int8.add(a_q.astype(np.int8), b_q[:1].astype(np.int8), layer, tensors)
+
+
+def test_sigmoid_table_and_gate_product_match_exact_arithmetic():
+  tensors = {'g': {'scale': 0.06, 'zero_point': 5}, 's': {'scale': 1 / 256, 'zero_point': -128},
+             'x': {'scale': 0.02, 'zero_point': -128}, 'y': {'scale': 0.015, 'zero_point': -128}}
+  gate_in = np.arange(-128, 128).astype(np.int8)
+  gate = int8.sigmoid(gate_in, {'inputs': ['g'], 'output': 's'}, tensors)
+  real = 1 / (1 + np.exp(-0.06 * (np.arange(-128, 128) - 5.0)))
+  np.testing.assert_array_equal(gate, np.clip(np.round(real * 256) - 128, -128, 127))
+  x_q = np.arange(-128, 128, dtype=np.int64).reshape(1, 4, 8, 8).astype(np.int8)
+  g_q = gate[::32].reshape(1, 8)
+  layer = {'name': 'se', 'inputs': ['x', 's'], 'output': 'y'}
+  got = int8.multiply(x_q, g_q, layer, tensors)
+  for (_, i, j, c), value in np.ndenumerate(got):
+    product = (fractions.Fraction(0.02) * (int(x_q[0, i, j, c]) + 128)
+               * fractions.Fraction(1, 256) * (int(g_q[0, c]) + 128))
+    expected = min(max(_round_half_up(product / fractions.Fraction(0.015)) - 128, -128), 127)
+    assert abs(int(value) - expected) <= 1
+  with pytest.raises(ValueError, match='mul se: a gate of shape'):
+    int8.multiply(x_q, g_q[:, :4], layer, tensors)

@@ -41,6 +41,31 @@ def squeeze_like():
                   image_size=8)
 
 
+def residual_like():
+  """conv -> residual block (conv-BN, + input, ReLU) -> pool -> global average -> dense, folded."""
+  model = cm.Model([*cm.conv_bn(REGIME, 'c1', 3, 8, 3),
+                    cm.Residual(cm.conv_bn(REGIME, 'c2', 8, 8, 3, relu=False), name='block'),
+                    cm.MaxPool(size=2, stride=2, name='p1'), cm.GlobalAvgPool(name='avg'),
+                    cm.dense(REGIME, 'logits', 8, 10, tutorial_stddev=0.1, relu=False)],
+                   image_size=8)
+  model(images(16, seed=2), training=True)  # Moving statistics that are not the identity.
+  return cm.fold_batchnorm(model)
+
+
+def gated_like():
+  """conv -> residual block whose branch ends in a squeeze-excite gate -> average -> dense."""
+  branch = [*cm.conv_bn(REGIME, 'c2', 8, 8, 3, relu=False),
+            cm.SqueezeExcite(cm.dense(REGIME, 'se_squeeze', 8, 2, tutorial_stddev=0.5),
+                             cm.dense(REGIME, 'se_excite', 2, 8, tutorial_stddev=0.5,
+                                      relu=False), name='se')]
+  model = cm.Model([*cm.conv_bn(REGIME, 'c1', 3, 8, 3), cm.Residual(branch, name='block'),
+                    cm.GlobalAvgPool(name='avg'),
+                    cm.dense(REGIME, 'logits', 8, 10, tutorial_stddev=0.1, relu=False)],
+                   image_size=8)
+  model(images(16, seed=2), training=True)
+  return cm.fold_batchnorm(model)
+
+
 def images(n, seed=0):
   return tf.random.stateless_normal([n, 8, 8, 3], seed=[seed, 1]).numpy()
 
@@ -52,7 +77,7 @@ def randomize_biases(model, seed=0):
       variable.assign(tf.random.stateless_normal(variable.shape, [seed, i], stddev=0.1))
 
 
-@pytest.mark.parametrize('build', [tutorial_like, squeeze_like])
+@pytest.mark.parametrize('build', [tutorial_like, squeeze_like, residual_like, gated_like])
 def test_integer_layers_match_fake_quant_within_one_step(build):
   tf.random.set_seed(0)
   model = build()
@@ -62,8 +87,11 @@ def test_integer_layers_match_fake_quant_within_one_step(build):
   ops, leaves, _ = trace.trace_ops(model)
   fake_quant.load_weights(leaves, ops, arrays, meta['tensors'])
   rows = fake_quant.compare_layers(ops, leaves, int_model, images(32, seed=1))
-  assert [row['type'] for row in rows][:2] == ['conv', 'max_pool' if build is tutorial_like
-                                               else 'conv']
+  first = {tutorial_like: 'max_pool', squeeze_like: 'conv'}.get(build, 'conv')
+  types = [row['type'] for row in rows]
+  assert types[:2] == ['conv', first]
+  assert ('add' in types) == (build in (residual_like, gated_like))
+  assert ('mul' in types and 'sigmoid' in types) == (build is gated_like)
   assert max(row['max_step_difference'] for row in rows) <= 1, rows
   # The whole integer model against the whole fake-quant model, end to end.
   logits = fake_quant.run(ops, leaves, meta['tensors'], images(32, seed=1))
