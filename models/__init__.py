@@ -33,6 +33,10 @@ MODELS = {
     'inception1': functools.partial(inception.build, variant=1),
     'budget0': functools.partial(budget.build, variant=0),
     'budget1': functools.partial(budget.build, variant=1),
+    'budget2': functools.partial(budget.build, variant=2),
+    'budget3': functools.partial(budget.build, variant=3),
+    'budget4': functools.partial(budget.build, variant=4),
+    'budget5': functools.partial(budget.build, variant=5),
 }
 # Short names; each of the study's families stands for its best model in the study, and
 # `budget` for budget0, the first of ours (configs written with it keep meaning budget0).

@@ -5,15 +5,19 @@ The study compared networks at the tutorial's cost (37.75 MFLOPs, 1.07M paramete
 each followed by BatchNorm and ReLU, 2x2 max pooling between stages, global average pooling
 and one linear layer:
 
-  stage side:  32            16            8            4
-  budget0      3->24         24->48        48->96 96->96  96->176 176->176   avg  dense 10
-  budget1      3->16 16->16  16->40 40->40  40->80 80->80  80->144 144->144   avg  dense 10
+  stage side:  32            16                8                4
+  budget0      3->24         24->48            48->96 96->96    96->176 176->176  avg  dense
+  budget1      3->16 16->16  16->40 40->40     40->80 80->80    80->144 144->144  avg  dense
+  budget2      3->16 16->16  16->32 32->32 x2  32->64 64->64 x2 64->128 128->128  avg  dense
 
 (a 2x2 max pooling between stages). budget0 puts one convolution on each of the two large
 sides and most parameters where they are cheap (4x4); budget1 spends the same FLOPs on two
-convolutions at every side, narrower, the widths doubling where the side halves. Counted
-folded (cifar10_model.BatchNorm): a BatchNorm adds one parameter per channel and no FLOP but
-its ReLU's.
+convolutions at every side, narrower, the widths doubling where the side halves; budget2 on
+three at 16 and 8, narrower still. budget3 and budget5 are budget1 and budget2 with each
+convolution that keeps its width in a residual block (x + BN(conv(x)), then ReLU); budget4
+is budget3 with a squeeze-excite gate (hidden width C / 4) at the end of each block's branch.
+Counted folded (cifar10_model.BatchNorm): a BatchNorm adds one parameter per channel and no
+FLOP but its ReLU's; an add 1 FLOP per value, a gate its dense layers, sigmoid and product.
 """
 
 import cifar10_model as cm
@@ -23,7 +27,16 @@ import cifar10_model as cm
 STAGES = {
     0: ((24,), (48,), (96, 96), (176, 176)),
     1: ((16, 16), (40, 40), (80, 80), (144, 144)),
+    2: ((16, 16), (32, 32, 32), (64, 64, 64), (128, 128)),
+    3: ((16, 16), (40, 40), (80, 80), (144, 144)),
+    4: ((16, 16), (40, 40), (80, 80), (144, 144)),
+    5: ((16, 16), (32, 32, 32), (64, 64, 64), (128, 128)),
 }
+# Variants whose convolutions that keep their input's width sit in a residual block
+# (x + BN(conv(x)), then ReLU), and those whose blocks also gate their channels.
+RESIDUAL = (3, 4, 5)
+SQUEEZE_EXCITE = (4,)
+SE_REDUCTION = 4  # hidden width of the gate: channels / 4
 
 
 def build(regime, image_size=32, variant=0):
@@ -34,7 +47,14 @@ def build(regime, image_size=32, variant=0):
   stages = STAGES[variant]
   for number, widths in enumerate(stages, start=1):
     for index, out in enumerate(widths, start=1):
-      layers += cm.conv_bn(regime, f'conv{number}_{index}', width, out, 3)
+      name = f'conv{number}_{index}'
+      if variant in RESIDUAL and out == width:
+        branch = cm.conv_bn(regime, name, width, out, 3, relu=False)
+        if variant in SQUEEZE_EXCITE:
+          branch.append(squeeze_excite(regime, f'se{number}_{index}', out))
+        layers.append(cm.Residual(branch, name=f'block{number}_{index}'))
+      else:
+        layers += cm.conv_bn(regime, name, width, out, 3)
       width = out
     if number < len(stages):
       layers.append(cm.MaxPool(size=2, stride=2, name=f'pool{number}'))
@@ -42,3 +62,12 @@ def build(regime, image_size=32, variant=0):
              cm.dense(regime, 'logits', width, 10, tutorial_stddev=1 / width, relu=False,
                       decay=False)]
   return cm.Model(layers, image_size, name=f'budget{variant}')
+
+
+def squeeze_excite(regime, name, channels):
+  """The gate of one block: dense C -> C / 4 with ReLU, dense C / 4 -> C, sigmoid."""
+  hidden = max(1, channels // SE_REDUCTION)
+  return cm.SqueezeExcite(
+      cm.dense(regime, f'{name}_squeeze', channels, hidden, tutorial_stddev=1 / channels),
+      cm.dense(regime, f'{name}_excite', hidden, channels, tutorial_stddev=1 / hidden,
+               relu=False), name=name)

@@ -36,14 +36,23 @@ INCEPTION_GOLDEN = {
 }
 BUDGET_PARAMS, BUDGET_FLOPS = 1_100_000, 40_000_000
 # The budget models at 32x32, counted folded (a BatchNorm is the bias of its conv).
-BUDGET_GOLDEN = {'budget0': (568_666, 36_515_786), 'budget1': (401_610, 36_481_354)}
+BUDGET_GOLDEN = {'budget0': (568_666, 36_515_786), 'budget1': (401_610, 36_481_354),
+                 'budget2': (340_986, 36_497_930), 'budget3': (401_610, 36_515_402),
+                 'budget4': (416_456, 36_580_052), 'budget5': (340_986, 36_540_938)}
 # (C_in, C_out, side) of each 3x3 conv + BatchNorm + ReLU of each budget model.
 BUDGET_CONVS = {
     'budget0': [(3, 24, 32), (24, 48, 16), (48, 96, 8), (96, 96, 8), (96, 176, 4),
                 (176, 176, 4)],
     'budget1': [(3, 16, 32), (16, 16, 32), (16, 40, 16), (40, 40, 16), (40, 80, 8),
                 (80, 80, 8), (80, 144, 4), (144, 144, 4)],
+    'budget2': [(3, 16, 32), (16, 16, 32), (16, 32, 16), (32, 32, 16), (32, 32, 16),
+                (32, 64, 8), (64, 64, 8), (64, 64, 8), (64, 128, 4), (128, 128, 4)],
 }
+BUDGET_CONVS.update(budget3=BUDGET_CONVS['budget1'], budget4=BUDGET_CONVS['budget1'],
+                    budget5=BUDGET_CONVS['budget2'])
+# Residual: each conv that keeps its width is a block, x + BN(conv(x)) then ReLU; gated: its
+# branch ends in a squeeze-excite gate of hidden width C / 4.
+BUDGET_RESIDUAL, BUDGET_GATED = ('budget3', 'budget4', 'budget5'), ('budget4',)
 # The tutorial's own cost, which a budget model must not exceed.
 TUTORIAL_PARAMS, TUTORIAL_FLOPS = GOLDEN['tutorial'][:2]
 
@@ -55,6 +64,14 @@ def test_budget_counts_by_hand_inside_the_tutorials_cost(name):
   convs = BUDGET_CONVS[name]
   flops = sum((1 + 18 * c_in) * c_out * s * s + 2 * c_out * s * s for c_in, c_out, s in convs)
   params = sum(9 * c_in * c_out + c_out for c_in, c_out, _ in convs)
+  blocks = [(c, s) for c_in, c, s in convs if c_in == c] if name in BUDGET_RESIDUAL else []
+  flops += sum(c * s * s for c, s in blocks)  # The add; its ReLU is the conv's, moved.
+  for c, s in blocks if name in BUDGET_GATED else []:
+    # squeeze c -> c/4 with ReLU, excite c/4 -> c, sigmoid 4 per channel, product; the
+    # mean counts 0 like every average pool.
+    h = c // 4
+    flops += (2 * c + 1) * h + 2 * h + (2 * h + 1) * c + 4 * c + c * s * s
+    params += c * h + h + h * c + c
   width = convs[-1][1]
   flops += (2 * width + 1) * 10  # The logits layer.
   params += width * 10 + 10
