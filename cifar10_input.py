@@ -23,8 +23,11 @@ CONTRAST_RANGE = (0.2, 1.8)
 # The distortions of training (--distortions): the tutorial's, or today's usual random crop
 # and flip alone, whose window of image_size pixels moves over the image padded (with zeros)
 # to image_size + CROP_SLACK: a 24x24 crop of the 32x32 image, or a 32x32 crop of it padded
-# by 4 on every side; both have the tutorial's 9 x 9 positions.
-DISTORTIONS = ('tutorial', 'crop_flip')
+# by 4 on every side; both have the tutorial's 9 x 9 positions. 'crop_flip_mean' standardizes
+# the whole 32x32 image first and pads that, so the padding is the image's mean and the pixels
+# inside keep the values evaluation gives them (crop_flip's black padding enters the image's
+# mean and deviation, shifting every pixel of a crop that shows some).
+DISTORTIONS = ('tutorial', 'crop_flip', 'crop_flip_mean')
 CROP_SLACK = 8
 
 
@@ -111,7 +114,7 @@ def cutout(images, seed, side, part=None):
 
 
 def distort_batch(images, seed, size=CROP_SIZE, part=None, distortions='tutorial',
-                  cutout_side=0):
+                  cutout_side=0, crop_slack=CROP_SLACK):
   """Training distortions on a batch of uint8 [B, 32, 32, 3] images.
 
   Args:
@@ -120,9 +123,13 @@ def distort_batch(images, seed, size=CROP_SIZE, part=None, distortions='tutorial
     size: side of the output.
     part: (first row, rows of the whole batch) when the images are a replica's share of a
       batch: each image is distorted as it would be in the whole batch.
-    distortions: 'tutorial' (crop, flip, brightness, contrast) or 'crop_flip' (a crop of the
-      zero-padded image and a flip; DISTORTIONS).
+    distortions: 'tutorial' (crop, flip, brightness, contrast), 'crop_flip' (a crop of the
+      zero-padded image and a flip) or 'crop_flip_mean' (the same of the standardized image,
+      padded with its mean); DISTORTIONS.
     cutout_side: side of the square `cutout` zeroes after standardization; 0: none.
+    crop_slack: the crop_flip modes' window moves over the image brought to size +
+      crop_slack pixels (zero-padded, or centrally cropped when that is under 32): it has
+      crop_slack + 1 positions per axis. Even; the tutorial mode ignores it.
 
   Returns:
     float32 [B, size, size, 3], standardized per image.
@@ -133,10 +140,15 @@ def distort_batch(images, seed, size=CROP_SIZE, part=None, distortions='tutorial
     images = standardize(random_brightness_and_contrast(images, color_seed, part))
   else:
     crop_seed = tf.random.experimental.stateless_split(seed, 2)[0]
-    pad = max(size + CROP_SLACK - STORED_SIZE, 0) // 2
+    pad = max(size + crop_slack - STORED_SIZE, 0) // 2
+    if size + crop_slack < STORED_SIZE:
+      images = cifar10_records.central_crop(images, size + crop_slack)
+    if distortions == 'crop_flip_mean':
+      images = standardize(tf.cast(images, tf.float32))
     padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
-    images = standardize(tf.cast(random_crop_and_flip(padded, crop_seed, size, part),
-                                 tf.float32))
+    images = tf.cast(random_crop_and_flip(padded, crop_seed, size, part), tf.float32)
+    if distortions == 'crop_flip':
+      images = standardize(images)
   if not cutout_side:
     return images
   cutout_seed = tf.random.experimental.stateless_fold_in(seed, 3)
@@ -177,7 +189,8 @@ def steps_per_epoch(num_images, batch_size):
 
 
 def train_inputs(split, batch_size, seed, augment=True, image_size=CROP_SIZE, first_step=0,
-                 replicas=(0, 1, 1), distortions='tutorial', cutout_side=0):
+                 replicas=(0, 1, 1), distortions='tutorial', cutout_side=0,
+                 crop_slack=CROP_SLACK):
   """Endless shuffled training batches, indexed by the step they feed.
 
   The batch of step k depends only on (seed, k): its images are batch k mod steps_per_epoch
@@ -192,7 +205,7 @@ def train_inputs(split, batch_size, seed, augment=True, image_size=CROP_SIZE, fi
     batch_size: images per (global) batch; each epoch drops its last partial batch so every
       batch has the same shape.
     seed: int; fixes the order of every epoch and the distortions of every step.
-    augment: distort if True (`distortions`, `cutout_side`: distort_batch); else the
+    augment: distort if True (`distortions`, `cutout_side`, `crop_slack`: distort_batch); else the
       central crop (the full 32x32 image when image_size is 32), standardized.
     image_size: 24 or 32.
     first_step: the step whose batch comes first (the step a run resumes at).
@@ -226,7 +239,7 @@ def train_inputs(split, batch_size, seed, augment=True, image_size=CROP_SIZE, fi
     chosen = tf.gather(images, indices)
     if augment:
       chosen = distort_batch(chosen, step_seed(seed, DISTORTION_STREAM, step), image_size,
-                             (first_row, batch_size), distortions, cutout_side)
+                             (first_row, batch_size), distortions, cutout_side, crop_slack)
     else:
       chosen = eval_batch(chosen, image_size)
     return chosen, tf.gather(labels, indices)

@@ -59,8 +59,9 @@ class TrainConfig:
   label_smoothing: float = 0.0  # share of each label spread evenly over the 10 classes
   moving_average_decay: float = 0.9999
   augment: bool = True  # distort the training images; off: standardized 32x32 images
-  distortions: str = 'tutorial'  # or 'crop_flip' (cifar10_input.DISTORTIONS)
+  distortions: str = 'tutorial'  # or 'crop_flip', 'crop_flip_mean' (cifar10_input.DISTORTIONS)
   cutout: int = 0  # side in pixels of the square cut out of each training image; 0: none
+  crop_slack: int = 8  # crop_flip modes: positions per axis of the crop window, minus one
   image_size: int = 24  # pixels; 24 with augmentation, 32 without unless set
   init: str = 'xavier'  # or 'tutorial'
   weight_decay: str = 'study'  # WD / prod(shape) with WD = 500; 'tutorial' (0.004); 'l2'
@@ -101,6 +102,8 @@ class TrainConfig:
         raise ConfigError(f'--{name}={getattr(self, name)} must be below {bound}')
     if self.moving_average_decay > 1:
       raise ConfigError(f'--moving_average_decay={self.moving_average_decay} must be <= 1')
+    if self.crop_slack % 2 or not 0 <= self.crop_slack <= 16:
+      raise ConfigError(f'--crop_slack={self.crop_slack} must be even, in 0 .. 16')
     if self.cutout > self.image_size:
       raise ConfigError(f'--cutout={self.cutout} exceeds the image side {self.image_size}')
     if not 1 <= self.batch_size <= cifar10_records.NUM_TRAIN_EXAMPLES:

@@ -104,8 +104,13 @@ def define_train_flags():
       augment=flags.DEFINE_boolean('augment', d.augment, 'Distort the training images.'),
       distortions=flags.DEFINE_enum(
           'distortions', d.distortions, list(cifar10_input.DISTORTIONS),
-          "tutorial (random crop, flip, brightness, contrast) or crop_flip (a random crop of "
-          'the image zero-padded to --image_size + 8, and a flip).'),
+          "tutorial (random crop, flip, brightness, contrast), crop_flip (a random crop of "
+          'the image zero-padded to --image_size + 8, and a flip) or crop_flip_mean (the same '
+          "of the standardized image, padded with its mean)."),
+      crop_slack=flags.DEFINE_integer(
+          'crop_slack', d.crop_slack, 'The crop_flip modes: positions per axis of the crop '
+          'window, minus one (even; 8: padding by 4 at 32x32).', lower_bound=0,
+          upper_bound=16),
       cutout=flags.DEFINE_integer('cutout', d.cutout, 'Side in pixels of a random square '
                                   'zeroed in each training image; 0: none.', lower_bound=0),
       l2_decay=flags.DEFINE_float('l2_decay', d.l2_decay, 'Coefficient of --weight_decay=l2.',
@@ -616,7 +621,8 @@ def _batches(config, trainer, step, train_split):
     return cifar10_input.train_inputs(
         train_split, config.batch_size, seed=config.seed, augment=config.augment,
         image_size=config.image_size, first_step=step, replicas=replicas,
-        distortions=config.distortions, cutout_side=config.cutout)
+        distortions=config.distortions, cutout_side=config.cutout,
+        crop_slack=config.crop_slack)
   if trainer.strategy is None:
     return inputs((0, 1, 1))
 

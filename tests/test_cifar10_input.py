@@ -118,6 +118,23 @@ def test_crop_flip_at_32_takes_a_window_of_the_image_padded_by_4():
   assert len(shapes) > 5  # The offsets vary over the 9 x 9 positions.
 
 
+def test_crop_slack_4_pads_by_2_at_32_and_crops_the_central_28_at_24():
+  constant = tf.fill([64, 32, 32, 3], tf.constant(200, tf.uint8))  # Only padding shows.
+  out = cifar10_input.distort_batch(constant, seed(5, 7), 32, distortions='crop_flip',
+                                    crop_slack=4).numpy()
+  inside = [_rectangle(image > image.min()) if image.min() < image.max() else (32, 32)
+            for image in out[..., 0]]
+  assert all(30 <= h <= 32 and 30 <= w <= 32 for h, w in inside)
+  assert len(set(inside)) > 3  # The offsets vary over the 5 x 5 positions.
+  images = tf.constant(np.random.default_rng(3).integers(0, 256, (8, 32, 32, 3)), tf.uint8)
+  out = cifar10_input.distort_batch(images, seed(7, 8), 24, distortions='crop_flip',
+                                    crop_slack=4)
+  crop_seed = tf.random.experimental.stateless_split(seed(7, 8), 2)[0]
+  window = cifar10_input.random_crop_and_flip(images[:, 2:30, 2:30], crop_seed, 24)
+  expected = cifar10_input.standardize(tf.cast(window, tf.float32))
+  np.testing.assert_allclose(out.numpy(), expected.numpy(), atol=1e-5)
+
+
 def test_crop_flip_at_24_is_the_tutorials_window_without_colour_changes():
   images = tf.constant(np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3)), tf.uint8)
   out = cifar10_input.distort_batch(images, seed(7, 8), 24, distortions='crop_flip')
@@ -125,6 +142,19 @@ def test_crop_flip_at_24_is_the_tutorials_window_without_colour_changes():
   window = cifar10_input.random_crop_and_flip(images, crop_seed, 24)
   expected = cifar10_input.standardize(tf.cast(window, tf.float32))
   np.testing.assert_allclose(out.numpy(), expected.numpy(), atol=1e-5)
+
+
+def test_crop_flip_mean_crops_the_standardized_image_padded_with_its_mean():
+  images = tf.constant(np.random.default_rng(2).integers(0, 256, (8, 32, 32, 3)), tf.uint8)
+  out = cifar10_input.distort_batch(images, seed(7, 9), 32, distortions='crop_flip_mean')
+  crop_seed = tf.random.experimental.stateless_split(seed(7, 9), 2)[0]
+  standardized = cifar10_input.standardize(tf.cast(images, tf.float32))
+  padded = tf.pad(standardized, [[0, 0], [4, 4], [4, 4], [0, 0]])
+  expected = cifar10_input.random_crop_and_flip(padded, crop_seed, 32)
+  np.testing.assert_allclose(out.numpy(), expected.numpy(), atol=1e-6)
+  # Every pixel is one of the evaluation's standardized values or the padding's 0.
+  evaluated = set(np.round(standardized.numpy().reshape(-1), 5)) | {0.0}
+  assert set(np.round(out.numpy().reshape(-1), 5)) <= evaluated
 
 
 def test_cutout_zeroes_one_square_clipped_at_the_edges():

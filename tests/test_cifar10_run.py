@@ -129,7 +129,7 @@ def test_a_truncated_checkpoint_is_unreadable_not_a_traceback(tmp_path):
     (dict(optimizer='adam'), "optimizer 'adam' is not one of sgd, momentum, nesterov"),
     (dict(recipe='fastest'), "recipe 'fastest' is not one of study, tutorial, fast, fast32"),
     (dict(lr_schedule='cyclic'), "lr_schedule 'cyclic' is not one of constant"),
-    (dict(distortions='mixup'), "distortions 'mixup' is not one of tutorial, crop_flip"),
+    (dict(distortions='mixup'), "distortions 'mixup' is not one of tutorial, crop_flip, crop_flip_mean"),
     (dict(momentum=1.0), '--momentum=1.0 must be below 1.0'),
     (dict(label_smoothing=-0.1), '--label_smoothing=-0.1 must be a finite number >= 0'),
     (dict(moving_average_decay=1.5), '--moving_average_decay=1.5 must be <= 1'),
