@@ -24,9 +24,9 @@ CONTRAST_RANGE = (0.2, 1.8)
 # and flip alone, whose window of image_size pixels moves over the image padded (with zeros)
 # to image_size + CROP_SLACK: a 24x24 crop of the 32x32 image, or a 32x32 crop of it padded
 # by 4 on every side; both have the tutorial's 9 x 9 positions. 'crop_flip_mean' standardizes
-# the whole 32x32 image first and pads that, so the padding is the image's mean and the pixels
-# inside keep the values evaluation gives them (crop_flip's black padding enters the image's
-# mean and deviation, shifting every pixel of a crop that shows some).
+# the whole image first and pads that, so the padding is the image's mean and, at 32x32, the
+# pixels inside keep the values evaluation gives them (crop_flip's black padding enters the
+# crop's mean and deviation, shifting every pixel of a crop that shows some).
 DISTORTIONS = ('tutorial', 'crop_flip', 'crop_flip_mean')
 CROP_SLACK = 8
 

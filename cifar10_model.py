@@ -109,6 +109,10 @@ class Layer(tf.Module):
     del input_shape
     return 0
 
+  def activations(self, input_shape):
+    """Values this layer computes per image (its outputs and those of the ops inside it)."""
+    return math.prod(self.output_shape(input_shape))
+
 
 def direct_conv2d(x, kernel, stride):
   """tf.nn.conv2d with SAME padding: the default computation of a Conv2D."""
@@ -340,6 +344,13 @@ class Sequential(Layer):
   def num_params(self):
     return sum(layer.num_params() for layer in self.layers)
 
+  def activations(self, input_shape):
+    total = 0
+    for layer in self.layers:
+      total += layer.activations(input_shape)
+      input_shape = layer.output_shape(input_shape)
+    return total
+
   def output_shape(self, input_shape):
     for layer in self.layers:
       input_shape = layer.output_shape(input_shape)
@@ -383,6 +394,9 @@ class Concat(Layer):
   def flops(self, input_shape):
     return sum(branch.flops(input_shape) for branch in self.branches)
 
+  def activations(self, input_shape):
+    return sum(branch.activations(input_shape) for branch in self.branches)
+
 
 class Residual(Layer):
   """x + branch(x), then an optional ReLU: the identity shortcut of He et al. (2016).
@@ -420,6 +434,9 @@ class Residual(Layer):
   def flops(self, input_shape):
     return self.branch.flops(input_shape) + (3 if self.relu else 1) * math.prod(input_shape)
 
+  def activations(self, input_shape):
+    return self.branch.activations(input_shape) + math.prod(input_shape)  # and the sum
+
 
 class SqueezeExcite(Layer):
   """Channel gating (Hu et al. 2018): x * sigmoid(dense2(relu(dense1(mean of x over space)))).
@@ -430,7 +447,7 @@ class SqueezeExcite(Layer):
 
   def __init__(self, squeeze, excite, name=None):
     super().__init__(name=name)
-    self.pool = GlobalAvgPool(name=f'{name}_pool')
+    self.pool = GlobalAvgPool(name=f'{self.name}_pool')
     self.squeeze, self.excite = squeeze, excite
 
   def __call__(self, x, training=False):
@@ -455,6 +472,11 @@ class SqueezeExcite(Layer):
     channels = (input_shape[-1],)
     return (math.prod(input_shape) + self.squeeze.flops(channels)
             + self.excite.flops(self.squeeze.output_shape(channels)) + 4 * channels[0])
+
+  def activations(self, input_shape):
+    # The mean, the hidden layer, the gate before and after its sigmoid, the product.
+    hidden = self.squeeze.kernel.shape[1]
+    return 3 * input_shape[-1] + hidden + math.prod(input_shape)
 
 
 class Model(Sequential):
@@ -637,9 +659,7 @@ TRAINING_BYTES_PER_ACTIVATION = 3 * 4
 
 def training_bytes_per_image(model):
   """Memory a train step needs per image of the batch (an estimate, on the safe side)."""
-  activations = sum(math.prod(layer.output_shape(shape))
-                    for layer, shape in model.walk(model.input_shape))
-  return TRAINING_BYTES_PER_ACTIVATION * activations
+  return TRAINING_BYTES_PER_ACTIVATION * model.activations(model.input_shape)
 
 
 def format_count_table(rows):

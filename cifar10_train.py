@@ -105,8 +105,8 @@ def define_train_flags():
       distortions=flags.DEFINE_enum(
           'distortions', d.distortions, list(cifar10_input.DISTORTIONS),
           "tutorial (random crop, flip, brightness, contrast), crop_flip (a random crop of "
-          'the image zero-padded to --image_size + 8, and a flip) or crop_flip_mean (the same '
-          "of the standardized image, padded with its mean)."),
+          'the image zero-padded to --image_size + --crop_slack, and a flip) or '
+          'crop_flip_mean (the same of the standardized image, padded with its mean).'),
       crop_slack=flags.DEFINE_integer(
           'crop_slack', d.crop_slack, 'The crop_flip modes: positions per axis of the crop '
           'window, minus one (even; 8: padding by 4 at 32x32).', lower_bound=0,

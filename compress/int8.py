@@ -87,7 +87,8 @@ def quantize_multiplier(multiplier):
   m0 = np.where(carry, 2 ** (Q31 - 1), m0)
   shift = (-exponent - carry).astype(np.int64)
   tiny = Q31 + shift > MAX_TOTAL_SHIFT
-  m0 = np.where(tiny, np.round(multiplier * 2.0 ** MAX_TOTAL_SHIFT).astype(np.int64), m0)
+  capped = np.round(np.where(tiny, multiplier, 0.0) * 2.0 ** MAX_TOTAL_SHIFT)  # tiny ones only
+  m0 = np.where(tiny, capped.astype(np.int64), m0)
   return m0, np.where(tiny, MAX_TOTAL_SHIFT - Q31, shift)
 
 
@@ -222,48 +223,72 @@ def local_response_norm(x_q, layer, tensors):
   return quantize(values, y['scale'], y['zero_point'], np.float32)
 
 
-def add(a_q, b_q, layer, tensors):
-  """Sum of two int8 tensors of the same shape, each at its own scale, then optional ReLU.
+def prepare_add(layer, tensors):
+  """The constants of `add`: y = zp_y + round(M_a (a - zp_a) + M_b (b - zp_b)), M = s_in / s_y.
 
-  y = zp_y + round(M_a (a - zp_a) + M_b (b - zp_b)) with M = s_in / s_y: both multipliers
-  share one fixed-point shift t (that of the larger), m = round(M 2^t) < 2^31, so the int64
-  sum |(a - zp_a) m_a + (b - zp_b) m_b| < 2^40 is exact; ReLU is the clamp at zp_y.
+  Both multipliers share one fixed-point shift t (that of the larger): m = round(M 2^t) <
+  2^31, so the int64 sum |(a - zp_a) m_a + (b - zp_b) m_b| < 2^40 is exact.
+
+  Raises:
+    ValueError: an input scale over 2^30 times the output's (no shift would fit).
   """
-  if a_q.shape != b_q.shape:
-    raise ValueError(f'add {layer["name"]}: inputs of shapes {a_q.shape} and {b_q.shape}')
   a, b = (tensors[t] for t in layer['inputs'])
   y = tensors[layer['output']]
   multipliers = np.array([a['scale'], b['scale']], np.float64) / y['scale']
   _, shift = quantize_multiplier(multipliers.max())
   if Q31 + shift < 1:
-    raise ValueError(f'add {layer["name"]}: input scales over 2^30 times the output\'s')
-  m_a, m_b = np.round(multipliers * 2.0 ** (Q31 + shift)).astype(np.int64)
-  acc = ((a_q.astype(np.int64) - a['zero_point']) * m_a
-         + (b_q.astype(np.int64) - b['zero_point']) * m_b)
+    raise ValueError(f'add {layer["name"]}: an input scale over 2^30 times the output\'s')
   low = y['zero_point'] if layer['relu'] else INT8_MIN
-  constants = requantizer(np.int64(1), shift, y['zero_point'], low)
-  return requantize(acc, constants)
+  return dict(layer, multipliers=np.round(multipliers * 2.0 ** (Q31 + shift)).astype(np.int64),
+              input_zero_points=(a['zero_point'], b['zero_point']),
+              **requantizer(np.int64(1), shift, y['zero_point'], low))
 
 
-def sigmoid(x_q, layer, tensors):
-  """The sigmoid by a table of its 256 int8 outputs, one per int8 input (built from the
-  scales in float64; the lookup itself is integer-only)."""
+def add(a_q, b_q, layer):
+  """Sum of two int8 tensors of the same shape at their own scales, then the optional ReLU
+  (the clamp at zp_y); `layer` from prepare_add."""
+  if a_q.shape != b_q.shape:
+    raise ValueError(f'add {layer["name"]}: inputs of shapes {a_q.shape} and {b_q.shape}')
+  (zp_a, zp_b), (m_a, m_b) = layer['input_zero_points'], layer['multipliers']
+  acc = (a_q.astype(np.int64) - zp_a) * m_a + (b_q.astype(np.int64) - zp_b) * m_b
+  return requantize(acc, layer)
+
+
+def prepare_sigmoid(layer, tensors):
+  """The sigmoid's table: its int8 output for each of the 256 int8 inputs (float64 once)."""
   x, y = tensors[layer['inputs'][0]], tensors[layer['output']]
   real = x['scale'] * (np.arange(INT8_MIN, INT8_MAX + 1, dtype=np.float64) - x['zero_point'])
-  table = quantize(1 / (1 + np.exp(-real)), y['scale'], y['zero_point'])
-  return table[x_q.astype(np.int64) - INT8_MIN]
+  return dict(layer, table=quantize(1 / (1 + np.exp(-real)), y['scale'], y['zero_point']))
 
 
-def multiply(x_q, gate_q, layer, tensors):
-  """Each channel of x [B, H, W, C] times its gate [B, C]: the integer product of the two
-  offsets (under 2^16), requantized by M = s_x s_gate / s_y."""
+def sigmoid(x_q, layer):
+  """The sigmoid, integer-only: a lookup in prepare_sigmoid's table."""
+  return layer['table'][x_q.astype(np.int64) - INT8_MIN]
+
+
+def prepare_multiply(layer, tensors):
+  """The constants of `multiply`: M = s_x s_gate / s_y as a Q31 multiplier and shift.
+
+  Raises:
+    ValueError: M over 2^30 (no shift would fit).
+  """
   x, gate, y = (tensors[t] for t in layer['inputs'] + [layer['output']])
-  if gate_q.shape != (x_q.shape[0], x_q.shape[-1]):
-    raise ValueError(f'mul {layer["name"]}: a gate of shape {gate_q.shape} for {x_q.shape}')
-  product = ((x_q.astype(np.int64) - x['zero_point'])
-             * (gate_q.astype(np.int64) - gate['zero_point'])[:, np.newaxis, np.newaxis, :])
   m0, shift = quantize_multiplier(x['scale'] * gate['scale'] / y['scale'])
-  return requantize(product, requantizer(m0, shift, y['zero_point']))
+  if Q31 + shift < 1:
+    raise ValueError(f'mul {layer["name"]}: a multiplier over 2^30')
+  return dict(layer, input_zero_points=(x['zero_point'], gate['zero_point']),
+              **requantizer(m0, shift, y['zero_point']))
+
+
+def multiply(x_q, gate_q, layer):
+  """Each channel of x [B, H, W, C] times its gate [B, C]: the integer product of the two
+  offsets (under 2^16), requantized; `layer` from prepare_multiply."""
+  if x_q.ndim != 4 or gate_q.shape != (x_q.shape[0], x_q.shape[-1]):
+    raise ValueError(f'mul {layer["name"]}: a gate of shape {gate_q.shape} for {x_q.shape}')
+  zp_x, zp_gate = layer['input_zero_points']
+  product = ((x_q.astype(np.int64) - zp_x)
+             * (gate_q.astype(np.int64) - zp_gate)[:, np.newaxis, np.newaxis, :])
+  return requantize(product, layer)
 
 
 # --------------------------------------------------------------------------- model
@@ -301,8 +326,7 @@ class Int8Model:
   def __init__(self, meta, arrays):
     self.meta, self.arrays = meta, arrays
     self.tensors = meta['tensors']
-    self.ops = [prepare_layer(op, arrays, self.tensors) if op['type'] in ('conv', 'dense')
-                else op for op in meta['ops']]
+    self.ops = [self._prepare(op) for op in meta['ops']]
     readers = {}  # tensor -> indices of the ops that read it, in order
     for index, op in enumerate(self.ops):
       for tensor in op['inputs']:
@@ -313,6 +337,14 @@ class Int8Model:
                        if op['type'] in ('conv', 'dense')
                        and len(readers.get(op['output'], [])) == 1
                        and self.ops[readers[op['output']][0]]['type'] == 'max_pool'}
+
+  def _prepare(self, op):
+    """The op with the constants its kernel needs, computed once."""
+    kind = op['type']
+    if kind in ('conv', 'dense'):
+      return prepare_layer(op, self.arrays, self.tensors)
+    prepare = {'add': prepare_add, 'sigmoid': prepare_sigmoid, 'mul': prepare_multiply}.get(kind)
+    return op if prepare is None else prepare(op, self.tensors)
 
   @classmethod
   def load(cls, path):
@@ -332,9 +364,14 @@ class Int8Model:
                                f'its meta lacks {", ".join(missing)}')
     try:
       int8_file.check(meta, arrays)
-    except sparse.FormatError as e:
+      model = cls(meta, arrays)
+      # One blank image through every op: shapes that do not fit together fail here, in
+      # one line, rather than in the middle of an evaluation.
+      size = meta['image_size']
+      model.run(np.zeros([1, size, size, 3], np.int8))
+    except (sparse.FormatError, ValueError, IndexError) as e:
       raise sparse.FormatError(f'{path} is not a sound int8 model file: {e}') from e
-    return cls(meta, arrays)
+    return model
 
   def save(self, path):
     """Writes the model file; returns its arrays' payload bytes as stored (sparse.save)."""
@@ -382,11 +419,11 @@ class Int8Model:
     if kind == 'concat':
       return np.concatenate(inputs, axis=-1)
     if kind == 'add':
-      return add(*inputs, op, self.tensors)
+      return add(*inputs, op)
     if kind == 'sigmoid':
-      return sigmoid(inputs[0], op, self.tensors)
+      return sigmoid(inputs[0], op)
     if kind == 'mul':
-      return multiply(*inputs, op, self.tensors)
+      return multiply(*inputs, op)
     raise ValueError(f'unknown op type {kind!r} in the model file')
 
   def quantize_input(self, images):

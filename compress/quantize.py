@@ -92,8 +92,9 @@ def affine_params(low, high):
 def tensor_params(ops, ranges):
   """Every tensor's scale and zero point from its calibrated (low, high).
 
-  In three passes: each computing op's output from its own range; then a concat's inputs
-  take the concat's; then max-pool and flatten outputs copy their (now final) input's.
+  In three passes: each computing op's output from its own range (a sigmoid's is fixed,
+  SIGMOID_PARAMS); then a concat's inputs take the concat's; then max-pool and flatten
+  outputs copy their (now final) input's.
   """
   params = {trace.INPUT: affine_params(*ranges[trace.INPUT])}
   producer = {op['output']: op for op in ops}

@@ -65,9 +65,11 @@ def build(regime, image_size=32, variant=0):
 
 
 def squeeze_excite(regime, name, channels):
-  """The gate of one block: dense C -> C / 4 with ReLU, dense C / 4 -> C, sigmoid."""
+  """The gate of one block: dense C -> C / 4 with ReLU, dense C / 4 -> C, sigmoid; decayed
+  like the convolutions (by --weight_decay=l2 only)."""
   hidden = max(1, channels // SE_REDUCTION)
   return cm.SqueezeExcite(
-      cm.dense(regime, f'{name}_squeeze', channels, hidden, tutorial_stddev=1 / channels),
+      cm.dense(regime, f'{name}_squeeze', channels, hidden, tutorial_stddev=1 / channels,
+               decay=False),
       cm.dense(regime, f'{name}_excite', hidden, channels, tutorial_stddev=1 / hidden,
-               relu=False), name=name)
+               relu=False, decay=False), name=name)

@@ -144,7 +144,8 @@ def test_table_ends_with_the_totals_line():
 
 def test_registry_resolves_alias_and_lists_names_for_unknown():
   assert models.canonical_name('tuto') == 'tutorial'
-  with pytest.raises(ValueError, match='valid models: tutorial, alex0, .*budget0, budget1, .*budget5, tuto'):
+  with pytest.raises(ValueError,
+                     match='valid models: tutorial, alex0, .*budget0, budget1, .*budget5, tuto'):
     models.build('resnet')
 
 
@@ -339,6 +340,9 @@ def test_residual_and_gate_counts_by_hand():
   assert block.num_params() == 9 * 8 * 8 + 8 + 8 * 2 + 2 + 2 * 8 + 8
   assert [layer.name for layer, _ in block.walk((4, 4, 8))] == [
       'conv', 'conv_bn', 'squeeze', 'excite']
+  # The memory estimate's values: conv, BatchNorm, the gate's mean, hidden, gate before and
+  # after the sigmoid, product; the sum.
+  assert block.activations((4, 4, 8)) == values + values + 8 + 2 + 8 + 8 + values + values
   narrowing = cm.Residual(cm.conv_bn(cm.Regime(), 'c', 8, 4, 3), name='bad')
   with pytest.raises(ValueError, match='bad: the branch maps .* a residual branch must keep'):
     narrowing.output_shape((4, 4, 8))

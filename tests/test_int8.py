@@ -130,7 +130,8 @@ def test_add_rescales_both_inputs_like_exact_arithmetic(relu):
              'y': {'scale': 0.045, 'zero_point': -20}}
   layer = {'name': 'block', 'inputs': ['a', 'b'], 'output': 'y', 'relu': relu}
   a_q, b_q = np.meshgrid(np.arange(-128, 128, 5), np.arange(-128, 128, 3))
-  got = int8.add(a_q.astype(np.int8), b_q.astype(np.int8), layer, tensors).reshape(-1)
+  prepared = int8.prepare_add(layer, tensors)
+  got = int8.add(a_q.astype(np.int8), b_q.astype(np.int8), prepared).reshape(-1)
   low = -20 if relu else -128
   exact = np.array([
       min(max(_round_half_up((fractions.Fraction(0.031) * (int(a) + 7)
@@ -140,24 +141,29 @@ def test_add_rescales_both_inputs_like_exact_arithmetic(relu):
   # The multipliers keep 31 bits: one step off only within 2^-20 of a tie, so at most rarely.
   assert np.abs(got.astype(int) - exact).max() <= 1 and np.mean(got == exact) > 0.999
   with pytest.raises(ValueError, match='add block: inputs of shapes'):
-    int8.add(a_q.astype(np.int8), b_q[:1].astype(np.int8), layer, tensors)
+    int8.add(a_q.astype(np.int8), b_q[:1].astype(np.int8), prepared)
+  with pytest.raises(ValueError, match='add block: an input scale over 2.30 times'):
+    int8.prepare_add(layer, dict(tensors, y={'scale': 1e-12, 'zero_point': 0}))
 
 
 def test_sigmoid_table_and_gate_product_match_exact_arithmetic():
   tensors = {'g': {'scale': 0.06, 'zero_point': 5}, 's': {'scale': 1 / 256, 'zero_point': -128},
              'x': {'scale': 0.02, 'zero_point': -128}, 'y': {'scale': 0.015, 'zero_point': -128}}
   gate_in = np.arange(-128, 128).astype(np.int8)
-  gate = int8.sigmoid(gate_in, {'inputs': ['g'], 'output': 's'}, tensors)
+  gate = int8.sigmoid(gate_in, int8.prepare_sigmoid({'inputs': ['g'], 'output': 's'}, tensors))
   real = 1 / (1 + np.exp(-0.06 * (np.arange(-128, 128) - 5.0)))
   np.testing.assert_array_equal(gate, np.clip(np.round(real * 256) - 128, -128, 127))
   x_q = np.arange(-128, 128, dtype=np.int64).reshape(1, 4, 8, 8).astype(np.int8)
   g_q = gate[::32].reshape(1, 8)
   layer = {'name': 'se', 'inputs': ['x', 's'], 'output': 'y'}
-  got = int8.multiply(x_q, g_q, layer, tensors)
+  prepared = int8.prepare_multiply(layer, tensors)
+  got = int8.multiply(x_q, g_q, prepared)
   for (_, i, j, c), value in np.ndenumerate(got):
     product = (fractions.Fraction(0.02) * (int(x_q[0, i, j, c]) + 128)
                * fractions.Fraction(1, 256) * (int(g_q[0, c]) + 128))
     expected = min(max(_round_half_up(product / fractions.Fraction(0.015)) - 128, -128), 127)
     assert abs(int(value) - expected) <= 1
   with pytest.raises(ValueError, match='mul se: a gate of shape'):
-    int8.multiply(x_q, g_q[:, :4], layer, tensors)
+    int8.multiply(x_q, g_q[:, :4], prepared)
+  with pytest.raises(ValueError, match='mul se: a gate of shape'):
+    int8.multiply(x_q[0], g_q, prepared)

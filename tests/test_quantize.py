@@ -327,6 +327,30 @@ def test_a_damaged_int8_file_is_one_clear_error(exported, damage, message):
     int8.Int8Model.load(path)
 
 
+def _op(meta, kind):
+  return next(op for op in meta['ops'] if op['type'] == kind)
+
+
+@pytest.mark.parametrize('damage,message', [
+    (lambda m: _op(m, 'add')['inputs'].append(m['input']), 'add takes 2 inputs, not 3'),
+    (lambda m: _op(m, 'add').update(relu='yes'), "relu 'yes' is out of range"),
+    (lambda m: _op(m, 'add').update(inputs=[m['input'], _op(m, 'add')['inputs'][1]]),
+     'add block: inputs of shapes'),  # Found by loading's blank image, not mid-evaluation.
+    (lambda m: _op(m, 'mul').update(inputs=[_op(m, 'mul')['inputs'][0]] * 2),
+     'mul se: a gate of shape'),
+    (lambda m: m['tensors'][_op(m, 'add')['output']].update(scale=1e-12),
+     'add block: an input scale over 2.30 times'),
+])
+def test_a_damaged_residual_or_gate_is_one_clear_error(tmp_path, damage, message):
+  tf.random.set_seed(5)
+  meta, arrays = quantize.quantize_model(gated_like(), images(16), quantize.Calibration())
+  meta = json.loads(json.dumps(meta))
+  damage(meta)
+  sparse.save(tmp_path / 'damaged.npz', arrays, meta)
+  with pytest.raises(sparse.FormatError, match=f'is not a sound int8 model file: .*{message}'):
+    int8.Int8Model.load(tmp_path / 'damaged.npz')
+
+
 def test_a_sound_int8_file_passes_the_checks(exported):
   meta, arrays, folder = exported
   int8.Int8Model(meta, arrays).save(folder / 'sound.npz')
