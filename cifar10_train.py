@@ -77,7 +77,8 @@ def define_train_flags():
           'A named set of defaults for the flags below (printed at start, docs/recipes.md): '
           "study (the study's), tutorial (the tutorial's init, decay and staircase), fast "
           '(Nesterov, warm-up + linear decay, label smoothing, L2 on every matrix), fast32 '
-          '(fast at 32x32 with crop and flip, one-cycle). A flag given explicitly wins.'),
+          '(fast at 32x32 with crop and flip, one-cycle), fast32m (fast32, the crop padded '
+          "with the image's mean). A flag given explicitly wins."),
       optimizer=flags.DEFINE_enum('optimizer', d.optimizer, list(cifar10_run.OPTIMIZERS),
                                   'sgd (plain), momentum (heavy ball) or nesterov.'),
       momentum=flags.DEFINE_float('momentum', d.momentum, 'Momentum of the velocity.',

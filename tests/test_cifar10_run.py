@@ -127,7 +127,8 @@ def test_a_truncated_checkpoint_is_unreadable_not_a_traceback(tmp_path):
     (dict(lr_schedule='staircase', lr_decay_epochs=1e-9), 'under one step at batch 128'),
     # A hand-edited config.json: values no flag would have let through.
     (dict(optimizer='adam'), "optimizer 'adam' is not one of sgd, momentum, nesterov"),
-    (dict(recipe='fastest'), "recipe 'fastest' is not one of study, tutorial, fast, fast32"),
+    (dict(recipe='fastest'),
+     "recipe 'fastest' is not one of study, tutorial, fast, fast32, fast32m"),
     (dict(lr_schedule='cyclic'), "lr_schedule 'cyclic' is not one of constant"),
     (dict(distortions='mixup'),
      "distortions 'mixup' is not one of tutorial, crop_flip, crop_flip_mean"),

@@ -89,6 +89,12 @@ def test_a_recipe_sets_its_values_and_an_explicit_flag_overrides_one(tmp_path):
   assert cifar10_run.read_config(str(tmp_path)) == config
 
 
+def test_fast32m_is_fast32_with_the_mean_padded_crop():
+  fast32, fast32m = cifar10_run.RECIPES['fast32'], cifar10_run.RECIPES['fast32m']
+  assert fast32m == dict(fast32, distortions='crop_flip_mean')
+  assert fast32['distortions'] == 'crop_flip'  # The earlier runs' recipe is unchanged.
+
+
 def test_the_study_recipe_is_the_defaults_and_tutorial_sets_the_tutorials_choices(tmp_path):
   study = cifar10_train.config_from_flags(_holders(train_dir=str(tmp_path)))
   assert study == cifar10_run.TrainConfig(train_dir=str(tmp_path), conv=study.conv)
