@@ -344,12 +344,14 @@ class Sequential(Layer):
   def num_params(self):
     return sum(layer.num_params() for layer in self.layers)
 
-  def activations(self, input_shape):
-    total = 0
+  def _with_inputs(self, input_shape):
+    """(layer, the shape of its input) for each layer in turn."""
     for layer in self.layers:
-      total += layer.activations(input_shape)
+      yield layer, input_shape
       input_shape = layer.output_shape(input_shape)
-    return total
+
+  def activations(self, input_shape):
+    return sum(layer.activations(shape) for layer, shape in self._with_inputs(input_shape))
 
   def output_shape(self, input_shape):
     for layer in self.layers:
@@ -357,16 +359,11 @@ class Sequential(Layer):
     return input_shape
 
   def walk(self, input_shape):
-    for layer in self.layers:
-      yield from layer.walk(input_shape)
-      input_shape = layer.output_shape(input_shape)
+    for layer, shape in self._with_inputs(input_shape):
+      yield from layer.walk(shape)
 
   def flops(self, input_shape):
-    total = 0
-    for layer in self.layers:
-      total += layer.flops(input_shape)
-      input_shape = layer.output_shape(input_shape)
-    return total
+    return sum(layer.flops(shape) for layer, shape in self._with_inputs(input_shape))
 
 
 class Concat(Layer):
