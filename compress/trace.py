@@ -3,8 +3,8 @@
 The op list is JSON-able: compress/quantize.py calibrates on it (run in float), the
 fake-quant path (compress/fake_quant.py) runs it with quantize-dequantize at every tensor,
 and the exported int8 file stores it for the NumPy runner (compress/int8.py). The tracer
-follows the model's structure (Sequential, Concat, Residual and the leaf layers), never
-variable names.
+follows the model's structure (Sequential, Concat, Residual, SqueezeExcite and the leaf
+layers), never variable names.
 """
 
 import tensorflow as tf
