@@ -88,8 +88,10 @@ def join(op, inputs):
     return tf.sigmoid(inputs[0])
   if kind == 'mul':
     return tf.multiply(inputs[0], tf.convert_to_tensor(inputs[1])[:, None, None, :])
-  total = tf.add_n(inputs)
-  return tf.nn.relu(total) if op['relu'] else total
+  if kind == 'add':
+    total = tf.add_n(inputs)
+    return tf.nn.relu(total) if op['relu'] else total
+  raise QuantizationError(f'op {op.get("name")!r}: no float form for an op of type {kind!r}')
 
 
 def run_float(ops, leaves, images, tensor_fn=None):
