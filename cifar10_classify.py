@@ -99,18 +99,15 @@ def run_source(path, use_ema):
   """The probabilities function of a training run's newest checkpoint."""
   cifar10_env.start()
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import cifar10_config  # pylint: disable=g-import-not-at-top
   import cifar10_input  # pylint: disable=g-import-not-at-top
   import cifar10_run  # pylint: disable=g-import-not-at-top
-  try:
-    config, checkpoint = cifar10_run.latest_run(path, '--source')
-    state = cifar10_run.RunState(config, conv='auto')  # As cifar10_eval.py computes.
-    state.restore(checkpoint)
-  except (cifar10_run.ConfigError, cifar10_run.UnreadableCheckpoint) as e:
+  try:  # Convolutions as cifar10_eval.py computes them.
+    loaded = cifar10_run.load_inference_model(path, ema=use_ema, conv='auto', flag='--source')
+  except (cifar10_config.ConfigError, cifar10_run.UnreadableCheckpoint) as e:
     raise SourceError(str(e)) from e
-  if use_ema:
-    state.restore_ema_shadows()
-  return lambda images: tf.nn.softmax(state.model(
-      cifar10_input.eval_batch(images, config.image_size), training=False)).numpy()
+  return lambda images: tf.nn.softmax(loaded.model(
+      cifar10_input.eval_batch(images, loaded.config.image_size), training=False)).numpy()
 
 
 def open_source(path, use_ema=True):
@@ -156,40 +153,52 @@ def classify(files, probabilities_of, k):
       yield path, top_classes(next(probabilities), k), None
 
 
-def main(argv):
-  files = argv[1:]
-  if not files:
-    raise app.UsageError('give one or more image files to classify')
-  cifar10_env.quiet_logging(flags.FLAGS['verbosity'].present)
+def run(values, files):
+  """Classifies `files` as the flag values say, printing a line each; returns the exit code
+  (1 when a file could not be read or the source not loaded)."""
   try:
-    probabilities_of = open_source(_FLAGS['source'].value, _FLAGS['ema'].value)
+    probabilities_of = open_source(values['source'], values['ema'])
   except SourceError as e:
-    sys.exit(f'error: {e}')
-  cifar10_env.quiet_logging(flags.FLAGS['verbosity'].present)  # TensorFlow's, if loaded.
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    return 1
+  cifar10_env.quiet_logging(values['verbosity_given'])  # TensorFlow's, if loaded.
   failed = False
-  for path, top, error in classify(files, probabilities_of, _FLAGS['top_k'].value):
+  for path, top, error in classify(files, probabilities_of, values['top_k']):
     if error:
       failed = True
       print(f'error: {error}', file=sys.stderr, flush=True)
-    elif _FLAGS['json'].value:
+    elif values['json']:
       print(json.dumps({'file': path, 'top': [{'class': name, 'index': index,
                                               'probability': round(p, 6)}
                                              for name, index, p in top]}), flush=True)
     else:
       print(f'{path}: ' + ', '.join(f'{name} {p:.3f}' for name, _, p in top), flush=True)
-  sys.exit(1 if failed else 0)
+  return 1 if failed else 0
 
 
-def define_flags():
+def main(argv):
+  files = argv[1:]
+  if not files:
+    raise app.UsageError('give one or more image files to classify')
+  given = flags.FLAGS['verbosity'].present
+  cifar10_env.quiet_logging(given)
+  values = {name: holder.value for name, holder in _FLAGS.items()}
+  sys.exit(run(dict(values, verbosity_given=given), files))
+
+
+def define_flags(flag_values=flags.FLAGS):
+  """This program's flags (it reads no TensorFlow module: not cifar10_flags'); {name:
+  FlagHolder}."""
   return dict(
       source=flags.DEFINE_string('source', None, 'A run folder, an export folder (or its '
                                  'saved_model/), or an int8 .npz of compress/quantize.py.',
-                                 required=True),
+                                 required=True, flag_values=flag_values),
       top_k=flags.DEFINE_integer('top_k', 3, 'Classes shown per image.', lower_bound=1,
-                                 upper_bound=len(CLASS_NAMES)),
-      json=flags.DEFINE_boolean('json', False, 'One JSON object per image instead of text.'),
+                                 upper_bound=len(CLASS_NAMES), flag_values=flag_values),
+      json=flags.DEFINE_boolean('json', False, 'One JSON object per image instead of text.',
+                                flag_values=flag_values),
       ema=flags.DEFINE_boolean('ema', True, 'With a run folder: the EMA shadows (--noema: '
-                               'the raw weights).'),
+                               'the raw weights).', flag_values=flag_values),
   )
 
 

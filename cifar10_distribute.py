@@ -21,10 +21,13 @@ import dataclasses
 import json
 import os
 
-from absl import flags
 import tensorflow as tf
 
 STRATEGIES = ('default', 'mirrored', 'multi_worker')
+STRATEGY_HELP = ('default: one device; mirrored: every GPU of this machine (or --cpu_replicas '
+                 'CPU devices); multi_worker: the machines of TF_CONFIG (docs/distributed.md).')
+CPU_REPLICAS_HELP = 'Logical CPU devices of --strategy=mirrored without a GPU.'
+MAX_CPU_REPLICAS = 64
 TF_CONFIG = 'TF_CONFIG'
 
 
@@ -39,19 +42,6 @@ class Worker:
   task_index: int = 0
   num_workers: int = 1
   is_chief: bool = True
-
-
-def define_strategy_flags():
-  """--strategy and --cpu_replicas, for the binaries that train; {name: FlagHolder}."""
-  return dict(
-      strategy=flags.DEFINE_enum(
-          'strategy', 'default', list(STRATEGIES),
-          'default: one device; mirrored: every GPU of this machine (or --cpu_replicas CPU '
-          'devices); multi_worker: the machines of TF_CONFIG (docs/distributed.md).'),
-      cpu_replicas=flags.DEFINE_integer(
-          'cpu_replicas', 1, 'Logical CPU devices of --strategy=mirrored without a GPU.',
-          lower_bound=1, upper_bound=64),
-  )
 
 
 def worker_from_tf_config(text):

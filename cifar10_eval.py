@@ -14,7 +14,6 @@ writes to <checkpoint_dir>/eval_train by default, never among the test results.
 """
 
 import datetime
-import json
 import os
 import sys
 import time
@@ -29,83 +28,17 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
+import cifar10_config
 import cifar10_distribute
-import cifar10_input
+import cifar10_flags
 import cifar10_records
 import cifar10_run
+import cifar10_scoring
 
-EVAL_BATCH_SIZE = 200  # images per forward pass (fastest here); any size gives the same counts
 EVAL_INTERVAL_SECS = 60.0  # seconds between looks for a new checkpoint
 TIMEOUT_SECS = 3600.0  # seconds without a new checkpoint before the watcher gives up
 READ_ATTEMPTS = 3  # tries to read one checkpoint before calling it unreadable
 RETRY_SECS = 1.0  # seconds between two tries
-NUM_CLASSES = len(cifar10_records.CLASS_NAMES)
-
-
-TTA_MODES = ('none', 'flip')
-
-
-class Evaluator(cifar10_run.RunState):
-  """A run's state (restored from its checkpoints) and the test images to score it on.
-
-  With tta='flip' each image is classified by the mean of the softmax of it and of its
-  mirror image (test-time augmentation: two forward passes per image).
-  """
-
-  def __init__(self, config, split, batch_size=EVAL_BATCH_SIZE, conv='auto', tta='none'):
-    super().__init__(config, conv=conv)
-    if tta not in TTA_MODES:
-      raise ValueError(f'tta must be one of {TTA_MODES}, got {tta!r}')
-    self.tta = tta
-    self.images = cifar10_input.eval_images(split, config.image_size)
-    self.labels = tf.constant(split.labels)
-    self.num_examples = len(split)
-    self.batch_size = batch_size
-    self._confusion = tf.function(self._confusion)
-
-  def _confusion(self, images, labels):
-    """The confusion matrix over all images, in one call: no Python between the batches."""
-    def counts(start, size):
-      predicted = tf.argmax(self.scores(images[start:start + size]), axis=1,
-                            output_type=tf.int32)
-      return tf.math.confusion_matrix(labels[start:start + size], predicted,
-                                      num_classes=NUM_CLASSES, dtype=tf.int64)
-
-    full_batches, remainder = divmod(self.num_examples, self.batch_size)
-    matrix = tf.zeros([NUM_CLASSES, NUM_CLASSES], tf.int64)
-    for batch in tf.range(full_batches):
-      matrix += counts(batch * self.batch_size, self.batch_size)
-    if remainder:
-      matrix += counts(full_batches * self.batch_size, remainder)
-    return matrix
-
-  def scores(self, images):
-    """[B, 10] class scores of float32 [B, s, s, 3] images: the logits, or with tta='flip'
-    the mean softmax of the images and of their mirror images."""
-    logits = self.model(images, training=False)
-    if self.tta == 'none':
-      return logits
-    mirrored = self.model(tf.reverse(images, axis=[2]), training=False)
-    return (tf.nn.softmax(logits) + tf.nn.softmax(mirrored)) / 2
-
-  def confusion(self):
-    """The model's current weights on every image: an int64 [10, 10] NumPy matrix, row = the
-    true class, column = the predicted one (its trace: the correct predictions)."""
-    return self._confusion(self.images, self.labels).numpy()
-
-  def precision(self):
-    """Top-1 accuracy of the model's current weights over every image, and the count."""
-    return precision_of(self.confusion()), self.num_examples
-
-
-def precision_of(confusion):
-  """Precision @ 1 of a confusion matrix: the share of its images on the diagonal."""
-  return int(np.trace(confusion)) / int(np.sum(confusion))
-
-
-def per_class(confusion):
-  """Per class, precision @ 1 among the images of that class (the row's diagonal share)."""
-  return [int(row[index]) / max(int(np.sum(row)), 1) for index, row in enumerate(confusion)]
 
 
 def eval_once(evaluator, checkpoint_path):
@@ -115,12 +48,14 @@ def eval_once(evaluator, checkpoint_path):
     A dict: step, precision_ema, precision_raw, num_examples, train_seconds, checkpoint, tta,
     and confusion: {'ema': matrix, 'raw': matrix} (lists of lists; see confusion_line).
   """
-  evaluator.restore(checkpoint_path)
+  loaded = cifar10_run.load_inference_model(None, ema=False, checkpoint=checkpoint_path,
+                                            state=evaluator)
   raw = evaluator.confusion()
-  evaluator.restore_ema_shadows()
+  evaluator.restore_ema_shadows()  # The same checkpoint's shadows: no second read.
   ema = evaluator.confusion()
-  return {'step': int(evaluator.step.numpy()), 'precision_ema': precision_of(ema),
-          'precision_raw': precision_of(raw), 'num_examples': evaluator.num_examples,
+  return {'step': loaded.step, 'precision_ema': cifar10_scoring.precision_of(ema),
+          'precision_raw': cifar10_scoring.precision_of(raw),
+          'num_examples': evaluator.num_examples,
           'train_seconds': float(evaluator.train_seconds.numpy()),
           'checkpoint': os.path.basename(checkpoint_path), 'tta': evaluator.tta,
           'confusion': {'ema': ema.tolist(), 'raw': raw.tolist()}}
@@ -133,7 +68,8 @@ def confusion_line(metrics):
   line = {key: metrics[key] for key in ('step', 'checkpoint', 'tta')}
   line['classes'] = list(cifar10_records.CLASS_NAMES)
   for weights, matrix in metrics['confusion'].items():
-    line[weights] = {'confusion': matrix, 'per_class': per_class(np.array(matrix))}
+    line[weights] = {'confusion': matrix,
+                     'per_class': cifar10_scoring.per_class(np.array(matrix))}
   return line
 
 
@@ -147,19 +83,10 @@ def record(metrics, eval_dir, writer, use_ema):
     tf.summary.scalar('precision @ 1/raw', metrics['precision_raw'], step=metrics['step'])
   writer.flush()
   summary = {key: value for key, value in metrics.items() if key != 'confusion'}
-  _append(os.path.join(eval_dir, cifar10_run.RESULTS_FILE), summary)
+  cifar10_run.append_json_line(os.path.join(eval_dir, cifar10_run.RESULTS_FILE), summary)
   if 'confusion' in metrics:
-    _append(os.path.join(eval_dir, cifar10_run.CONFUSION_FILE), confusion_line(metrics))
-
-
-def _append(path, line):
-  """Appends one JSON line to path."""
-  try:
-    with open(path, 'a') as f:
-      f.write(json.dumps(line) + '\n')
-  except OSError as e:
-    raise cifar10_run.ConfigError(f'cannot write {path} ({e}): pass a writable '
-                                  '--eval_dir.') from e
+    cifar10_run.append_json_line(os.path.join(eval_dir, cifar10_run.CONFUSION_FILE),
+                                 confusion_line(metrics))
 
 
 def watch(evaluator, checkpoint_dir, eval_dir, use_ema=True, interval_secs=EVAL_INTERVAL_SECS,
@@ -224,8 +151,8 @@ def evaluate_every_checkpoint(evaluator, checkpoint_dir, eval_dir, use_ema=True)
     raise FileNotFoundError(f'no checkpoint in {checkpoint_dir}')
   done = set()
   try:
-    with open(os.path.join(eval_dir, cifar10_run.RESULTS_FILE)) as f:
-      done = {json.loads(line).get('checkpoint') for line in f if line.strip()}
+    done = {line.get('checkpoint') for _, line in
+            cifar10_run.json_lines(os.path.join(eval_dir, cifar10_run.RESULTS_FILE))}
   except (OSError, ValueError, AttributeError):
     pass  # None yet (or unreadable: evaluated again, appended after).
   writer = _writer(eval_dir)
@@ -242,7 +169,7 @@ def _writer(eval_dir):
   try:
     os.makedirs(eval_dir, exist_ok=True)
   except OSError as e:
-    raise cifar10_run.ConfigError(f'cannot create the eval folder {eval_dir} ({e}): pass a '
+    raise cifar10_config.ConfigError(f'cannot create the eval folder {eval_dir} ({e}): pass a '
                                   'writable --eval_dir.') from e
   return tf.summary.create_file_writer(eval_dir)
 
@@ -259,37 +186,41 @@ def wait_for_config(checkpoint_dir, interval_secs, timeout_secs):
   return config
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  cifar10_env.quiet_logging(flags.FLAGS['verbosity'].present)
-  checkpoint_dir, eval_data = _FLAGS['checkpoint_dir'].value, _FLAGS['eval_data'].value
-  tta = _FLAGS['tta'].value
-  eval_dir = _FLAGS['eval_dir'].value or cifar10_run.default_eval_dir(checkpoint_dir, eval_data,
-                                                                      tta)
-  interval_secs, timeout_secs = _FLAGS['eval_interval_secs'].value, _FLAGS['timeout'].value
-  run_once = _FLAGS['run_once'].value
+def run(values):
+  """Evaluates as the flag values say; returns what sys.exit takes (None: done)."""
+  checkpoint_dir, eval_data, tta = values['checkpoint_dir'], values['eval_data'], values['tta']
+  eval_dir = values['eval_dir'] or cifar10_run.default_eval_dir(checkpoint_dir, eval_data, tta)
+  interval_secs, timeout_secs = values['eval_interval_secs'], values['timeout']
+  run_once, every = values['run_once'], values['every_checkpoint']
   try:
     # Memory growth on every GPU, so that the watcher and a trainer share one.
     cifar10_distribute.configure_devices('default')
     # The run first: a mistyped --checkpoint_dir is reported before any data is fetched.
-    every = _FLAGS['every_checkpoint'].value
     config = find_run(checkpoint_dir, interval_secs, timeout_secs, run_once or every)
-    split = cifar10_records.load_split(cifar10_run.batches_dir_from_flags(_FLAGS), eval_data)
-    evaluator = Evaluator(config, split, conv=_FLAGS['conv'].value, tta=tta)
+    split = cifar10_records.load_split(cifar10_flags.batches_dir(values), eval_data)
+    evaluator = cifar10_scoring.Evaluator(config, split, conv=values['conv'], tta=tta)
     if every:
-      evaluate_every_checkpoint(evaluator, checkpoint_dir, eval_dir, _FLAGS['ema'].value)
-      return
-    results = watch(evaluator, checkpoint_dir, eval_dir, _FLAGS['ema'].value, interval_secs,
+      evaluate_every_checkpoint(evaluator, checkpoint_dir, eval_dir, values['ema'])
+      return None
+    results = watch(evaluator, checkpoint_dir, eval_dir, values['ema'], interval_secs,
                     timeout_secs, run_once)
-  except (cifar10_records.DataError, cifar10_run.ConfigError, cifar10_run.UnreadableCheckpoint,
-          FileNotFoundError, cifar10_distribute.DistributeError) as e:
-    sys.exit(f'error: {e}')
+  except (cifar10_records.DataError, cifar10_config.ConfigError,
+          cifar10_run.UnreadableCheckpoint, FileNotFoundError,
+          cifar10_distribute.DistributeError) as e:
+    return f'error: {e}'
   except KeyboardInterrupt:
-    sys.exit(130)
+    return 130
   if not results:
-    sys.exit(f'error: no checkpoint appeared in {checkpoint_dir} within --timeout='
-             f'{timeout_secs:g} s; is its trainer running?')
+    return (f'error: no checkpoint appeared in {checkpoint_dir} within --timeout='
+            f'{timeout_secs:g} s; is its trainer running?')
+  return None
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  cifar10_env.quiet_logging(flags.FLAGS['verbosity'].present)
+  sys.exit(run(cifar10_flags.read(_FLAGS)[0]))
 
 
 def find_run(checkpoint_dir, interval_secs, timeout_secs, run_once):
@@ -309,36 +240,37 @@ def find_run(checkpoint_dir, interval_secs, timeout_secs, run_once):
   return config
 
 
-def define_eval_flags():
-  holders = cifar10_run.define_data_flags()
-  holders.update(cifar10_run.define_conv_flag())
+def define_flags(flag_values=flags.FLAGS):
+  """The data flags, the run-reading ones and the watcher's; {name: FlagHolder}."""
+  holders = cifar10_flags.define_data_flags(flag_values)
+  holders.update(cifar10_flags.define_run_flags(flag_values, required=False, what='evaluate'))
   holders.update(
-      checkpoint_dir=flags.DEFINE_string('checkpoint_dir', cifar10_run.TrainConfig.train_dir,
-                                         'The --train_dir of the run to evaluate.'),
       eval_dir=flags.DEFINE_string('eval_dir', None,
                                    'Summaries and results.jsonl; default <checkpoint_dir>/eval '
                                    '(<checkpoint_dir>/eval_train with --eval_data=train_eval; '
-                                   '_flip added with --tta=flip).'),
-      tta=flags.DEFINE_enum('tta', 'none', list(TTA_MODES), 'Test-time augmentation: none, '
-                            'or flip (mean softmax of each image and its mirror image).'),
+                                   '_flip added with --tta=flip).', flag_values=flag_values),
+      tta=flags.DEFINE_enum('tta', 'none', list(cifar10_scoring.TTA_MODES), 'Test-time '
+                            'augmentation: none, or flip (mean softmax of each image and its '
+                            'mirror image).', flag_values=flag_values),
       every_checkpoint=flags.DEFINE_boolean(
           'every_checkpoint', False, 'Evaluate, oldest first, every checkpoint of the run '
-          'not in results.jsonl yet, then stop (its curve; train with --keep_checkpoints).'),
-      eval_data=flags.DEFINE_enum('eval_data', 'test', ['test', 'train_eval'],
+          'not in results.jsonl yet, then stop (its curve; train with --keep_checkpoints).',
+          flag_values=flag_values),
+      eval_data=flags.DEFINE_enum('eval_data', 'test', list(cifar10_run.EVAL_DATA),
                                   'test: the 10,000 test images; train_eval: the 50,000 '
-                                  'training images, undistorted.'),
-      ema=flags.DEFINE_boolean('ema', True, 'Report the EMA shadows (--noema: raw weights).'),
+                                  'training images, undistorted.', flag_values=flag_values),
       eval_interval_secs=flags.DEFINE_float('eval_interval_secs', EVAL_INTERVAL_SECS,
                                             'Seconds between looks for a new checkpoint.',
-                                            lower_bound=0.1),
+                                            lower_bound=0.1, flag_values=flag_values),
       timeout=flags.DEFINE_float('timeout', TIMEOUT_SECS, 'Stop after this many seconds '
                                  'without a new checkpoint (the trainer may have died).',
-                                 lower_bound=0.0),
-      run_once=flags.DEFINE_boolean('run_once', False, 'Evaluate the latest checkpoint and stop.'),
+                                 lower_bound=0.0, flag_values=flag_values),
+      run_once=flags.DEFINE_boolean('run_once', False, 'Evaluate the latest checkpoint and '
+                                    'stop.', flag_values=flag_values),
   )
   return holders
 
 
 if __name__ == '__main__':
-  _FLAGS = define_eval_flags()
+  _FLAGS = define_flags()
   app.run(main)

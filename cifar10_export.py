@@ -22,7 +22,7 @@ convolution the plain op (no spectral products), it writes into --export_dir:
 
 The check: the SavedModel, loaded in a fresh Python process that imports TensorFlow and NumPy
 only, and the float TFLite file in this one, classify the first --verify_images test images;
-their logits are compared with the evaluation's (cifar10_eval.Evaluator, the unfolded model).
+their logits are compared with the evaluation's (cifar10_scoring.Evaluator, the unfolded model).
 
 The folder is written whole or not at all: everything goes to a temporary folder beside it,
 renamed into place at the end. An existing --export_dir is refused unless --overwrite.
@@ -48,12 +48,13 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
-import cifar10_eval
+import cifar10_config
+import cifar10_flags
 import cifar10_input
-import cifar10_model
 import cifar10_records
 import cifar10_run
-from compress import quantize
+import cifar10_scoring
+from compress import calibration as calibration_lib
 
 SAVED_MODEL = 'saved_model'
 FLOAT_TFLITE = 'model_float.tflite'
@@ -107,14 +108,10 @@ class Serving(tf.Module):
     return self.model(images, training=False)
 
 
-def export_model(state, use_ema=True):
-  """The Serving module of a restored RunState: EMA shadows (or raw), BatchNorm folded."""
-  if use_ema:
-    state.restore_ema_shadows()
-  model = cifar10_model.fold_batchnorm(state.model)
-  serving = Serving(model, state.config.image_size)
-  serving.batchnorm_folded = model is not state.model
-  model.compute_dtype = tf.float32  # A mixed-precision run exports float32 all the same.
+def export_model(loaded):
+  """The Serving module of a cifar10_run.InferenceModel (its BatchNorm folded)."""
+  serving = Serving(loaded.model, loaded.config.image_size)
+  loaded.model.compute_dtype = tf.float32  # A mixed-precision run exports float32 all the same.
   return serving
 
 
@@ -197,20 +194,17 @@ def agreement(reference, logits):
 
 
 def reference_logits(config, checkpoint, split, use_ema, conv='auto'):
-  """The evaluation's logits (cifar10_eval.Evaluator: unfolded, its default convolutions)."""
-  evaluator = cifar10_eval.Evaluator(config, split, conv=conv)
-  evaluator.restore(checkpoint)
-  if use_ema:
-    evaluator.restore_ema_shadows()
-  return np.concatenate([evaluator.model(evaluator.images[i:i + VERIFY_BATCH]).numpy()
-                         for i in range(0, evaluator.num_examples, VERIFY_BATCH)])
+  """The evaluation's logits (cifar10_scoring.Evaluator: unfolded, its default convolutions)."""
+  evaluator = cifar10_scoring.Evaluator(config, split, conv=conv)
+  cifar10_run.load_inference_model(None, ema=use_ema, checkpoint=checkpoint, state=evaluator)
+  return evaluator.logits(VERIFY_BATCH)
 
 
 @dataclasses.dataclass(frozen=True)
 class Options:
   use_ema: bool = True
   tflite_int8: bool = False
-  calibration: quantize.Calibration = quantize.Calibration()
+  calibration: calibration_lib.Calibration = calibration_lib.Calibration()
   verify_images: int = cifar10_records.NUM_TEST_EXAMPLES
   overwrite: bool = False
 
@@ -234,7 +228,7 @@ def export_run(checkpoint_dir, export_dir, batches_dir, options=Options(),
     os.makedirs(parent, exist_ok=True)
     work = tempfile.mkdtemp(prefix=os.path.basename(export_dir) + '.partial-', dir=parent)
   except OSError as e:
-    raise cifar10_run.ConfigError(f'cannot write beside --export_dir={export_dir} ({e})') from e
+    raise cifar10_config.ConfigError(f'cannot write beside --export_dir={export_dir} ({e})') from e
   try:
     report = _export(config, checkpoint, work, batches_dir, options, log)
     cifar10_run.write_json(os.path.join(work, REPORT_FILE), report)
@@ -251,16 +245,17 @@ def export_run(checkpoint_dir, export_dir, batches_dir, options=Options(),
 def check_export_dir(export_dir, overwrite):
   """Raises ConfigError when export_dir exists and may not be replaced."""
   if os.path.exists(export_dir) and not overwrite:
-    raise cifar10_run.ConfigError(f'--export_dir={export_dir} exists: pass --overwrite to '
+    raise cifar10_config.ConfigError(f'--export_dir={export_dir} exists: pass --overwrite to '
                                   'replace it, or another folder.')
 
 
 def _export(config, checkpoint, work, batches_dir, options, log):
   """Writes the files into the folder `work`; returns the report."""
   log(f'restoring {checkpoint}')
-  state = cifar10_run.RunState(config, conv='direct')
-  state.restore(checkpoint)
-  serving = export_model(state, options.use_ema)
+  loaded = cifar10_run.load_inference_model(None, ema=options.use_ema, conv='direct',
+                                            fold_batchnorm=True, checkpoint=checkpoint,
+                                            state=cifar10_run.RunState(config, conv='direct'))
+  serving = export_model(loaded)
   saved_model_dir = os.path.join(work, SAVED_MODEL)
   tf.saved_model.save(serving, saved_model_dir, signatures={SIGNATURE: serving.serve})
   log(f'wrote {SAVED_MODEL}; converting it to TFLite')
@@ -270,12 +265,12 @@ def _export(config, checkpoint, work, batches_dir, options, log):
     raise ExportError(f'TFLite conversion failed: {str(e).strip()[-800:]}') from e
   _write(os.path.join(work, FLOAT_TFLITE), float_tflite)
   files = [SAVED_MODEL, FLOAT_TFLITE]
-  report = {'checkpoint': checkpoint, 'model': config.model, 'step': int(state.step.numpy()),
-            'weights': 'ema' if options.use_ema else 'raw', 'image_size': config.image_size,
-            'batchnorm_folded': serving.batchnorm_folded}
+  report = {'checkpoint': checkpoint, 'model': config.model, 'step': loaded.step,
+            'weights': loaded.weights, 'image_size': config.image_size,
+            'batchnorm_folded': loaded.batchnorm_folded}
   if options.tflite_int8:
     log(f'TFLite int8: calibrating on {options.calibration.images} training images')
-    calibration = quantize.calibration_images(
+    calibration = calibration_lib.calibration_images(
         cifar10_records.load_split(batches_dir, 'train'), options.calibration,
         config.image_size)
     try:
@@ -341,56 +336,65 @@ def _replace(work, export_dir):
     shutil.rmtree(old)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  cifar10_env.quiet_logging(flags.FLAGS['verbosity'].present)
-  options = Options(use_ema=_FLAGS['ema'].value, tflite_int8=_FLAGS['tflite_int8'].value,
-                    calibration=quantize.Calibration(images=_FLAGS['calibration_images'].value),
-                    verify_images=_FLAGS['verify_images'].value,
-                    overwrite=_FLAGS['overwrite'].value)
+def run(values):
+  """Exports as the flag values say; returns what sys.exit takes (None: done)."""
+  options = Options(use_ema=values['ema'], tflite_int8=values['tflite_int8'],
+                    calibration=calibration_lib.Calibration(images=values['calibration_images']),
+                    verify_images=values['verify_images'], overwrite=values['overwrite'])
   log = lambda message: print(f'{datetime.datetime.now()}: {message}', flush=True)
-  checkpoint_dir, export_dir = _FLAGS['checkpoint_dir'].value, _FLAGS['export_dir'].value
+  checkpoint_dir, export_dir = values['checkpoint_dir'], values['export_dir']
   try:
     # The run and the folder first: a mistyped flag is reported before any data is fetched,
     # and the data only when the int8 calibration or the check needs it.
     cifar10_run.latest_run(checkpoint_dir, '--checkpoint_dir')
     check_export_dir(os.path.normpath(export_dir), options.overwrite)
     needs_data = options.tflite_int8 or options.verify_images
-    batches_dir = cifar10_run.batches_dir_from_flags(_FLAGS) if needs_data else None
+    batches_dir = cifar10_flags.batches_dir(values) if needs_data else None
     report = export_run(checkpoint_dir, export_dir, batches_dir, options, log)
-  except (cifar10_records.DataError, cifar10_run.ConfigError, cifar10_run.UnreadableCheckpoint,
-          ExportError) as e:
-    sys.exit(f'error: {e}')
+  except (cifar10_records.DataError, cifar10_config.ConfigError,
+          cifar10_run.UnreadableCheckpoint, ExportError) as e:
+    return f'error: {e}'
   except KeyboardInterrupt:
-    sys.exit(130)  # Nothing was moved into --export_dir.
+    return 130  # Nothing was moved into --export_dir.
   print(json.dumps({k: report[k] for k in ('model', 'step', 'weights', 'bytes')}))
+  return None
 
 
-def define_export_flags():
-  """The shared data flags plus this binary's; returns {name: FlagHolder}."""
-  holders = cifar10_run.define_data_flags()
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  cifar10_env.quiet_logging(flags.FLAGS['verbosity'].present)
+  sys.exit(run(cifar10_flags.read(_FLAGS)[0]))
+
+
+def define_flags(flag_values=flags.FLAGS):
+  """The data flags, the run-reading ones and this program's; {name: FlagHolder}."""
+  holders = cifar10_flags.define_data_flags(flag_values)
+  # No --conv: an export computes the plain convolution, always.
+  holders.update(cifar10_flags.define_run_flags(flag_values, conv=None, what='export'))
   holders.update(
-      checkpoint_dir=flags.DEFINE_string('checkpoint_dir', None, 'The --train_dir of a run.',
-                                         required=True),
       export_dir=flags.DEFINE_string('export_dir', None, 'The folder to write (must not exist '
-                                     'unless --overwrite).', required=True),
-      overwrite=flags.DEFINE_boolean('overwrite', False, 'Replace an existing --export_dir.'),
-      ema=flags.DEFINE_boolean('ema', True, 'Export the EMA shadows (--noema: raw weights).'),
+                                     'unless --overwrite).', required=True,
+                                     flag_values=flag_values),
+      overwrite=flags.DEFINE_boolean('overwrite', False, 'Replace an existing --export_dir.',
+                                     flag_values=flag_values),
       tflite_int8=flags.DEFINE_boolean('tflite_int8', False, 'Also write model_int8.tflite, '
-                                       "TFLite's full-integer quantization."),
+                                       "TFLite's full-integer quantization.",
+                                       flag_values=flag_values),
       calibration_images=flags.DEFINE_integer(
-          'calibration_images', quantize.Calibration.images, 'Training images that calibrate '
-          'the int8 ranges (the same ones as compress/quantize.py picks).', lower_bound=1,
-          upper_bound=cifar10_records.NUM_TRAIN_EXAMPLES),
+          'calibration_images', calibration_lib.Calibration.images, 'Training images that '
+          'calibrate the int8 ranges (the same ones as compress/quantize.py picks).',
+          lower_bound=1, upper_bound=cifar10_records.NUM_TRAIN_EXAMPLES,
+          flag_values=flag_values),
       verify_images=flags.DEFINE_integer(
           'verify_images', cifar10_records.NUM_TEST_EXAMPLES, 'Test images on which the '
           'exported files are checked against the evaluation (0: no check, no test data).',
-          lower_bound=0, upper_bound=cifar10_records.NUM_TEST_EXAMPLES),
+          lower_bound=0, upper_bound=cifar10_records.NUM_TEST_EXAMPLES,
+          flag_values=flag_values),
   )
   return holders
 
 
 if __name__ == '__main__':
-  _FLAGS = define_export_flags()
+  _FLAGS = define_flags()
   app.run(main)

@@ -193,10 +193,9 @@ def train_inputs(split, batch_size, seed, augment=True, image_size=CROP_SIZE, fi
                  crop_slack=CROP_SLACK):
   """Endless shuffled training batches, indexed by the step they feed.
 
-  The batch of step k depends only on (seed, k): its images are batch k mod steps_per_epoch
-  of epoch k // steps_per_epoch's permutation (epoch_order), its distortions come from the
-  seed of step k. A run resumed at step k therefore sees exactly the batches an
-  uninterrupted run would have seen from step k on. Split over replicas, replica r gets
+  The batch of step k depends only on (seed, k): batch k mod steps_per_epoch of epoch
+  k // steps_per_epoch's permutation (epoch_order), distorted by the seed of step k, so a run
+  resumed at step k sees exactly the batches an uninterrupted run would have seen. Split over replicas, replica r gets
   rows r*b .. (r+1)*b - 1 of that batch (b = batch_size / replicas), distorted as they are
   in the whole batch: the replicas of one step together see exactly the one-device batch.
 
@@ -205,13 +204,12 @@ def train_inputs(split, batch_size, seed, augment=True, image_size=CROP_SIZE, fi
     batch_size: images per (global) batch; each epoch drops its last partial batch so every
       batch has the same shape.
     seed: int; fixes the order of every epoch and the distortions of every step.
-    augment: distort if True (`distortions`, `cutout_side`, `crop_slack`: distort_batch); else the
-      central crop (the full 32x32 image when image_size is 32), standardized.
+    augment: distort if True (distort_batch's `distortions`, `cutout_side`, `crop_slack`);
+      else the central crop (the whole image at 32), standardized.
     image_size: 24 or 32.
     first_step: the step whose batch comes first (the step a run resumes at).
     replicas: (first, count, total): the shares of replicas first .. first + count - 1 of
-      `total` are yielded in turn for each step (what tf.distribute's input function gives
-      one input pipeline). The default: the whole batch.
+      `total`, in turn for each step (one tf.distribute input pipeline's); default the batch.
 
   Returns:
     A tf.data.Dataset of (float32 [b, size, size, 3], int32 [b]), b = batch_size / total.

@@ -34,20 +34,20 @@ class Regime:
 
   Attributes:
     init: 'xavier' (the study's, default) or 'tutorial' (explicit stddevs and biases).
-    decay: 'study' (WD / prod(shape), WD = 500, on the layers the model picks), 'tutorial'
-      (0.004 on those layers) or 'l2' (`l2` on every weight matrix, convolutions and the
-      logits layer included: the usual weight decay of today's recipes).
-    l2: the coefficient of 'l2' (the gradient gains l2 * W).
+    weight_decay: 'study' (WD / prod(shape), WD = 500, on the layers the model picks),
+      'tutorial' (0.004 on those layers) or 'l2' (`l2_decay` on every weight matrix,
+      convolutions and the logits layer included: the usual weight decay of today's recipes).
+    l2_decay: the coefficient of 'l2' (the gradient gains l2_decay * W).
   """
   init: str = 'xavier'
-  decay: str = 'study'
-  l2: float = L2_WEIGHT_DECAY
+  weight_decay: str = 'study'
+  l2_decay: float = L2_WEIGHT_DECAY
 
   def __post_init__(self):
     if self.init not in INIT_MODES:
       raise ValueError(f'init must be one of {INIT_MODES}, got {self.init!r}')
-    if self.decay not in DECAY_MODES:
-      raise ValueError(f'decay must be one of {DECAY_MODES}, got {self.decay!r}')
+    if self.weight_decay not in DECAY_MODES:
+      raise ValueError(f'weight_decay must be one of {DECAY_MODES}, got {self.weight_decay!r}')
 
   def stddev(self, shape, tutorial_stddev):
     return xavier_stddev(shape) if self.init == 'xavier' else tutorial_stddev
@@ -58,11 +58,11 @@ class Regime:
   def decay_coefficient(self, shape, chosen=True):
     """Coefficient of a weight matrix; `chosen`: the model gives this layer weight decay
     (the study and the tutorial decay only the layers a model picks; 'l2' decays all)."""
-    if self.decay == 'l2':
-      return self.l2
+    if self.weight_decay == 'l2':
+      return self.l2_decay
     if not chosen:
       return 0.0
-    if self.decay == 'study':
+    if self.weight_decay == 'study':
       return STUDY_WEIGHT_DECAY / math.prod(shape)
     return TUTORIAL_WEIGHT_DECAY
 

@@ -14,7 +14,6 @@ confusion matrix, from its eval/confusion.jsonl).
 """
 
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -27,6 +26,7 @@ if __name__ == '__main__':  # As a program only: importing this module changes n
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 
+import cifar10_config
 import cifar10_model
 import cifar10_run
 import models
@@ -107,29 +107,28 @@ def read_run(train_dir, eval_dir=None):
 
 def _read_results(path, train_dir):
   """The checked (step, EMA precision, seconds) of each line of one results.jsonl."""
-  lines = []
   try:
-    with open(path, encoding='utf-8') as f:
-      for number, line in enumerate(f, 1):
-        if line.strip():
-          lines.append(_result_fields(line, f'{path}, line {number}'))
+    lines = [_result_fields(result, f'{path}, line {number}')
+             for number, result in cifar10_run.json_lines(path)]
   except (OSError, UnicodeDecodeError) as e:
     raise ResultsError(f'{path} is unreadable ({type(e).__name__}: {e}): it must be the '
                        'results.jsonl that cifar10_eval.py wrote.') from e
+  except ValueError as e:  # A line that is not JSON (json_lines names it).
+    raise ResultsError(f'{e}: not a cifar10_eval.py result; delete the line or evaluate the '
+                       'run again.') from e
   if not lines:
     raise ResultsError(f'{path} holds no evaluated checkpoint: run cifar10_eval.py '
                        f'--checkpoint_dir={train_dir} first')
   return lines
 
 
-def _result_fields(line, where):
-  """(step, EMA precision, training seconds) of one results.jsonl line, each checked.
+def _result_fields(result, where):
+  """(step, EMA precision, training seconds) of one parsed results.jsonl line, each checked.
 
   Raises:
     ResultsError: not a JSON object of cifar10_eval.py's, or a value out of its range.
   """
   try:
-    result = json.loads(line)
     step, precision, seconds = (result['step'], result['precision_ema'],
                                 result['train_seconds'])
   except (ValueError, KeyError, TypeError) as e:
@@ -363,8 +362,7 @@ def read_confusion(train_dir, weights='ema'):
     raise FileNotFoundError(f'{path} is missing: evaluate the run with this version of '
                             f'cifar10_eval.py (--checkpoint_dir={train_dir} --run_once)')
   try:
-    with open(path, encoding='utf-8') as f:
-      lines = [json.loads(line) for line in f if line.strip()]
+    lines = [line for _, line in cifar10_run.json_lines(path)]
     newest = max(lines, key=lambda line: line['step'])
     matrix = newest[weights]['confusion']
     if len(matrix) != len(newest['classes']) or any(len(row) != len(matrix) for row in matrix):
@@ -400,28 +398,26 @@ def plot_confusion(step, classes, matrix, title, path):
   plt.close(figure)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  cifar10_env.quiet_logging(flags.FLAGS['verbosity'].present)
+def run(values):
+  """Writes the table and plots as the flag values say; returns what sys.exit takes."""
   try:
-    if not _FLAGS['runs'].value:
+    if not values['runs']:
       raise ResultsError('--runs is empty: pass the comma-separated --train_dir of each run')
-    results = [read_run(run) for run in _FLAGS['runs'].value]
-    if _FLAGS['previous'].value:  # Rows of runs not given again, e.g. folders since deleted.
+    results = [read_run(run) for run in values['runs']]
+    if values['previous']:  # Rows of runs not given again, e.g. folders since deleted.
       names = {r.name for r in results}
-      results += [r for r in read_table(_FLAGS['previous'].value) if r.name not in names]
-  except (FileNotFoundError, ResultsError, cifar10_run.ConfigError) as e:
-    sys.exit(f'error: {e}')
-  out_dir = _FLAGS['out_dir'].value
-  table = markdown_table(results, _FLAGS['target'].value)
+      results += [r for r in read_table(values['previous']) if r.name not in names]
+  except (FileNotFoundError, ResultsError, cifar10_config.ConfigError) as e:
+    return f'error: {e}'
+  out_dir = values['out_dir']
+  table = markdown_table(results, values['target'])
   curves = {os.path.basename(os.path.normpath(run)): result
-            for run, result in zip(_FLAGS['runs'].value, results)}
-  confusion_run = _FLAGS['confusion'].value
+            for run, result in zip(values['runs'], results)}
+  confusion_run = values['confusion']
   try:
     confusion = read_confusion(confusion_run) if confusion_run else None
   except (FileNotFoundError, ResultsError) as e:
-    sys.exit(f'error: {e}')
+    return f'error: {e}'
   try:
     os.makedirs(out_dir, exist_ok=True)
     cifar10_run.write_whole(os.path.join(out_dir, 'results.md'), table + '\n')
@@ -431,23 +427,35 @@ def main(argv):
       title = os.path.basename(os.path.normpath(confusion_run))
       plot_confusion(*confusion, title, os.path.join(out_dir, 'confusion.png'))
   except OSError as e:
-    sys.exit(f'error: cannot write the table and plots into --out_dir={out_dir} ({e})')
+    return f'error: cannot write the table and plots into --out_dir={out_dir} ({e})'
   print(table)
+  return None
 
 
-def define_flags():
-  """This binary's flags; returns {name: FlagHolder}."""
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  cifar10_env.quiet_logging(flags.FLAGS['verbosity'].present)
+  sys.exit(run({name: holder.value for name, holder in _FLAGS.items()}))
+
+
+def define_flags(flag_values=flags.FLAGS):
+  """This program's flags; returns {name: FlagHolder}."""
   return dict(
       runs=flags.DEFINE_list('runs', None, 'Comma-separated train dirs evaluated by '
-                             'cifar10_eval.py.', required=True),
-      out_dir=flags.DEFINE_string('out_dir', 'docs', 'Where results.md and results.png go.'),
+                             'cifar10_eval.py.', required=True, flag_values=flag_values),
+      out_dir=flags.DEFINE_string('out_dir', 'docs', 'Where results.md and results.png go.',
+                              flag_values=flag_values),
       previous=flags.DEFINE_string('previous', None, 'A results.md written before: its rows '
-                                   'of runs not in --runs are kept (their folders may be gone).'),
+                                   'of runs not in --runs are kept (their folders may be gone).',
+                                   flag_values=flag_values),
       confusion=flags.DEFINE_string('confusion', None, 'A run evaluated by cifar10_eval.py: '
-                                    'draw its newest confusion matrix (EMA) as confusion.png.'),
+                                    'draw its newest confusion matrix (EMA) as confusion.png.',
+                                    flag_values=flag_values),
       target=flags.DEFINE_float('target', None, 'A precision @ 1 (fraction, e.g. 0.814): add '
                                 'a column with the step and training seconds at which each '
-                                'run first reached it.', lower_bound=0.0, upper_bound=1.0),
+                                'run first reached it.', lower_bound=0.0, upper_bound=1.0,
+                                flag_values=flag_values),
   )
 
 

@@ -1,10 +1,12 @@
-"""The run folder: its config.json, its checkpoint layout, and the flags that locate data.
+"""The run folder: its config.json, its checkpoints' layout and life, its results files, and
+opening a run as an inference model.
 
 A run folder (a --train_dir) holds config.json (the TrainConfig of the run), checkpoints of
 one layout (`RunState`: the model's raw weights, the global step, the seconds of training
 and the EMA shadows, plus any extra state such as pruning masks), summaries, and the
 evaluation results below eval/. Training writes it; evaluation, compression and the results
-table read it through this module, never through the trainer.
+table read it through this module, never through the trainer; `load_inference_model` is
+the one way to open a run's checkpoint for inference (EMA shadows, BatchNorm folded).
 """
 
 import contextlib
@@ -12,19 +14,15 @@ import dataclasses
 import datetime
 import fcntl
 import json
-import math
 import os
 import re
 import shutil
+import tempfile
 
-from absl import flags
 import tensorflow as tf
 
-import cifar10_distribute
-import cifar10_input
+import cifar10_config
 import cifar10_model
-import cifar10_records
-import cifar10_spectral
 import models
 
 CONFIG_FILE = 'config.json'
@@ -36,132 +34,19 @@ CONFUSION_FILE = 'confusion.jsonl'  # beside it: per evaluation, the confusion m
 # The evaluations' folders below the run, one per --eval_data of cifar10_eval.py, so that
 # training-set figures never mix with the test figures that cifar10_results.py reads.
 EVAL_DIRS = {'test': 'eval', 'train_eval': 'eval_train'}
-CONV_HELP = ('How convolutions are computed: direct (tf.nn.conv2d), spectral (a product of '
-             'spectra where that was measured faster on a CPU) or auto (spectral without a '
-             'GPU, direct with one). The same checkpoint runs with either.')
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-  """Every training hyperparameter, with its default (docs/design.md)."""
-  train_dir: str = 'runs/tutorial'
-  model: str = 'tutorial'
-  recipe: str = 'study'  # the named set of defaults the run started from (RECIPES)
-  max_steps: int = 10000  # steps (the study's ablation length)
-  batch_size: int = 128  # images per step
-  optimizer: str = 'sgd'  # or 'momentum', 'nesterov' (OPTIMIZERS)
-  momentum: float = 0.9  # of 'momentum' and 'nesterov'
-  learning_rate: float = 0.1  # the peak rate of the schedules that warm up
-  lr_schedule: str = 'constant'  # the study's; 'staircase' is the tutorial's (SCHEDULES)
-  lr_decay_epochs: float = 350.0  # epochs per x0.1 step of the staircase schedule
-  lr_decay_factor: float = 0.1
-  warmup_steps: int = 0  # steps of linear warm-up of warmup_linear and warmup_cosine
-  label_smoothing: float = 0.0  # share of each label spread evenly over the 10 classes
-  moving_average_decay: float = 0.9999
-  augment: bool = True  # distort the training images; off: standardized 32x32 images
-  distortions: str = 'tutorial'  # or 'crop_flip', 'crop_flip_mean' (cifar10_input.DISTORTIONS)
-  cutout: int = 0  # side in pixels of the square cut out of each training image; 0: none
-  crop_slack: int = 8  # crop_flip modes: positions per axis of the crop window, minus one
-  image_size: int = 24  # pixels; 24 with augmentation, 32 without unless set
-  init: str = 'xavier'  # or 'tutorial'
-  weight_decay: str = 'study'  # WD / prod(shape) with WD = 500; 'tutorial' (0.004); 'l2'
-  l2_decay: float = 5e-4  # the coefficient of weight_decay='l2', on every weight matrix
-  conv: str = 'auto'  # how convolutions are computed; 'auto' is resolved at once (below)
-  log_frequency: int = 10  # steps between log lines and scalar summaries
-  checkpoint_steps: int = 1000  # steps between checkpoints
-  histogram_steps: int = 1000  # steps between weight histograms and sample images
-  keep_checkpoints: int = 5  # most recent checkpoints kept in train_dir
-  seed: int = 0
-  deterministic: bool = False  # TensorFlow's op determinism: bit-identical reruns
-  strategy: str = 'default'  # tf.distribute: default (one device), mirrored, multi_worker
-  cpu_replicas: int = 1  # logical CPU devices of --strategy=mirrored without a GPU
-  precision: str = 'float32'  # what the layers compute in (cifar10_model.PRECISIONS)
-
-  def __post_init__(self):
-    # The run records what it computed with: 'auto' becomes 'direct' or 'spectral' for the
-    # devices this process sees (cifar10_spectral.resolve).
-    object.__setattr__(self, 'conv', cifar10_spectral.resolve(self.conv))
-    if self.model not in models.names():  # A hand-edited config.json, say.
-      raise ConfigError(f'model {self.model!r} is unknown; the models: '
-                        f'{", ".join(models.MODELS)}')
-    for name, known in (('strategy', cifar10_distribute.STRATEGIES),
-                        ('precision', tuple(cifar10_model.PRECISIONS)),
-                        ('recipe', tuple(RECIPES)), ('optimizer', OPTIMIZERS),
-                        ('lr_schedule', SCHEDULES), ('distortions', cifar10_input.DISTORTIONS),
-                        ('init', cifar10_model.INIT_MODES),
-                        ('weight_decay', cifar10_model.DECAY_MODES)):
-      if getattr(self, name) not in known:
-        raise ConfigError(f'{name} {getattr(self, name)!r} is not one of {", ".join(known)}')
-    for name in ('learning_rate', 'lr_decay_epochs', 'lr_decay_factor', 'moving_average_decay',
-                 'momentum', 'label_smoothing', 'l2_decay', 'warmup_steps', 'cutout'):
-      value = getattr(self, name)
-      if not math.isfinite(value) or value < 0:
-        raise ConfigError(f'--{name}={value} must be a finite number >= 0')
-    for name, bound in (('momentum', 1.0), ('label_smoothing', 1.0)):
-      if getattr(self, name) >= bound:
-        raise ConfigError(f'--{name}={getattr(self, name)} must be below {bound}')
-    if self.moving_average_decay > 1:
-      raise ConfigError(f'--moving_average_decay={self.moving_average_decay} must be <= 1')
-    if self.crop_slack % 2 or not 0 <= self.crop_slack <= 16:
-      raise ConfigError(f'--crop_slack={self.crop_slack} must be even, in 0 .. 16')
-    if self.cutout > self.image_size:
-      raise ConfigError(f'--cutout={self.cutout} exceeds the image side {self.image_size}')
-    if not 1 <= self.batch_size <= cifar10_records.NUM_TRAIN_EXAMPLES:
-      raise ConfigError(f'--batch_size={self.batch_size} must lie in 1 .. '
-                        f'{cifar10_records.NUM_TRAIN_EXAMPLES:,} (the training images)')
-    if self.lr_schedule == 'staircase' and self.decay_steps < 1:
-      raise ConfigError(f'--lr_decay_epochs={self.lr_decay_epochs} is under one step at batch '
-                        f'{self.batch_size}: the staircase would drop at every step')
-
-  @property
-  def decay_steps(self):
-    """Steps between two x0.1 drops of the staircase schedule (136,718 at batch 128)."""
-    return int(cifar10_records.NUM_TRAIN_EXAMPLES / self.batch_size * self.lr_decay_epochs)
-
-
-OPTIMIZERS = ('sgd', 'momentum', 'nesterov')
-SCHEDULES = ('constant', 'staircase', 'warmup_linear', 'warmup_cosine', 'onecycle')
-# --recipe: named sets of training defaults; a flag given explicitly overrides its recipe's
-# value. 'study' is TrainConfig's own defaults (the study's runs); docs/recipes.md has how
-# 'fast', 'fast32' and 'fast32m' were chosen and what they reach.
-RECIPES = {
-    'study': {},
-    'tutorial': dict(init='tutorial', weight_decay='tutorial', lr_schedule='staircase'),
-    'fast': dict(optimizer='nesterov', momentum=0.9, learning_rate=0.03,
-                 lr_schedule='warmup_linear', warmup_steps=500, label_smoothing=0.1,
-                 weight_decay='l2', l2_decay=5e-4, moving_average_decay=0.999),
-    # EMA 0.99: the shadows of a BatchNorm model are read with the raw weights' moving
-    # statistics; 0.999 cost budget0 0.46 point against its raw weights at 20k steps.
-    'fast32': dict(optimizer='nesterov', momentum=0.9, learning_rate=0.2,
-                   lr_schedule='onecycle', label_smoothing=0.1, weight_decay='l2',
-                   l2_decay=5e-4, moving_average_decay=0.99, distortions='crop_flip',
-                   image_size=32),
-}
-# fast32 with the crop padded by the image's mean instead of black (the budget models' best).
-RECIPES['fast32m'] = dict(RECIPES['fast32'], distortions='crop_flip_mean')
-
-
-def recipe_summary(config):
-  """One line naming the run's recipe and its values, marking those a flag overrode."""
-  recipe = RECIPES[config.recipe]
-  if not recipe:
-    return f'recipe {config.recipe}: the defaults of every flag'
-  parts = [f'{name}={getattr(config, name)}' +
-           ('' if getattr(config, name) == value else f' (recipe: {value})')
-           for name, value in recipe.items()]
-  return f'recipe {config.recipe}: {", ".join(parts)}'
-
-
-class ConfigError(ValueError):
-  """A run folder that does not hold what the flags expect; the message says what to do."""
+EVAL_DATA = tuple(EVAL_DIRS)  # cifar10_eval.py --eval_data
 
 
 class UnreadableCheckpoint(Exception):
   """A checkpoint cannot be read, or does not fit the run's model."""
 
 
-class RunFolderBusy(ConfigError):
+class RunFolderBusy(cifar10_config.ConfigError):
   """Another process holds the run folder's lock."""
+
+
+class SaveFailed(Exception):
+  """A checkpoint could not be written (disk full, read-only); the earlier ones are intact."""
 
 
 # --------------------------------------------------------------------------- config.json
@@ -182,6 +67,36 @@ def write_json(path, value):
   write_whole(path, json.dumps(value, indent=1) + '\n')
 
 
+def append_json_line(path, value, flag='--eval_dir'):
+  """Appends `value` as one JSON line to `path` (results.jsonl, confusion.jsonl).
+
+  Raises:
+    ConfigError: the file cannot be written (the message names `flag`).
+  """
+  try:
+    with open(path, 'a') as f:
+      f.write(json.dumps(value) + '\n')
+  except OSError as e:
+    raise cifar10_config.ConfigError(f'cannot write {path} ({e}): pass a writable '
+                                     f'{flag}.') from e
+
+
+def json_lines(path):
+  """Yields (line number, value) of each non-blank line of a JSON Lines file.
+
+  Raises:
+    OSError, UnicodeDecodeError: the file cannot be read.
+    ValueError: a line is not JSON (the message names the file and the line).
+  """
+  with open(path, encoding='utf-8') as f:
+    for number, line in enumerate(f, 1):
+      if line.strip():
+        try:
+          yield number, json.loads(line)
+        except ValueError as e:
+          raise ValueError(f'{path}, line {number}: not JSON ({e})') from e
+
+
 def read_config(train_dir):
   """The TrainConfig saved in train_dir, or None when there is none yet."""
   path = os.path.join(train_dir, CONFIG_FILE)
@@ -189,9 +104,9 @@ def read_config(train_dir):
     return None
   try:
     with open(path) as f:
-      return TrainConfig(**json.load(f))
+      return cifar10_config.TrainConfig(**json.load(f))
   except (OSError, ValueError, TypeError) as e:
-    raise ConfigError(f'{path} is unreadable ({e}): it must be the config.json that '
+    raise cifar10_config.ConfigError(f'{path} is unreadable ({e}): it must be the config.json that '
                       'cifar10_train.py wrote.') from e
 
 
@@ -206,14 +121,14 @@ def check_config(config):
   """The changes against the run already in train_dir (config_changes), writing nothing.
 
   Raises:
-    ConfigError: train_dir holds a run of another model or image size.
+    cifar10_config.ConfigError: train_dir holds a run of another model or image size.
   """
   previous = read_config(config.train_dir)
   if previous is None:
     return []
   for key in ('model', 'image_size'):
     if getattr(previous, key) != getattr(config, key):
-      raise ConfigError(
+      raise cifar10_config.ConfigError(
           f'{config.train_dir} holds a run with {key}={getattr(previous, key)!r}, not '
           f'{getattr(config, key)!r}: pass another --train_dir (or delete that one).')
   return config_changes(previous, config)
@@ -231,7 +146,7 @@ def write_config(config):
     os.makedirs(config.train_dir, exist_ok=True)
     write_json(path, dataclasses.asdict(config))
   except OSError as e:
-    raise ConfigError(f'cannot write {path} ({e}): pass a writable --train_dir.') from e
+    raise cifar10_config.ConfigError(f'cannot write {path} ({e}): pass a writable --train_dir.') from e
   return changed
 
 
@@ -249,7 +164,7 @@ class RunState:
 
   Attributes:
     model: the Model (its raw weights), with convolutions computed as `conv` says (default
-      the config's).
+      the config's): models.build of the config's model, or what `build_model` returns.
     variables: model.trainable_variables.
     step: int64 scalar, the global step.
     train_seconds: float64 scalar, seconds of training up to `step`.
@@ -258,13 +173,20 @@ class RunState:
       restored by position, not by name.
   """
 
-  def __init__(self, config, conv=None, strategy=None):
-    """Builds the state; under `strategy`'s scope (mirrored variables) when one is given."""
+  def __init__(self, config, conv=None, strategy=None, build_model=None):
+    """Builds the state; under `strategy`'s scope (mirrored variables) when one is given.
+
+    Args:
+      config: the run's TrainConfig.
+      conv: how convolutions are computed (cifar10_spectral); default the config's.
+      strategy: a tf.distribute strategy, or None.
+      build_model: callable(config, conv) -> cifar10_model.Model, for a model that is not
+        the registry's (a tool that hands the trainer layers of other shapes); default
+        build_model() below.
+    """
     self.config, self.strategy = config, strategy
     with strategy.scope() if strategy else contextlib.nullcontext():
-      self.model = models.build(config.model, config.image_size, config.init,
-                                config.weight_decay, conv=conv or config.conv,
-                                l2=config.l2_decay)
+      self.model = (build_model or default_model)(config, conv or config.conv)
       self.variables = self.model.trainable_variables
       self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name='global_step')
       self.train_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False,
@@ -292,6 +214,12 @@ class RunState:
     """Copies the EMA shadows into the model, by position in the trainable variables."""
     for variable, shadow in zip(self.variables, self.ema_shadows):
       variable.assign(shadow)
+
+
+def default_model(config, conv):
+  """The registry's model of a config (models.build), computing convolutions as `conv` says."""
+  return models.build(config.model, config.image_size, config.init, config.weight_decay,
+                      conv=conv, l2_decay=config.l2_decay)
 
 
 def read_checkpoint(checkpoint, path):
@@ -360,7 +288,7 @@ def rebuild_checkpoint_state(train_dir):
   The file is a text protocol buffer of relative paths, as the manager writes it.
 
   Raises:
-    ConfigError: the state file cannot be replaced (a folder in its place, a read-only run).
+    cifar10_config.ConfigError: the state file cannot be replaced (a folder in its place, a read-only run).
   """
   paths = checkpoint_paths(train_dir)
   state = os.path.join(train_dir, STATE_FILE)
@@ -374,7 +302,7 @@ def rebuild_checkpoint_state(train_dir):
     lines += [f'all_model_checkpoint_paths: "{name}"' for name in reversed(names)]
     write_whole(state, '\n'.join(lines) + '\n')
   except OSError as e:
-    raise ConfigError(f'cannot rewrite {state}, the list of the checkpoints ({e}): it must be '
+    raise cifar10_config.ConfigError(f'cannot rewrite {state}, the list of the checkpoints ({e}): it must be '
                       'a file in a writable --train_dir.') from e
 
 
@@ -399,14 +327,14 @@ def locked(train_dir):
 
   Raises:
     RunFolderBusy: another process holds it.
-    ConfigError: the folder cannot be created or written.
+    cifar10_config.ConfigError: the folder cannot be created or written.
   """
   path = os.path.join(train_dir, LOCK_FILE)
   try:
     os.makedirs(train_dir, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
   except OSError as e:
-    raise ConfigError(f'cannot write in {train_dir} ({e}): pass a writable --train_dir.') from e
+    raise cifar10_config.ConfigError(f'cannot write in {train_dir} ({e}): pass a writable --train_dir.') from e
   try:
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -425,49 +353,152 @@ def latest_run(train_dir, flag='--train_dir'):
   """(TrainConfig, newest checkpoint path) of the run in train_dir, for tools that read one.
 
   Raises:
-    ConfigError: no config.json or no checkpoint there (the message names `flag`).
+    cifar10_config.ConfigError: no config.json or no checkpoint there (the message names `flag`).
   """
   config = read_config(train_dir)
   checkpoint = newest_checkpoint(train_dir) if config else None
   if checkpoint is None:
-    raise ConfigError(f'{flag}={train_dir} holds no trained run (config.json and a '
+    raise cifar10_config.ConfigError(f'{flag}={train_dir} holds no trained run (config.json and a '
                       'checkpoint): point it at the --train_dir of a cifar10_train.py run.')
   return config, checkpoint
 
 
-# --------------------------------------------------------------------------- shared flags
+def remove_partial_saves(train_dir):
+  """Drops the '<prefix>_temp' folders a kill during a save leaves behind."""
+  for name in os.listdir(train_dir):
+    path = os.path.join(train_dir, name)
+    if name.endswith('_temp') and os.path.isdir(path):
+      shutil.rmtree(path, ignore_errors=True)
 
 
-def define_data_flags():
-  """Flags that say where the data is; shared by every binary that reads CIFAR-10."""
-  return dict(
-      data_dir=flags.DEFINE_string(
-          'data_dir', 'data', 'Folder with cifar-10-batches-bin/ or cifar-10-binary.tar.gz '
-          '(or the archive path itself); the archive is downloaded here when absent.'),
-      extract_dir=flags.DEFINE_string(
-          'extract_dir', None, 'Where to extract the archive; default --data_dir when it is '
-          'writable, else ~/.cache/cifar10.'),
-      data_url=flags.DEFINE_string('data_url', cifar10_records.DATA_URL,
-                                   'Where to download the archive from when it is absent.'),
-  )
+class CheckpointFiles:
+  """A run's checkpoints over their life: restore the newest that reads, save, rotate.
+
+  Saves go through a tf.train.CheckpointManager opened on a state file rebuilt from the
+  checkpoints present: an emptied, damaged or lost one must neither stop the run nor make it
+  start again from step 0. A worker that is not the chief of a multi-worker run saves its
+  share into a scratch folder of its own, which nobody reads (removed after each save).
+
+  Args:
+    checkpoint: the tf.train.Checkpoint to save and restore.
+    train_dir: the run folder.
+    keep: the most recent checkpoints kept.
+    worker: this process's cifar10_distribute.Worker.
+  """
+
+  def __init__(self, checkpoint, train_dir, keep, worker):
+    self.checkpoint, self.train_dir, self.keep, self.worker = checkpoint, train_dir, keep, worker
+    self.manager, self.scratch_dir = None, None
+
+  def open(self):
+    """Opens the manager (before any save)."""
+    if not self.worker.is_chief:
+      self.scratch_dir = tempfile.mkdtemp(prefix=f'cifar10-worker{self.worker.task_index}-')
+      self.manager = tf.train.CheckpointManager(self.checkpoint, self.scratch_dir, max_to_keep=1)
+      return
+    rebuild_checkpoint_state(self.train_dir)
+    self.manager = tf.train.CheckpointManager(self.checkpoint, self.train_dir,
+                                              max_to_keep=self.keep)
+
+  def restore_newest(self):
+    """Restores the newest checkpoint that reads whole.
+
+    Returns:
+      (its path or None when there is none, [(path, reason)] of the newer ones skipped).
+
+    Raises:
+      UnreadableCheckpoint: there are checkpoints, but none restores.
+    """
+    skipped, paths = [], checkpoint_paths(self.train_dir)
+    for path in paths:
+      try:
+        read_checkpoint(self.checkpoint, path)
+      except UnreadableCheckpoint as e:
+        skipped.append((path, str(e)))
+        continue
+      return path, skipped
+    if paths:
+      raise UnreadableCheckpoint(
+          f'none of the {len(paths)} checkpoints in {self.train_dir} restores (the newest: '
+          f'{skipped[0][1]}); pass --restart to move them aside and start again from step 0.')
+    return None, skipped
+
+  def save(self, step):
+    """Saves the checkpoint as ckpt-<step>; returns its path.
+
+    Raises:
+      SaveFailed: it could not be written; the partial files are removed, the earlier
+        checkpoints are intact.
+    """
+    try:
+      path = self.manager.save(checkpoint_number=step)  # Every worker takes part.
+      self.remove_scratch()
+      return path
+    except (tf.errors.OpError, OSError) as e:
+      remove_partial_saves(self.train_dir)
+      kept = checkpoint_paths(self.train_dir)
+      raise SaveFailed(f'could not save the checkpoint of step {step} in {self.train_dir} '
+                       f'({type(e).__name__}: {str(e).strip()[:200]}); is the disk full or '
+                       'read-only? The checkpoints before it are intact (newest: '
+                       f'{kept[0] if kept else "none"}).') from e
+
+  def remove_scratch(self):
+    """Removes a non-chief worker's scratch folder (nothing for the chief)."""
+    if self.scratch_dir:
+      shutil.rmtree(self.scratch_dir, ignore_errors=True)
 
 
-def define_conv_flag(default='auto'):
-  """--conv, for every binary that builds a model; returns {'conv': FlagHolder}."""
-  return {'conv': flags.DEFINE_enum('conv', default, list(cifar10_spectral.CONV_MODES),
-                                    CONV_HELP)}
+# --------------------------------------------------------------------------- inference
 
 
-def define_deterministic_flag():
-  """--deterministic, for the binaries that train; returns {'deterministic': FlagHolder}."""
-  return {'deterministic': flags.DEFINE_boolean(
-      'deterministic', TrainConfig.deterministic,
-      "TensorFlow's op determinism: the same flags give bit-identical weights on the same "
-      'machine, a killed and resumed run included (its cost: docs/reliability.md).')}
+@dataclasses.dataclass
+class InferenceModel:
+  """A run's checkpoint opened for inference (load_inference_model).
+
+  Attributes:
+    config: the run's TrainConfig.
+    checkpoint: the checkpoint's path.
+    step: its global step.
+    weights: 'ema' (the shadows) or 'raw'.
+    model: the model to run: state.model, or its BatchNorm-folded copy.
+    state: the RunState the checkpoint was read into (its model unfolded).
+    batchnorm_folded: whether `model` is a folded copy.
+  """
+  config: cifar10_config.TrainConfig
+  checkpoint: str
+  step: int
+  weights: str
+  model: cifar10_model.Model
+  state: RunState
+  batchnorm_folded: bool
 
 
-def batches_dir_from_flags(holders):
-  """cifar10_records.find_batches_dir from the data flags."""
-  return cifar10_records.find_batches_dir(holders['data_dir'].value,
-                                          holders['extract_dir'].value,
-                                          url=holders['data_url'].value)
+def load_inference_model(train_dir, ema=True, conv='auto', fold_batchnorm=False,
+                         checkpoint=None, state=None, flag='--checkpoint_dir'):
+  """Opens a run's checkpoint as an inference model: the one place that does it.
+
+  Args:
+    train_dir: the run folder (unused when `state` is given).
+    ema: copy the EMA shadows into the model (else its raw weights).
+    conv: how the model computes convolutions (cifar10_spectral); 'direct' for exports.
+    fold_batchnorm: also return the model with each BatchNorm folded into its convolution
+      (cifar10_model.fold_batchnorm; the same model when it has none).
+    checkpoint: the checkpoint to read; default the run's newest.
+    state: a RunState (or subclass, e.g. an evaluator) to read into instead of a new one.
+    flag: the flag that named train_dir, for the error message.
+
+  Raises:
+    ConfigError: no run in train_dir.
+    UnreadableCheckpoint: the checkpoint is unreadable or holds another model.
+  """
+  if state is None or checkpoint is None:
+    config, newest = latest_run(train_dir, flag)
+    checkpoint = checkpoint or newest
+  state = state or RunState(config, conv=conv)
+  state.restore(checkpoint)
+  if ema:
+    state.restore_ema_shadows()
+  model = cifar10_model.fold_batchnorm(state.model) if fold_batchnorm else state.model
+  return InferenceModel(config=state.config, checkpoint=checkpoint,
+                        step=int(state.step.numpy()), weights='ema' if ema else 'raw',
+                        model=model, state=state, batchnorm_folded=model is not state.model)

@@ -21,6 +21,9 @@ import tensorflow as tf
 import cifar10_model
 
 CONV_MODES = ('auto', 'direct', 'spectral')
+CONV_HELP = ('How convolutions are computed: direct (tf.nn.conv2d), spectral (a product of '
+             'spectra where that was measured faster on a CPU) or auto (spectral without a '
+             'GPU, direct with one). The same checkpoint runs with either.')
 # Convolutions measured faster as a product of spectra than oneDNN's direct kernel on a
 # 2-core CPU, as (input side, kernel size, input channels, output channels): the tutorial's
 # conv2 (bench/README.md: forward 1.3x, forward + backward 2x, train step 1.13-1.32x).

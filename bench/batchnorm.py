@@ -26,8 +26,8 @@ from absl import flags
 import tensorflow as tf
 
 import cifar10_model
-import cifar10_run
-import cifar10_train
+import cifar10_trainer
+import cifar10_config
 import models
 import timing  # bench/, the script's own folder.
 
@@ -38,9 +38,9 @@ _STEPS = flags.DEFINE_integer('steps', 20, 'Train steps per window.', lower_boun
 
 
 def make_trainer(train_dir, fused):
-  config = cifar10_run.TrainConfig(train_dir=train_dir, model=_MODEL.value, conv='direct',
-                                   **cifar10_run.RECIPES['fast32'])
-  trainer = cifar10_train.Trainer(config)
+  config = cifar10_config.TrainConfig(train_dir=train_dir, model=_MODEL.value, conv='direct',
+                                   **cifar10_config.recipe_values('fast32'))
+  trainer = cifar10_trainer.Trainer(config)
   norms = [layer for layer, _ in trainer.model.walk(trainer.model.input_shape)
            if isinstance(layer, cifar10_model.BatchNorm)]
   if not norms:

@@ -29,14 +29,14 @@ def child():
   """Times the bare train step with whatever oneDNN setting this process was started with."""
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  import cifar10_run  # pylint: disable=g-import-not-at-top
+  import cifar10_config  # pylint: disable=g-import-not-at-top
   import cifar10_spectral  # pylint: disable=g-import-not-at-top
-  import cifar10_train  # pylint: disable=g-import-not-at-top
+  import cifar10_trainer  # pylint: disable=g-import-not-at-top
   import tempfile  # pylint: disable=g-import-not-at-top
   with tempfile.TemporaryDirectory() as train_dir:
-    config = cifar10_run.TrainConfig(model=_MODEL.value, train_dir=train_dir,
+    config = cifar10_config.TrainConfig(model=_MODEL.value, train_dir=train_dir,
                                      conv=cifar10_spectral.resolve(_CONV.value))
-    trainer = cifar10_train.Trainer(config)
+    trainer = cifar10_trainer.Trainer(config)
     size = config.image_size
     images = tf.random.stateless_normal([config.batch_size, size, size, 3], seed=[1, 2])
     labels = tf.random.stateless_uniform([config.batch_size], [3, 4], 0, 10, tf.int32)

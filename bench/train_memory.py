@@ -5,7 +5,7 @@
 For each model and batch size, a child process builds the trainer, runs two train steps on
 random images and reports the growth of its peak resident memory across them. The slope
 between the two batch sizes is the memory per image; the script prints it beside the
-model's activation count and the estimate that cifar10_train.check_batch_fits uses
+model's activation count and the estimate that cifar10_trainer.check_batch_fits uses
 (cifar10_model.training_bytes_per_image), which must stay above the measured slope.
 """
 
@@ -26,8 +26,8 @@ from absl import flags
 import tensorflow as tf
 
 import cifar10_model
-import cifar10_run
-import cifar10_train
+import cifar10_trainer
+import cifar10_config
 import models
 
 _MODELS = flags.DEFINE_list('models', ['tutorial', 'alex4', 'nin2', 'squeeze1', 'inception1'],
@@ -49,8 +49,8 @@ flags.register_validator(_BATCHES, _two_batch_sizes, 'must be two different posi
 
 def measure_here(model, batch):
   """Peak resident MiB added by two train steps at `batch` in this process."""
-  config = cifar10_run.TrainConfig(model=model, batch_size=batch, train_dir='unused')
-  trainer = cifar10_train.Trainer(config)
+  config = cifar10_config.TrainConfig(model=model, batch_size=batch, train_dir='unused')
+  trainer = cifar10_trainer.Trainer(config)
   size = config.image_size
   images = tf.random.stateless_normal([batch, size, size, 3], seed=[1, 2])
   labels = tf.zeros([batch], tf.int32)
@@ -80,7 +80,7 @@ def main(argv):
   print(f'{"model":<12} {"activations":>12} {"measured MiB/image":>19} {"estimate":>9} '
         f'{"bytes/activation":>17}')
   for name in _MODELS.value:
-    model = models.build(models.canonical_name(name), cifar10_run.TrainConfig.image_size)
+    model = models.build(models.canonical_name(name), cifar10_config.TrainConfig.image_size)
     activations = cifar10_model.training_bytes_per_image(model) // (
         cifar10_model.TRAINING_BYTES_PER_ACTIVATION)
     slope = (measure_in_child(name, large) - measure_in_child(name, small)) / (large - small)

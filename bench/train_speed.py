@@ -32,17 +32,19 @@ from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 import tensorflow as tf
 
-import cifar10_eval
 import cifar10_input
 import cifar10_model
 import cifar10_records
-import cifar10_run
 import cifar10_train
+import cifar10_scoring
+import cifar10_trainer
+import cifar10_flags
+import cifar10_config
 import timing  # bench/, the script's own folder.
 import models
 
-_FLAGS = cifar10_run.define_data_flags()
-_FLAGS.update(cifar10_run.define_conv_flag())
+_FLAGS = cifar10_flags.define_data_flags()
+_FLAGS.update(cifar10_flags.define_config_flags(['conv']))
 _MODEL = flags.DEFINE_enum('model', 'tutorial', models.names(), 'Model to time.')
 _WINDOW = flags.DEFINE_integer('window', 20, 'Steps per timed window.', lower_bound=1)
 _WINDOWS = flags.DEFINE_integer('windows', 7, 'Timed windows per candidate.', lower_bound=1)
@@ -62,7 +64,7 @@ def window_rates(run_window, images_per_window, warmup, windows):
 
 
 def bare_step(config, images, labels):
-  trainer = cifar10_train.Trainer(config)
+  trainer = cifar10_trainer.Trainer(config)
   def run_window():
     for _ in range(_WINDOW.value):
       metrics = trainer.train_step(images, labels)
@@ -71,12 +73,12 @@ def bare_step(config, images, labels):
 
 
 def full_loop(config, split):
-  """The loop of cifar10_train.train, timed by its own log windows (log_frequency steps)."""
+  """The loop of cifar10_trainer.train, timed by its own log windows (log_frequency steps)."""
   rates = []
   steps = _WARMUP.value + _WINDOW.value * _WINDOWS.value
   with tempfile.TemporaryDirectory() as train_dir:
     run = dataclasses.replace(config, train_dir=train_dir, max_steps=steps)
-    cifar10_train.train(run, split, on_log=lambda step, rate: rates.append((step, rate)))
+    cifar10_trainer.train(run, split, on_log=lambda step, rate: rates.append((step, rate)))
   return [rate for step, rate in rates if step > _WARMUP.value]
 
 
@@ -136,7 +138,7 @@ def keras_fit(config, split):
 
 
 def evaluation(config, test_split):
-  evaluator = cifar10_eval.Evaluator(config, test_split, conv=config.conv)
+  evaluator = cifar10_scoring.Evaluator(config, test_split, conv=config.conv)
   return statistics.median(timing.window_seconds(evaluator.precision, warmup=1, windows=3))
 
 
@@ -144,10 +146,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   cifar10_env.quiet_logging(flags.FLAGS['verbosity'].present)
-  config = cifar10_run.TrainConfig(model=models.canonical_name(_MODEL.value),
+  config = cifar10_config.TrainConfig(model=models.canonical_name(_MODEL.value),
                                    conv=_FLAGS['conv'].value, precision=_PRECISIONS.value[0])
   try:
-    batches_dir = cifar10_run.batches_dir_from_flags(_FLAGS)
+    batches_dir = cifar10_flags.batches_dir(cifar10_flags.read(_FLAGS)[0])
     train_split = cifar10_records.load_split(batches_dir, 'train')
     test_split = cifar10_records.load_split(batches_dir, 'test')
   except cifar10_records.DataError as e:

@@ -4,12 +4,17 @@
         --target_sparsity=0.9 --finetune_steps=5000
 
 Starts from the latest checkpoint of --source_dir (a cifar10_train.py run), fine-tunes it with
-cifar10_train.py's own loop while the sparsity of every conv and dense matrix rises from
---initial_sparsity to --target_sparsity between --begin_step and --end_step, then writes a
+the trainer's own loop (cifar10_trainer.py) while the sparsity of every conv and dense matrix
+rises from --initial_sparsity to --target_sparsity between --begin_step and --end_step, then
+writes a
 report (printed and prune_report.json) and the EMA weights in the sparse format of
 compress/sparse.py (model_sparse.npz). The new --train_dir is an ordinary run that
 `cifar10_eval.py --checkpoint_dir=...` evaluates unchanged: pruned weights are exactly zero in
 the raw weights and in the EMA shadows. Re-running the same command resumes.
+
+The fine-tuning has a learning-rate schedule of its own, printed at start and kept in
+pruning.json: by default linear from --learning_rate=0.02 down to 0 at the last fine-tuning
+step, whatever the source's schedule was (--lr_schedule=continue runs the source's on).
 
 Modes (docs/reference.md): gradual, the cubic schedule of Zhu & Gupta (2017) with masks
 recomputed every --frequency steps; oneshot, the target at --begin_step then fine-tuning with
@@ -37,13 +42,13 @@ from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 import tensorflow as tf
 
-import cifar10_distribute
-import cifar10_model
+import cifar10_config
+import cifar10_flags
+import cifar10_optim
 import cifar10_records
 import cifar10_run
-import cifar10_train
+import cifar10_trainer
 from compress import sparse
-import models
 
 MODES = ('gradual', 'oneshot', 'iterative')
 THRESHOLDS = ('per_layer', 'global')
@@ -51,6 +56,12 @@ SETTINGS_FILE = 'pruning.json'
 REPORT_FILE = 'prune_report.json'
 SPARSE_FILE = 'model_sparse.npz'
 FINETUNE_STEPS = 5000  # steps after the source checkpoint (90 % costs 0.6 point at 5k here)
+# The fine-tuning's own learning-rate schedule (docs/reference.md), whatever the source's:
+# from FINETUNE_LEARNING_RATE down to 0 at the last fine-tuning step along a line. 'continue'
+# instead runs the source's schedule on, stretched to the new last step.
+FINETUNE_SCHEDULE = 'warmup_linear'
+FINETUNE_LEARNING_RATE = 0.02
+CONTINUE = 'continue'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,8 +151,8 @@ def new_masks(kernels, sparsity, threshold):
   return [tf.reshape(piece, k.shape) for piece, k in zip(pieces, kernels)]
 
 
-class PruningTrainer(cifar10_train.Trainer):
-  """cifar10_train.Trainer whose conv and dense matrices carry magnitude masks.
+class PruningTrainer(cifar10_trainer.Trainer):
+  """cifar10_trainer.Trainer whose conv and dense matrices carry magnitude masks.
 
   The masks are non-trainable variables, one beside each pruned matrix (in the order of
   model.kernels), saved in the checkpoint as `masks`. A mask multiplies its matrix and the
@@ -149,9 +160,10 @@ class PruningTrainer(cifar10_train.Trainer):
   plain SGD that equals masking the gradient (Zhu & Gupta's masked updates).
   """
 
-  def __init__(self, config, settings, source_checkpoint=None, strategy=None):
+  def __init__(self, config, settings, source_checkpoint=None, strategy=None, schedule=None):
     self.settings, self.source_checkpoint = settings, source_checkpoint
-    super().__init__(config, strategy)  # Calls extra_state(), which makes the masks.
+    # Calls extra_state(), which makes the masks.
+    super().__init__(config, strategy, schedule=schedule)
     self.num_weights = sum(math.prod(k.shape) for k, _ in self.model.kernels)
     self.num_dense = self.num_weights - sum(math.prod(k.shape) for k in self.pruned)
 
@@ -160,7 +172,7 @@ class PruningTrainer(cifar10_train.Trainer):
     layers = self.model.weight_layers()
     unknown = sorted(set(self.settings.dense_layers) - {layer.name for layer in layers})
     if unknown:
-      raise cifar10_run.ConfigError(
+      raise cifar10_config.ConfigError(
           f'dense_layers {unknown} are not layers of {self.config.model}; its layers with '
           f'weights: {", ".join(layer.name for layer in layers)}')
     pruned_layers = [layer for layer in layers if layer.name not in self.settings.dense_layers]
@@ -176,10 +188,10 @@ class PruningTrainer(cifar10_train.Trainer):
       try:
         return super().restore_latest()
       except cifar10_run.UnreadableCheckpoint as e:  # e.g. an ordinary run: no masks.
-        raise cifar10_run.ConfigError(f'{self.config.train_dir} holds no pruning checkpoint of '
+        raise cifar10_config.ConfigError(f'{self.config.train_dir} holds no pruning checkpoint of '
                                       f'this layout that restores ({e}): pass a new '
                                       '--train_dir.') from e
-    self.open_checkpoints()
+    self.files.open()
     self.restored_from, self.skipped = self.source_checkpoint, []
     self.restore(self.source_checkpoint)  # The source's layout: no masks.
     return int(self.step.numpy())
@@ -213,17 +225,12 @@ class PruningTrainer(cifar10_train.Trainer):
 
 def ema_weights(trainer):
   """{'<layer>/kernel' or '<layer>/bias': NumPy} of every weight layer of the model as it
-  infers: the EMA shadows, each BatchNorm folded into its convolution (whose zeros stay)."""
-  config = trainer.config
-  model = models.build(config.model, config.image_size)
-  for target, shadow in zip(model.trainable_variables, trainer.ema_shadows):
-    target.assign(shadow)
-  for target, statistic in zip(model.non_trainable_variables,
-                               trainer.model.non_trainable_variables):
-    target.assign(statistic.read_value())  # BatchNorm's moving statistics.
-  folded = cifar10_model.fold_batchnorm(model)
+  infers, read from the run's newest checkpoint: the EMA shadows, each BatchNorm folded into
+  its convolution (whose zeros stay)."""
+  loaded = cifar10_run.load_inference_model(trainer.config.train_dir, conv='direct',
+                                            fold_batchnorm=True, flag='--train_dir')
   return {f'{layer.name}/{part}': getattr(layer, part).numpy()
-          for layer in folded.weight_layers() for part in ('kernel', 'bias')}
+          for layer in loaded.model.weight_layers() for part in ('kernel', 'bias')}
 
 
 def layer_rows(trainer):
@@ -283,44 +290,75 @@ def _comparable(record):
   return {**record, 'source_checkpoint': source and os.path.realpath(source)}
 
 
-def write_settings(train_dir, settings, source_checkpoint):
-  """Saves the pruning settings in train_dir; refuses to resume a run pruned differently."""
+def write_settings(train_dir, settings, source_checkpoint, schedule=None):
+  """Saves the pruning settings (and the fine-tuning's cifar10_optim.Schedule) in train_dir;
+  refuses to resume a run pruned differently."""
   record = {'source_checkpoint': source_checkpoint, **dataclasses.asdict(settings)}
   record['dense_layers'] = list(settings.dense_layers)
+  if schedule is not None:
+    record['finetune_schedule'] = schedule_record(schedule)
   path = os.path.join(train_dir, SETTINGS_FILE)
   if os.path.exists(path):
     try:
       with open(path) as f:
         previous = _comparable(json.load(f))
     except (OSError, ValueError, TypeError, AttributeError) as e:
-      raise cifar10_run.ConfigError(f'{path} is unreadable ({type(e).__name__}: {e}): it must '
+      raise cifar10_config.ConfigError(f'{path} is unreadable ({type(e).__name__}: {e}): it must '
                                     'be the pruning.json this tool wrote; pass another '
                                     '--train_dir.') from e
     changed = [f'{key}: {previous.get(key)!r} -> {value!r}'
                for key, value in _comparable(record).items() if previous.get(key) != value]
     if changed:
-      raise cifar10_run.ConfigError(
+      raise cifar10_config.ConfigError(
           f'{train_dir} holds a pruning run with other settings ({"; ".join(changed)}): pass '
           'another --train_dir to prune differently.')
   try:
     os.makedirs(train_dir, exist_ok=True)
     cifar10_run.write_json(path, record)
   except OSError as e:
-    raise cifar10_run.ConfigError(f'cannot write {path} ({e}): pass a writable '
+    raise cifar10_config.ConfigError(f'cannot write {path} ({e}): pass a writable '
                                   '--train_dir.') from e
 
 
+def schedule_record(schedule):
+  """The fine-tuning's schedule as pruning.json holds it."""
+  return {'lr_schedule': schedule.name, 'learning_rate': schedule.rate,
+          'warmup_steps': schedule.warmup_steps, 'first_step': schedule.first_step,
+          'last_step': schedule.last_step}
+
+
+def finetune_schedule(values, source_config, start, last):
+  """(the fine-tuning's TrainConfig learning-rate fields, its Schedule) from the flags.
+
+  --lr_schedule=continue: the source's schedule and rate (--learning_rate if given), run on
+  to the new last step, as if the source had been trained that long. Any other: that
+  schedule from --learning_rate (default FINETUNE_LEARNING_RATE), starting at the source's
+  step and ending at the last fine-tuning step.
+  """
+  name, rate = values['lr_schedule'], values['learning_rate']
+  if name == CONTINUE:
+    fields = dict(learning_rate=source_config.learning_rate if rate is None else rate)
+    return fields, dataclasses.replace(source_config, max_steps=last, **fields).schedule()
+  fields = dict(lr_schedule=name, warmup_steps=values['warmup_steps'],
+                learning_rate=FINETUNE_LEARNING_RATE if rate is None else rate)
+  config = dataclasses.replace(source_config, **fields)
+  return fields, cifar10_optim.Schedule(
+      name, config.learning_rate, last_step=last, warmup_steps=config.warmup_steps,
+      decay_steps=config.decay_steps, decay_factor=config.lr_decay_factor, first_step=start)
+
+
 def prepare(values):
-  """(TrainConfig, PruningSettings, source checkpoint) from the flag values, checked."""
+  """(TrainConfig, PruningSettings, source checkpoint, fine-tuning Schedule) from the flag
+  values, checked."""
   source_dir, train_dir = values['source_dir'], values['train_dir']
   source_config, source = cifar10_run.latest_run(source_dir, '--source_dir')
   if os.path.abspath(source_dir) == os.path.abspath(train_dir):
-    raise cifar10_run.ConfigError('--train_dir must differ from --source_dir: pruning '
+    raise cifar10_config.ConfigError('--train_dir must differ from --source_dir: pruning '
                                   'writes a new run and never touches the source.')
   if (not os.path.exists(os.path.join(train_dir, SETTINGS_FILE)) and
       (cifar10_run.newest_checkpoint(train_dir) or cifar10_run.read_config(train_dir))):
     # Checked before anything is written: resuming would first rewrite that run's config.
-    raise cifar10_run.ConfigError(f'--train_dir={train_dir} holds a run that is not a '
+    raise cifar10_config.ConfigError(f'--train_dir={train_dir} holds a run that is not a '
                                   'pruning run: pass a new --train_dir.')
   start = cifar10_run.checkpoint_step(source)
   if start < source_config.max_steps:
@@ -330,7 +368,7 @@ def prepare(values):
   begin = start if values['begin_step'] is None else values['begin_step']
   end = begin + values['finetune_steps'] // 2 if values['end_step'] is None else values['end_step']
   if not start <= begin <= end <= last:
-    raise cifar10_run.ConfigError(
+    raise cifar10_config.ConfigError(
         f'the pruning window --begin_step={begin} .. --end_step={end} must lie within the '
         f'fine-tuning steps {start} .. {last} (the source is at step {start}).')
   try:
@@ -340,86 +378,100 @@ def prepare(values):
         rounds=values['rounds'], threshold=values['threshold'],
         dense_layers=tuple(values['dense_layers']))
   except ValueError as e:
-    raise cifar10_run.ConfigError(f'pruning flags: {e}') from e
-  learning_rate = values['learning_rate']
+    raise cifar10_config.ConfigError(f'pruning flags: {e}') from e
+  rates, schedule = finetune_schedule(values, source_config, start, last)
   config = dataclasses.replace(
-      source_config, train_dir=train_dir, max_steps=last,
-      learning_rate=source_config.learning_rate if learning_rate is None else learning_rate,
-      conv=values['conv'], deterministic=values['deterministic'],
-      strategy=values['strategy'], cpu_replicas=values['cpu_replicas'],
-      precision=values['precision'])
-  return config, settings, source
+      source_config, train_dir=train_dir, max_steps=last, conv=values['conv'],
+      deterministic=values['deterministic'], strategy=values['strategy'],
+      cpu_replicas=values['cpu_replicas'], precision=values['precision'], **rates)
+  return config, settings, source, schedule
+
+
+def run(values):
+  """Prunes as the flag values say; returns what sys.exit takes (None: done)."""
+  try:
+    strategy = cifar10_trainer.start_strategy(values['strategy'], values['cpu_replicas'])
+    config, settings, source, schedule = prepare(values)
+    cifar10_trainer.log(f'fine-tuning learning rate: {schedule!r}'
+                        + (' (the source\'s schedule)' if values['lr_schedule'] == CONTINUE
+                           else ''))
+    # Checks --dense_layers first.
+    trainer = PruningTrainer(config, settings, source, strategy=strategy, schedule=schedule)
+    if trainer.worker.is_chief:  # The only writer of the run folder.
+      write_settings(config.train_dir, settings, source, schedule)
+    split = cifar10_records.load_split(cifar10_flags.batches_dir(values), 'train')
+    cifar10_trainer.install_stop_handlers()
+    cifar10_trainer.train(config, split, make_trainer=lambda _: trainer, strategy=strategy)
+    if not trainer.worker.is_chief:
+      return None
+    report = build_report(trainer, os.path.join(config.train_dir, SPARSE_FILE))
+  except cifar10_trainer.ERRORS as e:
+    return f'error: {e}'
+  except cifar10_trainer.StopRequested:
+    return cifar10_trainer.stop_exit_code()
+  except KeyboardInterrupt:
+    return 130
+  cifar10_run.write_json(os.path.join(config.train_dir, REPORT_FILE), report)
+  print(format_report(report))
+  return None
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   cifar10_env.quiet_logging(flags.FLAGS['verbosity'].present)
-  values = {name: holder.value for name, holder in _FLAGS.items()}
-  try:
-    strategy = cifar10_train.start_strategy(values['strategy'], values['cpu_replicas'])
-    config, settings, source = prepare(values)
-    # Checks --dense_layers first.
-    trainer = PruningTrainer(config, settings, source, strategy=strategy)
-    if trainer.worker.is_chief:  # The only writer of the run folder.
-      write_settings(config.train_dir, settings, source)
-    split = cifar10_records.load_split(cifar10_run.batches_dir_from_flags(_FLAGS), 'train')
-    cifar10_train.install_stop_handlers()
-    cifar10_train.train(config, split, make_trainer=lambda _: trainer, strategy=strategy)
-    if not trainer.worker.is_chief:
-      return
-    report = build_report(trainer, os.path.join(config.train_dir, SPARSE_FILE))
-  except cifar10_train.ERRORS as e:
-    sys.exit(f'error: {e}')
-  except cifar10_train.StopRequested:
-    sys.exit(cifar10_train.stop_exit_code())
-  except KeyboardInterrupt:
-    sys.exit(130)
-  cifar10_run.write_json(os.path.join(config.train_dir, REPORT_FILE), report)
-  print(format_report(report))
+  sys.exit(run(cifar10_flags.read(_FLAGS)[0]))
 
 
-def define_prune_flags():
-  """The shared data and --conv flags plus this binary's; returns {name: FlagHolder}."""
+def define_flags(flag_values=flags.FLAGS):
+  """The data flags, the training flags a fine-tuning may change and this program's;
+  {name: FlagHolder}."""
   d = PruningSettings
-  holders = cifar10_run.define_data_flags()
-  holders.update(cifar10_run.define_conv_flag())
-  holders.update(cifar10_run.define_deterministic_flag())
-  holders.update(cifar10_distribute.define_strategy_flags())
-  holders.update(cifar10_train.define_precision_flag())
+  holders = cifar10_flags.define_data_flags(flag_values)
+  holders.update(cifar10_flags.define_config_flags(
+      ('conv', 'deterministic', 'strategy', 'cpu_replicas', 'precision', 'warmup_steps'),
+      flag_values))
   holders.update(
       source_dir=flags.DEFINE_string('source_dir', None, 'The --train_dir of a trained run.',
-                                     required=True),
+                                     required=True, flag_values=flag_values),
       train_dir=flags.DEFINE_string('train_dir', None, 'The new run (checkpoints, report).',
-                                    required=True),
+                                    required=True, flag_values=flag_values),
       finetune_steps=flags.DEFINE_integer('finetune_steps', FINETUNE_STEPS, 'Steps of '
                                           'fine-tuning after the source checkpoint.',
-                                          lower_bound=1),
+                                          lower_bound=1, flag_values=flag_values),
       target_sparsity=flags.DEFINE_float('target_sparsity', d.target_sparsity,
-                                         'Final fraction of zeros.', 0.0, 0.999),
+                                         'Final fraction of zeros.', 0.0, 0.999, flag_values=flag_values),
       initial_sparsity=flags.DEFINE_float('initial_sparsity', d.initial_sparsity,
-                                          'Sparsity at --begin_step.', 0.0, 0.999),
+                                          'Sparsity at --begin_step.', 0.0, 0.999, flag_values=flag_values),
       begin_step=flags.DEFINE_integer('begin_step', None, 'First mask update (a global '
-                                      "step); default the source's last step.", lower_bound=0),
+                                      "step); default the source's last step.", lower_bound=0,
+                                      flag_values=flag_values),
       end_step=flags.DEFINE_integer('end_step', None, 'Step where the target is reached; '
                                     'default --begin_step + --finetune_steps/2.',
-                                    lower_bound=0),
+                                    lower_bound=0, flag_values=flag_values),
       frequency=flags.DEFINE_integer('frequency', d.frequency, 'Steps between mask updates '
-                                     '(gradual).', lower_bound=1),
+                                     '(gradual).', lower_bound=1, flag_values=flag_values),
       mode=flags.DEFINE_enum('mode', d.mode, list(MODES), 'gradual (Zhu & Gupta), oneshot, '
-                             'or iterative prune -> retrain rounds (Han et al.).'),
+                             'or iterative prune -> retrain rounds (Han et al.).', flag_values=flag_values),
       rounds=flags.DEFINE_integer('rounds', d.rounds, 'Prune -> retrain rounds (iterative).',
-                                  lower_bound=1),
+                                  lower_bound=1, flag_values=flag_values),
       threshold=flags.DEFINE_enum('threshold', d.threshold, list(THRESHOLDS),
                                   'per_layer: each matrix to the target; global: one '
-                                  'magnitude threshold over all of them.'),
-      dense_layers=flags.DEFINE_list('dense_layers', [], 'Layers never pruned, e.g. conv1.'),
-      learning_rate=flags.DEFINE_float('learning_rate', None, "Fine-tuning SGD rate; "
-                                       "default the source run's.", lower_bound=0.0),
+                                  'magnitude threshold over all of them.', flag_values=flag_values),
+      dense_layers=flags.DEFINE_list('dense_layers', [], 'Layers never pruned, e.g. conv1.',
+                                     flag_values=flag_values),
+      lr_schedule=flags.DEFINE_enum(
+          'lr_schedule', FINETUNE_SCHEDULE, list(cifar10_optim.SCHEDULES) + [CONTINUE],
+          "The fine-tuning's learning rate, from the source's step to its last: "
+          f'{cifar10_optim.describe(cifar10_optim.SCHEDULES)}; or {CONTINUE} (the source\'s '
+          'schedule run on to the new last step).', flag_values=flag_values),
+      learning_rate=flags.DEFINE_float(
+          'learning_rate', None, f"The fine-tuning's rate; default {FINETUNE_LEARNING_RATE} "
+          f"(the source's with --lr_schedule={CONTINUE}).", lower_bound=0.0, flag_values=flag_values),
   )
   return holders
 
 
 if __name__ == '__main__':
-  _FLAGS = define_prune_flags()
+  _FLAGS = define_flags()
   app.run(main)

@@ -38,17 +38,17 @@ from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 import numpy as np
 
-import cifar10_eval
-import cifar10_input
-import cifar10_model
+import cifar10_config
+import cifar10_flags
 import cifar10_records
 import cifar10_run
+import cifar10_scoring
+from compress import calibration as calibration_lib
 from compress import fake_quant
 from compress import int8
 from compress import sparse
 from compress import trace
 
-CALIBRATION_METHODS = ('minmax', 'percentile')
 MODEL_FILE = 'model_int8.npz'
 RUNNER_PREDICTIONS = 'runner_predictions.npy'
 REPORT_FILE = 'quant_report.json'
@@ -59,14 +59,6 @@ COMPARE_IMAGES = 200  # test images of the layer-by-layer check
 ZERO_CHANNEL_MULTIPLIER = 2.0 ** -16  # M of an all-zero channel, so its bias stays precise
 HALF_TINY = float(np.finfo(np.float16).tiny)  # 2^-14, float16's smallest normal number
 INT16_MAX = 32767  # a zero channel's bias is kept within int16 (quantize_weights)
-
-
-@dataclasses.dataclass(frozen=True)
-class Calibration:
-  images: int = 500  # training images, eval preprocessing
-  method: str = 'minmax'
-  percentile: float = 99.99  # 'percentile': range from the (100 - p)th to the pth percentile
-  seed: int = 0  # which training images
 
 
 # --------------------------------------------------------------------------- quantization
@@ -216,15 +208,6 @@ def model_bytes(float_params, arrays, stored_payload, path):
 # --------------------------------------------------------------------------- binary
 
 
-def calibration_images(train_split, calibration, image_size):
-  """`calibration.images` training images picked by the seed, centrally cropped, standardized."""
-  rng = np.random.default_rng(calibration.seed)
-  index = np.sort(rng.choice(len(train_split), calibration.images, replace=False))
-  subset = cifar10_records.Split(images=train_split.images[index],
-                                 labels=train_split.labels[index])
-  return cifar10_input.eval_images(subset, image_size).numpy()
-
-
 def quantize_run(checkpoint_dir, out_dir, batches_dir, calibration, use_ema=True,
                  compare_images=COMPARE_IMAGES, log=lambda message: None, conv='direct'):
   """Quantizes the latest checkpoint of a run, scores it three ways, exports it; the report.
@@ -234,22 +217,21 @@ def quantize_run(checkpoint_dir, out_dir, batches_dir, calibration, use_ema=True
   as for any export, so calibration and the fake-quant reference run the plain convolution
   that the integer path computes.
   """
-  config, checkpoint = cifar10_run.latest_run(checkpoint_dir, '--checkpoint_dir')
-  log(f'restoring {checkpoint} and scoring the float model')
+  config, _ = cifar10_run.latest_run(checkpoint_dir, '--checkpoint_dir')
   test = cifar10_records.load_split(batches_dir, 'test')
-  evaluator = cifar10_eval.Evaluator(config, test, conv=conv)
-  evaluator.restore(checkpoint)
-  if use_ema:
-    evaluator.restore_ema_shadows()
+  evaluator = cifar10_scoring.Evaluator(config, test, conv=conv)
+  loaded = cifar10_run.load_inference_model(checkpoint_dir, ema=use_ema, fold_batchnorm=True,
+                                            state=evaluator)
+  log(f'restored {loaded.checkpoint}; scoring the float model')
   float_precision, _ = evaluator.precision()
-  model = cifar10_model.fold_batchnorm(evaluator.model)  # Plain convs: what int8 computes.
+  model = loaded.model  # BatchNorm folded, plain convs: what int8 computes.
   float_params = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
   log(f'float {float_precision:.4f}; calibrating on {calibration.images} training images')
-  calibration_data = calibration_images(cifar10_records.load_split(batches_dir, 'train'),
-                                        calibration, config.image_size)
+  calibration_data = calibration_lib.calibration_images(
+      cifar10_records.load_split(batches_dir, 'train'), calibration, config.image_size)
   meta, arrays = quantize_model(model, calibration_data, calibration)
   meta.update(model=config.model, image_size=config.image_size,
-              step=int(evaluator.step.numpy()), weights='ema' if use_ema else 'raw')
+              step=loaded.step, weights=loaded.weights)
   try:
     int_model = int8.Int8Model(meta, arrays)
   except ValueError as e:
@@ -268,7 +250,7 @@ def quantize_run(checkpoint_dir, out_dir, batches_dir, calibration, use_ema=True
   stored_payload = int_model.save(path)
   log(f'wrote {path}; running the NumPy runner on it in its own process')
   runner = run_runner(path, os.path.dirname(batches_dir), out_dir)
-  return {'checkpoint': checkpoint, 'model': config.model, 'step': meta['step'],
+  return {'checkpoint': loaded.checkpoint, 'model': config.model, 'step': meta['step'],
           'weights': meta['weights'], 'calibration': meta['calibration'],
           'num_examples': len(test), 'precision': {
               'float': float_precision, 'fake_quant': fake_precision, 'int8': int_precision,
@@ -321,62 +303,68 @@ def format_report(report):
   return '\n'.join(lines)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  cifar10_env.quiet_logging(flags.FLAGS['verbosity'].present)
-  checkpoint_dir = _FLAGS['checkpoint_dir'].value
-  out_dir = _FLAGS['out_dir'].value or os.path.join(checkpoint_dir, 'int8')
-  calibration = Calibration(images=_FLAGS['calibration_images'].value,
-                            method=_FLAGS['calibration'].value,
-                            percentile=_FLAGS['percentile'].value)
+def run(values):
+  """Quantizes as the flag values say; returns what sys.exit takes (None: done)."""
+  checkpoint_dir = values['checkpoint_dir']
+  out_dir = values['out_dir'] or os.path.join(checkpoint_dir, 'int8')
+  calibration = calibration_lib.Calibration(images=values['calibration_images'],
+                                            method=values['calibration'],
+                                            percentile=values['percentile'])
   try:
     cifar10_run.latest_run(checkpoint_dir, '--checkpoint_dir')  # Before the data is sought.
     try:  # Before minutes of scoring, not after.
       os.makedirs(out_dir, exist_ok=True)
     except OSError as e:
-      raise cifar10_run.ConfigError(f'cannot create --out_dir={out_dir} ({e})') from e
-    report = quantize_run(checkpoint_dir, out_dir,
-                          cifar10_run.batches_dir_from_flags(_FLAGS), calibration,
-                          use_ema=_FLAGS['ema'].value,
-                          compare_images=_FLAGS['compare_images'].value,
-                          conv=_FLAGS['conv'].value,
+      raise cifar10_config.ConfigError(f'cannot create --out_dir={out_dir} ({e})') from e
+    report = quantize_run(checkpoint_dir, out_dir, cifar10_flags.batches_dir(values),
+                          calibration, use_ema=values['ema'],
+                          compare_images=values['compare_images'], conv=values['conv'],
                           log=lambda message: print(f'{datetime.datetime.now()}: {message}',
                                                     flush=True))
-  except (cifar10_records.DataError, cifar10_run.ConfigError, cifar10_run.UnreadableCheckpoint,
-          trace.QuantizationError) as e:
-    sys.exit(f'error: {e}')
+  except (cifar10_records.DataError, cifar10_config.ConfigError,
+          cifar10_run.UnreadableCheckpoint, trace.QuantizationError) as e:
+    return f'error: {e}'
   except KeyboardInterrupt:
-    sys.exit(130)  # The model file is written whole or not at all (compress/sparse.py).
+    return 130  # The model file is written whole or not at all (compress/sparse.py).
   cifar10_run.write_json(os.path.join(out_dir, REPORT_FILE), report)
   print(format_report(report))
+  return None
 
 
-def define_quantize_flags():
-  """The shared data and --conv flags plus this binary's; returns {name: FlagHolder}."""
-  d = Calibration
-  holders = cifar10_run.define_data_flags()
-  holders.update(cifar10_run.define_conv_flag(default='direct'))  # An export: the plain op.
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  cifar10_env.quiet_logging(flags.FLAGS['verbosity'].present)
+  sys.exit(run(cifar10_flags.read(_FLAGS)[0]))
+
+
+def define_flags(flag_values=flags.FLAGS):
+  """The data flags, the run-reading ones and this program's; {name: FlagHolder}."""
+  d = calibration_lib.Calibration
+  holders = cifar10_flags.define_data_flags(flag_values)
+  # An export: the plain convolution by default.
+  holders.update(cifar10_flags.define_run_flags(flag_values, conv='direct', what='quantize'))
   holders.update(
-      checkpoint_dir=flags.DEFINE_string('checkpoint_dir', None, 'The --train_dir of a run.',
-                                         required=True),
       out_dir=flags.DEFINE_string('out_dir', None, 'Where model_int8.npz and the report go; '
-                                  'default <checkpoint_dir>/int8.'),
+                                  'default <checkpoint_dir>/int8.', flag_values=flag_values),
       calibration_images=flags.DEFINE_integer('calibration_images', d.images,
                                               'Training images for the ranges.', lower_bound=1,
-                                              upper_bound=cifar10_records.NUM_TRAIN_EXAMPLES),
-      calibration=flags.DEFINE_enum('calibration', d.method, list(CALIBRATION_METHODS),
-                                    'minmax, or percentile (ignores outliers).'),
+                                              upper_bound=cifar10_records.NUM_TRAIN_EXAMPLES,
+                                              flag_values=flag_values),
+      calibration=flags.DEFINE_enum('calibration', d.method, list(calibration_lib.METHODS),
+                                    'minmax, or percentile (ignores outliers).',
+                                    flag_values=flag_values),
       percentile=flags.DEFINE_float('percentile', d.percentile, 'Upper percentile of '
-                                    "--calibration=percentile.", 50.0, 100.0),
-      ema=flags.DEFINE_boolean('ema', True, 'Quantize the EMA shadows (--noema: raw weights).'),
+                                    '--calibration=percentile.', 50.0, 100.0,
+                                    flag_values=flag_values),
       compare_images=flags.DEFINE_integer('compare_images', COMPARE_IMAGES, 'Test images for '
                                           'the layer-by-layer check.', lower_bound=1,
-                                          upper_bound=cifar10_records.NUM_TEST_EXAMPLES),
+                                          upper_bound=cifar10_records.NUM_TEST_EXAMPLES,
+                                          flag_values=flag_values),
   )
   return holders
 
 
 if __name__ == '__main__':
-  _FLAGS = define_quantize_flags()
+  _FLAGS = define_flags()
   app.run(main)

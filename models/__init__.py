@@ -63,18 +63,19 @@ def canonical_name(name):
   return name
 
 
-def build(name, image_size=24, init='xavier', decay='study', conv='direct',
-          l2=cifar10_model.L2_WEIGHT_DECAY):
+def build(name, image_size=24, init='xavier', weight_decay='study', conv='direct',
+          l2_decay=cifar10_model.L2_WEIGHT_DECAY):
   """Builds model `name` for image_size x image_size x 3 inputs.
 
   Args:
     name: a name or alias of `names()`.
     image_size: input side, 24 or 32.
-    init, decay, l2: the cifar10_model.Regime.
+    init, weight_decay, l2_decay: the cifar10_model.Regime.
     conv: 'direct', 'spectral' or 'auto' (cifar10_spectral.resolve): how convolutions are
       computed; the variables are the same either way.
   """
   builder = MODELS[canonical_name(name)]
-  model = builder(cifar10_model.Regime(init=init, decay=decay, l2=l2), image_size=image_size)
+  model = builder(cifar10_model.Regime(init=init, weight_decay=weight_decay,
+                                             l2_decay=l2_decay), image_size=image_size)
   cifar10_spectral.apply(model, cifar10_spectral.resolve(conv))
   return model

@@ -12,6 +12,7 @@ import tensorflow as tf
 
 import cifar10_records
 import cifar10_run
+import cifar10_config
 
 
 def tiny_split(num=32, seed=0):
@@ -29,7 +30,7 @@ def tiny_config(train_dir, **overrides):
   values = dict(train_dir=str(train_dir), max_steps=20, batch_size=16, log_frequency=5,
                 checkpoint_steps=10, histogram_steps=10, augment=False, image_size=32)
   values.update(overrides)
-  return cifar10_run.TrainConfig(**values)
+  return cifar10_config.TrainConfig(**values)
 
 
 def write_batches_dir(root, split):

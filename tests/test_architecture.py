@@ -1,9 +1,11 @@
-"""Tests of the project's structure, read from the sources: who imports whom.
+"""Tests of the project's structure, read from the sources: who imports whom, and sizes.
 
-One home per concept: evaluation, the results table and compression read a run through
-cifar10_run.py, never through the trainer (compress/prune.py reuses the training loop, by
-design); no two project modules import each other, directly or in a ring; the record reader
-and the int8 runner stay free of TensorFlow; the checkpoint layout is built in one place.
+One home per concept: a stage program (train, eval, results, export, classify, prune,
+quantize) never imports another, only library modules; evaluation, the results table and
+compression read a run through cifar10_run.py, never through the trainer (compress/prune.py
+reuses the trainer library, by design); no two project modules import each other, directly
+or in a ring; the record reader and the int8 runner stay free of TensorFlow; the checkpoint
+layout is built in one place, and a run is opened for inference in one place.
 """
 
 import ast
@@ -59,18 +61,35 @@ def reachable(graph, start):
   return seen
 
 
+# The programs of the pipeline's stages (cifar10_records and compress/int8.py have a small
+# command line too, but are libraries that others import).
+STAGE_PROGRAMS = ('cifar10_train', 'cifar10_eval', 'cifar10_results', 'cifar10_export',
+                  'cifar10_classify', 'compress.prune', 'compress.quantize')
+
+
 def test_the_graph_sees_the_known_imports(graph):
   # Guards the reader itself: a parser that found nothing would pass every test below.
-  assert 'cifar10_run' in graph['cifar10_eval'] and 'cifar10_train' in graph['compress.prune']
+  assert 'cifar10_run' in graph['cifar10_eval']
+  assert 'cifar10_trainer' in graph['compress.prune']
   assert {'models.alex', 'models.tutorial', 'cifar10_spectral'} <= graph['models']
   assert 'compress.sparse' in graph['compress.int8']
+  assert 'cifar10_run' in graph['cifar10_classify']  # Imported inside a function.
+
+
+@pytest.mark.parametrize('program', STAGE_PROGRAMS)
+def test_no_stage_program_imports_another(graph, program):
+  others = set(STAGE_PROGRAMS) - {program}
+  assert not reachable(graph, program) & others, (
+      f'{program} imports {sorted(reachable(graph, program) & others)}: move what it needs '
+      'into a library module')
 
 
 @pytest.mark.parametrize('module', ['cifar10_eval', 'cifar10_results', 'compress.quantize',
                                     'compress.fake_quant', 'compress.trace', 'compress.int8',
-                                    'compress.sparse', 'cifar10_run'])
+                                    'compress.sparse', 'cifar10_run', 'cifar10_scoring',
+                                    'cifar10_export', 'cifar10_classify'])
 def test_reading_a_run_never_imports_the_trainer(graph, module):
-  assert 'cifar10_train' not in reachable(graph, module)
+  assert not {'cifar10_train', 'cifar10_trainer'} & reachable(graph, module)
 
 
 def test_no_project_module_imports_itself_through_others(graph):
@@ -90,3 +109,37 @@ def test_the_checkpoint_layout_is_built_in_one_place():
   builders = [name for name, path in project_modules().items()
               if 'tf.train.Checkpoint(' in open(path).read()]
   assert builders == ['cifar10_run']
+
+
+def test_a_run_is_opened_for_inference_in_one_place_by_its_five_callers():
+  sources = {name: open(path).read() for name, path in project_modules().items()}
+  definers = [name for name, text in sources.items()
+              if 'def load_inference_model(' in text]
+  callers = sorted(name for name, text in sources.items()
+                   if 'cifar10_run.load_inference_model(' in text)
+  assert definers == ['cifar10_run']
+  assert callers == ['cifar10_classify', 'cifar10_eval', 'cifar10_export', 'compress.prune',
+                     'compress.quantize']
+  # Nobody else restores EMA shadows into a model by hand.
+  assert sorted(name for name, text in sources.items() if '.restore_ema_shadows()' in text) == [
+      'cifar10_eval', 'cifar10_run']
+
+
+def functions(path):
+  """(qualified name, lines) of every function and class defined in a source file."""
+  tree = ast.parse(open(path).read())
+  found = []
+  for node in ast.walk(tree):
+    if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+      found.append((node.name, node.end_lineno - node.lineno + 1, type(node).__name__))
+  return found
+
+
+def test_library_functions_are_short_and_the_trainer_and_the_training_program_small():
+  long = [(module, name, lines) for module, path in project_modules().items()
+          for name, lines, kind in functions(path) if kind == 'FunctionDef' and lines > 60]
+  assert not long, f'functions over 60 lines: {long}'
+  trainer = [lines for name, lines, kind in functions(project_modules()['cifar10_trainer'])
+             if name == 'Trainer']
+  assert trainer and trainer[0] <= 150
+  assert len(open(project_modules()['cifar10_train']).read().splitlines()) <= 150

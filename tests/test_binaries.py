@@ -15,6 +15,7 @@ import tensorflow as tf
 import cifar10_records
 import cifar10_run
 import cifar10_train
+import cifar10_config
 from compress import sparse
 from fixtures import make_batches_dir, wait_for
 
@@ -57,7 +58,7 @@ def test_train_binary_reports_bad_data(case, tmp_path):
 def test_eval_binary_reports_bad_data(case, tmp_path):
   kwargs, expected = CASES[case]
   make_batches_dir(str(tmp_path), **kwargs)
-  cifar10_run.write_config(cifar10_run.TrainConfig(train_dir=str(tmp_path / 'run')))
+  cifar10_run.write_config(cifar10_config.TrainConfig(train_dir=str(tmp_path / 'run')))
   result = run(['cifar10_eval.py', f'--data_dir={tmp_path}', f'--checkpoint_dir={tmp_path / "run"}',
                 '--run_once'])
   assert result.returncode == 1
@@ -84,7 +85,7 @@ def test_eval_binary_reports_a_folder_without_a_run_before_fetching_data(tmp_pat
 
 def test_eval_binary_fails_when_no_checkpoint_comes_before_the_timeout(tmp_path):
   make_batches_dir(str(tmp_path))
-  cifar10_run.write_config(cifar10_run.TrainConfig(train_dir=str(tmp_path / 'run')))
+  cifar10_run.write_config(cifar10_config.TrainConfig(train_dir=str(tmp_path / 'run')))
   result = run(['cifar10_eval.py', f'--data_dir={tmp_path}', f'--checkpoint_dir={tmp_path / "run"}',
                 '--timeout=0', '--eval_interval_secs=0.1'])
   assert result.returncode == 1

@@ -10,7 +10,9 @@ import tensorflow as tf
 
 import cifar10_eval
 import cifar10_run
-import cifar10_train
+import cifar10_scoring
+import cifar10_trainer
+import cifar10_config
 from fixtures import copy_run, tiny_config, tiny_split
 
 
@@ -35,7 +37,7 @@ def watch_with_deadline(*args, deadline_secs=120, **kwargs):
 def fixture_trained_once(tmp_path_factory):
   """A 20-step run on tiny data (checkpoints at 10 and 20), trained once for the module."""
   train_dir = tmp_path_factory.mktemp('trained') / 'run'
-  cifar10_train.train(tiny_config(train_dir, max_steps=20), tiny_split())
+  cifar10_trainer.train(tiny_config(train_dir, max_steps=20), tiny_split())
   return train_dir
 
 
@@ -47,9 +49,9 @@ def fixture_trained_dir(trained_once, tmp_path):
 
 def test_eval_restores_exactly_the_ema_shadows(trained_dir):
   config = cifar10_run.read_config(str(trained_dir))
-  trainer = cifar10_train.Trainer(config)
+  trainer = cifar10_trainer.Trainer(config)
   trainer.restore_latest()
-  evaluator = cifar10_eval.Evaluator(config, tiny_split())
+  evaluator = cifar10_scoring.Evaluator(config, tiny_split())
   evaluator.restore(tf.train.latest_checkpoint(str(trained_dir)))
   for variable, raw in zip(evaluator.model.trainable_variables, trainer.variables):
     np.testing.assert_array_equal(variable.numpy(), raw.numpy())
@@ -65,7 +67,7 @@ def test_eval_restores_exactly_the_ema_shadows(trained_dir):
 def test_eval_counts_exactly_every_example_with_a_partial_last_batch(trained_dir):
   config = cifar10_run.read_config(str(trained_dir))
   split = tiny_split(num=23, seed=3)
-  evaluator = cifar10_eval.Evaluator(config, split, batch_size=5)
+  evaluator = cifar10_scoring.Evaluator(config, split, batch_size=5)
   evaluator.restore(tf.train.latest_checkpoint(str(trained_dir)))
   precision, count = evaluator.precision()
   assert count == 23
@@ -77,7 +79,7 @@ def test_eval_counts_exactly_every_example_with_a_partial_last_batch(trained_dir
 def test_confusion_matrix_counts_each_image_once_in_its_true_row(trained_dir):
   config = cifar10_run.read_config(str(trained_dir))
   split = tiny_split(num=23, seed=3)
-  evaluator = cifar10_eval.Evaluator(config, split, batch_size=5)
+  evaluator = cifar10_scoring.Evaluator(config, split, batch_size=5)
   evaluator.restore(tf.train.latest_checkpoint(str(trained_dir)))
   images = tf.image.per_image_standardization(tf.cast(split.images, tf.float32))
   predicted = np.argmax(evaluator.model(images).numpy(), axis=1)
@@ -85,7 +87,7 @@ def test_confusion_matrix_counts_each_image_once_in_its_true_row(trained_dir):
   for true, guess in zip(split.labels, predicted):
     expected[true, guess] += 1
   np.testing.assert_array_equal(evaluator.confusion(), expected)
-  assert cifar10_eval.precision_of(expected) == pytest.approx(np.mean(predicted ==
+  assert cifar10_scoring.precision_of(expected) == pytest.approx(np.mean(predicted ==
                                                                       split.labels))
 
 
@@ -93,13 +95,13 @@ def test_per_class_precision_by_hand():
   matrix = np.zeros((10, 10), np.int64)
   matrix[0, 0], matrix[0, 3] = 3, 1  # airplane: 3 of 4 right
   matrix[3, 5] = 2  # cat: 0 of 2
-  assert cifar10_eval.per_class(matrix) == [0.75, 0, 0, 0.0] + [0] * 6
-  assert cifar10_eval.precision_of(matrix) == 0.5
+  assert cifar10_scoring.per_class(matrix) == [0.75, 0, 0, 0.0] + [0] * 6
+  assert cifar10_scoring.precision_of(matrix) == 0.5
 
 
 def test_eval_once_reports_both_weights_at_the_checkpoint_step(trained_dir):
   config = cifar10_run.read_config(str(trained_dir))
-  evaluator = cifar10_eval.Evaluator(config, tiny_split())
+  evaluator = cifar10_scoring.Evaluator(config, tiny_split())
   metrics = cifar10_eval.eval_once(evaluator, str(trained_dir / 'ckpt-10'))
   assert metrics['step'] == 10 and metrics['num_examples'] == 32
   assert 0 <= metrics['precision_ema'] <= 1 and 0 <= metrics['precision_raw'] <= 1
@@ -110,7 +112,7 @@ def test_watcher_exits_after_the_final_checkpoint_and_writes_results(trained_dir
                                                                      capsys):
   config = cifar10_run.read_config(str(trained_dir))
   eval_dir = tmp_path / 'eval'
-  results = watch_with_deadline(cifar10_eval.Evaluator(config, tiny_split()),
+  results = watch_with_deadline(cifar10_scoring.Evaluator(config, tiny_split()),
                                 str(trained_dir), str(eval_dir), interval_secs=0.1)
   assert [r['step'] for r in results] == [20]
   line = capsys.readouterr().out.strip().splitlines()[-1]
@@ -125,7 +127,7 @@ def test_watcher_exits_after_the_final_checkpoint_and_writes_results(trained_dir
     matrix = np.array(confusion[weights]['confusion'])
     assert matrix.shape == (10, 10) and matrix.sum() == 32
     assert np.trace(matrix) / 32 == pytest.approx(results[0][f'precision_{weights}'])
-    assert confusion[weights]['per_class'] == cifar10_eval.per_class(matrix)
+    assert confusion[weights]['per_class'] == cifar10_scoring.per_class(matrix)
   tags = {}
   for name in os.listdir(eval_dir):
     if name.startswith('events.out'):
@@ -138,7 +140,7 @@ def test_watcher_exits_after_the_final_checkpoint_and_writes_results(trained_dir
 def test_watcher_stops_after_timeout_without_new_checkpoint(trained_dir, tmp_path):
   config = cifar10_run.read_config(str(trained_dir))
   cifar10_run.write_config(tiny_config(trained_dir, max_steps=1000))  # Not finished.
-  results = watch_with_deadline(cifar10_eval.Evaluator(config, tiny_split()),
+  results = watch_with_deadline(cifar10_scoring.Evaluator(config, tiny_split()),
                                 str(trained_dir), str(tmp_path / 'eval'), interval_secs=0.1,
                                 timeout_secs=0.5)
   assert [r['step'] for r in results] == [20]
@@ -147,7 +149,7 @@ def test_watcher_stops_after_timeout_without_new_checkpoint(trained_dir, tmp_pat
 def test_run_once_without_checkpoint_fails_clearly(tmp_path):
   config = tiny_config(tmp_path)
   with pytest.raises(FileNotFoundError, match='no checkpoint'):
-    cifar10_eval.watch(cifar10_eval.Evaluator(config, tiny_split()), str(tmp_path),
+    cifar10_eval.watch(cifar10_scoring.Evaluator(config, tiny_split()), str(tmp_path),
                        str(tmp_path / 'eval'), run_once=True)
 
 
@@ -158,7 +160,7 @@ def test_unreadable_latest_checkpoint_fails_clearly_after_retries(trained_dir, t
   data = next(p for p in trained_dir.iterdir() if p.name.startswith('ckpt-20.data'))
   data.write_bytes(data.read_bytes()[:100])  # Truncated, as a broken disk would leave it.
   with pytest.raises(cifar10_run.UnreadableCheckpoint, match='ckpt-20 is unreadable'):
-    watch_with_deadline(cifar10_eval.Evaluator(config, tiny_split()), str(trained_dir),
+    watch_with_deadline(cifar10_scoring.Evaluator(config, tiny_split()), str(trained_dir),
                         str(tmp_path / 'eval'), interval_secs=0.1)
   retries = capsys.readouterr().out.count('could not read')
   assert retries == cifar10_eval.READ_ATTEMPTS - 1
@@ -166,7 +168,7 @@ def test_unreadable_latest_checkpoint_fails_clearly_after_retries(trained_dir, t
 
 def test_checkpoint_of_another_model_is_reported(trained_dir):
   config = tiny_config(trained_dir, image_size=24)  # The run was trained at 32x32.
-  evaluator = cifar10_eval.Evaluator(config, tiny_split())
+  evaluator = cifar10_scoring.Evaluator(config, tiny_split())
   with pytest.raises(cifar10_run.UnreadableCheckpoint, match='does not match the model'):
     evaluator.restore(str(trained_dir / 'ckpt-20'))
 
@@ -180,7 +182,7 @@ def test_training_set_results_default_apart_from_the_test_results(tmp_path):
 def test_the_watcher_finds_checkpoints_without_a_readable_state_file(trained_dir, tmp_path):
   (trained_dir / 'checkpoint').write_text('')  # Emptied: TensorFlow's own lookup fails on it.
   config = cifar10_run.read_config(str(trained_dir))
-  results = cifar10_eval.watch(cifar10_eval.Evaluator(config, tiny_split()), str(trained_dir),
+  results = cifar10_eval.watch(cifar10_scoring.Evaluator(config, tiny_split()), str(trained_dir),
                                str(tmp_path / 'eval'), run_once=True)
   assert [r['step'] for r in results] == [20]
 
@@ -188,8 +190,8 @@ def test_the_watcher_finds_checkpoints_without_a_readable_state_file(trained_dir
 def test_an_eval_dir_that_cannot_be_created_is_a_config_error(trained_dir, tmp_path):
   (tmp_path / 'a_file').write_text('')
   config = cifar10_run.read_config(str(trained_dir))
-  with pytest.raises(cifar10_run.ConfigError, match='cannot create the eval folder .*a_file'):
-    cifar10_eval.watch(cifar10_eval.Evaluator(config, tiny_split()), str(trained_dir),
+  with pytest.raises(cifar10_config.ConfigError, match='cannot create the eval folder .*a_file'):
+    cifar10_eval.watch(cifar10_scoring.Evaluator(config, tiny_split()), str(trained_dir),
                        str(tmp_path / 'a_file' / 'eval'), run_once=True)
 
 
@@ -210,7 +212,7 @@ def test_the_failure_count_starts_again_for_each_new_checkpoint(trained_dir, tmp
     return real_eval_once(evaluator, path)
   monkeypatch.setattr(cifar10_eval, 'eval_once', flaky_eval_once)
   config = cifar10_run.read_config(str(trained_dir))
-  results = watch_with_deadline(cifar10_eval.Evaluator(config, tiny_split()), str(trained_dir),
+  results = watch_with_deadline(cifar10_scoring.Evaluator(config, tiny_split()), str(trained_dir),
                                 str(tmp_path / 'eval'), interval_secs=0.01)
   assert reads == [first, first, last, last, last]
   assert [r['step'] for r in results] == [20]
@@ -218,7 +220,7 @@ def test_the_failure_count_starts_again_for_each_new_checkpoint(trained_dir, tmp
 
 def test_flip_tta_scores_the_mean_softmax_of_each_image_and_its_mirror(trained_dir):
   config = cifar10_run.read_config(str(trained_dir))
-  evaluator = cifar10_eval.Evaluator(config, tiny_split(), tta='flip')
+  evaluator = cifar10_scoring.Evaluator(config, tiny_split(), tta='flip')
   evaluator.restore(tf.train.latest_checkpoint(str(trained_dir)))
   images = evaluator.images[:5]
   softmax = lambda x: tf.nn.softmax(evaluator.model(x)).numpy()
@@ -231,7 +233,7 @@ def test_flip_tta_scores_the_mean_softmax_of_each_image_and_its_mirror(trained_d
 
 def test_every_checkpoint_is_evaluated_once_oldest_first(trained_dir, tmp_path):
   config = cifar10_run.read_config(str(trained_dir))
-  evaluator = cifar10_eval.Evaluator(config, tiny_split())
+  evaluator = cifar10_scoring.Evaluator(config, tiny_split())
   eval_dir = str(tmp_path / 'eval')
   results = cifar10_eval.evaluate_every_checkpoint(evaluator, str(trained_dir), eval_dir)
   assert [r['step'] for r in results] == [10, 20]

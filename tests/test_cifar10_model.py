@@ -55,7 +55,7 @@ def test_study_decay_coefficients_on_hidden_dense_layers_only():
 
 
 def test_tutorial_decay_is_0_004_on_local3_and_local4():
-  model = models.build('tutorial', decay='tutorial')
+  model = models.build('tutorial', weight_decay='tutorial')
   coefficients = [decay for _, decay in model.kernels]
   assert coefficients == [0.0, 0.0, 0.004, 0.004, 0.0]
 
@@ -214,9 +214,9 @@ def test_training_memory_estimate_counts_every_layer_output_by_hand():
 
 
 def test_l2_decay_puts_one_coefficient_on_every_weight_matrix():
-  model = models.build('tutorial', decay='l2', l2=3e-4)
+  model = models.build('tutorial', weight_decay='l2', l2_decay=3e-4)
   assert [decay for _, decay in model.kernels] == [3e-4] * 5  # conv1, conv2, 3 dense layers
-  budget = models.build('budget0', image_size=32, decay='l2')
+  budget = models.build('budget0', image_size=32, weight_decay='l2')
   assert len(budget.kernels) == 7 and all(d == cm.L2_WEIGHT_DECAY for _, d in budget.kernels)
 
 

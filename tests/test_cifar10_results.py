@@ -7,10 +7,11 @@ import pytest
 
 import cifar10_results
 import cifar10_run
+import cifar10_config
 
 
 def write_run(train_dir, model, lines):
-  cifar10_run.write_config(cifar10_run.TrainConfig(train_dir=str(train_dir), model=model))
+  cifar10_run.write_config(cifar10_config.TrainConfig(train_dir=str(train_dir), model=model))
   os.makedirs(train_dir / 'eval')
   with open(train_dir / 'eval' / 'results.jsonl', 'w') as f:
     for step, precision, seconds in lines:
@@ -32,7 +33,7 @@ def test_read_run_counts_the_model_and_takes_the_last_step(tmp_path):
 
 
 def test_read_run_without_results_names_the_missing_file(tmp_path):
-  cifar10_run.write_config(cifar10_run.TrainConfig(train_dir=str(tmp_path)))
+  cifar10_run.write_config(cifar10_config.TrainConfig(train_dir=str(tmp_path)))
   with pytest.raises(FileNotFoundError, match='results.jsonl is missing'):
     cifar10_results.read_run(str(tmp_path))
 

@@ -9,13 +9,14 @@ import tensorflow as tf
 
 import cifar10_run
 import cifar10_spectral
-import cifar10_train
+import cifar10_trainer
+import cifar10_config
 from fixtures import tiny_config, tiny_split
 
 
 def test_train_dir_of_another_model_is_refused(tmp_path):
   cifar10_run.write_config(tiny_config(tmp_path, image_size=32))
-  with pytest.raises(cifar10_run.ConfigError, match='image_size=32'):
+  with pytest.raises(cifar10_config.ConfigError, match='image_size=32'):
     cifar10_run.write_config(tiny_config(tmp_path, image_size=24, augment=True))
 
 
@@ -29,7 +30,7 @@ def test_config_file_round_trip_and_changes(tmp_path):
 
 def test_unreadable_config_file_is_a_config_error(tmp_path):
   (tmp_path / cifar10_run.CONFIG_FILE).write_text('{"model": "tutorial", "nope": 1}')
-  with pytest.raises(cifar10_run.ConfigError, match='config.json is unreadable'):
+  with pytest.raises(cifar10_config.ConfigError, match='config.json is unreadable'):
     cifar10_run.read_config(str(tmp_path))
 
 
@@ -37,7 +38,7 @@ def test_a_config_json_without_read_permission_or_of_an_unknown_model_is_a_confi
     tmp_path, monkeypatch):
   path = tmp_path / cifar10_run.CONFIG_FILE
   path.write_text('{"model": "vgg"}')  # Hand-edited: no such model.
-  with pytest.raises(cifar10_run.ConfigError, match="config.json is unreadable.*'vgg' is unkn"):
+  with pytest.raises(cifar10_config.ConfigError, match="config.json is unreadable.*'vgg' is unkn"):
     cifar10_run.read_config(str(tmp_path))
   path.unlink()
   cifar10_run.write_config(tiny_config(tmp_path))
@@ -46,18 +47,8 @@ def test_a_config_json_without_read_permission_or_of_an_unknown_model_is_a_confi
     del args, kwargs
     raise PermissionError(13, 'Permission denied', str(file))
   monkeypatch.setattr(cifar10_run, 'open', refuse, raising=False)
-  with pytest.raises(cifar10_run.ConfigError, match='config.json is unreadable.*Permission'):
+  with pytest.raises(cifar10_config.ConfigError, match='config.json is unreadable.*Permission'):
     cifar10_run.read_config(str(tmp_path))
-
-
-def test_a_config_json_from_before_the_recipes_reads_as_the_study_recipe(tmp_path):
-  config = tiny_config(tmp_path)
-  new = {'recipe', 'optimizer', 'momentum', 'warmup_steps', 'label_smoothing', 'distortions',
-         'cutout', 'l2_decay'}
-  record = {key: value for key, value in dataclasses.asdict(config).items() if key not in new}
-  (tmp_path / cifar10_run.CONFIG_FILE).write_text(json.dumps(record))
-  assert cifar10_run.read_config(str(tmp_path)) == config  # The defaults are the study's.
-  assert config.recipe == 'study' and config.optimizer == 'sgd'
 
 
 def test_a_config_json_from_before_the_conv_flag_still_reads(tmp_path):
@@ -99,9 +90,9 @@ def test_restore_reads_a_checkpoint_with_extra_state_and_refuses_another_model(t
 
 
 def test_latest_run_names_the_flag_when_there_is_no_run(tmp_path):
-  with pytest.raises(cifar10_run.ConfigError, match='--source_dir=.* holds no trained run'):
+  with pytest.raises(cifar10_config.ConfigError, match='--source_dir=.* holds no trained run'):
     cifar10_run.latest_run(str(tmp_path), '--source_dir')
-  cifar10_train.train(tiny_config(tmp_path, max_steps=5), tiny_split())
+  cifar10_trainer.train(tiny_config(tmp_path, max_steps=5), tiny_split())
   config, checkpoint = cifar10_run.latest_run(str(tmp_path))
   assert config.max_steps == 5 and checkpoint.endswith('ckpt-5')
 
@@ -119,24 +110,3 @@ def test_a_truncated_checkpoint_is_unreadable_not_a_traceback(tmp_path):
     cifar10_run.checkpoint_step(path)
 
 
-@pytest.mark.parametrize('overrides,message', [
-    (dict(learning_rate=float('nan')), '--learning_rate=nan must be a finite number'),
-    (dict(learning_rate=float('inf')), '--learning_rate=inf must be a finite number'),
-    (dict(moving_average_decay=-0.5), '--moving_average_decay=-0.5 must be'),
-    (dict(batch_size=100000), '--batch_size=100000 must lie in 1 .. 50,000'),
-    (dict(lr_schedule='staircase', lr_decay_epochs=1e-9), 'under one step at batch 128'),
-    # A hand-edited config.json: values no flag would have let through.
-    (dict(optimizer='adam'), "optimizer 'adam' is not one of sgd, momentum, nesterov"),
-    (dict(recipe='fastest'),
-     "recipe 'fastest' is not one of study, tutorial, fast, fast32, fast32m"),
-    (dict(lr_schedule='cyclic'), "lr_schedule 'cyclic' is not one of constant"),
-    (dict(distortions='mixup'),
-     "distortions 'mixup' is not one of tutorial, crop_flip, crop_flip_mean"),
-    (dict(momentum=1.0), '--momentum=1.0 must be below 1.0'),
-    (dict(label_smoothing=-0.1), '--label_smoothing=-0.1 must be a finite number >= 0'),
-    (dict(moving_average_decay=1.5), '--moving_average_decay=1.5 must be <= 1'),
-    (dict(cutout=40, image_size=32), '--cutout=40 exceeds the image side 32'),
-])
-def test_a_config_refuses_values_that_cannot_train(overrides, message):
-  with pytest.raises(cifar10_run.ConfigError, match=message):
-    cifar10_run.TrainConfig(**overrides)

@@ -10,12 +10,13 @@ import pytest
 from PIL import Image
 
 import cifar10_classify
-import cifar10_eval
 import cifar10_export
 import cifar10_model
 import cifar10_records
 import cifar10_run
-import cifar10_train
+import cifar10_scoring
+import cifar10_trainer
+from compress import calibration as calibration_lib
 from compress import int8
 from compress import quantize
 from fixtures import tiny_config, tiny_split
@@ -61,9 +62,9 @@ def fixture_sources(tmp_path_factory, real_batches_dir):
   (root / 'corrupt.png').write_bytes(b'\x89PNG\r\n\x1a\n' + os.urandom(64))
   files.insert(4, str(root / 'corrupt.png'))
   config = tiny_config(root / 'run', model='budget0')
-  cifar10_train.train(config, tiny_split())
+  cifar10_trainer.train(config, tiny_split())
   checkpoint = cifar10_run.newest_checkpoint(config.train_dir)
-  evaluator = cifar10_eval.Evaluator(config, ten)
+  evaluator = cifar10_scoring.Evaluator(config, ten)
   evaluator.restore(checkpoint)
   evaluator.restore_ema_shadows()
   logits = evaluator.scores(evaluator.images).numpy()
@@ -72,7 +73,7 @@ def fixture_sources(tmp_path_factory, real_batches_dir):
                             cifar10_export.Options(verify_images=0))
   folded = cifar10_model.fold_batchnorm(evaluator.model)
   meta, arrays = quantize.quantize_model(folded, evaluator.images.numpy(),
-                                         quantize.Calibration(images=10))
+                                         calibration_lib.Calibration(images=10))
   meta.update(model='budget0', image_size=32, step=20, weights='ema')
   model = int8.Int8Model(meta, arrays)
   model.save(str(root / 'model_int8.npz'))

@@ -36,6 +36,9 @@ import cifar10_model
 import cifar10_records
 import cifar10_run
 import cifar10_train
+import cifar10_trainer
+import cifar10_config
+from compress import calibration as calibration_lib
 from compress import int8
 from compress import quantize
 from compress import sparse
@@ -166,7 +169,7 @@ def evaluated_run(results, config=None):
     run_dir = os.path.join(case_dir, 'run')
     os.makedirs(os.path.join(run_dir, 'eval'))
     text = config if config is not None else json.dumps(dataclasses.asdict(
-        cifar10_run.TrainConfig(train_dir=run_dir, conv='direct')))
+        cifar10_config.TrainConfig(train_dir=run_dir, conv='direct')))
     with open(os.path.join(run_dir, cifar10_run.CONFIG_FILE), 'w') as f:
       f.write(text)
     path = os.path.join(run_dir, 'eval', cifar10_run.RESULTS_FILE)
@@ -463,7 +466,7 @@ def tiny_int8_model():
                                cifar10_model.conv(regime, 'logits', 4, 10, 1, relu=False),
                                cifar10_model.GlobalAvgPool(name='avg')], image_size=8)
   images = tf.random.stateless_normal([16, 8, 8, 3], seed=[0, 1]).numpy()
-  return quantize.quantize_model(model, images, quantize.Calibration(images=16))
+  return quantize.quantize_model(model, images, calibration_lib.Calibration(images=16))
 
 
 def shared_inputs(root):
@@ -471,7 +474,7 @@ def shared_inputs(root):
   shared = {'run': str(root / 'run'), 'data': str(root / 'data'), 'tiny': str(root / 'tiny'),
             'int8': str(root / 'model_int8.npz'), 'sparse': str(root / 'model_sparse.npz')}
   tf.random.set_seed(0)
-  cifar10_train.train(tiny_config(shared['run'], max_steps=2, checkpoint_steps=2),
+  cifar10_trainer.train(tiny_config(shared['run'], max_steps=2, checkpoint_steps=2),
                       tiny_split())
   make_batches_dir(shared['data'])
   write_batches_dir(shared['tiny'], tiny_split())

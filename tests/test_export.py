@@ -10,8 +10,9 @@ import tensorflow as tf
 
 import cifar10_export
 import cifar10_input
-import cifar10_run
-import cifar10_train
+import cifar10_trainer
+import cifar10_config
+from compress import calibration as calibration_lib
 from compress import quantize
 from fixtures import tiny_config, tiny_split, write_batches_dir
 
@@ -25,7 +26,7 @@ def fixture_runs(tmp_path_factory):
   runs = {}
   for model, size in (('tutorial', 24), ('budget0', 32)):
     config = tiny_config(root / model, model=model, image_size=size)
-    cifar10_train.train(config, tiny_split())
+    cifar10_trainer.train(config, tiny_split())
     runs[model] = str(root / model)
   return runs, write_batches_dir(str(root / 'data'), tiny_split())
 
@@ -39,7 +40,7 @@ def test_exported_files_give_the_evaluations_classes_and_logits(runs, model, tmp
   report = cifar10_export.export_run(
       runs[model], str(export_dir), batches_dir,
       cifar10_export.Options(tflite_int8=with_int8, verify_images=32,
-                             calibration=quantize.Calibration(images=16)))
+                             calibration=calibration_lib.Calibration(images=16)))
   assert report['batchnorm_folded'] is (model == 'budget0')
   assert report['image_size'] == (24 if model == 'tutorial' else 32)
   for name in ('saved_model', 'tflite_float'):  # the SavedModel in a TensorFlow-only process
@@ -74,7 +75,7 @@ def test_an_existing_export_dir_is_refused_unless_overwrite(runs, tmp_path):
   export_dir.mkdir()
   (export_dir / 'keep').write_text('x')
   options = cifar10_export.Options(verify_images=0)
-  with pytest.raises(cifar10_run.ConfigError, match='exists: pass --overwrite'):
+  with pytest.raises(cifar10_config.ConfigError, match='exists: pass --overwrite'):
     cifar10_export.export_run(runs['tutorial'], str(export_dir), batches_dir, options)
   assert os.listdir(export_dir) == ['keep']
   cifar10_export.export_run(runs['tutorial'], str(export_dir), batches_dir,
@@ -107,6 +108,6 @@ def test_a_check_that_differs_writes_nothing(runs, tmp_path, monkeypatch):
 
 
 def test_a_folder_without_a_run_is_a_clear_error(tmp_path):
-  with pytest.raises(cifar10_run.ConfigError, match='--checkpoint_dir=.*holds no trained run'):
+  with pytest.raises(cifar10_config.ConfigError, match='--checkpoint_dir=.*holds no trained run'):
     cifar10_export.export_run(str(tmp_path), str(tmp_path / 'out'), str(tmp_path))
   assert os.listdir(tmp_path) == []

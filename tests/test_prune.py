@@ -1,6 +1,7 @@
 """Tests of magnitude pruning: the schedule, the masks, zeros that stay zero, the pruned run."""
 
 import dataclasses
+import json
 import math
 import os
 import shutil
@@ -11,11 +12,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import cifar10_eval
 import cifar10_input
 import cifar10_model as cm
 import cifar10_run
-import cifar10_train
+import cifar10_scoring
+import cifar10_trainer
+import cifar10_config
+import cifar10_eval
+import cifar10_flags
 from compress import prune
 from compress import sparse
 from fixtures import copy_run, tiny_config, tiny_split
@@ -100,7 +104,7 @@ def source_run(tmp_path_factory):
   """A 10-step tiny training run to prune."""
   tf.random.set_seed(0)
   config = tiny_config(tmp_path_factory.mktemp('source'), max_steps=10)
-  cifar10_train.train(config, tiny_split())
+  cifar10_trainer.train(config, tiny_split())
   return config
 
 
@@ -115,7 +119,7 @@ def pruning_trainer(source_run, train_dir, max_steps=30, **overrides):
 
 def pruned_run(source_run, train_dir, **overrides):
   trainer = pruning_trainer(source_run, train_dir, **overrides)
-  cifar10_train.train(trainer.config, tiny_split(), make_trainer=lambda _: trainer)
+  cifar10_trainer.train(trainer.config, tiny_split(), make_trainer=lambda _: trainer)
   return trainer
 
 
@@ -166,7 +170,7 @@ def test_pruned_checkpoint_resumes_with_its_masks_and_evaluates(source_run, prun
   resumed = resume_copy(source_run, pruned_once, tmp_path)
   for mask, saved in zip(resumed.masks, pruned_once.masks):
     np.testing.assert_array_equal(mask.numpy(), saved.numpy())
-  evaluator = cifar10_eval.Evaluator(resumed.config, tiny_split())
+  evaluator = cifar10_scoring.Evaluator(resumed.config, tiny_split())
   metrics = cifar10_eval.eval_once(evaluator, cifar10_run.newest_checkpoint(str(tmp_path / 'run')))
   assert metrics['step'] == 30 and metrics['num_examples'] == 32
   for variable, shadow in zip(evaluator.model.trainable_variables, pruned_once.ema_shadows):
@@ -199,11 +203,10 @@ def test_prune_binary_reports_a_source_without_a_run(tmp_path):
 
 
 def prune_values(source_dir, train_dir, **overrides):
-  values = dict(source_dir=str(source_dir), train_dir=str(train_dir), finetune_steps=20,
-                target_sparsity=0.5, initial_sparsity=0.0, begin_step=None, end_step=None,
-                frequency=5, mode='gradual', rounds=4, threshold='per_layer', dense_layers=[],
-                learning_rate=None, conv='auto', deterministic=False, strategy='default',
-                cpu_replicas=1, precision='float32')
+  """compress/prune.py's flag values for a 20-step pruning to 50 %, updated by overrides."""
+  values, _ = cifar10_flags.parse(prune.define_flags, [
+      f'--source_dir={source_dir}', f'--train_dir={train_dir}', '--finetune_steps=20',
+      '--target_sparsity=0.5', '--frequency=5'])
   values.update(overrides)
   return values
 
@@ -212,7 +215,7 @@ def test_a_malformed_pruning_json_is_a_clear_error(tmp_path):
   settings = prune.PruningSettings(target_sparsity=0.5)
   for text in ('{not json', '[1, 2]', '"a string"'):
     (tmp_path / prune.SETTINGS_FILE).write_text(text)
-    with pytest.raises(cifar10_run.ConfigError, match='pruning.json is unreadable'):
+    with pytest.raises(cifar10_config.ConfigError, match='pruning.json is unreadable'):
       prune.write_settings(str(tmp_path), settings, 'runs/source/ckpt-10')
 
 
@@ -226,14 +229,63 @@ def test_prepare_notes_an_unfinished_source(source_run, tmp_path, capsys):
 
 
 def test_prepare_derives_the_window_from_the_source_step(source_run, tmp_path):
-  config, settings, source = prune.prepare(prune_values(source_run.train_dir, tmp_path))
+  config, settings, source, _ = prune.prepare(prune_values(source_run.train_dir, tmp_path))
   assert (settings.begin_step, settings.end_step, config.max_steps) == (10, 20, 30)
   assert source.endswith('ckpt-10') and config.train_dir == str(tmp_path)
 
 
+def rates(schedule, steps):
+  return [float(schedule(tf.constant(s, tf.int64))) for s in steps]
+
+
+def test_the_fine_tuning_has_its_own_schedule_whatever_the_source_s(source_run, tmp_path):
+  # The source: onecycle at 0.2 over 10 steps. By default the fine-tuning, steps 10 .. 30,
+  # runs linearly from 0.02 down to 0: 0.02 (1 - (s - 10) / 20).
+  onecycle = copy_run(source_run.train_dir, tmp_path / 'source')
+  source_config = cifar10_run.read_config(str(onecycle))
+  cifar10_run.write_config(dataclasses.replace(source_config, lr_schedule='onecycle',
+                                               learning_rate=0.2))
+  config, _, _, schedule = prune.prepare(prune_values(onecycle, tmp_path / 'pruned'))
+  np.testing.assert_allclose(rates(schedule, [10, 20, 29, 30]), [0.02, 0.01, 0.001, 0.0],
+                             rtol=1e-5, atol=1e-9)
+  assert (config.lr_schedule, config.learning_rate) == ('warmup_linear', 0.02)
+  assert prune.schedule_record(schedule) == {
+      'lr_schedule': 'warmup_linear', 'learning_rate': 0.02, 'warmup_steps': 0,
+      'first_step': 10, 'last_step': 30}
+  _, _, _, constant = prune.prepare(prune_values(onecycle, tmp_path / 'p2', learning_rate=0.05,
+                                                 lr_schedule='constant'))
+  assert rates(constant, [10, 29]) == [pytest.approx(0.05)] * 2
+
+
+def test_continue_runs_the_source_schedule_on_to_the_new_last_step(source_run, tmp_path):
+  # What earlier versions did silently: onecycle over 10 + 20 steps, peak at 7.5 -> 7.5:
+  # at step s >= 7.5, 0.2 (30 - s) / 22.5.
+  onecycle = copy_run(source_run.train_dir, tmp_path / 'source')
+  source_config = cifar10_run.read_config(str(onecycle))
+  cifar10_run.write_config(dataclasses.replace(source_config, lr_schedule='onecycle',
+                                               learning_rate=0.2))
+  config, _, _, schedule = prune.prepare(prune_values(onecycle, tmp_path / 'pruned',
+                                                      lr_schedule='continue'))
+  np.testing.assert_allclose(rates(schedule, [10, 20]), [0.2 * 20 / 22.5, 0.2 * 10 / 22.5],
+                             rtol=1e-5)
+  assert (config.lr_schedule, config.learning_rate, schedule.first_step) == ('onecycle', 0.2, 0)
+
+
+def test_pruning_json_records_the_fine_tuning_schedule_and_a_change_is_refused(source_run,
+                                                                               tmp_path):
+  values = prune_values(source_run.train_dir, tmp_path / 'pruned')
+  config, settings, source, schedule = prune.prepare(values)
+  prune.write_settings(config.train_dir, settings, source, schedule)
+  with open(tmp_path / 'pruned' / prune.SETTINGS_FILE) as f:
+    assert json.load(f)['finetune_schedule']['learning_rate'] == 0.02
+  _, _, _, faster = prune.prepare(dict(values, learning_rate=0.1))
+  with pytest.raises(cifar10_config.ConfigError, match='finetune_schedule'):
+    prune.write_settings(config.train_dir, settings, source, faster)
+
+
 @pytest.mark.parametrize('window', [dict(end_step=5), dict(begin_step=5), dict(end_step=31)])
 def test_prepare_refuses_a_window_outside_the_fine_tuning(source_run, tmp_path, window):
-  with pytest.raises(cifar10_run.ConfigError, match='pruning window'):
+  with pytest.raises(cifar10_config.ConfigError, match='pruning window'):
     prune.prepare(prune_values(source_run.train_dir, tmp_path, **window))
 
 
@@ -241,13 +293,13 @@ def test_prepare_refuses_an_ordinary_run_as_train_dir_before_writing(source_run,
   other = tmp_path / 'other'
   shutil.copytree(source_run.train_dir, other)
   before = {p.name: p.read_bytes() for p in other.iterdir() if p.is_file()}
-  with pytest.raises(cifar10_run.ConfigError, match='not a pruning run'):
+  with pytest.raises(cifar10_config.ConfigError, match='not a pruning run'):
     prune.prepare(prune_values(source_run.train_dir, other))
   assert {p.name: p.read_bytes() for p in other.iterdir() if p.is_file()} == before
 
 
 def test_an_ordinary_run_is_refused_as_a_pruning_train_dir(source_run):
-  with pytest.raises(cifar10_run.ConfigError, match='holds no pruning checkpoint'):
+  with pytest.raises(cifar10_config.ConfigError, match='holds no pruning checkpoint'):
     pruning_trainer(source_run, source_run.train_dir).restore_latest()
 
 
@@ -257,7 +309,7 @@ def test_resuming_accepts_the_same_source_however_its_path_is_spelt(tmp_path):
   prune.write_settings(str(tmp_path / 'run'), settings, source)
   prune.write_settings(str(tmp_path / 'run'), settings,
                        os.path.join(str(tmp_path), '.', 'source', 'ckpt-10'))
-  with pytest.raises(cifar10_run.ConfigError, match='source_checkpoint'):
+  with pytest.raises(cifar10_config.ConfigError, match='source_checkpoint'):
     prune.write_settings(str(tmp_path / 'run'), settings, str(tmp_path / 'other' / 'ckpt-10'))
 
 
@@ -265,14 +317,14 @@ def test_a_batchnorm_model_prunes_and_exports_its_folded_ema_weights(tmp_path):
   tf.random.set_seed(0)
   source = tiny_config(tmp_path / 'source', model='budget0', max_steps=10,
                        optimizer='nesterov', weight_decay='l2')
-  cifar10_train.train(source, tiny_split())
+  cifar10_trainer.train(source, tiny_split())
   config = tiny_config(tmp_path / 'pruned', model='budget0', max_steps=20,
                        optimizer='nesterov', weight_decay='l2')
   trainer = prune.PruningTrainer(
       config, prune.PruningSettings(target_sparsity=0.8, begin_step=10, end_step=15,
                                     frequency=5),
       tf.train.latest_checkpoint(source.train_dir))
-  cifar10_train.train(config, tiny_split(), make_trainer=lambda _: trainer)
+  cifar10_trainer.train(config, tiny_split(), make_trainer=lambda _: trainer)
   report = prune.build_report(trainer, str(tmp_path / prune.SPARSE_FILE))
   arrays, _ = sparse.load(tmp_path / prune.SPARSE_FILE)
   assert sorted(arrays) == sorted(f'{name}/{part}' for name in (
@@ -284,7 +336,7 @@ def test_a_batchnorm_model_prunes_and_exports_its_folded_ema_weights(tmp_path):
     np.testing.assert_array_equal(arrays[f'{name}/kernel'] == 0, mask.numpy() == 0)
   assert report['sparsity'] == pytest.approx(0.8, abs=1e-3)
   # The exported weights are the EMA model's, folded: the same logits as the unfolded one.
-  evaluator = cifar10_eval.Evaluator(config, tiny_split())
+  evaluator = cifar10_scoring.Evaluator(config, tiny_split())
   evaluator.restore(cifar10_run.newest_checkpoint(config.train_dir))
   evaluator.restore_ema_shadows()
   folded = cm.fold_batchnorm(evaluator.model)

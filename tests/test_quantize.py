@@ -10,7 +10,8 @@ import pytest
 import tensorflow as tf
 
 import cifar10_model as cm
-import cifar10_train
+import cifar10_trainer
+from compress import calibration as calibration_lib
 from compress import fake_quant
 from compress import int8
 from compress import quantize
@@ -82,7 +83,7 @@ def test_integer_layers_match_fake_quant_within_one_step(build):
   tf.random.set_seed(0)
   model = build()
   randomize_biases(model)
-  meta, arrays = quantize.quantize_model(model, images(64), quantize.Calibration())
+  meta, arrays = quantize.quantize_model(model, images(64), calibration_lib.Calibration())
   int_model = int8.Int8Model(meta, arrays)
   ops, leaves, _ = trace.trace_ops(model)
   fake_quant.load_weights(leaves, ops, arrays, meta['tensors'])
@@ -104,7 +105,7 @@ def test_integer_layers_match_fake_quant_within_one_step(build):
 def test_fused_conv_and_pool_equal_the_unfused_ops():
   tf.random.set_seed(1)
   model = tutorial_like()
-  int_model = int8.Int8Model(*quantize.quantize_model(model, images(16), quantize.Calibration()))
+  int_model = int8.Int8Model(*quantize.quantize_model(model, images(16), calibration_lib.Calibration()))
   assert int_model.pool_after == {0: 1}
   x_q = int_model.quantize_input(images(8, seed=2))
   np.testing.assert_array_equal(int_model.run(x_q),
@@ -118,15 +119,15 @@ def test_minmax_ranges_cover_the_calibration_data_and_percentiles_clip_it():
   ops, leaves, _ = trace.trace_ops(model)
   values = trace.run_float(ops, leaves, data)
   for method, covers in (('minmax', True), ('percentile', False)):
-    calibration = quantize.Calibration(method=method, percentile=99.0)
+    calibration = calibration_lib.Calibration(method=method, percentile=99.0)
     meta, _ = quantize.quantize_model(model, data, calibration)
     params = meta['tensors'][ops[0]['output']]  # conv1's output
     high = (127 - params['zero_point']) * params['scale']
     peak = float(tf.reduce_max(values[ops[0]['output']]))
     assert (high >= peak * (1 - 1e-6)) == covers
-  tensors = quantize.quantize_model(model, data, quantize.Calibration())[0]['tensors']
+  tensors = quantize.quantize_model(model, data, calibration_lib.Calibration())[0]['tensors']
   for tensor, value in values.items():
-    low, high = quantize.value_range(value, quantize.Calibration())
+    low, high = quantize.value_range(value, calibration_lib.Calibration())
     assert low <= float(tf.reduce_min(value)) and high >= float(tf.reduce_max(value))
     # The int8 grid covers it too, up to the half step by which the zero point is rounded.
     params = tensors[tensor]
@@ -209,7 +210,7 @@ def test_a_layer_of_ordinary_scales_is_stored_in_float16_and_its_biases_in_int16
 def test_exported_file_round_trips(tmp_path):
   tf.random.set_seed(3)
   model = squeeze_like()
-  int_model = int8.Int8Model(*quantize.quantize_model(model, images(16), quantize.Calibration()))
+  int_model = int8.Int8Model(*quantize.quantize_model(model, images(16), calibration_lib.Calibration()))
   int_model.save(tmp_path / 'm.npz')
   loaded = int8.Int8Model.load(tmp_path / 'm.npz')
   assert loaded.meta == int_model.meta
@@ -226,7 +227,7 @@ def tiny_run(tmp_path_factory):
   root = tmp_path_factory.mktemp('quantize')
   tf.random.set_seed(0)
   config = tiny_config(root / 'run', max_steps=20)
-  cifar10_train.train(config, tiny_split())
+  cifar10_trainer.train(config, tiny_split())
   return config, write_batches_dir(str(root), tiny_split())
 
 
@@ -234,7 +235,7 @@ def tiny_run(tmp_path_factory):
 def test_quantize_run_scores_three_ways_and_the_runner_agrees(tiny_run, tmp_path):
   config, batches_dir = tiny_run
   report = quantize.quantize_run(config.train_dir, str(tmp_path), batches_dir,
-                                 quantize.Calibration(images=16), compare_images=8)
+                                 calibration_lib.Calibration(images=16), compare_images=8)
   assert set(report['precision']) == {'float', 'fake_quant', 'int8', 'runner'}
   assert report['precision']['runner'] == report['precision']['int8']
   assert report['runner_same_predictions'] is True
@@ -297,7 +298,7 @@ def test_quantize_binary_checks_out_dir_before_any_work(tiny_run, tmp_path):
 def fixture_exported(tmp_path_factory):
   """(meta, arrays) of a small quantized model, and the folder to write variants into."""
   tf.random.set_seed(3)
-  meta, arrays = quantize.quantize_model(squeeze_like(), images(16), quantize.Calibration())
+  meta, arrays = quantize.quantize_model(squeeze_like(), images(16), calibration_lib.Calibration())
   return meta, arrays, tmp_path_factory.mktemp('exported')
 
 
@@ -343,7 +344,7 @@ def _op(meta, kind):
 ])
 def test_a_damaged_residual_or_gate_is_one_clear_error(tmp_path, damage, message):
   tf.random.set_seed(5)
-  meta, arrays = quantize.quantize_model(gated_like(), images(16), quantize.Calibration())
+  meta, arrays = quantize.quantize_model(gated_like(), images(16), calibration_lib.Calibration())
   meta = json.loads(json.dumps(meta))
   damage(meta)
   sparse.save(tmp_path / 'damaged.npz', arrays, meta)
