@@ -97,11 +97,55 @@ class Nesterov(Momentum):
   nesterov = True
 
 
+ADAM_BETA2 = 0.999  # decay of AdamW's second moment (Kingma & Ba's default)
+ADAM_EPSILON = 1e-8  # added to the root of the second moment
+
+
+class AdamW(Optimizer):
+  """Adam with decoupled weight decay (Loshchilov & Hutter 2019).
+
+  m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2, then
+  w -= rate * (m_hat / (sqrt(v_hat) + eps) + lambda * w), with m_hat = m / (1 - b1^t),
+  v_hat = v / (1 - b2^t), t the update's number from 1, b1 = --momentum, b2 = ADAM_BETA2,
+  eps = ADAM_EPSILON and lambda each matrix's weight-decay coefficient (--weight_decay's;
+  biases and BatchNorm none), which is then left out of the gradient. Both moments are in
+  the checkpoint.
+  """
+  decoupled_decay = True
+
+  def __init__(self, variables, decay, config):
+    super().__init__(variables, decay, config)
+    self.first_moments = self._slots('adam_m')
+    self.second_moments = self._slots('adam_v')
+
+  def checkpoint_state(self):
+    return {'adam_m': list(self.first_moments), 'adam_v': list(self.second_moments)}
+
+  def apply(self, gradients, rate, step, assign, finite=None):
+    b1, b2 = self.config.momentum, ADAM_BETA2
+    t = tf.cast(step, tf.float32) + 1.0
+    first_correction, second_correction = 1.0 - b1 ** t, 1.0 - b2 ** t
+
+    def moment(beta, value):  # A skipped step (loss scaling) leaves the moment as it was.
+      return lambda slot, g: slot.assign(
+          beta * slot + (1.0 - beta) * value(g) if finite is None
+          else tf.where(finite, beta * slot + (1.0 - beta) * value(g), slot))
+    for variable, gradient, m, v, decay in zip(self.targets, gradients, self.first_moments,
+                                               self.second_moments, self.decay):
+      assign(m, moment(b1, lambda g: g), gradient)
+      assign(v, moment(b2, tf.square), gradient)
+      assign(variable, lambda w, m, v, decay=decay: w.assign_sub(rate * (
+          (m / first_correction) / (tf.sqrt(v / second_correction) + ADAM_EPSILON)
+          + decay * w)), m, v)
+
+
 # name -> (description for the flag's help, class)
 OPTIMIZERS = {
     'sgd': ('plain', SGD),
     'momentum': ('heavy ball, --momentum', Momentum),
     'nesterov': ('Nesterov momentum', Nesterov),
+    'adamw': ('Adam, beta1 = --momentum, with decoupled weight decay: each matrix decays by '
+              'its --weight_decay coefficient, outside the gradient', AdamW),
 }
 
 

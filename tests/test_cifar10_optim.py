@@ -1,5 +1,5 @@
 """Tests of the optimizers, schedules and loss scaling (cifar10_optim.py), against hand
-computation."""
+computation, and of an optimizer inside the trainer."""
 
 import math
 import types
@@ -10,6 +10,8 @@ import tensorflow as tf
 
 import cifar10_config
 import cifar10_optim
+import cifar10_trainer
+from fixtures import tiny_config, tiny_split
 
 
 def direct(variable, update, *args):
@@ -122,3 +124,52 @@ def test_loss_scale_halves_on_an_overflow_and_doubles_after_enough_finite_steps(
   scale.adjust([tf.constant([1.0])], direct)
   assert scale.scale.numpy() == 2.0 ** 15 and scale.good_steps.numpy() == 0
   assert sorted(scale.checkpoint_state()) == ['good_steps', 'loss_scale']
+
+
+def test_adamw_follows_its_formula_over_two_steps():
+  # Step 1: m = 0.1 g, v = 0.001 g^2, so m_hat / sqrt(v_hat) = sign(g): w -= 0.1 (1, 1).
+  # Step 2: m = (0.14, 0.08), v = (0.001249, 0.004996); corrections 0.19 and 0.001999:
+  # m_hat = (0.736842, 0.421053), sqrt(v_hat) = (0.790451, 1.580902): w -= 0.1 (0.932179,
+  # 0.266337).
+  weights, optimizer = run_optimizer('adamw', [[1.0, 2.0], [0.5, -1.0]])
+  np.testing.assert_allclose(weights, [[0.9, -2.1], [0.806782, -2.126634]], rtol=1e-5)
+  np.testing.assert_allclose(optimizer.first_moments[0].numpy(), [0.14, 0.08], rtol=1e-5)
+  np.testing.assert_allclose(optimizer.second_moments[0].numpy(), [0.001249, 0.004996],
+                             rtol=1e-5)
+  assert sorted(optimizer.checkpoint_state()) == ['adam_m', 'adam_v']
+
+
+def test_adamw_decays_each_weight_by_its_own_coefficient_outside_the_moments():
+  # lambda = 0.1: w1 = w0 - 0.1 (sign(g) + 0.1 w0) = (1 - 0.11, -2 - 0.08).
+  variable = tf.Variable([1.0, -2.0])
+  optimizer = cifar10_optim.make_optimizer('adamw', [variable], [0.1],
+                                           types.SimpleNamespace(momentum=0.9))
+  optimizer.apply([tf.constant([1.0, 2.0])], tf.constant(0.1), tf.constant(0, tf.int64),
+                  direct)
+  np.testing.assert_allclose(variable.numpy(), [0.89, -2.08], rtol=1e-6)
+  np.testing.assert_allclose(optimizer.first_moments[0].numpy(), [0.1, 0.2], rtol=1e-6)
+
+
+def test_adamw_leaves_the_decay_out_of_the_gradient_and_saves_its_moments(tmp_path):
+  images = tf.constant(np.stack([np.full((32, 32, 3), i / 16, np.float32) for i in range(16)]))
+  labels = tf.constant(np.arange(16) % 10, tf.int32)
+  gradients = {}
+  for optimizer in ('sgd', 'adamw'):
+    tf.random.set_seed(0)
+    trainer = cifar10_trainer.Trainer(tiny_config(tmp_path / optimizer, optimizer=optimizer,
+                                                  weight_decay='l2', l2_decay=0.5))
+    gradients[optimizer] = [g.numpy() for g in trainer._gradients(images, labels)[0]]  # pylint: disable=protected-access
+  kernel = [i for i, v in enumerate(trainer.variables) if v is trainer.model.kernels[0][0]][0]
+  # SGD's gradient holds 0.5 W of the L2 term; AdamW's does not (it decays W itself).
+  np.testing.assert_allclose(gradients['sgd'][kernel] - gradients['adamw'][kernel],
+                             0.5 * trainer.variables[kernel].numpy(), rtol=1e-3, atol=1e-6)
+  config = tiny_config(tmp_path / 'run', optimizer='adamw', learning_rate=1e-3, max_steps=5,
+                       checkpoint_steps=5)
+  cifar10_trainer.train(config, tiny_split())
+  saved = tf.train.load_checkpoint(str(tmp_path / 'run' / 'ckpt-5'))
+  resumed = cifar10_trainer.Trainer(config)
+  assert resumed.restore_latest() == 5
+  key = [k for k in saved.get_variable_to_shape_map() if k.startswith('adam_v/0/')][0]
+  np.testing.assert_array_equal(saved.get_tensor(key),
+                                resumed.optimizer.second_moments[0].numpy())
+  assert np.abs(resumed.optimizer.second_moments[0].numpy()).max() > 0
