@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 
 import cifar10_input
+import cifar10_model
 import cifar10_run
 import cifar10_config
 import cifar10_optim
@@ -315,3 +316,72 @@ def test_mixed_float16_skips_an_overflowing_step_and_scales_the_loss_dynamically
   names = saved.get_variable_to_shape_map()
   assert any(name.startswith('loss_scale/') for name in names)  # Resumes with its scale.
   assert any(name.startswith('good_steps/') for name in names)
+
+
+# ----------------------------------------------------------------- extension points
+
+
+def _batch(size=16):
+  split = tiny_split(size)
+  return tf.constant(cifar10_input.eval_batch(split.images, 32)), tf.constant(split.labels)
+
+
+class _DoubledCrossEntropy(cifar10_trainer.Trainer):
+  def objective(self, images, labels):
+    cross_entropy, decay, logits = super().objective(images, labels)
+    return 2.0 * cross_entropy, decay, logits
+
+
+def test_the_objective_replaces_the_loss_of_a_batch(tmp_path):
+  config = tiny_config(tmp_path, weight_decay='l2', l2_decay=0.0)  # No decay term.
+  tf.random.set_seed(0)
+  plain = cifar10_trainer.Trainer(config)
+  tf.random.set_seed(0)
+  doubled = _DoubledCrossEntropy(config)
+  gradients, metrics = plain._gradients(*_batch())  # pylint: disable=protected-access
+  twice, twice_metrics = doubled._gradients(*_batch())  # pylint: disable=protected-access
+  np.testing.assert_allclose(float(twice_metrics['cross_entropy']),
+                             2 * float(metrics['cross_entropy']), rtol=1e-6)
+  for one, two in zip(gradients, twice):
+    np.testing.assert_allclose(two.numpy(), 2 * one.numpy(), rtol=1e-4, atol=1e-7)
+
+
+class _SilencedForward(cifar10_trainer.Trainer):
+  def forward(self, images):
+    return 0.0 * self.model(images, training=True)  # Every class equally likely.
+
+
+def test_the_forward_pass_can_transform_what_the_model_computes(tmp_path):
+  trainer = _SilencedForward(tiny_config(tmp_path, weight_decay='l2', l2_decay=0.0))
+  metrics = trainer.train_step(*_batch())
+  assert float(metrics['cross_entropy']) == pytest.approx(math.log(10), rel=1e-6)
+
+
+def _small_model(config, conv):
+  """A model the registry does not hold: one 3x3 convolution of 4 channels and a dense layer."""
+  del conv
+  regime = cifar10_model.Regime()
+  return cifar10_model.Model(
+      [cifar10_model.conv(regime, 'conv1', 3, 4, 3), cifar10_model.MaxPool(),
+       cifar10_model.Flatten(),
+       cifar10_model.dense(regime, 'logits', 16 * 16 * 4, 10, tutorial_stddev=0.1,
+                           relu=False)], config.image_size)
+
+
+def test_a_tool_can_hand_the_trainer_a_model_of_other_shapes(tmp_path):
+  config = tiny_config(tmp_path, max_steps=3, checkpoint_steps=3)
+  cifar10_trainer.train(config, tiny_split(),
+                        make_trainer=lambda c: cifar10_trainer.Trainer(c, build_model=_small_model))
+  resumed = cifar10_trainer.Trainer(config, build_model=_small_model)
+  assert resumed.restore_latest() == 3
+  assert sorted(v.shape.as_list() for v in resumed.variables) == [[3, 3, 3, 4], [4], [10],
+                                                                  [1024, 10]]
+  with pytest.raises(cifar10_run.UnreadableCheckpoint):  # Not the registry's tutorial.
+    cifar10_trainer.Trainer(config).restore_latest()
+
+
+def test_a_schedule_of_its_own_sets_the_rate_of_every_step(tmp_path):
+  schedule = cifar10_optim.Schedule('warmup_linear', 0.5, last_step=4)
+  trainer = cifar10_trainer.Trainer(tiny_config(tmp_path), schedule=schedule)
+  rates = [float(trainer.train_step(*_batch())['learning_rate']) for _ in range(4)]
+  np.testing.assert_allclose(rates, [0.5, 0.375, 0.25, 0.125], rtol=1e-6)
