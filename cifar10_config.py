@@ -77,7 +77,8 @@ class TrainConfig:
                            'axis of the crop window, minus one (even; 8: padding by 4 at '
                            '32x32).', unit='pixels', low=0, high=16)
   image_size: int = _field(cifar10_input.CROP_SIZE, 'Input side. Default: 24 with --augment, '
-                           '32 with --noaugment.', unit='pixels', choices=(24, 32))
+                           '32 with --noaugment.', unit='pixels',
+                           choices=(cifar10_input.CROP_SIZE, cifar10_records.IMAGE_SIZE))
   init: str = _field('xavier', "xavier (the study's) or tutorial (explicit stddevs).",
                      choices=cifar10_model.INIT_MODES)
   weight_decay: str = _field('study', 'study: 500 / prod(shape); tutorial: 0.004 (both on the '
@@ -168,7 +169,8 @@ _FAST32 = dict(optimizer='nesterov', momentum=0.9, learning_rate=0.2, lr_schedul
                label_smoothing=0.1, weight_decay='l2', l2_decay=cifar10_model.L2_WEIGHT_DECAY,
                # EMA 0.99: the shadows of a BatchNorm model are read with the raw weights'
                # moving statistics; 0.999 cost budget0 0.46 point against its raw weights.
-               moving_average_decay=0.99, distortions='crop_flip', image_size=32)
+               moving_average_decay=0.99, distortions='crop_flip',
+               image_size=cifar10_records.IMAGE_SIZE)
 RECIPES = {
     'study': ("the study's", {}),
     'tutorial': ("the tutorial's init, decay and staircase",

@@ -13,10 +13,13 @@ import math
 import numpy as np
 import tensorflow as tf
 
+import cifar10_records
+
 INIT_MODES = ('xavier', 'tutorial')
 DECAY_MODES = ('study', 'tutorial', 'l2')
 STUDY_WEIGHT_DECAY = 500.0  # The study's WD: coefficient = WD / prod(shape(W)).
 TUTORIAL_WEIGHT_DECAY = 0.004  # The tutorial's coefficient on local3 and local4.
+NUM_CLASSES = cifar10_records.NUM_CLASSES  # the width of every model's logits
 L2_WEIGHT_DECAY = 5e-4  # 'l2': one coefficient on every weight matrix, convolutions included.
 BATCHNORM_MOMENTUM = 0.9  # moving statistics: m <- 0.9 m + 0.1 batch value, per step
 BATCHNORM_EPSILON = 1e-5  # added to the variance before its square root

@@ -15,10 +15,10 @@ import cifar10_model as cm
 # Per variant: blocks of (kernel, (filters of the kxk conv, 1x1, 1x1)), with 'pool' and
 # 'dropout' between them.
 ARCHITECTURES = {
-    0: [(5, (64, 64, 64)), 'pool', (5, (64, 64, 10))],
-    1: [(5, (64, 96, 96)), 'pool', (5, (64, 64, 10))],
+    0: [(5, (64, 64, 64)), 'pool', (5, (64, 64, cm.NUM_CLASSES))],
+    1: [(5, (64, 96, 96)), 'pool', (5, (64, 64, cm.NUM_CLASSES))],
     2: [(5, (192, 160, 96)), 'pool', 'dropout', (5, (192, 192, 192)), 'pool', 'dropout',
-        (3, (192, 192, 10))],
+        (3, (192, 192, cm.NUM_CLASSES))],
 }
 DROPOUT_RATE = 0.5
 

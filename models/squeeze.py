@@ -35,7 +35,7 @@ def build(regime, image_size=24, variant=1):
       cm.MaxPool(name='pool2'),
       Fire(regime, 'fire4', 128, 32, 128, 128),
       Fire(regime, 'fire5', 256, 32, 128, 128),
-      cm.conv(regime, 'conv_logits', 256, 10, 1),
+      cm.conv(regime, 'conv_logits', 256, cm.NUM_CLASSES, 1),
       cm.GlobalAvgPool(name='global_avg'),
   ]
   return cm.Model(layers, image_size, name=f'squeeze{variant}')

@@ -20,7 +20,7 @@ def classifier(regime, flat, hidden=(('local3', 384), ('local4', 192))):
     layers.append(cm.dense(regime, name, width, units, tutorial_stddev=0.04,
                            tutorial_bias=0.1))
     width = units
-  layers.append(cm.dense(regime, 'softmax_linear', width, 10, tutorial_stddev=1 / 192.0,
+  layers.append(cm.dense(regime, 'softmax_linear', width, cm.NUM_CLASSES, tutorial_stddev=1 / 192.0,
                          relu=False, decay=False))
   return layers
 
