@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -180,10 +179,8 @@ def test_a_killed_chief_stops_the_other_worker_in_one_line_and_both_resume(tmp_p
     wait_for(lambda: cifar10_run.newest_checkpoint(str(run)) is not None, workers[0], TIMEOUT,
              'the first checkpoint')
     workers[victim].kill()  # SIGKILL: the other learns it from the cluster's heartbeats.
-    start = time.time()
     survivor = workers[1 - victim]
-    survivor.wait(timeout=120)  # Bounded: no hang.
-    assert time.time() - start < 120
+    survivor.wait(timeout=120)  # No hang: TimeoutExpired fails the test after 120 s.
   finally:
     logs = finish(workers, tmp_path)
   assert survivor.returncode == 1, logs
