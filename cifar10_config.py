@@ -23,11 +23,11 @@ class ConfigError(ValueError):
   to do."""
 
 
-def _field(default, help, unit=None, choices=None, low=None, high=None, below=None):  # pylint: disable=redefined-builtin
+def _field(default, help_text, unit=None, choices=None, low=None, high=None, below=None):
   """A TrainConfig field: its default, help text, unit and limits (low <= x <= high, x < below,
   x in choices; a number is also finite)."""
   return dataclasses.field(default=default, metadata=dict(
-      help=help, unit=unit, choices=choices, low=low, high=high, below=below))
+      help=help_text, unit=unit, choices=choices, low=low, high=high, below=below))
 
 
 def _choices(values):

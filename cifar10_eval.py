@@ -170,7 +170,7 @@ def _writer(eval_dir):
     os.makedirs(eval_dir, exist_ok=True)
   except OSError as e:
     raise cifar10_config.ConfigError(f'cannot create the eval folder {eval_dir} ({e}): pass a '
-                                  'writable --eval_dir.') from e
+                                     'writable --eval_dir.') from e
   return tf.summary.create_file_writer(eval_dir)
 
 

@@ -246,7 +246,7 @@ def check_export_dir(export_dir, overwrite):
   """Raises ConfigError when export_dir exists and may not be replaced."""
   if os.path.exists(export_dir) and not overwrite:
     raise cifar10_config.ConfigError(f'--export_dir={export_dir} exists: pass --overwrite to '
-                                  'replace it, or another folder.')
+                                     'replace it, or another folder.')
 
 
 def _export(config, checkpoint, work, batches_dir, options, log):

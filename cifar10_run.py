@@ -146,7 +146,8 @@ def write_config(config):
     os.makedirs(config.train_dir, exist_ok=True)
     write_json(path, dataclasses.asdict(config))
   except OSError as e:
-    raise cifar10_config.ConfigError(f'cannot write {path} ({e}): pass a writable --train_dir.') from e
+    raise cifar10_config.ConfigError(f'cannot write {path} ({e}): pass a writable '
+                                     '--train_dir.') from e
   return changed
 
 
@@ -288,7 +289,8 @@ def rebuild_checkpoint_state(train_dir):
   The file is a text protocol buffer of relative paths, as the manager writes it.
 
   Raises:
-    cifar10_config.ConfigError: the state file cannot be replaced (a folder in its place, a read-only run).
+    cifar10_config.ConfigError: the state file cannot be replaced (a folder in its place, a
+      read-only run).
   """
   paths = checkpoint_paths(train_dir)
   state = os.path.join(train_dir, STATE_FILE)
@@ -302,8 +304,8 @@ def rebuild_checkpoint_state(train_dir):
     lines += [f'all_model_checkpoint_paths: "{name}"' for name in reversed(names)]
     write_whole(state, '\n'.join(lines) + '\n')
   except OSError as e:
-    raise cifar10_config.ConfigError(f'cannot rewrite {state}, the list of the checkpoints ({e}): it must be '
-                      'a file in a writable --train_dir.') from e
+    raise cifar10_config.ConfigError(f'cannot rewrite {state}, the list of the checkpoints '
+                                     f'({e}): it must be a file in a writable --train_dir.') from e
 
 
 def move_checkpoints_aside(train_dir):
@@ -334,7 +336,8 @@ def locked(train_dir):
     os.makedirs(train_dir, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
   except OSError as e:
-    raise cifar10_config.ConfigError(f'cannot write in {train_dir} ({e}): pass a writable --train_dir.') from e
+    raise cifar10_config.ConfigError(f'cannot write in {train_dir} ({e}): pass a writable '
+                                     '--train_dir.') from e
   try:
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -3,7 +3,7 @@
 `Trainer` is a run's RunState plus an optimizer (cifar10_optim), a learning-rate schedule,
 loss scaling under mixed_float16, and one tf.function step on one device or under a
 tf.distribute strategy, a step meaning the same (cifar10_distribute.py). `train` runs it to
-max_steps, resuming from the run folder. Its extension points (docs/reference.md), each a
+max_steps, resuming from the run folder. Its extension points (docs/design.md), each a
 method a tool overrides or an argument it passes:
 
   extra_state()          further trackables in the checkpoint (compress/prune.py: masks)

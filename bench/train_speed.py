@@ -35,7 +35,6 @@ import tensorflow as tf
 import cifar10_input
 import cifar10_model
 import cifar10_records
-import cifar10_train
 import cifar10_scoring
 import cifar10_trainer
 import cifar10_flags

@@ -56,7 +56,7 @@ SETTINGS_FILE = 'pruning.json'
 REPORT_FILE = 'prune_report.json'
 SPARSE_FILE = 'model_sparse.npz'
 FINETUNE_STEPS = 5000  # steps after the source checkpoint (90 % costs 0.6 point at 5k here)
-# The fine-tuning's own learning-rate schedule (docs/reference.md), whatever the source's:
+# The fine-tuning's own learning-rate schedule (docs/compression.md), whatever the source's:
 # from FINETUNE_LEARNING_RATE down to 0 at the last fine-tuning step along a line. 'continue'
 # instead runs the source's schedule on, stretched to the new last step.
 FINETUNE_SCHEDULE = 'warmup_linear'
@@ -189,8 +189,8 @@ class PruningTrainer(cifar10_trainer.Trainer):
         return super().restore_latest()
       except cifar10_run.UnreadableCheckpoint as e:  # e.g. an ordinary run: no masks.
         raise cifar10_config.ConfigError(f'{self.config.train_dir} holds no pruning checkpoint of '
-                                      f'this layout that restores ({e}): pass a new '
-                                      '--train_dir.') from e
+                                         f'this layout that restores ({e}): pass a new '
+                                         '--train_dir.') from e
     self.files.open()
     self.restored_from, self.skipped = self.source_checkpoint, []
     self.restore(self.source_checkpoint)  # The source's layout: no masks.
@@ -303,9 +303,16 @@ def write_settings(train_dir, settings, source_checkpoint, schedule=None):
       with open(path) as f:
         previous = _comparable(json.load(f))
     except (OSError, ValueError, TypeError, AttributeError) as e:
-      raise cifar10_config.ConfigError(f'{path} is unreadable ({type(e).__name__}: {e}): it must '
-                                    'be the pruning.json this tool wrote; pass another '
-                                    '--train_dir.') from e
+      raise cifar10_config.ConfigError(f'{path} is unreadable ({type(e).__name__}: {e}): it '
+                                       'must be the pruning.json this tool wrote; pass another '
+                                       '--train_dir.') from e
+    if 'finetune_schedule' not in previous and schedule is not None:
+      # Pruned before the fine-tuning had a schedule of its own: it ran the source's on.
+      if schedule.first_step:
+        raise cifar10_config.ConfigError(
+            f'{train_dir} was pruned with the source\'s learning-rate schedule run on (before '
+            'the fine-tuning had its own): resume it with --lr_schedule=continue.')
+      previous['finetune_schedule'] = record['finetune_schedule']
     changed = [f'{key}: {previous.get(key)!r} -> {value!r}'
                for key, value in _comparable(record).items() if previous.get(key) != value]
     if changed:
@@ -317,7 +324,7 @@ def write_settings(train_dir, settings, source_checkpoint, schedule=None):
     cifar10_run.write_json(path, record)
   except OSError as e:
     raise cifar10_config.ConfigError(f'cannot write {path} ({e}): pass a writable '
-                                  '--train_dir.') from e
+                                     '--train_dir.') from e
 
 
 def schedule_record(schedule):
@@ -354,12 +361,12 @@ def prepare(values):
   source_config, source = cifar10_run.latest_run(source_dir, '--source_dir')
   if os.path.abspath(source_dir) == os.path.abspath(train_dir):
     raise cifar10_config.ConfigError('--train_dir must differ from --source_dir: pruning '
-                                  'writes a new run and never touches the source.')
+                                     'writes a new run and never touches the source.')
   if (not os.path.exists(os.path.join(train_dir, SETTINGS_FILE)) and
       (cifar10_run.newest_checkpoint(train_dir) or cifar10_run.read_config(train_dir))):
     # Checked before anything is written: resuming would first rewrite that run's config.
     raise cifar10_config.ConfigError(f'--train_dir={train_dir} holds a run that is not a '
-                                  'pruning run: pass a new --train_dir.')
+                                     'pruning run: pass a new --train_dir.')
   start = cifar10_run.checkpoint_step(source)
   if start < source_config.max_steps:
     print(f'{datetime.datetime.now()}: note: the source run is unfinished, at step {start:,} of '
@@ -440,9 +447,11 @@ def define_flags(flag_values=flags.FLAGS):
                                           'fine-tuning after the source checkpoint.',
                                           lower_bound=1, flag_values=flag_values),
       target_sparsity=flags.DEFINE_float('target_sparsity', d.target_sparsity,
-                                         'Final fraction of zeros.', 0.0, 0.999, flag_values=flag_values),
+                                         'Final fraction of zeros.', 0.0, 0.999,
+                                         flag_values=flag_values),
       initial_sparsity=flags.DEFINE_float('initial_sparsity', d.initial_sparsity,
-                                          'Sparsity at --begin_step.', 0.0, 0.999, flag_values=flag_values),
+                                          'Sparsity at --begin_step.', 0.0, 0.999,
+                                          flag_values=flag_values),
       begin_step=flags.DEFINE_integer('begin_step', None, 'First mask update (a global '
                                       "step); default the source's last step.", lower_bound=0,
                                       flag_values=flag_values),
@@ -452,7 +461,8 @@ def define_flags(flag_values=flags.FLAGS):
       frequency=flags.DEFINE_integer('frequency', d.frequency, 'Steps between mask updates '
                                      '(gradual).', lower_bound=1, flag_values=flag_values),
       mode=flags.DEFINE_enum('mode', d.mode, list(MODES), 'gradual (Zhu & Gupta), oneshot, '
-                             'or iterative prune -> retrain rounds (Han et al.).', flag_values=flag_values),
+                             'or iterative prune -> retrain rounds (Han et al.).',
+                             flag_values=flag_values),
       rounds=flags.DEFINE_integer('rounds', d.rounds, 'Prune -> retrain rounds (iterative).',
                                   lower_bound=1, flag_values=flag_values),
       threshold=flags.DEFINE_enum('threshold', d.threshold, list(THRESHOLDS),
@@ -467,7 +477,8 @@ def define_flags(flag_values=flags.FLAGS):
           'schedule run on to the new last step).', flag_values=flag_values),
       learning_rate=flags.DEFINE_float(
           'learning_rate', None, f"The fine-tuning's rate; default {FINETUNE_LEARNING_RATE} "
-          f"(the source's with --lr_schedule={CONTINUE}).", lower_bound=0.0, flag_values=flag_values),
+          f"(the source's with --lr_schedule={CONTINUE}).", lower_bound=0.0,
+          flag_values=flag_values),
   )
   return holders
 

@@ -59,8 +59,8 @@ def build(regime, image_size=32, variant=0):
     if number < len(stages):
       layers.append(cm.MaxPool(size=2, stride=2, name=f'pool{number}'))
   layers += [cm.GlobalAvgPool(name='global_avg'),
-             cm.dense(regime, 'logits', width, cm.NUM_CLASSES, tutorial_stddev=1 / width, relu=False,
-                      decay=False)]
+             cm.dense(regime, 'logits', width, cm.NUM_CLASSES, tutorial_stddev=1 / width,
+                      relu=False, decay=False)]
   return cm.Model(layers, image_size, name=f'budget{variant}')
 
 

@@ -14,7 +14,6 @@ import tensorflow as tf
 
 import cifar10_records
 import cifar10_run
-import cifar10_train
 import cifar10_config
 from compress import sparse
 from fixtures import make_batches_dir, wait_for

@@ -158,7 +158,8 @@ def test_adamw_leaves_the_decay_out_of_the_gradient_and_saves_its_moments(tmp_pa
     tf.random.set_seed(0)
     trainer = cifar10_trainer.Trainer(tiny_config(tmp_path / optimizer, optimizer=optimizer,
                                                   weight_decay='l2', l2_decay=0.5))
-    gradients[optimizer] = [g.numpy() for g in trainer._gradients(images, labels)[0]]  # pylint: disable=protected-access
+    batch_gradients, _ = trainer._gradients(images, labels)  # pylint: disable=protected-access
+    gradients[optimizer] = [g.numpy() for g in batch_gradients]
   kernel = [i for i, v in enumerate(trainer.variables) if v is trainer.model.kernels[0][0]][0]
   # SGD's gradient holds 0.5 W of the L2 term; AdamW's does not (it decays W itself).
   np.testing.assert_allclose(gradients['sgd'][kernel] - gradients['adamw'][kernel],

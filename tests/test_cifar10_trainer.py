@@ -5,9 +5,6 @@ import dataclasses
 import math
 import os
 import re
-import subprocess
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -22,7 +19,6 @@ import cifar10_trainer
 import models
 from fixtures import copy_run, tiny_config, tiny_split
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_velocities_are_saved_and_restored_with_the_checkpoint(tmp_path):
@@ -305,7 +301,8 @@ def test_mixed_float16_skips_an_overflowing_step_and_scales_the_loss_dynamically
   assert all(np.array_equal(a, v.numpy()) for a, v in zip(before, trainer.variables))
   assert all(np.array_equal(a, s.numpy()) for a, s in zip(shadows, trainer.ema_shadows))
   assert int(trainer.step.numpy()) == 1  # The batch is spent; the weights are not touched.
-  assert trainer.loss_scale.scale.numpy() == np.float32(1.5e38) and trainer.loss_scale.good_steps.numpy() == 0
+  assert trainer.loss_scale.scale.numpy() == np.float32(1.5e38)
+  assert trainer.loss_scale.good_steps.numpy() == 0
   trainer.loss_scale.scale.assign(1024.0)
   trainer.train_step(images, labels)
   assert not all(np.array_equal(a, v.numpy()) for a, v in zip(before, trainer.variables))

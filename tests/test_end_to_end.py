@@ -11,7 +11,6 @@ import tensorflow as tf
 
 import cifar10_eval
 import cifar10_records
-import cifar10_train
 import cifar10_scoring
 import cifar10_trainer
 import cifar10_config
@@ -27,7 +26,8 @@ def test_tutorial_model_learns_on_real_data(tmp_path, real_batches_dir):
   config = cifar10_config.TrainConfig(train_dir=str(tmp_path), max_steps=REAL_STEPS,
                                    log_frequency=100)
   cifar10_trainer.train(config, cifar10_records.load_split(real_batches_dir, 'train'))
-  evaluator = cifar10_scoring.Evaluator(config, cifar10_records.load_split(real_batches_dir, 'test'))
+  evaluator = cifar10_scoring.Evaluator(config,
+                                        cifar10_records.load_split(real_batches_dir, 'test'))
   metrics = cifar10_eval.eval_once(evaluator, tf.train.latest_checkpoint(str(tmp_path)))
   assert metrics['num_examples'] == 10_000
   assert metrics['step'] == REAL_STEPS

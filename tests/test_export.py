@@ -13,7 +13,6 @@ import cifar10_input
 import cifar10_trainer
 import cifar10_config
 from compress import calibration as calibration_lib
-from compress import quantize
 from fixtures import tiny_config, tiny_split, write_batches_dir
 
 

@@ -342,3 +342,16 @@ def test_a_batchnorm_model_prunes_and_exports_its_folded_ema_weights(tmp_path):
   folded = cm.fold_batchnorm(evaluator.model)
   for layer in folded.weight_layers():
     np.testing.assert_allclose(arrays[f'{layer.name}/kernel'], layer.kernel.numpy(), rtol=1e-6)
+
+
+def test_a_run_pruned_before_the_fine_tuning_had_its_own_schedule_resumes_with_continue(
+    source_run, tmp_path):
+  values = prune_values(source_run.train_dir, tmp_path / 'pruned', lr_schedule='continue')
+  config, settings, source, schedule = prune.prepare(values)
+  prune.write_settings(config.train_dir, settings, source)  # As earlier versions wrote it.
+  _, _, _, own = prune.prepare(dict(values, lr_schedule='warmup_linear'))
+  with pytest.raises(cifar10_config.ConfigError, match='resume it with --lr_schedule=continue'):
+    prune.write_settings(config.train_dir, settings, source, own)
+  prune.write_settings(config.train_dir, settings, source, schedule)
+  with open(tmp_path / 'pruned' / prune.SETTINGS_FILE) as f:
+    assert json.load(f)['finetune_schedule']['first_step'] == 0

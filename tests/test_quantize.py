@@ -105,7 +105,8 @@ def test_integer_layers_match_fake_quant_within_one_step(build):
 def test_fused_conv_and_pool_equal_the_unfused_ops():
   tf.random.set_seed(1)
   model = tutorial_like()
-  int_model = int8.Int8Model(*quantize.quantize_model(model, images(16), calibration_lib.Calibration()))
+  int_model = int8.Int8Model(*quantize.quantize_model(model, images(16),
+                                                      calibration_lib.Calibration()))
   assert int_model.pool_after == {0: 1}
   x_q = int_model.quantize_input(images(8, seed=2))
   np.testing.assert_array_equal(int_model.run(x_q),
@@ -210,7 +211,8 @@ def test_a_layer_of_ordinary_scales_is_stored_in_float16_and_its_biases_in_int16
 def test_exported_file_round_trips(tmp_path):
   tf.random.set_seed(3)
   model = squeeze_like()
-  int_model = int8.Int8Model(*quantize.quantize_model(model, images(16), calibration_lib.Calibration()))
+  int_model = int8.Int8Model(*quantize.quantize_model(model, images(16),
+                                                      calibration_lib.Calibration()))
   int_model.save(tmp_path / 'm.npz')
   loaded = int8.Int8Model.load(tmp_path / 'm.npz')
   assert loaded.meta == int_model.meta
