@@ -193,12 +193,11 @@ def train_inputs(split, batch_size, seed, augment=True, image_size=CROP_SIZE, fi
                  crop_slack=CROP_SLACK):
   """Endless shuffled training batches, indexed by the step they feed.
 
-  The batch of step k depends only on (seed, k): batch k mod steps_per_epoch of epoch k //
-  steps_per_epoch's permutation (epoch_order), distorted by the seed of step k, so a run
-  resumed at step k sees exactly the batches an uninterrupted run would have seen. Split over
-  replicas, replica r gets rows r*b .. (r+1)*b - 1 of that batch (b = batch_size / replicas),
-  distorted as they are in the whole batch: the replicas of one step together see exactly the
-  one-device batch.
+  The batch of step k depends only on (seed, k): batch k mod steps_per_epoch of epoch
+  k // steps_per_epoch's permutation (epoch_order), distorted by the seed of step k, so a run
+  resumed at step k sees exactly the batches an uninterrupted run would have seen. Replica r
+  of `replicas` gets rows r*b .. (r+1)*b - 1 of that batch (b = batch_size / replicas),
+  distorted as in the whole batch: together they see exactly the one-device batch.
 
   Args:
     split: the training Split.

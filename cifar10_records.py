@@ -378,12 +378,11 @@ def central_crop(images, size):
   return images[:, offset:offset + size, offset:offset + size, :]
 
 
-def main(argv):
-  if len(argv) > 2:
-    raise app.UsageError(f'expected at most one DATA_DIR, got {" ".join(argv[1:])}')
-  data_dir = argv[1] if len(argv) > 1 else 'data'
+def run(data_dir='data', url=DATA_URL):
+  """Checks the data in data_dir (downloading it from `url` when absent) and prints its facts;
+  returns what sys.exit takes (None when the data is whole, `error: ...` otherwise)."""
   try:
-    batches_dir = find_batches_dir(data_dir)
+    batches_dir = find_batches_dir(data_dir, url=url)
     for split in ('train', 'test'):
       data = load_split(batches_dir, split)
       counts = np.bincount(data.labels, minlength=NUM_CLASSES)
@@ -391,7 +390,14 @@ def main(argv):
       print(f'{split}: {len(data)} images, per class {counts.min()}-{counts.max()}, '
             f'first labels {data.labels[:10].tolist()}, RGB mean {np.round(mean, 4).tolist()}')
   except DataError as e:
-    sys.exit(f'error: {e}')
+    return f'error: {e}'
+  return None
+
+
+def main(argv):
+  if len(argv) > 2:
+    raise app.UsageError(f'expected at most one DATA_DIR, got {" ".join(argv[1:])}')
+  sys.exit(run(*argv[1:]))
 
 
 if __name__ == '__main__':

@@ -475,10 +475,9 @@ def evaluate(model, images, labels, batch_size=BATCH_SIZE, threads=1):
   return float(np.mean(predictions == labels)), len(images) / seconds, predictions
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  values = {name: holder.value for name, holder in _FLAGS.items()}
+def run(values):
+  """Scores the model file on the test set as the flag values say and prints the report's
+  JSON line; returns what sys.exit takes (None when done, `error: ...` for a bad input)."""
   out = values['predictions_out']
   try:
     if out and not os.path.isdir(os.path.dirname(os.path.abspath(out))):
@@ -488,32 +487,42 @@ def main(argv):
     model = Int8Model.load(values['model_file'])
     test = cifar10_records.read_split(values['data_dir'], 'test')
   except (OSError, KeyError, ValueError, cifar10_records.DataError) as e:
-    sys.exit(f'error: {e}')
+    return f'error: {e}'
   precision, rate, predictions = evaluate(model, test.images, test.labels, values['batch_size'],
                                           values['threads'])
   if out:
     try:
       np.save(out, predictions)
     except OSError as e:
-      sys.exit(f'error: cannot write --predictions_out={out} ({e})')
+      return f'error: cannot write --predictions_out={out} ({e})'
   print(json.dumps({'model_file': values['model_file'], 'precision': precision,
                     'num_examples': len(test), 'images_per_sec': round(rate, 1),
                     'batch_size': values['batch_size'], 'threads': values['threads']}))
+  return None
 
 
-def define_flags():
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  sys.exit(run({name: holder.value for name, holder in _FLAGS.items()}))
+
+
+def define_flags(flag_values=flags.FLAGS):
   """The runner's flags; returns {name: FlagHolder}."""
   return dict(
       model_file=flags.DEFINE_string('model_file', None, 'An .npz from compress/quantize.py.',
-                                     required=True),
+                                     required=True, flag_values=flag_values),
       data_dir=flags.DEFINE_string('data_dir', 'data', 'Folder with cifar-10-batches-bin/ or '
-                                   'cifar-10-binary.tar.gz, or the archive itself.'),
+                                   'cifar-10-binary.tar.gz, or the archive itself.',
+                                   flag_values=flag_values),
       batch_size=flags.DEFINE_integer('batch_size', BATCH_SIZE, 'Images per forward pass.',
-                                      lower_bound=1),
+                                      lower_bound=1, flag_values=flag_values),
       threads=flags.DEFINE_integer('threads', os.cpu_count() or 1, 'Worker threads, each on '
-                                   'its own batches; default one per core.', lower_bound=1),
+                                   'its own batches; default one per core.', lower_bound=1,
+                                   flag_values=flag_values),
       predictions_out=flags.DEFINE_string('predictions_out', None, 'Optional .npy file for '
-                                          'the predicted classes, in test-file order.'),
+                                          'the predicted classes, in test-file order.',
+                                          flag_values=flag_values),
   )
 
 

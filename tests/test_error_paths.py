@@ -8,14 +8,25 @@ code and no traceback, and say what is wrong in one line that names the flag or 
          ...`, then absl's pointer to --helpshort;
   usage  main() raised absl's app.UsageError (stray positional arguments): absl prints the
          binary's help, then the message as the last line.
-The table doubles as the list of error paths; a case that still prints a traceback in a file
-this suite does not own yet stays in it as a strict xfail naming the fix.
+The table doubles as the list of error paths.
 
-All cases run once per module, two at a time, with downloads refused: a proxy that does not
-exist stands in for the network, so a case that looks for absent data ends in its download
-error instead of fetching 170 MB. Each TensorFlow binary spends ~4 s importing it before it
-parses a flag, so absl's parse-time refusals (the same code in every binary) appear on a few
-binaries only, and the TensorFlow-free ones take most of the cases on files.
+Two tiers. The binaries shaped `define_flags(flag_values)` / `run(values)` (IN_PROCESS) take
+their cases in this process (unit tier), as app.run would run them: a fresh absl FlagValues
+parses the command (`flags`: it raises absl.flags.Error), main() gets the positional
+arguments left (`usage`: it raises app.UsageError), and run() returns the `error: ...` line
+sys.exit would print, with nothing else on stderr. A case marked `wiring`, and every case of
+the binaries without that shape (models/count.py, bench/), also runs as a real process
+(subprocess tier): absl's printing, the exit code, main's plumbing. The processes run once per
+module, two at a time, each spending ~4 s importing TensorFlow before it parses a flag.
+
+Downloads are refused in both tiers, so a case that looks for absent data ends in its
+download error instead of fetching 170 MB: the processes see a proxy that does not exist; in
+this process --data_url (cifar10_records.run's url) names a port where nothing listens unless
+the case names one, and any other URL fails the test.
+
+Issue #27 counted the cases: 87 before (all 87 as processes, ~3 min); after, the same 87,
+69 of them in this process, and 32 processes (the 18 cases that only run that way, and 14
+wiring cases of the 69).
 """
 
 import concurrent.futures
@@ -24,33 +35,42 @@ import io
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tarfile
+import urllib.request
 
+from absl import app
+from absl import flags
+from absl import logging
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import cifar10_classify
+import cifar10_config
+import cifar10_eval
+import cifar10_export
+import cifar10_flags
 import cifar10_model
 import cifar10_records
+import cifar10_results
 import cifar10_run
 import cifar10_train
 import cifar10_trainer
-import cifar10_config
 from compress import calibration as calibration_lib
 from compress import int8
+from compress import prune
 from compress import quantize
 from compress import sparse
 from fixtures import add_member, copy_run, make_batches_dir, tiny_config, tiny_split
 from fixtures import write_batches_dir
 
-pytestmark = pytest.mark.subprocess  # Every test here starts the binaries.
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NO_NETWORK = 'http://127.0.0.1:9'  # the discard port: nothing listens, a connect is refused
 UNREACHABLE_URL = f'{NO_NETWORK}/{cifar10_records.ARCHIVE_NAME}'
-TIMEOUT_SECS = 120  # per process; the slowest case (an evaluation) takes ~10 s
+TIMEOUT_SECS = 120  # per process; each takes ~6 s, mostly TensorFlow's import
 FLAGS_ERROR = 'FATAL Flags parsing error: '
 
 
@@ -66,7 +86,8 @@ class Case:
     kind: 'error', 'flags' or 'usage' (the module docstring).
     names: texts the message must hold, formatted like args: the flag or the file.
     setup: optional callable(case_dir, shared) that makes the case's own inputs.
-    xfail: why the case still fails badly, when it does (a strict xfail).
+    wiring: whether the case also runs as a real process when its binary is in IN_PROCESS
+      (the binaries outside run every case as one).
   """
   binary: str
   what: str
@@ -74,7 +95,7 @@ class Case:
   kind: str
   names: tuple
   setup: object = None
-  xfail: str = None
+  wiring: bool = False
 
   @property
   def id(self):
@@ -250,11 +271,12 @@ PRUNE_ARGS = ('--source_dir={run}', '--train_dir={case}/pruned', '--data_dir={da
 
 CASES = [
     # ----- cifar10_train.py
-    Case(TRAIN, 'a flag out of range', ('--batch_size=0',), 'flags', ('--batch_size=0',)),
+    Case(TRAIN, 'a flag out of range', ('--batch_size=0',), 'flags', ('--batch_size=0',),
+         wiring=True),
     Case(TRAIN, 'a stray argument', ('stray',), 'usage', ('stray',)),
     Case(TRAIN, 'no data and no network',
          ('--data_dir={case}/nowhere', f'--data_url={UNREACHABLE_URL}', '--train_dir={case}/run'),
-         'error', ('{case}/nowhere', UNREACHABLE_URL)),
+         'error', ('{case}/nowhere', UNREACHABLE_URL), wiring=True),
     Case(TRAIN, 'a --train_dir that is a file', TRAIN_ARGS, 'error', ('{case}/run',),
          setup=write('run')),
     Case(TRAIN, 'a config.json that is a folder', TRAIN_ARGS, 'error',
@@ -267,7 +289,7 @@ CASES = [
     # ----- cifar10_eval.py
     Case(EVAL, 'a stray argument', ('--run_once', 'stray'), 'usage', ('stray',)),
     Case(EVAL, 'no run folder', ('--checkpoint_dir={case}/nowhere',) + EVAL_ARGS, 'error',
-         ('{case}/nowhere',)),
+         ('{case}/nowhere',), wiring=True),
     Case(EVAL, 'a garbage config.json', ('--checkpoint_dir={case}/run',) + EVAL_ARGS, 'error',
          ('{case}/run/config.json',), setup=write('run/config.json', '{"model": "tuto')),
     Case(EVAL, 'a config.json of an unknown model', ('--checkpoint_dir={case}/run',) + EVAL_ARGS,
@@ -282,7 +304,7 @@ CASES = [
     # ----- cifar10_results.py
     Case(RESULTS, 'a stray argument', ('--runs={case}', 'stray'), 'usage', ('stray',)),
     Case(RESULTS, 'no run folder', ('--runs={case}/nowhere', '--out_dir={case}/out'), 'error',
-         ('{case}/nowhere',)),
+         ('{case}/nowhere',), wiring=True),
     Case(RESULTS, 'a garbage results.jsonl line', ('--runs={case}/run', '--out_dir={case}/out'),
          'error', ('{case}/run/eval/results.jsonl, line 2',),
          setup=evaluated_run(GOOD_RESULT + '{"step": 4, "precision\n')),
@@ -301,7 +323,7 @@ CASES = [
     Case(EXPORT, 'a stray argument', ('--checkpoint_dir={run}', '--export_dir={case}/out',
                                       'stray'), 'usage', ('stray',)),
     Case(EXPORT, 'no run folder', ('--checkpoint_dir={case}/nowhere', '--export_dir={case}/out'),
-         'error', ('{case}/nowhere',)),
+         'error', ('{case}/nowhere',), wiring=True),
     Case(EXPORT, 'an --export_dir that exists',
          ('--checkpoint_dir={run}', '--export_dir={case}/out', '--verify_images=0'), 'error',
          ('--export_dir={case}/out', '--overwrite'), setup=folder('out')),
@@ -310,17 +332,20 @@ CASES = [
                                            UNREACHABLE_URL), 'error', ('{case}/nowhere',)),
 
     # ----- cifar10_classify.py
-    Case(CLASSIFY, 'no image files', ('--source={int8}',), 'usage', ('image files',)),
+    Case(CLASSIFY, 'no image files', ('--source={int8}',), 'usage', ('image files',),
+         wiring=True),
     Case(CLASSIFY, 'a source that is no model', ('--source={case}', '{case}/x.png'), 'error',
          ('--source={case}',)),
     Case(CLASSIFY, 'a garbage int8 file', ('--source={case}/m.npz', '{case}/x.png'), 'error',
          ('{case}/m.npz',), setup=write('m.npz', b'garbage')),
     Case(CLASSIFY, 'a file that is no image', ('--source={int8}', '{case}/x.png'), 'error',
-         ('{case}/x.png',), setup=write('x.png', b'garbage')),
+         ('{case}/x.png',), setup=write('x.png', b'garbage'), wiring=True),
 
     # ----- cifar10_records.py (no TensorFlow)
-    Case(RECORDS, 'two data folders', ('{case}', '{case}'), 'usage', ('{case} {case}',)),
-    Case(RECORDS, 'no data and no network', ('{case}/nowhere',), 'error', ('{case}/nowhere',)),
+    Case(RECORDS, 'two data folders', ('{case}', '{case}'), 'usage', ('{case} {case}',),
+         wiring=True),
+    Case(RECORDS, 'no data and no network', ('{case}/nowhere',), 'error', ('{case}/nowhere',),
+         wiring=True),
     Case(RECORDS, 'a garbage archive given as the data', ('{case}/data.tar.gz',), 'error',
          ('{case}/data.tar.gz',), setup=write('data.tar.gz', b'\x1f\x8b garbage')),
     Case(RECORDS, 'an empty archive', ('{case}',), 'error', (ARCHIVE,),
@@ -349,7 +374,7 @@ CASES = [
     # ----- compress/prune.py
     Case(PRUNE, 'a stray argument', PRUNE_ARGS + ('stray',), 'usage', ('stray',)),
     Case(PRUNE, 'no source run', ('--source_dir={case}/nowhere', '--train_dir={case}/pruned'),
-         'error', ('--source_dir={case}/nowhere',)),
+         'error', ('--source_dir={case}/nowhere',), wiring=True),
     Case(PRUNE, 'a truncated source checkpoint',
          ('--source_dir={case}/run', '--train_dir={case}/pruned'), 'error',
          ('{case}/run/ckpt-2',),
@@ -365,20 +390,21 @@ CASES = [
     Case(QUANTIZE, 'a stray argument', ('--checkpoint_dir={run}', 'stray'), 'usage', ('stray',)),
     Case(QUANTIZE, 'a run without checkpoints',
          ('--checkpoint_dir={case}/run', '--data_dir={data}', '--out_dir={case}/out'), 'error',
-         ('--checkpoint_dir={case}/run',), setup=write('run/config.json', '{}')),
+         ('--checkpoint_dir={case}/run',), setup=write('run/config.json', '{}'), wiring=True),
     Case(QUANTIZE, 'a truncated checkpoint',
          ('--checkpoint_dir={case}/run', '--data_dir={data}', '--out_dir={case}/out'), 'error',
          ('{case}/run/ckpt-2',), setup=run_copy(truncate_checkpoints)),
 
     # ----- compress/int8.py, the NumPy runner (no TensorFlow)
-    Case(RUNNER, 'no --model_file', (), 'flags', ('--model_file',)),
+    Case(RUNNER, 'no --model_file', (), 'flags', ('--model_file',), wiring=True),
     Case(RUNNER, 'a batch size of 0', ('--model_file={int8}', '--batch_size=0'), 'flags',
          ('--batch_size=0',)),
     Case(RUNNER, 'an unknown flag', ('--model_file={int8}', '--bogus_flag'), 'flags',
          ('bogus_flag',)),
-    Case(RUNNER, 'a stray argument', ('--model_file={int8}', 'stray'), 'usage', ('stray',)),
+    Case(RUNNER, 'a stray argument', ('--model_file={int8}', 'stray'), 'usage', ('stray',),
+         wiring=True),
     Case(RUNNER, 'no model file', ('--model_file={case}/none.npz',), 'error',
-         ('{case}/none.npz',)),
+         ('{case}/none.npz',), wiring=True),
     Case(RUNNER, 'a model file that is a folder', ('--model_file={case}',), 'error',
          ('{case}',)),
     Case(RUNNER, 'an empty model file', ('--model_file={case}/model.npz',), 'error',
@@ -455,7 +481,131 @@ BY_ID = {case.id: case for case in CASES}
 assert len(BY_ID) == len(CASES), 'two cases share an id'
 
 
-# --------------------------------------------------------------------------- running them
+# --------------------------------------------------------------------------- in this process
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+  """How a binary's cases run in this process, as app.run would run it.
+
+  Attributes:
+    define: the binary's define_flags(flag_values) -> {name: FlagHolder}.
+    run: callable(values, given, arguments) -> what the binary passes to sys.exit; `given`
+      names the flags on the command line, `arguments` are the positional ones.
+    main: the binary's main(argv), for its refusal of stray arguments.
+    takes_arguments: whether main passes positional arguments on to run (else any is a
+      usage case).
+  """
+  define: object
+  run: object
+  main: object
+  takes_arguments: bool = False
+
+
+def values_only(run):
+  """A Program.run from a binary's run(values)."""
+  return lambda values, given, arguments: run(values)
+
+
+def no_flags(flag_values):
+  """cifar10_records.py's define_flags: it has no flag of its own, its one argument is
+  positional."""
+  del flag_values
+  return {}
+
+
+IN_PROCESS = {
+    TRAIN: Program(cifar10_train.define_flags,
+                   lambda values, given, arguments: cifar10_train.run(values, given),
+                   cifar10_train.main),
+    EVAL: Program(cifar10_eval.define_flags, values_only(cifar10_eval.run), cifar10_eval.main),
+    RESULTS: Program(cifar10_results.define_flags, values_only(cifar10_results.run),
+                     cifar10_results.main),
+    EXPORT: Program(cifar10_export.define_flags, values_only(cifar10_export.run),
+                    cifar10_export.main),
+    # main() adds whether --verbosity was given; the files are its positional arguments.
+    CLASSIFY: Program(cifar10_classify.define_flags,
+                      lambda values, given, files: cifar10_classify.run(
+                          dict(values, verbosity_given=False), files),
+                      cifar10_classify.main, takes_arguments=True),
+    # The data folder is its positional argument; the URL stands in for the processes' proxy.
+    RECORDS: Program(no_flags, lambda values, given, arguments: cifar10_records.run(
+        *arguments, url=UNREACHABLE_URL), cifar10_records.main, takes_arguments=True),
+    PRUNE: Program(prune.define_flags, values_only(prune.run), prune.main),
+    QUANTIZE: Program(quantize.define_flags, values_only(quantize.run), quantize.main),
+    RUNNER: Program(int8.define_flags, values_only(int8.run), int8.main),
+}
+
+
+@pytest.fixture(autouse=True)
+def _process_state_restored():
+  """run() of train and prune installs the stop handlers, and classify's sets the logging
+  levels: the rest of the suite keeps pytest's handlers and its own levels."""
+  handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+  verbosity, tf_level = logging.get_verbosity(), tf.get_logger().level
+  yield
+  for number, handler in handlers.items():
+    signal.signal(number, handler)
+  logging.set_verbosity(verbosity)
+  tf.get_logger().setLevel(tf_level)
+
+
+@pytest.fixture(name='no_network')
+def fixture_no_network(monkeypatch):
+  """Fails the test when a download aims anywhere but the port where nothing listens (the
+  in-process stand-in for the processes' missing proxy)."""
+  real_urlopen = urllib.request.urlopen
+
+  def urlopen(url, *args, **kwargs):
+    assert str(url).startswith(NO_NETWORK), f'a case in this process reached for {url}'
+    return real_urlopen(url, *args, **kwargs)
+
+  monkeypatch.setattr(urllib.request, 'urlopen', urlopen)
+
+
+def message_in_process(case, values, capture):
+  """The one line that explains the case's failure in this process, checked to be where
+  `kind` puts it.
+
+  Args:
+    case: the Case, of a binary in IN_PROCESS.
+    values: the formatting values of its args.
+    capture: pytest's capfd, for what run() prints.
+  """
+  program = IN_PROCESS[case.binary]
+  args = [arg.format(**values) for arg in case.args]
+  if case.kind == 'flags':
+    with pytest.raises(flags.Error) as refused:
+      cifar10_flags.parse(program.define, args)
+    return str(refused.value)
+  # cifar10_flags.parse keeps no positional argument: as app.run, main() gets what is left.
+  flag_values = flags.FlagValues()  # Fresh: absl's global FLAGS stays untouched.
+  holders = program.define(flag_values)
+  argv = flag_values(['program', *args])
+  if case.kind == 'usage':
+    with pytest.raises(app.UsageError) as refused:
+      program.main(argv)
+    return str(refused.value)
+  assert case.kind == 'error', case.kind
+  assert program.takes_arguments or len(argv) == 1, f'main() would refuse {argv[1:]}'
+  parsed, given = cifar10_flags.read(holders)
+  if 'data_url' in holders and 'data_url' not in given:
+    parsed['data_url'] = UNREACHABLE_URL
+  capture.readouterr()  # What the setup printed is not the case's.
+  returned = program.run(parsed, given, argv[1:])
+  out, err = capture.readouterr()
+  assert 'Traceback' not in out + err, out + err
+  if isinstance(returned, str):  # sys.exit prints it as the one line of stderr.
+    assert not err.strip(), f'more than the error line on stderr:\n{err}'
+    lines = returned.splitlines()
+  else:  # An exit code: the binary printed its error line itself.
+    assert returned not in (0, None), (returned, out + err)
+    lines = [line for line in err.splitlines() if line.strip()]
+  assert len(lines) == 1 and lines[0].startswith('error: '), lines
+  return lines[0]
+
+
+# --------------------------------------------------------------------------- shared inputs
 
 
 def tiny_int8_model():
@@ -469,19 +619,38 @@ def tiny_int8_model():
   return quantize.quantize_model(model, images, calibration_lib.Calibration(images=16))
 
 
-def shared_inputs(root):
+@pytest.fixture(scope='module', name='shared')
+def fixture_shared(tmp_path_factory):
   """The inputs several cases read (never write): {placeholder: path}."""
+  root = tmp_path_factory.mktemp('error_paths')
   shared = {'run': str(root / 'run'), 'data': str(root / 'data'), 'tiny': str(root / 'tiny'),
             'int8': str(root / 'model_int8.npz'), 'sparse': str(root / 'model_sparse.npz')}
   tf.random.set_seed(0)
   cifar10_trainer.train(tiny_config(shared['run'], max_steps=2, checkpoint_steps=2),
-                      tiny_split())
+                        tiny_split())
   make_batches_dir(shared['data'])
   write_batches_dir(shared['tiny'], tiny_split())
   int8.Int8Model(*tiny_int8_model()).save(shared['int8'])
   sparse.save(shared['sparse'], {'conv1/kernel': np.ones((3, 3), np.float32)},
               {'model': 'tutorial', 'image_size': 24, 'weights': 'ema'})
   return shared
+
+
+@pytest.mark.usefixtures('no_network')
+@pytest.mark.parametrize('case_id', [case.id for case in CASES if case.binary in IN_PROCESS])
+def test_fails_in_one_line_naming_the_input(case_id, shared, tmp_path, capfd):
+  case = BY_ID[case_id]
+  if case.setup:
+    case.setup(str(tmp_path), shared)
+  values = dict(shared, case=str(tmp_path))
+  message = message_in_process(case, values, capfd)
+  for name in case.names:
+    assert name.format(**values) in message, message
+
+
+# --------------------------------------------------------------------------- as processes
+
+PROCESS_CASES = [case for case in CASES if case.wiring or case.binary not in IN_PROCESS]
 
 
 def run_case(case, case_dir, shared):
@@ -498,23 +667,20 @@ def run_case(case, case_dir, shared):
 
 
 @pytest.fixture(scope='module', name='outcomes')
-def fixture_outcomes(tmp_path_factory):
-  """{case id: (CompletedProcess, the case's formatting values)} of every case."""
-  root = tmp_path_factory.mktemp('error_paths')
-  shared = shared_inputs(root)
-  cases = CASES
+def fixture_outcomes(shared, tmp_path_factory):
+  """{case id: (CompletedProcess, the case's formatting values)} of every process case."""
+  root = tmp_path_factory.mktemp('error_path_processes')
   folders = {}
-  for number, case in enumerate(cases):
-    case_dir = root / 'cases' / f'{number:03d}_{re.sub(r"[^a-z0-9]+", "_", case.what)}'
-    case_dir.mkdir(parents=True)
+  for number, case in enumerate(PROCESS_CASES):
+    case_dir = root / f'{number:03d}_{re.sub(r"[^a-z0-9]+", "_", case.what)}'
+    case_dir.mkdir()
     if case.setup:
       case.setup(str(case_dir), shared)
     folders[case.id] = str(case_dir)
   with concurrent.futures.ThreadPoolExecutor(2) as pool:
-    results = dict(zip([case.id for case in cases], pool.map(
-        lambda case: run_case(case, folders[case.id], shared), cases)))
-  return {case_id: (results[case_id], dict(shared, case=folders[case_id]))
-          for case_id in results}
+    results = pool.map(lambda case: run_case(case, folders[case.id], shared), PROCESS_CASES)
+    return {case.id: (result, dict(shared, case=folders[case.id]))
+            for case, result in zip(PROCESS_CASES, results)}
 
 
 def the_message(result, kind):
@@ -532,32 +698,20 @@ def the_message(result, kind):
   return lines[-1]  # After the help text absl prints.
 
 
-def case_params():
-  params = []
-  for case in CASES:
-    marks = []
-    if case.xfail:
-      marks.append(pytest.mark.xfail(reason=case.xfail, strict=True))
-    params.append(pytest.param(case.id, marks=marks, id=case.id))
-  return params
-
-
-@pytest.mark.parametrize('case_id', case_params())
-def test_fails_in_one_line_naming_the_input(case_id, outcomes):
+@pytest.mark.subprocess
+@pytest.mark.parametrize('case_id', [case.id for case in PROCESS_CASES])
+def test_the_binary_fails_in_one_line_naming_the_input(case_id, outcomes):
   case = BY_ID[case_id]
   result, values = outcomes[case_id]
   output = result.stdout + result.stderr
   assert 'Traceback' not in output, output
-  assert result.returncode not in (0, None), (result.returncode, output)
+  assert result.returncode == 1, (result.returncode, output)
   message = the_message(result, case.kind)
   for name in case.names:
     assert name.format(**values) in message, message
 
 
-def test_no_binary_prints_a_traceback_on_any_case(outcomes):
-  printed = sorted(case_id for case_id, (result, _) in outcomes.items()
-                   if 'Traceback' in result.stdout + result.stderr)
-  assert set(printed) <= {case.id for case in CASES if case.xfail}, printed
+# --------------------------------------------------------------------------- the table
 
 
 def test_the_table_walks_every_binary():
@@ -568,3 +722,8 @@ def test_the_table_walks_every_binary():
       if name.endswith('.py') and 'app.run(main)' in open(os.path.join(ROOT, path)).read():
         binaries.add(path)
   assert binaries - {case.binary for case in CASES} == set()
+
+
+def test_every_binary_run_in_this_process_keeps_an_error_case_as_a_process():
+  wired = {case.binary for case in CASES if case.wiring and case.kind == 'error'}
+  assert set(IN_PROCESS) - wired == set()
