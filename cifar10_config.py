@@ -23,15 +23,43 @@ class ConfigError(ValueError):
   to do."""
 
 
-def _field(default, help_text, unit=None, choices=None, low=None, high=None, below=None):
+def _field(default, help_text, unit=None, choices=None, low=None, high=None, below=None,
+           flag_high=None):
   """A TrainConfig field: its default, help text, unit and limits (low <= x <= high, x < below,
-  x in choices; a number is also finite)."""
+  x in choices; a number is also finite). The flag refuses values outside [low, flag_high or
+  high] as it parses; the rest (below, a batch larger than the data) is refused by the config,
+  with its own message."""
   return dataclasses.field(default=default, metadata=dict(
-      help=help_text, unit=unit, choices=choices, low=low, high=high, below=below))
+      help=help_text, unit=unit, choices=choices, low=low, high=high, below=below,
+      flag_high=flag_high))
 
 
 def _choices(values):
   return tuple(values)
+
+
+# --recipe: named sets of training defaults; a flag given explicitly overrides its recipe's
+# value. 'study' is TrainConfig's own defaults (the study's runs); docs/recipes.md has how
+# 'fast', 'fast32' and 'fast32m' were chosen and what they reach. Each: (description, values).
+_FAST32 = dict(optimizer='nesterov', momentum=0.9, learning_rate=0.2, lr_schedule='onecycle',
+               label_smoothing=0.1, weight_decay='l2', l2_decay=cifar10_model.L2_WEIGHT_DECAY,
+               # EMA 0.99: the shadows of a BatchNorm model are read with the raw weights'
+               # moving statistics; 0.999 cost budget0 0.46 point against its raw weights.
+               moving_average_decay=0.99, distortions='crop_flip',
+               image_size=cifar10_records.IMAGE_SIZE)
+RECIPES = {
+    'study': ("the study's", {}),
+    'tutorial': ("the tutorial's init, decay and staircase",
+                 dict(init='tutorial', weight_decay='tutorial', lr_schedule='staircase')),
+    'fast': ('Nesterov, warm-up + linear decay, label smoothing, L2 on every matrix',
+             dict(optimizer='nesterov', momentum=0.9, learning_rate=0.03,
+                  lr_schedule='warmup_linear', warmup_steps=500, label_smoothing=0.1,
+                  weight_decay='l2', l2_decay=cifar10_model.L2_WEIGHT_DECAY,
+                  moving_average_decay=0.999)),
+    'fast32': ('fast at 32x32 with crop and flip, one-cycle', _FAST32),
+    'fast32m': ("fast32, the crop padded with the image's mean",
+                dict(_FAST32, distortions='crop_flip_mean')),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,14 +69,14 @@ class TrainConfig:
   model: str = _field('tutorial', 'Model to train.', choices=_choices(models.names()))
   recipe: str = _field('study', 'A named set of defaults for the other flags (printed at '
                        'start, docs/recipes.md): {recipes}. A flag given explicitly wins.',
-                       choices=None)  # RECIPES, checked below (defined after the class)
+                       choices=_choices(RECIPES))
   max_steps: int = _field(10000, 'Train up to this step.', unit='steps', low=1)
   batch_size: int = _field(128, 'Images per step.', unit='images', low=1,
-                           high=cifar10_records.NUM_TRAIN_EXAMPLES)
+                           high=cifar10_records.NUM_TRAIN_EXAMPLES, flag_high=False)
   optimizer: str = _field('sgd', 'The update rule: {optimizers}.',
                           choices=_choices(cifar10_optim.OPTIMIZERS))
-  momentum: float = _field(0.9, 'Momentum of the optimizers that keep a velocity.', low=0.0,
-                           below=1.0)
+  momentum: float = _field(0.9, 'Momentum of the velocity (momentum, nesterov) or the decay '
+                           'of the first moment (adamw).', low=0.0, below=1.0, flag_high=0.999)
   learning_rate: float = _field(0.1, 'Learning rate (the peak of the warm-up schedules).',
                                 low=0.0)
   lr_schedule: str = _field('constant', 'The learning rate against the step: {schedules}.',
@@ -60,7 +88,7 @@ class TrainConfig:
                              unit='steps', low=0)
   label_smoothing: float = _field(0.0, 'Share of each label spread evenly over the '
                                   f'{cifar10_records.NUM_CLASSES} classes.', low=0.0,
-                                  below=1.0)
+                                  below=1.0, flag_high=0.999)
   moving_average_decay: float = _field(
       0.9999, 'EMA decay of the weights (at most (1 + step) / (10 + step)); 0.999 suits runs '
       'of a few thousand steps.', low=0.0, high=1.0)
@@ -115,8 +143,6 @@ class TrainConfig:
                         f'{", ".join(models.MODELS)}')
     for field in dataclasses.fields(self):
       check_value(field, getattr(self, field.name))
-    if self.recipe not in RECIPES:
-      raise ConfigError(f'recipe {self.recipe!r} is not one of {", ".join(RECIPES)}')
     if self.crop_slack % 2:
       raise ConfigError(f'--crop_slack={self.crop_slack} must be even, in 0 .. 16')
     if self.cutout > self.image_size:
@@ -144,10 +170,14 @@ def check_value(field, value):
   if meta['choices'] is not None and value not in meta['choices']:
     raise ConfigError(f'{name} {value!r} is not one of '
                       f'{", ".join(str(c) for c in meta["choices"])}')
-  if field.type not in (int, float, 'int', 'float'):
+  if field.type in (bool, str) and not isinstance(value, field.type):
+    raise ConfigError(f'{name} {value!r} must be a {field.type.__name__}')
+  if field.type not in (int, float):
     return
-  if not isinstance(value, (int, float)) or isinstance(value, bool):
-    raise ConfigError(f'{name} {value!r} must be a number')
+  if (not isinstance(value, (int, float)) or isinstance(value, bool)
+      or (field.type is int and not isinstance(value, int))):
+    kind = 'an integer' if field.type is int else 'a number'
+    raise ConfigError(f'{name} {value!r} must be {kind}')
   low, high, below = meta['low'], meta['high'], meta['below']
   if not math.isfinite(value) or (low is not None and value < low) or (
       high is not None and value > high):
@@ -162,30 +192,6 @@ def _number(x):
   return f'{x:,}' if isinstance(x, int) else f'{x:g}'
 
 
-# --recipe: named sets of training defaults; a flag given explicitly overrides its recipe's
-# value. 'study' is TrainConfig's own defaults (the study's runs); docs/recipes.md has how
-# 'fast', 'fast32' and 'fast32m' were chosen and what they reach. Each: (description, values).
-_FAST32 = dict(optimizer='nesterov', momentum=0.9, learning_rate=0.2, lr_schedule='onecycle',
-               label_smoothing=0.1, weight_decay='l2', l2_decay=cifar10_model.L2_WEIGHT_DECAY,
-               # EMA 0.99: the shadows of a BatchNorm model are read with the raw weights'
-               # moving statistics; 0.999 cost budget0 0.46 point against its raw weights.
-               moving_average_decay=0.99, distortions='crop_flip',
-               image_size=cifar10_records.IMAGE_SIZE)
-RECIPES = {
-    'study': ("the study's", {}),
-    'tutorial': ("the tutorial's init, decay and staircase",
-                 dict(init='tutorial', weight_decay='tutorial', lr_schedule='staircase')),
-    'fast': ('Nesterov, warm-up + linear decay, label smoothing, L2 on every matrix',
-             dict(optimizer='nesterov', momentum=0.9, learning_rate=0.03,
-                  lr_schedule='warmup_linear', warmup_steps=500, label_smoothing=0.1,
-                  weight_decay='l2', l2_decay=cifar10_model.L2_WEIGHT_DECAY,
-                  moving_average_decay=0.999)),
-    'fast32': ('fast at 32x32 with crop and flip, one-cycle', _FAST32),
-    'fast32m': ("fast32, the crop padded with the image's mean",
-                dict(_FAST32, distortions='crop_flip_mean')),
-}
-
-
 def config_from_values(values, given=()):
   """The TrainConfig of flag values: the recipe's values for the fields not `given`.
 
@@ -195,7 +201,8 @@ def config_from_values(values, given=()):
     given: the names given explicitly (they win over the recipe).
   """
   fields = {name: value for name, value in values.items() if name in FIELDS}
-  for name, value in recipe_values(fields.get('recipe', TrainConfig.recipe)).items():
+  recipe = RECIPES.get(fields.get('recipe', TrainConfig.recipe), (None, {}))[1]
+  for name, value in recipe.items():  # An unknown recipe: TrainConfig refuses it below.
     if name not in given:
       fields[name] = value
   if fields.get('image_size') is None:

@@ -165,12 +165,18 @@ def evaluate_every_checkpoint(evaluator, checkpoint_dir, eval_dir, use_ema=True)
 
 
 def _writer(eval_dir):
-  """The summary writer of eval_dir, created with it."""
+  """The summary writer of eval_dir, created with it; refuses, before any scoring, results
+  files that cannot be appended to (a folder in their place, say)."""
   try:
     os.makedirs(eval_dir, exist_ok=True)
   except OSError as e:
     raise cifar10_config.ConfigError(f'cannot create the eval folder {eval_dir} ({e}): pass a '
                                      'writable --eval_dir.') from e
+  for name in (cifar10_run.RESULTS_FILE, cifar10_run.CONFUSION_FILE):
+    path = os.path.join(eval_dir, name)
+    if os.path.lexists(path) and not (os.path.isfile(path) and os.access(path, os.W_OK)):
+      raise cifar10_config.ConfigError(f'cannot write {path} (not a writable file): pass a '
+                                       'writable --eval_dir.')
   return tf.summary.create_file_writer(eval_dir)
 
 

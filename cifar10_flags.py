@@ -24,7 +24,8 @@ def parse(define, argv, flag_values=None):
     absl.flags.Error: a flag is unknown or refuses its value (what absl prints as
       `FATAL Flags parsing error`).
   """
-  flag_values = flag_values or flags.FlagValues()
+  if flag_values is None:  # An empty FlagValues is false: `or` would replace the caller's.
+    flag_values = flags.FlagValues()
   holders = define(flag_values)
   flag_values(['program'] + list(argv))
   return read(holders)
@@ -86,7 +87,8 @@ def _config_flag(field, default, flag_values):
   if field.type is str:
     return flags.DEFINE_string(name, default, text, flag_values=flag_values)
   define = flags.DEFINE_integer if field.type is int else flags.DEFINE_float
-  return define(name, default, text, lower_bound=meta['low'], upper_bound=meta['high'],
+  high = meta['high'] if meta['flag_high'] is None else meta['flag_high'] or None
+  return define(name, default, text, lower_bound=meta['low'], upper_bound=high,
                 flag_values=flag_values)
 
 

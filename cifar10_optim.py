@@ -106,10 +106,12 @@ class AdamW(Optimizer):
 
   m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2, then
   w -= rate * (m_hat / (sqrt(v_hat) + eps) + lambda * w), with m_hat = m / (1 - b1^t),
-  v_hat = v / (1 - b2^t), t the update's number from 1, b1 = --momentum, b2 = ADAM_BETA2,
+  v_hat = v / (1 - b2^t), t the number of this optimizer's updates so far, this one included
+  (its own count, not the global step: moments that start at zero in a fine-tuning, or a step
+  that loss scaling skipped, count from there), b1 = --momentum, b2 = ADAM_BETA2,
   eps = ADAM_EPSILON and lambda each matrix's weight-decay coefficient (--weight_decay's;
-  biases and BatchNorm none), which is then left out of the gradient. Both moments are in
-  the checkpoint.
+  biases and BatchNorm none), which is then left out of the gradient. Both moments and the
+  count are in the checkpoint.
   """
   decoupled_decay = True
 
@@ -117,13 +119,16 @@ class AdamW(Optimizer):
     super().__init__(variables, decay, config)
     self.first_moments = self._slots('adam_m')
     self.second_moments = self._slots('adam_v')
+    self.updates = tf.Variable(0.0, trainable=False, name='adam_updates')
 
   def checkpoint_state(self):
-    return {'adam_m': list(self.first_moments), 'adam_v': list(self.second_moments)}
+    return {'adam_m': list(self.first_moments), 'adam_v': list(self.second_moments),
+            'adam_updates': self.updates}
 
   def apply(self, gradients, rate, step, assign, finite=None):
+    del step
     b1, b2 = self.config.momentum, ADAM_BETA2
-    t = tf.cast(step, tf.float32) + 1.0
+    t = self.updates + 1.0
     first_correction, second_correction = 1.0 - b1 ** t, 1.0 - b2 ** t
 
     def moment(beta, value):  # A skipped step (loss scaling) leaves the moment as it was.
@@ -137,6 +142,8 @@ class AdamW(Optimizer):
       assign(variable, lambda w, m, v, decay=decay: w.assign_sub(rate * (
           (m / first_correction) / (tf.sqrt(v / second_correction) + ADAM_EPSILON)
           + decay * w)), m, v)
+    assign(self.updates, lambda n: n.assign_add(1.0 if finite is None
+                                                else tf.cast(finite, tf.float32)))
 
 
 # name -> (description for the flag's help, class)
@@ -158,6 +165,7 @@ def make_optimizer(name, variables, decay, config):
 
 
 ONECYCLE_PEAK = 0.25  # where 'onecycle' peaks, as a share of its steps
+SCHEDULES_TO_LAST_STEP = ('warmup_linear', 'warmup_cosine', 'onecycle')  # reach 0 there
 
 # name -> (description for the flag's help,)
 SCHEDULES = {

@@ -113,6 +113,8 @@ def _read_results(path, train_dir):
   except (OSError, UnicodeDecodeError) as e:
     raise ResultsError(f'{path} is unreadable ({type(e).__name__}: {e}): it must be the '
                        'results.jsonl that cifar10_eval.py wrote.') from e
+  except ResultsError:
+    raise  # A line of the wrong shape: _result_fields names it.
   except ValueError as e:  # A line that is not JSON (json_lines names it).
     raise ResultsError(f'{e}: not a cifar10_eval.py result; delete the line or evaluate the '
                        'run again.') from e

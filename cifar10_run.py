@@ -106,8 +106,8 @@ def read_config(train_dir):
     with open(path) as f:
       return cifar10_config.TrainConfig(**json.load(f))
   except (OSError, ValueError, TypeError) as e:
-    raise cifar10_config.ConfigError(f'{path} is unreadable ({e}): it must be the config.json that '
-                      'cifar10_train.py wrote.') from e
+    raise cifar10_config.ConfigError(f'{path} is unreadable ({e}): it must be the config.json '
+                                     'that cifar10_train.py wrote.') from e
 
 
 def config_changes(previous, config):
@@ -361,8 +361,9 @@ def latest_run(train_dir, flag='--train_dir'):
   config = read_config(train_dir)
   checkpoint = newest_checkpoint(train_dir) if config else None
   if checkpoint is None:
-    raise cifar10_config.ConfigError(f'{flag}={train_dir} holds no trained run (config.json and a '
-                      'checkpoint): point it at the --train_dir of a cifar10_train.py run.')
+    raise cifar10_config.ConfigError(f'{flag}={train_dir} holds no trained run (config.json and '
+                                     'a checkpoint): point it at the --train_dir of a '
+                                     'cifar10_train.py run.')
   return config, checkpoint
 
 
@@ -481,7 +482,8 @@ def load_inference_model(train_dir, ema=True, conv='auto', fold_batchnorm=False,
   """Opens a run's checkpoint as an inference model: the one place that does it.
 
   Args:
-    train_dir: the run folder (unused when `state` is given).
+    train_dir: the run folder: its config.json builds the state when `state` is None, and
+      its newest checkpoint is read when `checkpoint` is None.
     ema: copy the EMA shadows into the model (else its raw weights).
     conv: how the model computes convolutions (cifar10_spectral); 'direct' for exports.
     fold_batchnorm: also return the model with each BatchNorm folded into its convolution
@@ -491,13 +493,18 @@ def load_inference_model(train_dir, ema=True, conv='auto', fold_batchnorm=False,
     flag: the flag that named train_dir, for the error message.
 
   Raises:
-    ConfigError: no run in train_dir.
+    ConfigError: no run (or no checkpoint) in train_dir where one is needed.
     UnreadableCheckpoint: the checkpoint is unreadable or holds another model.
   """
-  if state is None or checkpoint is None:
+  if state is None:
     config, newest = latest_run(train_dir, flag)
+    state = RunState(config, conv=conv)
     checkpoint = checkpoint or newest
-  state = state or RunState(config, conv=conv)
+  elif checkpoint is None:
+    checkpoint = newest_checkpoint(train_dir)
+    if checkpoint is None:
+      raise cifar10_config.ConfigError(f'{flag}={train_dir} holds no checkpoint: point it at '
+                                       'the --train_dir of a cifar10_train.py run.')
   state.restore(checkpoint)
   if ema:
     state.restore_ema_shadows()

@@ -1,5 +1,5 @@
-"""Trains a CIFAR-10 model: SGD (plain, momentum or Nesterov), an EMA of the weights and
-resumable checkpoints.
+"""Trains a CIFAR-10 model: an optimizer of cifar10_optim (SGD, momentum, Nesterov, AdamW), an
+EMA of the weights and resumable checkpoints.
 
     python cifar10_train.py --model=tutorial --train_dir=runs/tutorial --max_steps=10000
     python cifar10_train.py --model=budget0 --recipe=fast32 --train_dir=runs/budget0

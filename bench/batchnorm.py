@@ -39,7 +39,7 @@ _STEPS = flags.DEFINE_integer('steps', 20, 'Train steps per window.', lower_boun
 
 def make_trainer(train_dir, fused):
   config = cifar10_config.TrainConfig(train_dir=train_dir, model=_MODEL.value, conv='direct',
-                                   **cifar10_config.recipe_values('fast32'))
+                                      **cifar10_config.recipe_values('fast32'))
   trainer = cifar10_trainer.Trainer(config)
   norms = [layer for layer, _ in trainer.model.walk(trainer.model.input_shape)
            if isinstance(layer, cifar10_model.BatchNorm)]

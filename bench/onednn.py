@@ -35,7 +35,7 @@ def child():
   import tempfile  # pylint: disable=g-import-not-at-top
   with tempfile.TemporaryDirectory() as train_dir:
     config = cifar10_config.TrainConfig(model=_MODEL.value, train_dir=train_dir,
-                                     conv=cifar10_spectral.resolve(_CONV.value))
+                                        conv=cifar10_spectral.resolve(_CONV.value))
     trainer = cifar10_trainer.Trainer(config)
     size = config.image_size
     images = tf.random.stateless_normal([config.batch_size, size, size, 3], seed=[1, 2])

@@ -146,7 +146,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   cifar10_env.quiet_logging(flags.FLAGS['verbosity'].present)
   config = cifar10_config.TrainConfig(model=models.canonical_name(_MODEL.value),
-                                   conv=_FLAGS['conv'].value, precision=_PRECISIONS.value[0])
+                                      conv=_FLAGS['conv'].value, precision=_PRECISIONS.value[0])
   try:
     batches_dir = cifar10_flags.batches_dir(cifar10_flags.read(_FLAGS)[0])
     train_split = cifar10_records.load_split(batches_dir, 'train')

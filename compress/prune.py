@@ -6,8 +6,7 @@
 Starts from the latest checkpoint of --source_dir (a cifar10_train.py run), fine-tunes it with
 the trainer's own loop (cifar10_trainer.py) while the sparsity of every conv and dense matrix
 rises from --initial_sparsity to --target_sparsity between --begin_step and --end_step, then
-writes a
-report (printed and prune_report.json) and the EMA weights in the sparse format of
+writes a report (printed and prune_report.json) and the EMA weights in the sparse format of
 compress/sparse.py (model_sparse.npz). The new --train_dir is an ordinary run that
 `cifar10_eval.py --checkpoint_dir=...` evaluates unchanged: pruned weights are exactly zero in
 the raw weights and in the EMA shadows. Re-running the same command resumes.
@@ -328,10 +327,13 @@ def write_settings(train_dir, settings, source_checkpoint, schedule=None):
 
 
 def schedule_record(schedule):
-  """The fine-tuning's schedule as pruning.json holds it."""
-  return {'lr_schedule': schedule.name, 'learning_rate': schedule.rate,
-          'warmup_steps': schedule.warmup_steps, 'first_step': schedule.first_step,
-          'last_step': schedule.last_step}
+  """The fine-tuning's schedule as pruning.json holds it: its last step only where the rates
+  depend on it (a constant or staircase fine-tuning may be resumed with more steps)."""
+  record = {'lr_schedule': schedule.name, 'learning_rate': schedule.rate,
+            'warmup_steps': schedule.warmup_steps, 'first_step': schedule.first_step}
+  if schedule.name in cifar10_optim.SCHEDULES_TO_LAST_STEP:
+    record['last_step'] = schedule.last_step
+  return record
 
 
 def finetune_schedule(values, source_config, start, last):
@@ -343,6 +345,10 @@ def finetune_schedule(values, source_config, start, last):
   step and ending at the last fine-tuning step.
   """
   name, rate = values['lr_schedule'], values['learning_rate']
+  if name == CONTINUE and values['warmup_steps']:
+    raise cifar10_config.ConfigError(
+        f'--warmup_steps={values["warmup_steps"]} belongs to the fine-tuning\'s own schedules: '
+        f'with --lr_schedule={CONTINUE} the source\'s schedule runs on, warm-up included.')
   if name == CONTINUE:
     fields = dict(learning_rate=source_config.learning_rate if rate is None else rate)
     return fields, dataclasses.replace(source_config, max_steps=last, **fields).schedule()

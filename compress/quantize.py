@@ -217,12 +217,12 @@ def quantize_run(checkpoint_dir, out_dir, batches_dir, calibration, use_ema=True
   as for any export, so calibration and the fake-quant reference run the plain convolution
   that the integer path computes.
   """
-  config, _ = cifar10_run.latest_run(checkpoint_dir, '--checkpoint_dir')
+  config, checkpoint = cifar10_run.latest_run(checkpoint_dir, '--checkpoint_dir')
+  log(f'restoring {checkpoint} and scoring the float model')
   test = cifar10_records.load_split(batches_dir, 'test')
   evaluator = cifar10_scoring.Evaluator(config, test, conv=conv)
   loaded = cifar10_run.load_inference_model(checkpoint_dir, ema=use_ema, fold_batchnorm=True,
-                                            state=evaluator)
-  log(f'restored {loaded.checkpoint}; scoring the float model')
+                                            checkpoint=checkpoint, state=evaluator)
   float_precision, _ = evaluator.precision()
   model = loaded.model  # BatchNorm folded, plain convs: what int8 computes.
   float_params = sum(int(np.prod(v.shape)) for v in model.trainable_variables)

@@ -75,7 +75,7 @@ def build(name, image_size=24, init='xavier', weight_decay='study', conv='direct
       computed; the variables are the same either way.
   """
   builder = MODELS[canonical_name(name)]
-  model = builder(cifar10_model.Regime(init=init, weight_decay=weight_decay,
-                                             l2_decay=l2_decay), image_size=image_size)
+  regime = cifar10_model.Regime(init=init, weight_decay=weight_decay, l2_decay=l2_decay)
+  model = builder(regime, image_size=image_size)
   cifar10_spectral.apply(model, cifar10_spectral.resolve(conv))
   return model

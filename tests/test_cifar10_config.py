@@ -41,7 +41,12 @@ def config_of(*argv):
      r'0 \.\. 1'),
     (dict(cutout=40, image_size=32), '--cutout=40 exceeds the image side 32'),
     (dict(max_steps=0), '--max_steps=0 must be a finite number >= 1'),
-    (dict(max_steps='100'), "max_steps '100' must be a number"),  # A string in config.json.
+    # Strings and floats in a hand-edited config.json.
+    (dict(max_steps='100'), "max_steps '100' must be an integer"),
+    (dict(max_steps=1.5), 'max_steps 1.5 must be an integer'),
+    (dict(learning_rate='0.1'), "learning_rate '0.1' must be a number"),
+    (dict(augment='false'), "augment 'false' must be a bool"),
+    (dict(train_dir=5), 'train_dir 5 must be a str'),
     (dict(crop_slack=3), '--crop_slack=3 must be even'),
 ])
 def test_a_config_refuses_values_that_cannot_train(overrides, message):
@@ -114,11 +119,38 @@ def test_every_training_flag_is_a_config_field_with_its_help_and_limits():
       assert flag.default == cifar10_config.FIELDS[name].default, name
   assert flag_values['max_steps'].help == 'Train up to this step. [steps]'
   assert 'fast32m (fast32, the crop padded' in flag_values['recipe'].help
-  with pytest.raises(cifar10_flags.flags.Error, match='max_steps'):
-    cifar10_flags.parse(cifar10_train.define_flags, ['--max_steps=0'])
 
 
-def test_docs_reference_holds_the_flag_table_derived_from_the_config():
+@pytest.mark.parametrize('field', [f for f in cifar10_config.FIELDS.values()
+                                   if f.metadata['choices'] and f.name != 'image_size'])
+def test_a_field_with_choices_is_an_enum_flag_refusing_any_other(field):
+  with pytest.raises(cifar10_flags.flags.IllegalFlagValueError, match=field.name):
+    cifar10_flags.parse(cifar10_train.define_flags, [f'--{field.name}=no-such-choice'])
+
+
+BOUNDED = [(name, bound) for name, field in cifar10_config.FIELDS.items()
+           for bound in ('low', 'high') if field.metadata[bound] is not None]
+
+
+@pytest.mark.parametrize('name,bound', BOUNDED)
+def test_a_value_just_outside_a_limit_is_refused_by_the_flag_or_the_config(name, bound):
+  field = cifar10_config.FIELDS[name]
+  limit = field.metadata[bound]
+  step = 1 if field.type is int else max(abs(limit) * 1e-3, 1e-12)
+  value = limit - step if bound == 'low' else limit + step
+  with pytest.raises((cifar10_flags.flags.Error, cifar10_config.ConfigError), match=name):
+    config_of(f'--{name}={value}')
+  config_of(f'--{name}={limit}', *(('--lr_schedule=constant',) if name == 'lr_decay_epochs'
+                                   else ()))  # The limit itself passes.
+
+
+@pytest.mark.parametrize('name,flag_high', [('momentum', 0.999), ('label_smoothing', 0.999)])
+def test_the_fractions_below_one_are_refused_above_0_999_as_the_flag_parses(name, flag_high):
+  with pytest.raises(cifar10_flags.flags.IllegalFlagValueError, match=name):
+    cifar10_flags.parse(cifar10_train.define_flags, [f'--{name}={flag_high + 1e-4}'])
+
+
+def test_docs_flags_holds_the_flag_table_derived_from_the_config():
   with open(os.path.join(ROOT, 'docs', 'flags.md'), encoding='utf-8') as f:
     assert cifar10_config.flag_table() in f.read(), (
         'docs/flags.md: paste cifar10_config.flag_table() in place of the old table')

@@ -136,7 +136,22 @@ def test_adamw_follows_its_formula_over_two_steps():
   np.testing.assert_allclose(optimizer.first_moments[0].numpy(), [0.14, 0.08], rtol=1e-5)
   np.testing.assert_allclose(optimizer.second_moments[0].numpy(), [0.001249, 0.004996],
                              rtol=1e-5)
-  assert sorted(optimizer.checkpoint_state()) == ['adam_m', 'adam_v']
+  assert sorted(optimizer.checkpoint_state()) == ['adam_m', 'adam_updates', 'adam_v']
+  assert optimizer.updates.numpy() == 2
+
+
+def test_adamw_counts_its_own_updates_not_the_global_step():
+  # A fine-tuning from step 1000 with fresh moments: its first update is a first update
+  # (w -= 0.1 sign(g)); a step skipped by loss scaling changes nothing and is not counted.
+  variable = tf.Variable([1.0, -2.0])
+  optimizer = cifar10_optim.make_optimizer('adamw', [variable], [0.0],
+                                           types.SimpleNamespace(momentum=0.9))
+  optimizer.apply([tf.constant([0.0, 0.0])], tf.constant(0.0), tf.constant(1000, tf.int64),
+                  direct, finite=tf.constant(False))
+  assert variable.numpy().tolist() == [1.0, -2.0] and optimizer.updates.numpy() == 0
+  optimizer.apply([tf.constant([1.0, 2.0])], tf.constant(0.1), tf.constant(1001, tf.int64),
+                  direct, finite=tf.constant(True))
+  np.testing.assert_allclose(variable.numpy(), [0.9, -2.1], rtol=1e-6)
 
 
 def test_adamw_decays_each_weight_by_its_own_coefficient_outside_the_moments():

@@ -110,3 +110,52 @@ def test_a_truncated_checkpoint_is_unreadable_not_a_traceback(tmp_path):
     cifar10_run.checkpoint_step(path)
 
 
+
+
+@pytest.fixture(scope='module', name='two_checkpoints')
+def fixture_two_checkpoints(tmp_path_factory):
+  """A tiny budget0 run (BatchNorm) with checkpoints at steps 5 and 10."""
+  tf.random.set_seed(0)
+  config = tiny_config(tmp_path_factory.mktemp('loader') / 'run', model='budget0',
+                       max_steps=10, checkpoint_steps=5, optimizer='nesterov',
+                       weight_decay='l2', moving_average_decay=0.5)
+  cifar10_trainer.train(config, tiny_split())
+  return config
+
+
+def test_load_inference_model_opens_the_newest_checkpoint_with_its_ema_or_raw_weights(
+    two_checkpoints):
+  train_dir = two_checkpoints.train_dir
+  ema = cifar10_run.load_inference_model(train_dir)
+  raw = cifar10_run.load_inference_model(train_dir, ema=False)
+  assert (ema.step, ema.weights, raw.weights) == (10, 'ema', 'raw')
+  assert ema.checkpoint.endswith('ckpt-10') and not ema.batchnorm_folded
+  reader = tf.train.load_checkpoint(ema.checkpoint)
+  shadow = reader.get_tensor('ema_shadows/0/.ATTRIBUTES/VARIABLE_VALUE')
+  np.testing.assert_array_equal(ema.model.trainable_variables[0].numpy(), shadow)
+  assert not np.array_equal(raw.model.trainable_variables[0].numpy(), shadow)
+
+
+def test_load_inference_model_folds_batchnorm_into_the_same_logits(two_checkpoints):
+  loaded = cifar10_run.load_inference_model(two_checkpoints.train_dir, conv='direct',
+                                            fold_batchnorm=True)
+  assert loaded.batchnorm_folded and loaded.model is not loaded.state.model
+  images = tf.random.stateless_normal([4, 32, 32, 3], seed=[1, 2])
+  np.testing.assert_allclose(loaded.model(images).numpy(), loaded.state.model(images).numpy(),
+                             rtol=1e-4, atol=1e-4)
+
+
+def test_load_inference_model_reads_a_given_checkpoint_into_a_given_state(two_checkpoints):
+  state = cifar10_run.RunState(two_checkpoints)
+  older = cifar10_run.checkpoint_paths(two_checkpoints.train_dir)[1]
+  assert cifar10_run.load_inference_model(None, checkpoint=older, state=state).step == 5
+  newest = cifar10_run.load_inference_model(two_checkpoints.train_dir, state=state)
+  assert newest.step == 10 and newest.state is state
+
+
+def test_load_inference_model_of_a_folder_without_a_run_names_the_flag(tmp_path):
+  with pytest.raises(cifar10_config.ConfigError, match='--source=.*holds no trained run'):
+    cifar10_run.load_inference_model(str(tmp_path), flag='--source')
+  state = cifar10_run.RunState(tiny_config(tmp_path))
+  with pytest.raises(cifar10_config.ConfigError, match='--checkpoint_dir=.*holds no checkpoint'):
+    cifar10_run.load_inference_model(str(tmp_path), state=state)

@@ -1,5 +1,6 @@
-"""Tests of the training program (cifar10_train.py): its flags and main, in this process
-(cifar10_flags.parse and run), and a few runs as a real process for the wiring."""
+"""Tests of the training program (cifar10_train.py): its flags and main in this process
+(cifar10_flags.parse and run), and a run as a real process. Its bad inputs are walked in
+tests/test_error_paths.py."""
 
 import os
 import signal
@@ -29,13 +30,6 @@ def train(*argv):
   return cifar10_train.run(*cifar10_flags.parse(cifar10_train.define_flags, argv))
 
 
-def test_missing_data_is_one_error_naming_the_folder_and_the_archive(tmp_path):
-  message = train(f'--data_dir={tmp_path}', f'--train_dir={tmp_path / "run"}',
-                  '--max_steps=1', f'--data_url={NO_NETWORK}')
-  assert message.startswith('error:') and '\n' not in message
-  assert str(tmp_path) in message and 'cifar-10-binary.tar.gz' in message
-
-
 def test_a_value_that_cannot_train_is_refused_before_anything_else(tmp_path):
   message = train('--learning_rate=nan', f'--train_dir={tmp_path}', f'--data_dir={tmp_path}')
   assert message == 'error: --learning_rate=nan must be a finite number >= 0'
@@ -52,24 +46,9 @@ def test_a_short_run_trains_to_max_steps_and_prints_its_recipe(tmp_path, capsys,
   assert os.path.exists(tmp_path / 'run' / 'ckpt-3.index')
 
 
-def test_flags_out_of_range_are_refused_by_the_parser():
-  with pytest.raises(cifar10_flags.flags.IllegalFlagValueError, match='batch_size'):
-    cifar10_flags.parse(cifar10_train.define_flags, ['--batch_size=0'])
-
-
 def run_binary(*args, **kwargs):
   return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
                         **kwargs)
-
-
-@pytest.mark.subprocess
-def test_binary_reports_missing_data_without_traceback(tmp_path):
-  result = run_binary('cifar10_train.py', f'--data_dir={tmp_path}',
-                      f'--train_dir={tmp_path / "run"}', '--max_steps=1',
-                      f'--data_url={NO_NETWORK}', timeout=120)
-  assert result.returncode == 1, result.stderr
-  assert 'error:' in result.stderr and 'Traceback' not in result.stderr
-  assert str(tmp_path) in result.stderr and 'cifar-10-binary.tar.gz' in result.stderr
 
 
 @pytest.mark.subprocess

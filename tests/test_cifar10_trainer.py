@@ -266,7 +266,7 @@ def test_a_batch_that_cannot_fit_in_memory_is_refused_with_the_largest_that_fits
                            r'use --batch_size=1,000 or less'):
     cifar10_trainer.check_batch_fits(config, model, available=available)
   cifar10_trainer.check_batch_fits(dataclasses.replace(config, batch_size=1000), model,
-                                 available=available)
+                                   available=available)
 
 
 # ----------------------------------------------------------------------- mixed precision

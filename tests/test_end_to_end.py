@@ -24,7 +24,7 @@ REAL_STEPS = 300  # steps; enough for the tutorial model to pass 40 % on the tes
 
 def test_tutorial_model_learns_on_real_data(tmp_path, real_batches_dir):
   config = cifar10_config.TrainConfig(train_dir=str(tmp_path), max_steps=REAL_STEPS,
-                                   log_frequency=100)
+                                      log_frequency=100)
   cifar10_trainer.train(config, cifar10_records.load_split(real_batches_dir, 'train'))
   evaluator = cifar10_scoring.Evaluator(config,
                                         cifar10_records.load_split(real_batches_dir, 'test'))

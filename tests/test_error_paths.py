@@ -24,9 +24,8 @@ download error instead of fetching 170 MB: the processes see a proxy that does n
 this process --data_url (cifar10_records.run's url) names a port where nothing listens unless
 the case names one, and any other URL fails the test.
 
-Issue #27 counted the cases: 87 before (all 87 as processes, ~3 min); after, the same 87,
-69 of them in this process, and 32 processes (the 18 cases that only run that way, and 14
-wiring cases of the 69).
+88 cases: 70 run in this process, and 32 as processes (the 18 cases of the scripts that only
+run that way, and 14 wiring cases of the 70).
 """
 
 import concurrent.futures
@@ -274,6 +273,7 @@ CASES = [
     Case(TRAIN, 'a flag out of range', ('--batch_size=0',), 'flags', ('--batch_size=0',),
          wiring=True),
     Case(TRAIN, 'a stray argument', ('stray',), 'usage', ('stray',)),
+    Case(TRAIN, 'an unknown recipe', ('--recipe=fastest',), 'flags', ('--recipe',)),
     Case(TRAIN, 'no data and no network',
          ('--data_dir={case}/nowhere', f'--data_url={UNREACHABLE_URL}', '--train_dir={case}/run'),
          'error', ('{case}/nowhere', UNREACHABLE_URL), wiring=True),

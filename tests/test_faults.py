@@ -131,12 +131,14 @@ def test_pruning_killed_4_times_resumes_to_the_uninterrupted_weights_and_masks(t
   run_to_the_end(train_command(real_data_dir, source, 10))
 
   def prune_command(train_dir, finetune_steps):
-    # The window is explicit, so that the last run's shorter --finetune_steps keeps it.
-    # Checkpoint and log intervals are the source's (TRAIN_FLAGS).
+    # The window is explicit, so that the last run's shorter --finetune_steps keeps it, and
+    # the rate constant, so that it does not depend on the last step either. Checkpoint and
+    # log intervals are the source's (TRAIN_FLAGS).
     return [sys.executable, 'compress/prune.py', f'--source_dir={source}',
             f'--train_dir={train_dir}', f'--finetune_steps={finetune_steps}',
             '--target_sparsity=0.75', '--begin_step=10', '--end_step=40', '--frequency=5',
-            f'--data_dir={real_data_dir}', '--deterministic']
+            '--lr_schedule=constant', '--learning_rate=0.1', f'--data_dir={real_data_dir}',
+            '--deterministic']
 
   killed = str(tmp_path / 'killed')
   _, logged = kill_and_resume(prune_command(killed, FAR), killed, tmp_path,
