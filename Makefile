@@ -15,6 +15,8 @@ CIFAR10_DATA ?= $(DATA_DIR)
 SOURCE ?= pretrained/tutorial_int8.npz
 ZOO ?= tutorial alex0 alex1 alex2 alex3 alex4 nin0 nin1 squeeze0 squeeze1 inception0 inception1
 ZOO_DIR ?= runs/zoo
+# pytest-xdist workers of make test and make test-fast (the machines here have 2 cores).
+TEST_WORKERS ?= 2
 PY := $(VENV)/bin/python
 comma := ,
 empty :=
@@ -35,10 +37,10 @@ eval: $(VENV)/installed
 	$(PY) cifar10_eval.py --checkpoint_dir=$(TRAIN_DIR) --data_dir=$(DATA_DIR) --run_once
 
 test: $(VENV)/installed
-	CIFAR10_DATA=$(CIFAR10_DATA) $(PY) -m pytest -q --durations=15 tests
+	CIFAR10_DATA=$(CIFAR10_DATA) $(PY) -m pytest -q -n $(TEST_WORKERS) --durations=15 tests
 
 test-fast: $(VENV)/installed
-	$(PY) -m pytest -q -m unit tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m unit tests
 
 classify: $(VENV)/installed
 	$(PY) cifar10_classify.py --source=$(SOURCE) $(IMAGES)
