@@ -87,7 +87,8 @@ def kill_and_resume(command, train_dir, tmp_path, rng, kills, interval, max_dela
                          lambda text: LOGGED_STEP.search(text), rng, max_delay)
     assert log is not None, 'the run ended before its kill: raise its --max_steps'
     logged = max(int(step) for step in LOGGED_STEP.findall(log))
-    kept = cifar10_run.checkpoint_step(cifar10_run.newest_checkpoint(train_dir))
+    newest = cifar10_run.newest_checkpoint(train_dir)  # None: killed before the first save.
+    kept = cifar10_run.checkpoint_step(newest) if newest else 0
     # The newest checkpoint may be one whose save the kill cut short (the resume then falls
     # back to the one before): two intervals at most behind the last logged step.
     assert logged - kept <= 2 * interval, (logged, kept)
