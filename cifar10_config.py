@@ -23,19 +23,11 @@ class ConfigError(ValueError):
   to do."""
 
 
-def _field(default, help_text, unit=None, choices=None, low=None, high=None, below=None,
-           flag_high=None):
-  """A TrainConfig field: its default, help text, unit and limits (low <= x <= high, x < below,
-  x in choices; a number is also finite). The flag refuses values outside [low, flag_high or
-  high] as it parses; the rest (below, a batch larger than the data) is refused by the config,
-  with its own message."""
+def _field(default, help_text, unit=None, choices=None, low=None, high=None):
+  """A TrainConfig field: its default, help text, unit and limits (low <= x <= high, x in
+  choices; a number is also finite), which its flag and the config both enforce."""
   return dataclasses.field(default=default, metadata=dict(
-      help=help_text, unit=unit, choices=choices, low=low, high=high, below=below,
-      flag_high=flag_high))
-
-
-def _choices(values):
-  return tuple(values)
+      help=help_text, unit=unit, choices=choices, low=low, high=high))
 
 
 # --recipe: named sets of training defaults; a flag given explicitly overrides its recipe's
@@ -66,21 +58,21 @@ RECIPES = {
 class TrainConfig:
   """Every training hyperparameter, with its default, unit and limits (see the module)."""
   train_dir: str = _field('runs/tutorial', 'Checkpoints, summaries and config.json go here.')
-  model: str = _field('tutorial', 'Model to train.', choices=_choices(models.names()))
+  model: str = _field('tutorial', 'Model to train.', choices=tuple(models.names()))
   recipe: str = _field('study', 'A named set of defaults for the other flags (printed at '
                        'start, docs/recipes.md): {recipes}. A flag given explicitly wins.',
-                       choices=_choices(RECIPES))
+                       choices=tuple(RECIPES))
   max_steps: int = _field(10000, 'Train up to this step.', unit='steps', low=1)
   batch_size: int = _field(128, 'Images per step.', unit='images', low=1,
-                           high=cifar10_records.NUM_TRAIN_EXAMPLES, flag_high=False)
+                           high=cifar10_records.NUM_TRAIN_EXAMPLES)
   optimizer: str = _field('sgd', 'The update rule: {optimizers}.',
-                          choices=_choices(cifar10_optim.OPTIMIZERS))
+                          choices=tuple(cifar10_optim.OPTIMIZERS))
   momentum: float = _field(0.9, 'Momentum of the velocity (momentum, nesterov) or the decay '
-                           'of the first moment (adamw).', low=0.0, below=1.0, flag_high=0.999)
+                           'of the first moment (adamw).', low=0.0, high=0.999)
   learning_rate: float = _field(0.1, 'Learning rate (the peak of the warm-up schedules).',
                                 low=0.0)
   lr_schedule: str = _field('constant', 'The learning rate against the step: {schedules}.',
-                            choices=_choices(cifar10_optim.SCHEDULES))
+                            choices=tuple(cifar10_optim.SCHEDULES))
   lr_decay_epochs: float = _field(350.0, 'Epochs per staircase drop.', unit='epochs',
                                   low=1e-9)
   lr_decay_factor: float = _field(0.1, 'Factor of each staircase drop.', low=0.0)
@@ -88,7 +80,7 @@ class TrainConfig:
                              unit='steps', low=0)
   label_smoothing: float = _field(0.0, 'Share of each label spread evenly over the '
                                   f'{cifar10_records.NUM_CLASSES} classes.', low=0.0,
-                                  below=1.0, flag_high=0.999)
+                                  high=0.999)
   moving_average_decay: float = _field(
       0.9999, 'EMA decay of the weights (at most (1 + step) / (10 + step)); 0.999 suits runs '
       'of a few thousand steps.', low=0.0, high=1.0)
@@ -132,7 +124,7 @@ class TrainConfig:
   precision: str = _field(
       'float32', 'What the layers compute in: float32, or bfloat16 / float16 with float32 '
       'variables, EMA and loss (mixed_float16 with dynamic loss scaling).',
-      choices=_choices(cifar10_model.PRECISIONS))
+      choices=tuple(cifar10_model.PRECISIONS))
 
   def __post_init__(self):
     # The run records what it computed with: 'auto' becomes 'direct' or 'spectral' for the
@@ -156,12 +148,13 @@ class TrainConfig:
     """Steps between two x0.1 drops of the staircase schedule (136,718 at batch 128)."""
     return int(cifar10_records.NUM_TRAIN_EXAMPLES / self.batch_size * self.lr_decay_epochs)
 
-  def schedule(self):
-    """The learning-rate schedule of this run (cifar10_optim.Schedule), from step 0."""
+  def schedule(self, first_step=0):
+    """The learning-rate schedule of this run (cifar10_optim.Schedule), from `first_step` (a
+    fine-tuning's first) to max_steps."""
     return cifar10_optim.Schedule(
         self.lr_schedule, self.learning_rate, last_step=self.max_steps,
         warmup_steps=self.warmup_steps, decay_steps=self.decay_steps,
-        decay_factor=self.lr_decay_factor)
+        decay_factor=self.lr_decay_factor, first_step=first_step)
 
 
 def check_value(field, value):
@@ -178,14 +171,12 @@ def check_value(field, value):
       or (field.type is int and not isinstance(value, int))):
     kind = 'an integer' if field.type is int else 'a number'
     raise ConfigError(f'{name} {value!r} must be {kind}')
-  low, high, below = meta['low'], meta['high'], meta['below']
+  low, high = meta['low'], meta['high']
   if not math.isfinite(value) or (low is not None and value < low) or (
       high is not None and value > high):
     limits = (f'in {_number(low)} .. {_number(high)}' if low is not None and high is not None
               else f'>= {_number(low)}' if low is not None else '')
     raise ConfigError(f'--{name}={value} must be a finite number {limits}'.rstrip())
-  if below is not None and value >= below:
-    raise ConfigError(f'--{name}={value} must be below {below}')
 
 
 def _number(x):

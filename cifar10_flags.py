@@ -87,8 +87,7 @@ def _config_flag(field, default, flag_values):
   if field.type is str:
     return flags.DEFINE_string(name, default, text, flag_values=flag_values)
   define = flags.DEFINE_integer if field.type is int else flags.DEFINE_float
-  high = meta['high'] if meta['flag_high'] is None else meta['flag_high'] or None
-  return define(name, default, text, lower_bound=meta['low'], upper_bound=high,
+  return define(name, default, text, lower_bound=meta['low'], upper_bound=meta['high'],
                 flag_values=flag_values)
 
 

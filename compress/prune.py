@@ -354,10 +354,7 @@ def finetune_schedule(values, source_config, start, last):
     return fields, dataclasses.replace(source_config, max_steps=last, **fields).schedule()
   fields = dict(lr_schedule=name, warmup_steps=values['warmup_steps'],
                 learning_rate=FINETUNE_LEARNING_RATE if rate is None else rate)
-  config = dataclasses.replace(source_config, **fields)
-  return fields, cifar10_optim.Schedule(
-      name, config.learning_rate, last_step=last, warmup_steps=config.warmup_steps,
-      decay_steps=config.decay_steps, decay_factor=config.lr_decay_factor, first_step=start)
+  return fields, dataclasses.replace(source_config, max_steps=last, **fields).schedule(start)
 
 
 def prepare(values):

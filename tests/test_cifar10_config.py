@@ -35,8 +35,8 @@ def config_of(*argv):
     (dict(lr_schedule='cyclic'), "lr_schedule 'cyclic' is not one of constant"),
     (dict(distortions='mixup'),
      "distortions 'mixup' is not one of tutorial, crop_flip, crop_flip_mean"),
-    (dict(momentum=1.0), '--momentum=1.0 must be below 1.0'),
-    (dict(label_smoothing=-0.1), '--label_smoothing=-0.1 must be a finite number >= 0'),
+    (dict(momentum=1.0), r'--momentum=1.0 must be a finite number in 0 \.\. 0.999'),
+    (dict(label_smoothing=-0.1), r'--label_smoothing=-0.1 must be a finite number in 0 \.\. 0.999'),
     (dict(moving_average_decay=1.5), r'--moving_average_decay=1.5 must be a finite number in '
      r'0 \.\. 1'),
     (dict(cutout=40, image_size=32), '--cutout=40 exceeds the image side 32'),
