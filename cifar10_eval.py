@@ -223,10 +223,7 @@ def run(values):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  cifar10_env.quiet_logging(flags.FLAGS['verbosity'].present)
-  sys.exit(run(cifar10_flags.read(_FLAGS)[0]))
+  sys.exit(run(cifar10_flags.main_values(argv, _FLAGS)[0]))
 
 
 def find_run(checkpoint_dir, interval_secs, timeout_secs, run_once):

@@ -6,9 +6,11 @@ plain values on; a test calls `parse(define, argv)` instead and gets the same va
 a process or absl's global state.
 """
 
+from absl import app
 from absl import flags
 
 import cifar10_config
+import cifar10_env
 import cifar10_records
 
 
@@ -35,6 +37,15 @@ def read(holders):
   """({name: value}, {names given on the command line}) of the holders."""
   return ({name: holder.value for name, holder in holders.items()},
           {name for name, holder in holders.items() if holder.present})
+
+
+def main_values(argv, holders):
+  """What a program's main() reads: refuses stray arguments (absl prints the help then),
+  quiets the logs unless -v was given, and returns read(holders)."""
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  cifar10_env.quiet_logging(flags.FLAGS['verbosity'].present)
+  return read(holders)
 
 
 def define_data_flags(flag_values=flags.FLAGS):

@@ -27,6 +27,7 @@ from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 
 import cifar10_config
+import cifar10_flags
 import cifar10_model
 import cifar10_run
 import models
@@ -435,10 +436,7 @@ def run(values):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  cifar10_env.quiet_logging(flags.FLAGS['verbosity'].present)
-  sys.exit(run({name: holder.value for name, holder in _FLAGS.items()}))
+  sys.exit(run(cifar10_flags.main_values(argv, _FLAGS)[0]))
 
 
 def define_flags(flag_values=flags.FLAGS):

@@ -47,27 +47,20 @@ def define_flags(flag_values=flags.FLAGS):
 def run(values, given=()):
   """Trains as the flag values say (cifar10_flags.read); returns what sys.exit takes: None
   when done, `error: ...` for a bad input, 128 + the signal's number after a stop."""
-  try:
-    strategy = cifar10_trainer.start_strategy(values['strategy'], values['cpu_replicas'])
-    config = cifar10_config.config_from_values(values, given)
-    cifar10_trainer.log(cifar10_config.recipe_summary(config))
-    split = cifar10_records.load_split(cifar10_flags.batches_dir(values), 'train')
-    cifar10_trainer.install_stop_handlers()  # Only now: before, Ctrl-C ends a download.
-    cifar10_trainer.train(config, split, restart=values['restart'], strategy=strategy)
-  except cifar10_trainer.ERRORS as e:
-    return f'error: {e}'
-  except cifar10_trainer.StopRequested:
-    return cifar10_trainer.stop_exit_code()
-  except KeyboardInterrupt:
-    return 130
-  return None
+  return cifar10_trainer.exit_status(lambda: _train(values, given))
+
+
+def _train(values, given):
+  strategy = cifar10_trainer.start_strategy(values['strategy'], values['cpu_replicas'])
+  config = cifar10_config.config_from_values(values, given)
+  cifar10_trainer.log(cifar10_config.recipe_summary(config))
+  split = cifar10_records.load_split(cifar10_flags.batches_dir(values), 'train')
+  cifar10_trainer.install_stop_handlers()  # Only now: before, Ctrl-C ends a download.
+  cifar10_trainer.train(config, split, restart=values['restart'], strategy=strategy)
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  cifar10_env.quiet_logging(flags.FLAGS['verbosity'].present)
-  sys.exit(run(*cifar10_flags.read(_FLAGS)))
+  sys.exit(run(*cifar10_flags.main_values(argv, _FLAGS)))
 
 
 if __name__ == '__main__':

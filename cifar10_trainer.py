@@ -455,6 +455,21 @@ def install_stop_handlers():
   signal.signal(signal.SIGINT, request_stop)
 
 
+def exit_status(work):
+  """Runs work() as a training program does; returns what sys.exit takes: None when it
+  ends, `error: ...` for one of ERRORS, 128 + the signal's number after a stop, 130 after a
+  second Ctrl-C."""
+  try:
+    work()
+  except ERRORS as e:
+    return f'error: {e}'
+  except StopRequested:
+    return stop_exit_code()
+  except KeyboardInterrupt:
+    return 130
+  return None
+
+
 def start_strategy(name, cpu_replicas):
   """Sets the devices up and makes the strategy, first thing (cifar10_distribute.py)."""
   cifar10_distribute.configure_devices(name, cpu_replicas)

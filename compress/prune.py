@@ -399,38 +399,30 @@ def prepare(values):
 
 def run(values):
   """Prunes as the flag values say; returns what sys.exit takes (None: done)."""
-  try:
-    strategy = cifar10_trainer.start_strategy(values['strategy'], values['cpu_replicas'])
-    config, settings, source, schedule = prepare(values)
-    cifar10_trainer.log(f'fine-tuning learning rate: {schedule!r}'
-                        + (' (the source\'s schedule)' if values['lr_schedule'] == CONTINUE
-                           else ''))
-    # Checks --dense_layers first.
-    trainer = PruningTrainer(config, settings, source, strategy=strategy, schedule=schedule)
-    if trainer.worker.is_chief:  # The only writer of the run folder.
-      write_settings(config.train_dir, settings, source, schedule)
-    split = cifar10_records.load_split(cifar10_flags.batches_dir(values), 'train')
-    cifar10_trainer.install_stop_handlers()
-    cifar10_trainer.train(config, split, make_trainer=lambda _: trainer, strategy=strategy)
-    if not trainer.worker.is_chief:
-      return None
+  return cifar10_trainer.exit_status(lambda: _prune(values))
+
+
+def _prune(values):
+  strategy = cifar10_trainer.start_strategy(values['strategy'], values['cpu_replicas'])
+  config, settings, source, schedule = prepare(values)
+  cifar10_trainer.log(f'fine-tuning learning rate: {schedule!r}'
+                      + (' (the source\'s schedule)' if values['lr_schedule'] == CONTINUE
+                         else ''))
+  # Checks --dense_layers first.
+  trainer = PruningTrainer(config, settings, source, strategy=strategy, schedule=schedule)
+  if trainer.worker.is_chief:  # The only writer of the run folder.
+    write_settings(config.train_dir, settings, source, schedule)
+  split = cifar10_records.load_split(cifar10_flags.batches_dir(values), 'train')
+  cifar10_trainer.install_stop_handlers()
+  cifar10_trainer.train(config, split, make_trainer=lambda _: trainer, strategy=strategy)
+  if trainer.worker.is_chief:
     report = build_report(trainer, os.path.join(config.train_dir, SPARSE_FILE))
-  except cifar10_trainer.ERRORS as e:
-    return f'error: {e}'
-  except cifar10_trainer.StopRequested:
-    return cifar10_trainer.stop_exit_code()
-  except KeyboardInterrupt:
-    return 130
-  cifar10_run.write_json(os.path.join(config.train_dir, REPORT_FILE), report)
-  print(format_report(report))
-  return None
+    cifar10_run.write_json(os.path.join(config.train_dir, REPORT_FILE), report)
+    print(format_report(report))
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  cifar10_env.quiet_logging(flags.FLAGS['verbosity'].present)
-  sys.exit(run(cifar10_flags.read(_FLAGS)[0]))
+  sys.exit(run(cifar10_flags.main_values(argv, _FLAGS)[0]))
 
 
 def define_flags(flag_values=flags.FLAGS):

@@ -38,6 +38,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+from unittest import mock
 import urllib.request
 
 from absl import app
@@ -579,9 +580,11 @@ def message_in_process(case, values, capture):
   flag_values = flags.FlagValues()  # Fresh: absl's global FLAGS stays untouched.
   holders = program.define(flag_values)
   argv = flag_values(['program', *args])
-  if case.kind == 'usage':
-    with pytest.raises(app.UsageError) as refused:
-      program.main(argv)
+  if case.kind == 'usage':  # main() as app.run calls it, with the program's flag holders.
+    module = sys.modules[program.main.__module__]
+    with mock.patch.object(module, '_FLAGS', holders, create=True):
+      with pytest.raises(app.UsageError) as refused:
+        program.main(argv)
     return str(refused.value)
   assert case.kind == 'error', case.kind
   assert program.takes_arguments or len(argv) == 1, f'main() would refuse {argv[1:]}'
