@@ -27,6 +27,20 @@ cifar10_env.start()  # As the binaries: the same kernels (oneDNN), a quiet Tenso
 
 import cifar10_records  # pylint: disable=wrong-import-position
 
+
+def _share_the_cores_among_workers():
+  """Under pytest-xdist, each worker's TensorFlow takes its share of the cores (tiny batches
+  gain nothing from more threads, and workers that each take every core slow each other)."""
+  workers = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))
+  if workers > 1:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+
+_share_the_cores_among_workers()
+
 DATA_ENV = 'CIFAR10_DATA'
 MISSING_DATA_MESSAGE = (
     f'{DATA_ENV} is not set: set it to the folder holding {cifar10_records.ARCHIVE_NAME} or to '

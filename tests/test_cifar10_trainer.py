@@ -20,6 +20,19 @@ import models
 from fixtures import copy_run, tiny_config, tiny_split
 
 
+@pytest.fixture(scope='module', name='ten_steps')
+def fixture_ten_steps(tmp_path_factory):
+  """A 10-step tiny run with checkpoints at 5 and 10, trained once for the module."""
+  train_dir = tmp_path_factory.mktemp('ten_steps') / 'run'
+  cifar10_trainer.train(tiny_config(train_dir, max_steps=10, checkpoint_steps=5), tiny_split())
+  return train_dir
+
+
+@pytest.fixture(name='run_dir')
+def fixture_run_dir(ten_steps, tmp_path):
+  """This test's own copy of the 10-step run."""
+  return copy_run(ten_steps, tmp_path / 'run')
+
 
 def test_velocities_are_saved_and_restored_with_the_checkpoint(tmp_path):
   config = tiny_config(tmp_path, optimizer='nesterov', max_steps=10)
@@ -90,14 +103,13 @@ def test_log_lines_have_the_tutorial_format(tmp_path, capsys):
       r'\(\d+\.\d examples/sec; \d+\.\d{3} sec/batch\)', line), line
 
 
-def test_a_run_at_max_steps_exits_at_once(tmp_path, capsys):
-  cifar10_trainer.train(tiny_config(tmp_path, max_steps=10), tiny_split())
-  assert cifar10_trainer.train(tiny_config(tmp_path, max_steps=10), tiny_split()) is None
+def test_a_run_at_max_steps_exits_at_once(run_dir, capsys):
+  assert cifar10_trainer.train(tiny_config(run_dir, max_steps=10), tiny_split()) is None
   assert 'nothing to do' in capsys.readouterr().out
 
 
 def test_summaries_hold_losses_rate_accuracy_histograms_and_images(tmp_path):
-  cifar10_trainer.train(tiny_config(tmp_path, max_steps=10), tiny_split())
+  cifar10_trainer.train(tiny_config(tmp_path, max_steps=10, histogram_steps=10), tiny_split())
   tags = set()
   for name in os.listdir(tmp_path):
     if name.startswith('events.out'):
@@ -108,22 +120,20 @@ def test_summaries_hold_losses_rate_accuracy_histograms_and_images(tmp_path):
     assert tag in tags, (tag, sorted(tags))
 
 
-def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-  cifar10_trainer.train(tiny_config(tmp_path, max_steps=10), tiny_split())
+def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(run_dir):
   with pytest.raises(cifar10_trainer.TrainingDiverged, match='diverged'):
-    cifar10_trainer.train(tiny_config(tmp_path, max_steps=40, learning_rate=1e12), tiny_split())
-  assert tf.train.latest_checkpoint(str(tmp_path)).endswith('ckpt-10')
+    cifar10_trainer.train(tiny_config(run_dir, max_steps=40, learning_rate=1e12), tiny_split())
+  assert tf.train.latest_checkpoint(str(run_dir)).endswith('ckpt-10')
 
 
-def test_non_finite_weights_are_never_saved(tmp_path):
-  cifar10_trainer.train(tiny_config(tmp_path, max_steps=10), tiny_split())
-  trainer = cifar10_trainer.Trainer(tiny_config(tmp_path, max_steps=10))
+def test_non_finite_weights_are_never_saved(run_dir):
+  trainer = cifar10_trainer.Trainer(tiny_config(run_dir, max_steps=10))
   trainer.restore_latest()
   trainer.variables[0].assign(tf.fill(trainer.variables[0].shape, float('inf')))
   trainer.step.assign(11)
   with pytest.raises(cifar10_trainer.TrainingDiverged, match='not finite at step 11'):
     trainer.save(1.0)
-  assert tf.train.latest_checkpoint(str(tmp_path)).endswith('ckpt-10')
+  assert tf.train.latest_checkpoint(str(run_dir)).endswith('ckpt-10')
 
 
 def test_stop_request_saves_the_current_step_then_stops(tmp_path):
@@ -149,20 +159,6 @@ def test_partial_saves_of_a_killed_run_are_removed(tmp_path):
 
 
 # ----------------------------------------------------------------- the run folder's safety
-
-
-@pytest.fixture(scope='module', name='ten_steps')
-def fixture_ten_steps(tmp_path_factory):
-  """A 10-step tiny run with checkpoints at 5 and 10, trained once for the module."""
-  train_dir = tmp_path_factory.mktemp('ten_steps') / 'run'
-  cifar10_trainer.train(tiny_config(train_dir, max_steps=10, checkpoint_steps=5), tiny_split())
-  return train_dir
-
-
-@pytest.fixture(name='run_dir')
-def fixture_run_dir(ten_steps, tmp_path):
-  """This test's own copy of the 10-step run."""
-  return copy_run(ten_steps, tmp_path / 'run')
 
 
 def resumed_steps(out):
