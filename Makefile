@@ -1,7 +1,11 @@
 # make train:     set up .venv, train the default model, then evaluate its last checkpoint.
 # make test:      set up .venv and run the whole test suite (real-data tests read $(CIFAR10_DATA)).
 # make test-fast: the unit tier alone (no real data, no processes started; under a minute).
-# make classify IMAGES="a.jpg b.png": set up .venv and classify image files with $(SOURCE).
+# make classify IMAGES="a.jpg b.png": set up .venv and classify image files with $(SOURCE)
+#                 (the best model in pretrained/).
+# make deploy-deps: add the optional packages of requirements-deploy.txt to .venv (tf2onnx and
+#                 ONNX Runtime: cifar10_export.py --onnx and the latency benchmark; make test
+#                 installs them too, for their tests).
 # make zoo:   train and evaluate every model of $(ZOO) in $(ZOO_DIR)/<model>, then write
 #             docs/results.md and docs/results.png (about 21-49 min per model here, resumable).
 PYTHON ?= python3
@@ -12,7 +16,7 @@ MAX_STEPS ?= 10000
 CONV ?= auto
 TRAIN_DIR ?= runs/$(MODEL)
 CIFAR10_DATA ?= $(DATA_DIR)
-SOURCE ?= pretrained/tutorial_int8.npz
+SOURCE ?= pretrained/budget1_int8.npz
 ZOO ?= tutorial alex0 alex1 alex2 alex3 alex4 nin0 nin1 squeeze0 squeeze1 inception0 inception1
 ZOO_DIR ?= runs/zoo
 # pytest-xdist workers of make test and make test-fast (the machines here have 2 cores).
@@ -22,12 +26,18 @@ comma := ,
 empty :=
 space := $(empty) $(empty)
 
-.PHONY: train eval test test-fast classify zoo clean-venv
+.PHONY: train eval test test-fast classify zoo deploy-deps clean-venv
 
 $(VENV)/installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
+
+$(VENV)/deploy-installed: $(VENV)/installed requirements-deploy.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-deploy.txt
+	touch $@
+
+deploy-deps: $(VENV)/deploy-installed
 
 train: $(VENV)/installed
 	$(PY) cifar10_train.py --model=$(MODEL) --data_dir=$(DATA_DIR) --train_dir=$(TRAIN_DIR) --max_steps=$(MAX_STEPS) --conv=$(CONV)
@@ -36,7 +46,7 @@ train: $(VENV)/installed
 eval: $(VENV)/installed
 	$(PY) cifar10_eval.py --checkpoint_dir=$(TRAIN_DIR) --data_dir=$(DATA_DIR) --run_once
 
-test: $(VENV)/installed
+test: $(VENV)/installed $(VENV)/deploy-installed
 	CIFAR10_DATA=$(CIFAR10_DATA) $(PY) -m pytest -q -n $(TEST_WORKERS) --durations=15 tests
 
 test-fast: $(VENV)/installed

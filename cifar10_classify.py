@@ -1,13 +1,17 @@
-"""Classifies image files with a trained model: a run, an exported SavedModel, or an int8 file.
+"""Classifies image files with a trained model: a run, an export, a TFLite or an int8 file.
 
     python cifar10_classify.py --source=runs/tutorial cat.png ship.jpg
     python cifar10_classify.py --source=runs/tutorial_export --top_k=1 *.png
+    python cifar10_classify.py --source=pretrained/budget1_int8.tflite photo.jpg
     python cifar10_classify.py --source=pretrained/tutorial_int8.npz --json photo.jpg
 
 --source is one of
   - a run folder of cifar10_train.py or compress/prune.py: its newest checkpoint, EMA shadows
     (--noema: raw weights), computed as cifar10_eval.py computes;
-  - a folder of cifar10_export.py (or its saved_model/ inside): TensorFlow's SavedModel;
+  - a folder of cifar10_export.py (or its saved_model/, or one version inside that):
+    TensorFlow's SavedModel;
+  - a .tflite file of cifar10_export.py (float or int8: uint8 images in, `probabilities`
+    out): TensorFlow's TFLite interpreter;
   - an int8 model file (.npz) of compress/quantize.py: the NumPy runner, compress/int8.py;
     TensorFlow is never imported then.
 Each file (PNG, JPEG, or anything else Pillow reads) is turned upright by its EXIF
@@ -28,6 +32,7 @@ import numpy as np
 from PIL import Image  # Decodes PNG, JPEG and more without TensorFlow (the int8 path).
 from PIL import ImageOps
 
+import cifar10_deploy
 import cifar10_env
 import cifar10_records
 
@@ -95,6 +100,27 @@ def saved_model_source(path):
   return lambda images: serve(images=tf.constant(images))['probabilities'].numpy()
 
 
+def tflite_source(path):
+  """The probabilities function of a .tflite file of cifar10_export.py."""
+  cifar10_env.start()
+  try:
+    with open(path, 'rb') as f:
+      content = f.read()
+    lite = cifar10_deploy.interpreter(content)
+    (signature,) = lite.get_signature_list().values()
+    (detail,) = lite.get_input_details()
+    if (signature['inputs'] != [cifar10_deploy.INPUT] or detail['dtype'] != np.uint8
+        or list(detail['shape'][1:]) != [SIDE, SIDE, 3]
+        or 'probabilities' not in signature['outputs']):
+      raise ValueError(f'it does not take uint8 `images` [N, {SIDE}, {SIDE}, 3] and give '
+                       '`probabilities` (an int8 file exported before they did takes '
+                       'standardized float images: export the run again)')
+  except (OSError, ValueError) as e:
+    raise SourceError(f'--source={path} is not a TFLite file of cifar10_export.py ({e})') from e
+  run = cifar10_deploy.tflite_function(content)
+  return lambda images: run(images)['probabilities']
+
+
 def run_source(path, use_ema):
   """The probabilities function of a training run's newest checkpoint."""
   cifar10_env.start()
@@ -118,14 +144,17 @@ def open_source(path, use_ema=True):
   """
   if os.path.isfile(path) and path.endswith('.npz'):
     return int8_source(path)
+  if os.path.isfile(path) and path.endswith('.tflite'):
+    return tflite_source(path)
   if os.path.isdir(path):
     if os.path.exists(os.path.join(path, 'config.json')):
       return run_source(path, use_ema)
-    for folder in (path, os.path.join(path, 'saved_model')):
-      if os.path.exists(os.path.join(folder, 'saved_model.pb')):
-        return saved_model_source(folder)
+    folder = cifar10_deploy.saved_model_dir(path)
+    if folder:
+      return saved_model_source(folder)
   raise SourceError(f'--source={path} is neither a run folder (config.json), an export '
-                    '(saved_model.pb, or saved_model/ inside) nor an int8 .npz file.')
+                    '(saved_model.pb, saved_model/ or saved_model/<version>/ inside), a '
+                    '.tflite file nor an int8 .npz file.')
 
 
 def top_classes(probabilities, k):
@@ -191,7 +220,8 @@ def define_flags(flag_values=flags.FLAGS):
   FlagHolder}."""
   return dict(
       source=flags.DEFINE_string('source', None, 'A run folder, an export folder (or its '
-                                 'saved_model/), or an int8 .npz of compress/quantize.py.',
+                                 'saved_model/), a .tflite file of cifar10_export.py, or an '
+                                 'int8 .npz of compress/quantize.py.',
                                  required=True, flag_values=flag_values),
       top_k=flags.DEFINE_integer('top_k', 3, 'Classes shown per image.', lower_bound=1,
                                  upper_bound=len(CLASS_NAMES), flag_values=flag_values),

@@ -1,42 +1,52 @@
-"""Exports a run's model for standard tools: a SavedModel, a TFLite file, TFLite's own int8.
+"""Exports a run's model for standard tools: a SavedModel, TFLite float and int8, ONNX.
 
     python cifar10_export.py --checkpoint_dir=runs/tutorial --export_dir=runs/tutorial_export
 
 From the newest checkpoint of a cifar10_train.py (or compress/prune.py) run, with its EMA
 shadows (--noema: the raw weights), each BatchNorm folded into its convolution and every
-convolution the plain op (no spectral products), it writes into --export_dir:
+convolution the plain op (no spectral products), it writes into --export_dir the files of
+cifar10_deploy's layout:
 
-  saved_model/        signature serving_default: uint8 `images` [N, 32, 32, 3], any N ->
-                      `probabilities` float32 [N, 10], `classes` int64 [N], `logits` [N, 10];
-                      the evaluation's preprocessing (central crop to the model's input side,
-                      per-image standardization) is part of the graph, so a caller needs
-                      TensorFlow alone, not this project.
-  model_float.tflite  the same signature, converted by tf.lite.TFLiteConverter.
-  model_int8.tflite   with --tflite_int8: TFLite's full-integer post-training quantization of
-                      the model after the preprocessing (input: standardized float32 images
-                      [N, s, s, 3], output: logits), calibrated on the same training images as
-                      compress/quantize.py: the standard peer of our model_int8.npz, which
-                      takes the same input.
-  export.json         what was exported (run, step, weights, files and bytes) and, unless
-                      --verify_images=0, the check below.
+  saved_model/<version>/  signature serving_default: uint8 `images` [N, 32, 32, 3], any N ->
+                          `probabilities` float32 [N, 10], `classes` int64 [N], `logits`
+                          [N, 10], `labels` string [N] (each image's class name); the
+                          evaluation's preprocessing (central crop to the model's input side,
+                          per-image standardization) is part of the graph, so a caller needs
+                          TensorFlow alone, not this project. TF Serving's layout: point its
+                          model_base_path at saved_model/ (--serving_version, 1 by default).
+                          labels.txt is one of its assets.
+  model_float.tflite      the same signature, converted by tf.lite.TFLiteConverter.
+  model_int8.tflite       with --tflite_int8: the same signature again, with TFLite's
+                          full-integer post-training quantization of the model (int8 weights
+                          per output channel, int8 activations) behind the preprocessing, which
+                          stays float32 (it is per image: no fixed int8 range fits a variance);
+                          calibrated on the same training images as compress/quantize.py.
+  model.onnx              with --onnx: the SavedModel converted by tf2onnx (an optional
+                          package: `make deploy-deps`), the same inputs and outputs.
+  labels.txt              the class names, one a line, in the order of `classes`.
+  export.json             what was exported (run, step, weights, files and bytes) and, unless
+                          --verify_images=0, the check below.
 
-The check: the SavedModel, loaded in a fresh Python process that imports TensorFlow and NumPy
-only, and the float TFLite file in this one, classify the first --verify_images test images;
-their logits are compared with the evaluation's (cifar10_scoring.Evaluator, the unfolded model).
+The check, on the first --verify_images test images: the SavedModel, loaded in a fresh Python
+process that imports TensorFlow and NumPy only, the float TFLite file and the ONNX file are
+compared with the evaluation's logits (cifar10_scoring.Evaluator, the unfolded model) and must
+agree to LOGIT_TOLERANCE; the int8 TFLite file's agreement is measured and reported.
 
 The folder is written whole or not at all: everything goes to a temporary folder beside it,
 renamed into place at the end. An existing --export_dir is refused unless --overwrite.
 """
 
+import contextlib
 import dataclasses
 import datetime
+import importlib.util
 import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import warnings
 
 import cifar10_env  # pylint: disable=g-import-not-at-top
 
@@ -49,6 +59,7 @@ import numpy as np
 import tensorflow as tf
 
 import cifar10_config
+import cifar10_deploy
 import cifar10_flags
 import cifar10_input
 import cifar10_records
@@ -56,11 +67,15 @@ import cifar10_run
 import cifar10_scoring
 from compress import calibration as calibration_lib
 
-SAVED_MODEL = 'saved_model'
-FLOAT_TFLITE = 'model_float.tflite'
-INT8_TFLITE = 'model_int8.tflite'
-REPORT_FILE = 'export.json'
-SIGNATURE = 'serving_default'
+SAVED_MODEL = cifar10_deploy.SAVED_MODEL
+FLOAT_TFLITE = cifar10_deploy.FLOAT_TFLITE
+INT8_TFLITE = cifar10_deploy.INT8_TFLITE
+ONNX_FILE = cifar10_deploy.ONNX_FILE
+LABELS_FILE = cifar10_deploy.LABELS_FILE
+REPORT_FILE = cifar10_deploy.REPORT_FILE
+SIGNATURE = cifar10_deploy.SIGNATURE
+PREPROCESS_SCOPE = 'preprocess'  # the name scope of the ops that stay float in int8 TFLite
+ONNX_OPSET = 17
 VERIFY_BATCH = 500  # images per call of the check
 VERIFY_TIMEOUT_SECS = 900  # the fresh process of the check (10,000 images take ~20 s here)
 # The largest |logit difference| the check accepts from the evaluation's (measured: < 2e-5).
@@ -87,30 +102,30 @@ class ExportError(Exception):
 
 
 class Serving(tf.Module):
-  """The exported graph: the folded model behind the evaluation's preprocessing."""
+  """The exported graph: the folded model behind the evaluation's preprocessing, the class
+  names beside it (labels_file, a labels.txt, travels as the SavedModel's asset)."""
 
-  def __init__(self, model, image_size):
+  def __init__(self, model, image_size, labels_file):
     super().__init__(name='cifar10')
     self.model = model
     self.image_size = image_size
+    self.labels_file = tf.saved_model.Asset(labels_file)
     self.serve = tf.function(self._serve, input_signature=[
         tf.TensorSpec([None, cifar10_records.IMAGE_SIZE, cifar10_records.IMAGE_SIZE, 3],
-                      tf.uint8, name='images')])
-    self.logits = tf.function(self._logits, input_signature=[
-        tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name='images')])
+                      tf.uint8, name=cifar10_deploy.INPUT)])
 
   def _serve(self, images):
-    logits = self.model(cifar10_input.eval_batch(images, self.image_size), training=False)
-    return {'probabilities': tf.nn.softmax(logits), 'classes': tf.argmax(logits, axis=1),
-            'logits': logits}
+    with tf.name_scope(PREPROCESS_SCOPE):
+      inputs = cifar10_input.eval_batch(images, self.image_size)
+    logits = self.model(inputs, training=False)
+    classes = tf.argmax(logits, axis=1)
+    return {'probabilities': tf.nn.softmax(logits), 'classes': classes, 'logits': logits,
+            'labels': tf.gather(tf.constant(cifar10_records.CLASS_NAMES), classes)}
 
-  def _logits(self, images):
-    return self.model(images, training=False)
 
-
-def export_model(loaded):
+def export_model(loaded, labels_file):
   """The Serving module of a cifar10_run.InferenceModel (its BatchNorm folded)."""
-  serving = Serving(loaded.model, loaded.config.image_size)
+  serving = Serving(loaded.model, loaded.config.image_size, labels_file)
   loaded.model.compute_dtype = tf.float32  # A mixed-precision run exports float32 all the same.
   return serving
 
@@ -122,46 +137,63 @@ def convert_float(saved_model_dir):
     return converter.convert()
 
 
-def convert_int8(serving, calibration_data):
-  """TFLite's full-integer quantization of serving.logits (standardized float32 in, logits out),
-  calibrated one image at a time on calibration_data (float32 [N, s, s, 3])."""
-  function = serving.logits.get_concrete_function()
-  converter = tf.lite.TFLiteConverter.from_concrete_functions([function], serving)
+def convert_int8(saved_model_dir, float_tflite, calibration_data):
+  """TFLite's full-integer quantization of the SavedModel's serving signature behind its
+  float32 preprocessing, calibrated one image at a time on calibration_data (uint8
+  [N, 32, 32, 3]).
+
+  The preprocessing's ops (every tensor of PREPROCESS_SCOPE in the float flatbuffer) are left
+  out of the quantization with the TFLite quantization debugger's denylist: a per-image
+  variance spans too many orders of magnitude for one int8 range (quantized, it moves the
+  class of 0.4 % of the images on an untrained model). The quantization starts after them,
+  where the model's input is, as in compress/quantize.py.
+  """
+  converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, [SIGNATURE])
   converter.optimizations = [tf.lite.Optimize.DEFAULT]
-  converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-  converter.representative_dataset = lambda: ([image[np.newaxis]] for image in calibration_data)
+  converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+                                         tf.lite.OpsSet.TFLITE_BUILTINS]
+  representative = lambda: ([image[np.newaxis]] for image in calibration_data)
+  converter.representative_dataset = representative
+  denylist = [detail['name'] for detail in cifar10_deploy.interpreter(float_tflite)
+              .get_tensor_details() if detail['name'].startswith(PREPROCESS_SCOPE + '/')]
+  options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=denylist)
   with cifar10_env.held_stderr():
-    return converter.convert()
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        converter=converter, debug_dataset=representative, debug_options=options)
+    return debugger.get_nondebug_quantized_model()
 
 
-def interpreter(model_content, num_threads=None):
-  """A TFLite interpreter of the flatbuffer (on num_threads threads; None: TFLite's
-  default), its tensors allocated.
+def convert_onnx(serving, path):
+  """Writes the ONNX model of serving.serve to path (tf2onnx, opset ONNX_OPSET).
 
-  tf.lite.Interpreter is deprecated for LiteRT's (the ai-edge-litert package) but still in
-  TensorFlow 2.21: this way the check needs no second runtime. Its warning and its C++ notes
-  are held back."""
-  with warnings.catch_warnings(), cifar10_env.held_stderr():
-    warnings.simplefilter('ignore', UserWarning)
-    result = tf.lite.Interpreter(model_content=model_content, num_threads=num_threads)
-    result.allocate_tensors()
-  return result
+  Raises:
+    ExportError: tf2onnx is not installed.
+  """
+  try:
+    import tf2onnx  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ExportError(cifar10_deploy.ONNX_INSTALL) from e
+  with cifar10_env.held_stderr(), _quiet_python_logging('tf2onnx'):
+    tf2onnx.convert.from_function(serving.serve, input_signature=serving.serve.input_signature,
+                                  opset=ONNX_OPSET, output_path=path)
 
 
-def tflite_function(model_content, num_threads=None):
-  """A function from a batch of images to {output name: NumPy}: the TFLite model's only
-  signature, its one input given by position."""
-  lite = interpreter(model_content, num_threads)
-  runner = lite.get_signature_runner()
-  name = list(lite.get_signature_list().values())[0]['inputs'][0]
-  return lambda images: runner(**{name: images})
+@contextlib.contextmanager
+def _quiet_python_logging(name):
+  """The Python logger `name` at WARNING inside the block (tf2onnx logs every pass at INFO)."""
+  logger = logging.getLogger(name)
+  level = logger.level
+  logger.setLevel(logging.WARNING)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
 
 
 def tflite_outputs(model_content, images, batch=VERIFY_BATCH):
   """{output name: NumPy} of a TFLite model's only signature over images, batch by batch."""
-  run = tflite_function(model_content)
-  outputs = [run(images[start:start + batch]) for start in range(0, len(images), batch)]
-  return {key: np.concatenate([o[key] for o in outputs]) for key in outputs[0]}
+  return cifar10_deploy.outputs_in_batches(cifar10_deploy.tflite_function(model_content),
+                                           images, batch)
 
 
 def verify_saved_model(saved_model_dir, images, work_dir):
@@ -204,6 +236,8 @@ def reference_logits(config, checkpoint, split, use_ema, conv='auto'):
 class Options:
   use_ema: bool = True
   tflite_int8: bool = False
+  onnx: bool = False
+  serving_version: int = 1
   calibration: calibration_lib.Calibration = calibration_lib.Calibration()
   verify_images: int = cifar10_records.NUM_TEST_EXAMPLES
   overwrite: bool = False
@@ -242,6 +276,15 @@ def export_run(checkpoint_dir, export_dir, batches_dir, options=Options(),
   return report
 
 
+def require_onnx_packages():
+  """Raises ExportError unless tf2onnx and ONNX Runtime (which checks the file) are installed."""
+  missing = [name for name in ('tf2onnx', 'onnxruntime')
+             if importlib.util.find_spec(name) is None]
+  if missing:
+    raise ExportError(f'--onnx: {", ".join(missing)} not installed. '
+                      f'{cifar10_deploy.ONNX_INSTALL}')
+
+
 def check_export_dir(export_dir, overwrite):
   """Raises ConfigError when export_dir exists and may not be replaced."""
   if os.path.exists(export_dir) and not overwrite:
@@ -255,54 +298,75 @@ def _export(config, checkpoint, work, batches_dir, options, log):
   loaded = cifar10_run.load_inference_model(None, ema=options.use_ema, conv='direct',
                                             fold_batchnorm=True, checkpoint=checkpoint,
                                             state=cifar10_run.RunState(config, conv='direct'))
-  serving = export_model(loaded)
-  saved_model_dir = os.path.join(work, SAVED_MODEL)
+  labels_file = os.path.join(work, LABELS_FILE)
+  cifar10_deploy.write_labels(labels_file, cifar10_records.CLASS_NAMES)
+  serving = export_model(loaded, labels_file)
+  saved_model_dir = os.path.join(work, SAVED_MODEL, str(options.serving_version))
   tf.saved_model.save(serving, saved_model_dir, signatures={SIGNATURE: serving.serve})
-  log(f'wrote {SAVED_MODEL}; converting it to TFLite')
-  try:
-    float_tflite = convert_float(saved_model_dir)
-  except Exception as e:  # pylint: disable=broad-except  # The converter raises many kinds.
-    raise ExportError(f'TFLite conversion failed: {str(e).strip()[-800:]}') from e
-  _write(os.path.join(work, FLOAT_TFLITE), float_tflite)
-  files = [SAVED_MODEL, FLOAT_TFLITE]
-  report = {'checkpoint': checkpoint, 'model': config.model, 'step': loaded.step,
-            'weights': loaded.weights, 'image_size': config.image_size,
-            'batchnorm_folded': loaded.batchnorm_folded}
+  log(f'wrote {SAVED_MODEL}/{options.serving_version}; converting it to TFLite')
+  files = {SAVED_MODEL: saved_model_dir, LABELS_FILE: labels_file}
+  contents = {FLOAT_TFLITE: _converted('TFLite', convert_float, saved_model_dir)}
   if options.tflite_int8:
     log(f'TFLite int8: calibrating on {options.calibration.images} training images')
-    calibration = calibration_lib.calibration_images(
-        cifar10_records.load_split(batches_dir, 'train'), options.calibration,
-        config.image_size)
-    try:
-      int8_tflite = convert_int8(serving, calibration)
-    except Exception as e:  # pylint: disable=broad-except
-      raise ExportError(f'TFLite int8 conversion failed: {str(e).strip()[-800:]}') from e
-    _write(os.path.join(work, INT8_TFLITE), int8_tflite)
-    files.append(INT8_TFLITE)
+    calibration = calibration_lib.calibration_split(
+        cifar10_records.load_split(batches_dir, 'train'), options.calibration).images
+    contents[INT8_TFLITE] = _converted('TFLite int8', convert_int8, saved_model_dir,
+                                       contents[FLOAT_TFLITE], calibration)
+  for name, content in contents.items():
+    files[name] = os.path.join(work, name)
+    _write(files[name], content)
+  if options.onnx:
+    log('converting the SavedModel to ONNX (tf2onnx)')
+    files[ONNX_FILE] = os.path.join(work, ONNX_FILE)
+    _converted('ONNX', convert_onnx, serving, files[ONNX_FILE])
+  report = {'checkpoint': checkpoint, 'model': config.model, 'step': loaded.step,
+            'weights': loaded.weights, 'image_size': config.image_size,
+            'batchnorm_folded': loaded.batchnorm_folded,
+            'serving_version': options.serving_version}
+  if options.tflite_int8:
     report['calibration'] = dataclasses.asdict(options.calibration)
-  report['bytes'] = {name: _size(os.path.join(work, name)) for name in files}
+  report['bytes'] = {name: _size(path) for name, path in files.items()}
   if options.verify_images:
-    report['check'] = _check(config, checkpoint, work, batches_dir, options, float_tflite, log)
+    report['check'] = _check(config, checkpoint, files, batches_dir, options, log)
   return report
 
 
-def _check(config, checkpoint, work, batches_dir, options, float_tflite, log):
-  """The SavedModel (fresh process) and the float TFLite file against the evaluation."""
+def _converted(what, convert, *args):
+  """convert(*args), its errors one ExportError naming `what`."""
+  try:
+    return convert(*args)
+  except ExportError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  # The converters raise many kinds.
+    raise ExportError(f'{what} conversion failed: {str(e).strip()[-800:]}') from e
+
+
+def _check(config, checkpoint, files, batches_dir, options, log):
+  """Each exported file against the evaluation (the SavedModel in a fresh process); all but
+  the int8 one must agree to LOGIT_TOLERANCE."""
   test = cifar10_records.load_split(batches_dir, 'test')
   count = min(options.verify_images, len(test))
   split = cifar10_records.Split(images=test.images[:count], labels=test.labels[:count])
   log(f'checking the exported files on {count} test images')
   reference = reference_logits(config, checkpoint, split, options.use_ema)
-  saved = verify_saved_model(os.path.join(work, SAVED_MODEL), split.images, work)
-  lite = tflite_outputs(float_tflite, split.images)['logits']
-  check = {'saved_model': agreement(reference, saved), 'tflite_float': agreement(reference, lite)}
+  work = os.path.dirname(files[LABELS_FILE])
+  logits = {'saved_model': verify_saved_model(files[SAVED_MODEL], split.images, work)}
+  for name, file_name in (('tflite_float', FLOAT_TFLITE), ('tflite_int8', INT8_TFLITE),
+                          ('onnx', ONNX_FILE)):
+    if file_name in files:
+      try:
+        run = cifar10_deploy.file_function(files[file_name])
+      except cifar10_deploy.DeployError as e:
+        raise ExportError(str(e)) from e
+      logits[name] = cifar10_deploy.outputs_in_batches(run, split.images, VERIFY_BATCH)['logits']
+  check = {name: agreement(reference, values) for name, values in logits.items()}
   for name, result in check.items():
     log(f'{name}: same class on {result["same_class"]} of {result["images"]}, logits within '
         f'{result["max_logit_difference"]:.2e}')
-    if not result['max_logit_difference'] <= LOGIT_TOLERANCE:  # NaN fails too.
+    if name != 'tflite_int8' and not result['max_logit_difference'] <= LOGIT_TOLERANCE:
       raise ExportError(f'the exported {name} differs from the evaluation by '
                         f'{result["max_logit_difference"]:.2e} in a logit (tolerance '
-                        f'{LOGIT_TOLERANCE:g}): nothing was written')
+                        f'{LOGIT_TOLERANCE:g}): nothing was written')  # NaN fails too.
   return check
 
 
@@ -339,6 +403,7 @@ def _replace(work, export_dir):
 def run(values):
   """Exports as the flag values say; returns what sys.exit takes (None: done)."""
   options = Options(use_ema=values['ema'], tflite_int8=values['tflite_int8'],
+                    onnx=values['onnx'], serving_version=values['serving_version'],
                     calibration=calibration_lib.Calibration(images=values['calibration_images']),
                     verify_images=values['verify_images'], overwrite=values['overwrite'])
   log = lambda message: print(f'{datetime.datetime.now()}: {message}', flush=True)
@@ -348,6 +413,8 @@ def run(values):
     # and the data only when the int8 calibration or the check needs it.
     cifar10_run.latest_run(checkpoint_dir, '--checkpoint_dir')
     check_export_dir(os.path.normpath(export_dir), options.overwrite)
+    if options.onnx:  # Before minutes of work, not after them.
+      require_onnx_packages()
     needs_data = options.tflite_int8 or options.verify_images
     batches_dir = cifar10_flags.batches_dir(values) if needs_data else None
     report = export_run(checkpoint_dir, export_dir, batches_dir, options, log)
@@ -378,6 +445,11 @@ def define_flags(flag_values=flags.FLAGS):
       tflite_int8=flags.DEFINE_boolean('tflite_int8', False, 'Also write model_int8.tflite, '
                                        "TFLite's full-integer quantization.",
                                        flag_values=flag_values),
+      onnx=flags.DEFINE_boolean('onnx', False, 'Also write model.onnx (tf2onnx: `make '
+                                'deploy-deps` installs it).', flag_values=flag_values),
+      serving_version=flags.DEFINE_integer(
+          'serving_version', 1, 'The SavedModel goes to saved_model/<this>/, the layout TF '
+          'Serving reads.', lower_bound=1, flag_values=flag_values),
       calibration_images=flags.DEFINE_integer(
           'calibration_images', calibration_lib.Calibration.images, 'Training images that '
           'calibrate the int8 ranges (the same ones as compress/quantize.py picks).',

@@ -30,6 +30,7 @@ from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 import numpy as np
 
+import cifar10_deploy
 import cifar10_export
 import cifar10_records
 from compress import int8
@@ -69,27 +70,26 @@ def main(argv):
   except (OSError, ValueError, cifar10_records.DataError) as e:
     sys.exit(f'error: {e}')
   size = ours.meta['image_size']
-  shape = cifar10_export.interpreter(contents[cifar10_export.INT8_TFLITE]).get_input_details()
-  if list(shape[0]['shape'][1:3]) != [size, size]:
-    sys.exit(f'error: {paths[cifar10_export.INT8_TFLITE]} takes {shape[0]["shape"][1]}x'
-             f'{shape[0]["shape"][2]} images, --int8_file={_INT8_FILE.value} {size}x{size}: '
-             'both must come from the same run')
+  details = cifar10_deploy.interpreter(contents[cifar10_export.INT8_TFLITE]).get_input_details()
+  if details[0]['dtype'] != np.uint8:
+    sys.exit(f'error: {paths[cifar10_export.INT8_TFLITE]} takes {details[0]["dtype"].__name__} '
+             'images: it was exported before int8 TFLite files took uint8 ones; export again')
   standardized = int8.eval_preprocess(test.images, size)
   float_logits = cifar10_export.tflite_outputs(contents[cifar10_export.FLOAT_TFLITE],
                                                test.images)['logits']
-  (tflite_logits,) = cifar10_export.tflite_outputs(contents[cifar10_export.INT8_TFLITE],
-                                                   standardized).values()
+  tflite_logits = cifar10_export.tflite_outputs(contents[cifar10_export.INT8_TFLITE],
+                                                test.images)['logits']
   predictions = {'float (TFLite)': np.argmax(float_logits, axis=1),
                  'int8, ours (NumPy)': ours.predict(standardized),
                  'int8, TFLite': np.argmax(tflite_logits, axis=1)}
   sizes = {'float (TFLite)': len(contents[cifar10_export.FLOAT_TFLITE]),
            'int8, ours (NumPy)': os.path.getsize(_INT8_FILE.value),
            'int8, TFLite': len(contents[cifar10_export.INT8_TFLITE])}
-  float_one = cifar10_export.tflite_function(contents[cifar10_export.FLOAT_TFLITE], 1)
-  tflite_one = cifar10_export.tflite_function(contents[cifar10_export.INT8_TFLITE], 1)
+  float_one = cifar10_deploy.tflite_function(contents[cifar10_export.FLOAT_TFLITE], 1)
+  tflite_one = cifar10_deploy.tflite_function(contents[cifar10_export.INT8_TFLITE], 1)
   runs = {'float (TFLite)': (float_one, test.images),
           'int8, ours (NumPy)': (lambda x: ours.run(ours.quantize_input(x)), standardized),
-          'int8, TFLite': (tflite_one, standardized)}
+          'int8, TFLite': (tflite_one, test.images)}
   count = min(_IMAGES.value, len(test))
   rates = {name: [] for name in runs}
   for _ in range(_ROUNDS.value):

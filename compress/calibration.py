@@ -20,14 +20,19 @@ class Calibration:
   seed: int = 0  # which training images
 
 
+def calibration_split(train_split, calibration):
+  """The `calibration.images` training images picked by the seed, as they are (uint8)."""
+  rng = np.random.default_rng(calibration.seed)
+  index = np.sort(rng.choice(len(train_split), calibration.images, replace=False))
+  return cifar10_records.Split(images=train_split.images[index],
+                               labels=train_split.labels[index])
+
+
 def calibration_images(train_split, calibration, image_size):
-  """`calibration.images` training images picked by the seed, centrally cropped, standardized.
+  """The images of calibration_split, centrally cropped and standardized.
 
   Returns:
     float32 NumPy [calibration.images, image_size, image_size, 3].
   """
-  rng = np.random.default_rng(calibration.seed)
-  index = np.sort(rng.choice(len(train_split), calibration.images, replace=False))
-  subset = cifar10_records.Split(images=train_split.images[index],
-                                 labels=train_split.labels[index])
-  return cifar10_input.eval_images(subset, image_size).numpy()
+  return cifar10_input.eval_images(calibration_split(train_split, calibration),
+                                   image_size).numpy()

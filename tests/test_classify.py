@@ -48,6 +48,12 @@ def test_a_folder_that_holds_no_model_is_a_clear_error(tmp_path):
     cifar10_classify.open_source(str(tmp_path))
 
 
+def test_a_tflite_file_that_is_not_an_export_is_a_clear_error(tmp_path):
+  (tmp_path / 'junk.tflite').write_bytes(os.urandom(256))
+  with pytest.raises(cifar10_classify.SourceError, match='junk.tflite is not a TFLite file'):
+    cifar10_classify.open_source(str(tmp_path / 'junk.tflite'))
+
+
 @pytest.fixture(scope='module', name='sources')
 def fixture_sources(tmp_path_factory, real_batches_dir):
   """Ten PNG files of real test images and a corrupt one; a 20-step budget0 run (BatchNorm),
@@ -80,11 +86,12 @@ def fixture_sources(tmp_path_factory, real_batches_dir):
   int8_expected = (model.predict(int8.eval_preprocess(ten.images, 32)), None)
   return files, {'run': (config.train_dir, expected),
                  'export': (str(root / 'export'), expected),
+                 'tflite': (str(root / 'export' / 'model_float.tflite'), expected),
                  'int8': (str(root / 'model_int8.npz'), int8_expected)}
 
 
 @pytest.mark.subprocess
-@pytest.mark.parametrize('kind', ['run', 'export', 'int8'])
+@pytest.mark.parametrize('kind', ['run', 'export', 'tflite', 'int8'])
 def test_each_source_prints_the_evaluations_classes_and_reports_the_corrupt_file(sources,
                                                                                  kind):
   files, by_kind = sources

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import cifar10_deploy
 import cifar10_export
-import cifar10_input
+import cifar10_records
 import cifar10_trainer
 import cifar10_config
 from compress import calibration as calibration_lib
@@ -35,37 +36,57 @@ def fixture_runs(tmp_path_factory):
 def test_exported_files_give_the_evaluations_classes_and_logits(runs, model, tmp_path):
   runs, batches_dir = runs
   export_dir = tmp_path / 'out'
-  with_int8 = model == 'budget0'
+  more = model == 'budget0'  # int8 TFLite and ONNX too, in TF Serving's version 3
   report = cifar10_export.export_run(
       runs[model], str(export_dir), batches_dir,
-      cifar10_export.Options(tflite_int8=with_int8, verify_images=32,
+      cifar10_export.Options(tflite_int8=more, onnx=more, serving_version=3 if more else 1,
+                             verify_images=32,
                              calibration=calibration_lib.Calibration(images=16)))
   assert report['batchnorm_folded'] is (model == 'budget0')
   assert report['image_size'] == (24 if model == 'tutorial' else 32)
-  for name in ('saved_model', 'tflite_float'):  # the SavedModel in a TensorFlow-only process
+  checked = ['saved_model', 'tflite_float'] + (['tflite_int8', 'onnx'] if more else [])
+  assert sorted(report['check']) == sorted(checked)
+  for name in checked:  # the SavedModel in a TensorFlow-only process
     check = report['check'][name]
-    assert check['images'] == check['same_class'] == 32, name
-    assert check['max_logit_difference'] < 1e-4, name
-  assert sorted(os.listdir(export_dir)) == ['export.json', 'model_float.tflite'] + (
-      ['model_int8.tflite'] if with_int8 else []) + ['saved_model']
+    assert check['images'] == 32, name
+    if name != 'tflite_int8':
+      assert check['same_class'] == 32 and check['max_logit_difference'] < 1e-4, name
+  assert sorted(os.listdir(export_dir)) == sorted(
+      ['export.json', 'labels.txt', 'model_float.tflite', 'saved_model']
+      + (['model.onnx', 'model_int8.tflite'] if more else []))
   assert json.loads((export_dir / 'export.json').read_text())['step'] == 20
   assert os.listdir(tmp_path) == ['out']  # no temporary folder left beside it
+  version = export_dir / 'saved_model' / ('3' if more else '1')  # TF Serving's layout
+  assert cifar10_deploy.saved_model_dir(str(export_dir)) == str(version)
+  names = (export_dir / 'labels.txt').read_text().splitlines()
+  assert names == list(cifar10_records.CLASS_NAMES)
+  assert (version / 'assets' / 'labels.txt').read_text().splitlines() == names
   # The signature's other outputs, on a batch size the check did not use.
-  serve = tf.saved_model.load(str(export_dir / 'saved_model')).signatures['serving_default']
-  outputs = serve(images=tf.constant(tiny_split(num=3, seed=5).images))
-  np.testing.assert_allclose(outputs['probabilities'].numpy(),
-                             tf.nn.softmax(outputs['logits']).numpy(), rtol=1e-6)
-  np.testing.assert_array_equal(outputs['classes'].numpy(),
-                                np.argmax(outputs['logits'].numpy(), axis=1))
-  if with_int8:  # TFLite's int8: integer inside, close to the float file
-    content = (export_dir / 'model_int8.tflite').read_bytes()
-    details = cifar10_export.interpreter(content).get_tensor_details()
-    assert {np.int8, np.int32} <= {detail['dtype'] for detail in details}
-    images = cifar10_input.eval_batch(tiny_split().images, report['image_size']).numpy()
-    (int8_logits,) = cifar10_export.tflite_outputs(content, images).values()
-    float_logits = cifar10_export.tflite_outputs(
-        (export_dir / 'model_float.tflite').read_bytes(), tiny_split().images)['logits']
-    assert np.max(np.abs(int8_logits - float_logits)) < 0.1 * np.max(np.abs(float_logits))
+  images = tiny_split(num=3, seed=5).images
+  serve = tf.saved_model.load(str(version)).signatures['serving_default']
+  outputs = {key: value.numpy() for key, value in serve(images=tf.constant(images)).items()}
+  np.testing.assert_allclose(outputs['probabilities'], tf.nn.softmax(outputs['logits']),
+                             rtol=1e-6)
+  np.testing.assert_array_equal(outputs['classes'], np.argmax(outputs['logits'], axis=1))
+  assert [name.decode() for name in outputs['labels']] == [names[i] for i in outputs['classes']]
+  files = ['model_float.tflite'] + (['model_int8.tflite'] if more else [])
+  for name in files:  # Each TFLite file takes uint8 images and names its outputs alike.
+    content = (export_dir / name).read_bytes()
+    lite = cifar10_deploy.interpreter(content)
+    (signature,) = lite.get_signature_list().values()
+    assert signature['inputs'] == ['images'] and sorted(signature['outputs']) == sorted(outputs)
+    assert lite.get_input_details()[0]['dtype'] == np.uint8
+    got = cifar10_deploy.tflite_function(content)(images)
+    assert list(got['labels']) == [names[i] for i in got['classes']]
+    tolerance = 0.1 * np.max(np.abs(outputs['logits'])) if 'int8' in name else 1e-4
+    assert np.max(np.abs(got['logits'] - outputs['logits'])) < tolerance, name
+  if more:  # TFLite's int8: integer weights and activations inside; ONNX: the same outputs
+    details = cifar10_deploy.interpreter((export_dir / 'model_int8.tflite').read_bytes())
+    assert {np.int8, np.int32} <= {d['dtype'] for d in details.get_tensor_details()}
+    got = cifar10_deploy.onnx_function(str(export_dir / 'model.onnx'))(images)
+    np.testing.assert_array_equal(got['classes'], outputs['classes'])
+    assert list(got['labels']) == [names[i] for i in outputs['classes']]
+    np.testing.assert_allclose(got['logits'], outputs['logits'], atol=1e-4)
 
 
 def test_an_existing_export_dir_is_refused_unless_overwrite(runs, tmp_path):
@@ -79,7 +100,8 @@ def test_an_existing_export_dir_is_refused_unless_overwrite(runs, tmp_path):
   assert os.listdir(export_dir) == ['keep']
   cifar10_export.export_run(runs['tutorial'], str(export_dir), batches_dir,
                             cifar10_export.Options(verify_images=0, overwrite=True))
-  assert sorted(os.listdir(export_dir)) == ['export.json', 'model_float.tflite', 'saved_model']
+  assert sorted(os.listdir(export_dir)) == ['export.json', 'labels.txt', 'model_float.tflite',
+                                            'saved_model']
   assert os.listdir(tmp_path) == ['out']
 
 
