@@ -176,6 +176,21 @@ def quantize_model(model, calibration_images, calibration):
   return meta, arrays
 
 
+def int8_model(loaded, calibration_images, calibration):
+  """The int8.Int8Model of a cifar10_run.InferenceModel (BatchNorm folded, plain convs).
+
+  Raises:
+    trace.QuantizationError: the model cannot be run exactly in integers.
+  """
+  meta, arrays = quantize_model(loaded.model, calibration_images, calibration)
+  meta.update(model=loaded.config.model, image_size=loaded.config.image_size,
+              step=loaded.step, weights=loaded.weights)
+  try:
+    return int8.Int8Model(meta, arrays)
+  except ValueError as e:
+    raise trace.QuantizationError(str(e)) from e
+
+
 # --------------------------------------------------------------------------- checks
 
 
@@ -229,13 +244,8 @@ def quantize_run(checkpoint_dir, out_dir, batches_dir, calibration, use_ema=True
   log(f'float {float_precision:.4f}; calibrating on {calibration.images} training images')
   calibration_data = calibration_lib.calibration_images(
       cifar10_records.load_split(batches_dir, 'train'), calibration, config.image_size)
-  meta, arrays = quantize_model(model, calibration_data, calibration)
-  meta.update(model=config.model, image_size=config.image_size,
-              step=loaded.step, weights=loaded.weights)
-  try:
-    int_model = int8.Int8Model(meta, arrays)
-  except ValueError as e:
-    raise trace.QuantizationError(str(e)) from e
+  int_model = int8_model(loaded, calibration_data, calibration)
+  meta, arrays = int_model.meta, int_model.arrays
   log('scoring the integer path (NumPy, in this process)')
   int_precision, _, predictions = int8.evaluate(int_model, test.images, test.labels)
   log(f'int8 {int_precision:.4f}; scoring the fake-quant path and comparing the ops')

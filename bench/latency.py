@@ -1,0 +1,310 @@
+"""What a deployed model costs: latency of every model on real runtimes, side by side.
+
+    make deploy-deps
+    python bench/latency.py --models=all --runs=runs/budget1_m20k,runs/tutorial_fast \
+        --data_dir=data --out=bench/latency
+
+The candidates: each model of --models (the registry's names, or `all`) at its initial
+weights, since these runtimes do the same work on the same shapes whatever the weights' values
+(the latency of a trained model is that of its architecture; its precision comes from a run),
+and each run of --runs (a cifar10_train.py or compress/prune.py folder) at its newest
+checkpoint with its EMA weights. Each is prepared once into --work_dir, which is kept, so a
+second call reuses it: an export of cifar10_export.py (SavedModel, float and int8 TFLite,
+ONNX) and our int8 file (compress/quantize.py's quantization, 500 calibration images).
+
+The runtimes: TFLite float and int8 (TensorFlow's interpreter, XNNPACK), the SavedModel in
+TensorFlow, ONNX Runtime (CPU), and our NumPy int8 runner (compress/int8.py, one BLAS thread
+per worker thread). Every one takes uint8 images [N, 32, 32, 3] and does the preprocessing
+itself, so each figure is the whole cost of classifying the images.
+
+For each thread count of --threads a fresh process (TensorFlow's thread pools are fixed when
+it starts) times every candidate on every runtime at each batch size of --batch_sizes: one
+untimed warm-up call, then --rounds rounds in which the candidates take turns, each timing
+calls on --images images; the figure is the median of the rounds, in milliseconds per image
+and per call. Each run is also scored on the 10,000 test images by every runtime (precision
+@ 1). Writes <--out>.json (every figure) and <--out>.md (a table per thread count). A
+benchmark, not a test.
+"""
+
+import concurrent.futures
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')  # As compress/int8.py's runner.
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import cifar10_env  # pylint: disable=g-import-not-at-top
+
+cifar10_env.start()
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+import numpy as np
+
+import cifar10_config
+import cifar10_deploy
+import cifar10_records
+import models
+
+RUNTIMES = ('tflite_float', 'tflite_int8', 'saved_model', 'onnx', 'ours_int8')
+MANIFEST = 'candidates.json'
+
+_MODELS = flags.DEFINE_list('models', [], 'Registry models to time at their initial weights '
+                            '(`all`: every one).')
+_RUNS = flags.DEFINE_list('runs', [], 'Run folders to time and score (newest checkpoint, EMA).')
+_DATA_DIR = flags.DEFINE_string('data_dir', 'data', 'Folder or archive of CIFAR-10.')
+_WORK_DIR = flags.DEFINE_string('work_dir', 'runs/latency', 'Where the exported files go '
+                                '(kept and reused).')
+_OUT = flags.DEFINE_string('out', 'bench/latency', 'Writes <out>.json and <out>.md.')
+_THREADS = flags.DEFINE_list('threads', ['1', '2'], 'Thread counts, one process each.')
+_BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['1', '32'], 'Images per call.')
+_ROUNDS = flags.DEFINE_integer('rounds', 5, 'Timed rounds per figure.', lower_bound=1)
+_IMAGES = flags.DEFINE_integer('images', 64, 'Images per timing of one candidate in a round.',
+                               lower_bound=1)
+_RUNTIMES = flags.DEFINE_list('runtimes', list(RUNTIMES), 'Which runtimes to time.')
+_CHILD = flags.DEFINE_integer('child_threads', None, 'Internal: time on this many threads and '
+                              'write the figures to --child_out.')
+_CHILD_OUT = flags.DEFINE_string('child_out', None, 'Internal: the child\'s JSON file.')
+
+
+# --------------------------------------------------------------------------- preparing
+
+
+def prepare(work_dir, model_names, run_dirs, batches_dir, log):
+  """Exports each candidate into work_dir (skipping what is there); the manifest rows."""
+  import cifar10_export  # pylint: disable=g-import-not-at-top
+  candidates = [('model', name, None) for name in model_names]
+  candidates += [('run', os.path.basename(os.path.normpath(path)), path) for path in run_dirs]
+  rows = []
+  for kind, name, run_dir in candidates:
+    folder = os.path.join(work_dir, f'{kind}_{name}')
+    export_dir, int8_file = os.path.join(folder, 'export'), os.path.join(folder, 'int8.npz')
+    if not os.path.exists(os.path.join(export_dir, cifar10_deploy.REPORT_FILE)):
+      source = run_dir or initial_run(os.path.join(folder, 'initial'), name)
+      log(f'{name}: exporting {source}')
+      cifar10_export.export_run(source, export_dir, batches_dir, cifar10_export.Options(
+          tflite_int8=True, onnx=True, verify_images=0, overwrite=True))
+      write_int8_file(source, int8_file, batches_dir)
+    report = json.load(open(os.path.join(export_dir, cifar10_deploy.REPORT_FILE)))
+    rows.append({'kind': kind, 'name': name, 'model': report['model'], 'step': report['step'],
+                 'export_dir': export_dir, 'int8_file': int8_file,
+                 'bytes': dict(report['bytes'], ours_int8=os.path.getsize(int8_file))})
+  return rows
+
+
+def initial_run(folder, model):
+  """A run folder holding `model` at its initial weights (seed 0) as its step-0 checkpoint."""
+  import cifar10_run  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  if cifar10_run.newest_checkpoint(folder):
+    return folder
+  size = 32 if model.startswith('budget') else 24  # the zoo's input sides (docs/results.md)
+  config = cifar10_config.TrainConfig(train_dir=folder, model=model, image_size=size)
+  tf.random.set_seed(0)
+  os.makedirs(folder, exist_ok=True)
+  cifar10_run.write_config(config)
+  cifar10_run.RunState(config, conv='direct').make_checkpoint().write(
+      os.path.join(folder, 'ckpt-0'))
+  return folder
+
+
+def write_int8_file(run_dir, path, batches_dir):
+  """Our int8 file of the run's newest checkpoint (EMA, BatchNorm folded), as
+  compress/quantize.py quantizes it, without its scoring."""
+  import cifar10_run  # pylint: disable=g-import-not-at-top
+  from compress import calibration as calibration_lib  # pylint: disable=g-import-not-at-top
+  from compress import quantize  # pylint: disable=g-import-not-at-top
+  loaded = cifar10_run.load_inference_model(run_dir, ema=True, conv='direct',
+                                            fold_batchnorm=True)
+  calibration = calibration_lib.Calibration()
+  images = calibration_lib.calibration_images(cifar10_records.load_split(batches_dir, 'train'),
+                                              calibration, loaded.config.image_size)
+  quantize.int8_model(loaded, images, calibration).save(path)
+
+
+# --------------------------------------------------------------------------- runtimes
+
+
+def runtime_function(row, runtime, threads):
+  """A function from uint8 images [N, 32, 32, 3] to logits [N, 10] of the candidate."""
+  export_dir = row['export_dir']
+  if runtime in ('tflite_float', 'tflite_int8', 'onnx'):
+    name = {'tflite_float': cifar10_deploy.FLOAT_TFLITE, 'tflite_int8': cifar10_deploy.INT8_TFLITE,
+            'onnx': cifar10_deploy.ONNX_FILE}[runtime]
+    run = cifar10_deploy.file_function(os.path.join(export_dir, name), threads)
+    return lambda images: run(images)['logits']
+  if runtime == 'saved_model':
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    serve = tf.saved_model.load(cifar10_deploy.saved_model_dir(export_dir)).signatures[
+        cifar10_deploy.SIGNATURE]
+    return lambda images: serve(images=tf.constant(images))['logits'].numpy()
+  return ours_function(row['int8_file'], threads)
+
+
+def ours_function(path, threads):
+  """Our runner on uint8 images: NumPy preprocessing, then the integer model; with threads > 1
+  the batch is split among a pool of that many threads (one BLAS thread each)."""
+  from compress import int8  # pylint: disable=g-import-not-at-top
+  model = int8.Int8Model.load(path)
+  size = model.meta['image_size']
+  output = model.tensors[model.meta['output']]
+
+  def logits(images):
+    x_q = model.quantize_input(int8.eval_preprocess(images, size))
+    return int8.dequantize(model.run(x_q), output['scale'], output['zero_point'])
+  if threads == 1:
+    return logits
+  pool = concurrent.futures.ThreadPoolExecutor(threads)
+
+  def split(images):
+    parts = np.array_split(images, min(threads, len(images)))
+    return np.concatenate(list(pool.map(logits, parts)))
+  return split
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def time_all(rows, runtimes, threads, batch_sizes, rounds, images):
+  """{(candidate, runtime, batch): [ms per image of each round]}, the candidates in turns."""
+  test = cifar10_records.read_split(_DATA_DIR.value, 'test').images
+  functions = {(row['name'], runtime): runtime_function(row, runtime, threads)
+               for row in rows for runtime in runtimes}
+  figures = {}
+  for batch in batch_sizes:
+    calls = max(1, images // batch)
+    batches = [test[i * batch:(i + 1) * batch] for i in range(calls)]
+    for key, run in functions.items():
+      run(batches[0])  # warm-up: XNNPACK's packing, TensorFlow's tracing, first allocations
+    for _ in range(rounds):
+      for key, run in functions.items():
+        start = time.perf_counter()
+        for images_in in batches:
+          run(images_in)
+        seconds = time.perf_counter() - start
+        figures.setdefault(key + (batch,), []).append(1000 * seconds / (calls * batch))
+  return figures
+
+
+def child(threads):
+  """Times every candidate of the manifest on `threads` threads; writes the figures."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.threading.set_intra_op_parallelism_threads(threads)
+  tf.config.threading.set_inter_op_parallelism_threads(threads)
+  rows = json.load(open(os.path.join(_WORK_DIR.value, MANIFEST)))
+  figures = time_all(rows, _RUNTIMES.value, threads, [int(b) for b in _BATCH_SIZES.value],
+                     _ROUNDS.value, _IMAGES.value)
+  with open(_CHILD_OUT.value, 'w', encoding='utf-8') as f:
+    json.dump([{'name': name, 'runtime': runtime, 'batch': batch, 'threads': threads,
+                'ms_per_image_rounds': values, 'ms_per_image': statistics.median(values)}
+               for (name, runtime, batch), values in figures.items()], f)
+
+
+def precisions(rows, runtimes, test):
+  """{(run name, runtime): precision @ 1 on the test split} for the candidates that are runs."""
+  result = {}
+  for row in rows:
+    if row['kind'] == 'run':
+      for runtime in runtimes:
+        run = runtime_function(row, runtime, threads=2)
+        logits = cifar10_deploy.outputs_in_batches(lambda x: {'logits': run(x)}, test.images,
+                                                   500)['logits']
+        result[(row['name'], runtime)] = float(np.mean(np.argmax(logits, 1) == test.labels))
+  return result
+
+
+# --------------------------------------------------------------------------- report
+
+
+def markdown(rows, timings, scores, threads_list, batch_sizes, runtimes):
+  """A table per thread count: a row per candidate and runtime, ms per image per batch size."""
+  lines = []
+  by_key = {(t['name'], t['runtime'], t['batch'], t['threads']): t['ms_per_image']
+            for t in timings}
+  for threads in threads_list:
+    lines += ['', f'**{threads} thread{"s" if threads > 1 else ""}** (ms per image; batch '
+              + ', '.join(str(b) for b in batch_sizes) + ')', '',
+              '| candidate | model | runtime | bytes | precision @ 1 | '
+              + ' | '.join(f'batch {b}' for b in batch_sizes) + ' |',
+              '|---|---|---|---|---|' + '---|' * len(batch_sizes)]
+    for row in rows:
+      for runtime in runtimes:
+        size = row['bytes'].get(_file_key(runtime))
+        score = scores.get((row['name'], runtime))
+        cells = [f'{by_key[(row["name"], runtime, b, threads)]:.3f}' for b in batch_sizes]
+        lines.append(f'| {row["kind"]} {row["name"]} | {row["model"]} | {runtime} | '
+                     f'{size:,} | {"" if score is None else f"{100 * score:.2f} %"} | '
+                     + ' | '.join(cells) + ' |')
+  return '\n'.join(lines).strip() + '\n'
+
+
+def _file_key(runtime):
+  return {'tflite_float': cifar10_deploy.FLOAT_TFLITE, 'tflite_int8': cifar10_deploy.INT8_TFLITE,
+          'saved_model': cifar10_deploy.SAVED_MODEL, 'onnx': cifar10_deploy.ONNX_FILE,
+          'ours_int8': 'ours_int8'}[runtime]
+
+
+def machine():
+  """The CPU's model name and core count (Linux), else the architecture."""
+  try:
+    with open('/proc/cpuinfo', encoding='utf-8') as f:
+      names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
+    return f'{names[0]}, {os.cpu_count()} cores'
+  except (OSError, IndexError):
+    return f'{os.uname().machine}, {os.cpu_count()} cores'
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  if _CHILD.value:
+    return child(_CHILD.value)
+  unknown = sorted(set(_RUNTIMES.value) - set(RUNTIMES))
+  names = list(models.MODELS) if _MODELS.value == ['all'] else _MODELS.value
+  unknown_models = sorted(set(names) - set(models.MODELS))
+  if unknown or unknown_models or not (names or _RUNS.value):
+    sys.exit(f'error: --runtimes takes {", ".join(RUNTIMES)}; --models takes registry names '
+             'or all; give --models or --runs '
+             f'(unknown: {", ".join(unknown + unknown_models) or "none"})')
+  log = lambda message: print(f'{time.strftime("%H:%M:%S")} {message}', flush=True)
+  batches_dir = cifar10_records.find_batches_dir(_DATA_DIR.value)
+  os.makedirs(_WORK_DIR.value, exist_ok=True)
+  rows = prepare(_WORK_DIR.value, names, _RUNS.value, batches_dir, log)
+  with open(os.path.join(_WORK_DIR.value, MANIFEST), 'w', encoding='utf-8') as f:
+    json.dump(rows, f, indent=1)
+  timings = []
+  threads_list = [int(t) for t in _THREADS.value]
+  for threads in threads_list:
+    log(f'timing {len(rows)} candidates x {len(_RUNTIMES.value)} runtimes on {threads} '
+        'thread(s), in a fresh process')
+    out = os.path.join(_WORK_DIR.value, f'timings_{threads}.json')
+    subprocess.run([sys.executable, __file__, f'--child_threads={threads}', f'--child_out={out}',
+                    f'--work_dir={_WORK_DIR.value}', f'--data_dir={_DATA_DIR.value}',
+                    f'--batch_sizes={",".join(_BATCH_SIZES.value)}', f'--rounds={_ROUNDS.value}',
+                    f'--images={_IMAGES.value}', f'--runtimes={",".join(_RUNTIMES.value)}'],
+                   check=True)
+    timings += json.load(open(out))
+  log('scoring the runs on the test set with every runtime')
+  scores = precisions(rows, _RUNTIMES.value, cifar10_records.load_split(batches_dir, 'test'))
+  report = {'machine': machine(), 'rounds': _ROUNDS.value, 'images': _IMAGES.value,
+            'candidates': rows, 'timings': timings,
+            'precision': [{'name': n, 'runtime': r, 'precision': p}
+                          for (n, r), p in scores.items()]}
+  os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
+  with open(_OUT.value + '.json', 'w', encoding='utf-8') as f:
+    json.dump(report, f, indent=1)
+  table = markdown(rows, timings, scores, threads_list, [int(b) for b in _BATCH_SIZES.value],
+                   _RUNTIMES.value)
+  with open(_OUT.value + '.md', 'w', encoding='utf-8') as f:
+    f.write(table)
+  print(table)
+  return None
+
+
+if __name__ == '__main__':
+  app.run(main)
