@@ -28,6 +28,7 @@ from absl import flags
 
 import cifar10_config
 import cifar10_flags
+import cifar10_frontier
 import cifar10_model
 import cifar10_run
 import models
@@ -182,21 +183,6 @@ def read_table(path):
   return results
 
 
-def pareto_front(points):
-  """Indices of the points no other point beats on both cost (lower) and accuracy (higher).
-
-  Args:
-    points: list of (cost, accuracy).
-  """
-  front = []
-  for i, (cost, accuracy) in enumerate(points):
-    dominated = any(c <= cost and a >= accuracy and (c, a) != (cost, accuracy)
-                    for c, a in points)
-    if not dominated:
-      front.append(i)
-  return front
-
-
 def markdown_table(results, target=None):
   """One row per run, by cost: EMA precision @ 1 at 10,000 steps and at the last evaluated
   step (with flip test-time augmentation where evaluated), and the study's figure at 10k
@@ -306,7 +292,7 @@ def plot(results, path):
     labels = [axis.annotate(_label(r, results), point, textcoords='offset points',
                             xytext=(4, 4), fontsize=9)
               for r, point in zip(results, points)]
-    front = sorted(points[i] for i in pareto_front(points))
+    front = sorted(points[i] for i in cifar10_frontier.pareto_front(points))
     axis.plot(*zip(*front), color='tab:orange', marker='o', markersize=13, fillstyle='none',
               label='Pareto front', zorder=2)
     axis.set_xscale('log')
@@ -429,10 +415,37 @@ def run(values):
     if confusion:
       title = os.path.basename(os.path.normpath(confusion_run))
       plot_confusion(*confusion, title, os.path.join(out_dir, 'confusion.png'))
+    if values['latency']:
+      frontier = write_frontier(results, values['latency'], values['latency_threads'], out_dir)
   except OSError as e:
     return f'error: cannot write the table and plots into --out_dir={out_dir} ({e})'
+  except cifar10_frontier.LatencyError as e:
+    return f'error: {e}'
   print(table)
+  if values['latency']:
+    print(f'\n{frontier}')
   return None
+
+
+def write_frontier(results, latency_file, threads, out_dir):
+  """frontier.md and frontier.png of the runs and a bench/latency.py file; the table."""
+  latency = cifar10_frontier.read_latency(latency_file)
+  found = cifar10_frontier.points([(r.name, r.model, r.final_precision) for r in results],
+                                  latency, model_flops, threads)
+  if not found:
+    raise cifar10_frontier.LatencyError(
+        f'--latency={latency_file} times no model of --runs and no scored run')
+  table = cifar10_frontier.table(found)
+  cifar10_run.write_whole(os.path.join(out_dir, 'frontier.md'), table + '\n')
+  cifar10_frontier.plot(found, os.path.join(out_dir, 'frontier.png'), threads, _pyplot)
+  return table
+
+
+def model_flops(model):
+  """FLOPs of a model at the zoo's input side for it (bench/latency.py's: 32 for the budget
+  family, 24 for the study's models)."""
+  size = 32 if model.startswith('budget') else 24
+  return sum(r.flops for r in cifar10_model.count_model(models.build(model, size)))
 
 
 def main(argv):
@@ -452,6 +465,12 @@ def define_flags(flag_values=flags.FLAGS):
       confusion=flags.DEFINE_string('confusion', None, 'A run evaluated by cifar10_eval.py: '
                                     'draw its newest confusion matrix (EMA) as confusion.png.',
                                     flag_values=flag_values),
+      latency=flags.DEFINE_string('latency', None, 'A bench/latency.py JSON file: also write '
+                                  'frontier.md and frontier.png (precision against batch-1 '
+                                  'latency and MFLOPs).', flag_values=flag_values),
+      latency_threads=flags.DEFINE_integer('latency_threads', 1, 'Which thread count of '
+                                           '--latency the frontier uses.', lower_bound=1,
+                                           flag_values=flag_values),
       target=flags.DEFINE_float('target', None, 'A precision @ 1 (fraction, e.g. 0.814): add '
                                 'a column with the step and training seconds at which each '
                                 'run first reached it.', lower_bound=0.0, upper_bound=1.0,

@@ -19,12 +19,6 @@ def write_run(train_dir, model, lines):
                           'num_examples': 10000, 'train_seconds': seconds}) + '\n')
 
 
-def test_pareto_front_by_hand():
-  points = [(10, 80), (20, 85), (15, 79), (30, 84), (5, 70), (20, 85)]
-  # (15, 79) loses to (10, 80); (30, 84) to (20, 85); the duplicate (20, 85) stays twice.
-  assert cifar10_results.pareto_front(points) == [0, 1, 4, 5]
-
-
 def test_read_run_counts_the_model_and_takes_the_last_step(tmp_path):
   write_run(tmp_path / 'a', 'squeeze1', [(1000, 0.5, 60.0), (10000, 0.66, 600.0)])
   result = cifar10_results.read_run(str(tmp_path / 'a'))
