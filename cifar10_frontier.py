@@ -3,7 +3,8 @@
 cifar10_results.py --latency=bench/latency.json draws it. Its points:
   - each model timed by bench/latency.py (at its initial weights: the latency of these runtimes
     does not depend on the weights' values) and present in the results (the best run of that
-    model): float, at the latency of its fastest float runtime, with that run's precision;
+    model), unless a run of it was timed too: float, at the latency of its fastest float
+    runtime, with that run's precision;
   - each run timed by bench/latency.py, in each form it was scored in (float, and int8 by
     TFLite or by our runner), with the precision that form measured on the test set.
 A point's latency is milliseconds per image at batch 1 on --latency_threads threads: one
@@ -80,10 +81,11 @@ def points(results, latency, flops_of, threads=1):
   best = {}  # model -> (precision, run name) of its best run
   for name, model, precision in results:
     best[model] = max(best.get(model, (precision, name)), (precision, name))
+  timed_runs = {c['model'] for c in latency.values() if c['kind'] == 'run'}
   found = []
   for name, candidate in latency.items():
     model = candidate['model']
-    if candidate['kind'] == 'model' and model in best:
+    if candidate['kind'] == 'model' and model in best and model not in timed_runs:
       timed = fastest(candidate['ms'], FLOAT_RUNTIMES, threads)
       if timed:
         found.append(Point(model, model, 'float', *timed, flops_of(model), *best[model]))

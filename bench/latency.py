@@ -67,6 +67,8 @@ _ROUNDS = flags.DEFINE_integer('rounds', 5, 'Timed rounds per figure.', lower_bo
 _IMAGES = flags.DEFINE_integer('images', 64, 'Images per timing of one candidate in a round.',
                                lower_bound=1)
 _RUNTIMES = flags.DEFINE_list('runtimes', list(RUNTIMES), 'Which runtimes to time.')
+_PREPARE_ONLY = flags.DEFINE_boolean('prepare_only', False, 'Export the candidates into '
+                                     '--work_dir and stop (the timing can come later).')
 _CHILD = flags.DEFINE_integer('child_threads', None, 'Internal: time on this many threads and '
                               'write the figures to --child_out.')
 _CHILD_OUT = flags.DEFINE_string('child_out', None, 'Internal: the child\'s JSON file.')
@@ -87,8 +89,11 @@ def prepare(work_dir, model_names, run_dirs, batches_dir, log):
     if not os.path.exists(os.path.join(export_dir, cifar10_deploy.REPORT_FILE)):
       source = run_dir or initial_run(os.path.join(folder, 'initial'), name)
       log(f'{name}: exporting {source}')
+      # A run's export is checked on the whole test set (export.json: each file against the
+      # evaluation); a model at its initial weights needs no check.
       cifar10_export.export_run(source, export_dir, batches_dir, cifar10_export.Options(
-          tflite_int8=True, onnx=True, verify_images=0, overwrite=True))
+          tflite_int8=True, onnx=True, verify_images=10000 if run_dir else 0, overwrite=True),
+          log=log)
       write_int8_file(source, int8_file, batches_dir)
     report = json.load(open(os.path.join(export_dir, cifar10_deploy.REPORT_FILE)))
     rows.append({'kind': kind, 'name': name, 'model': report['model'], 'step': report['step'],
@@ -205,24 +210,35 @@ def child(threads):
                for (name, runtime, batch), values in figures.items()], f)
 
 
-def precisions(rows, runtimes, test):
-  """{(run name, runtime): precision @ 1 on the test split} for the candidates that are runs."""
-  result = {}
+def scores(rows, runtimes, test):
+  """For the candidates that are runs: [{name, runtime, precision @ 1 on the test split,
+  same_class: {other runtime: share of the images given the same class}}]."""
+  result = []
   for row in rows:
-    if row['kind'] == 'run':
-      for runtime in runtimes:
-        run = runtime_function(row, runtime, threads=2)
-        logits = cifar10_deploy.outputs_in_batches(lambda x: {'logits': run(x)}, test.images,
-                                                   500)['logits']
-        result[(row['name'], runtime)] = float(np.mean(np.argmax(logits, 1) == test.labels))
+    if row['kind'] != 'run':
+      continue
+    classes = {}
+    for runtime in runtimes:
+      run = runtime_function(row, runtime, threads=2)
+      logits = cifar10_deploy.outputs_in_batches(lambda x, run=run: {'logits': run(x)},
+                                                 test.images, 500)['logits']
+      classes[runtime] = np.argmax(logits, axis=1)
+    for runtime, predicted in classes.items():
+      result.append({'name': row['name'], 'runtime': runtime,
+                     'precision': float(np.mean(predicted == test.labels)),
+                     'same_class': {other: float(np.mean(predicted == theirs))
+                                    for other, theirs in classes.items() if other != runtime}})
   return result
 
 
 # --------------------------------------------------------------------------- report
 
 
-def markdown(rows, timings, scores, threads_list, batch_sizes, runtimes):
-  """A table per thread count: a row per candidate and runtime, ms per image per batch size."""
+def markdown(rows, timings, scored, threads_list, batch_sizes, runtimes):
+  """A table per thread count: a row per candidate and runtime, ms per image per batch size;
+  then, for the runs, how often each runtime gives our int8 runner's and the SavedModel's
+  class."""
+  scores = {(s['name'], s['runtime']): s['precision'] for s in scored}
   lines = []
   by_key = {(t['name'], t['runtime'], t['batch'], t['threads']): t['ms_per_image']
             for t in timings}
@@ -240,6 +256,15 @@ def markdown(rows, timings, scores, threads_list, batch_sizes, runtimes):
         lines.append(f'| {row["kind"]} {row["name"]} | {row["model"]} | {runtime} | '
                      f'{size:,} | {"" if score is None else f"{100 * score:.2f} %"} | '
                      + ' | '.join(cells) + ' |')
+  if scored:
+    lines += ['', '**The runs, each runtime against the others** (share of the 10,000 test '
+              'images given the same class)', '',
+              '| run | runtime | precision @ 1 | same class as ours_int8 | same class as '
+              'saved_model |', '|---|---|---|---|---|']
+    for s in scored:
+      same = [s['same_class'].get(other) for other in ('ours_int8', 'saved_model')]
+      lines.append(f'| {s["name"]} | {s["runtime"]} | {100 * s["precision"]:.2f} % | '
+                   + ' | '.join('' if v is None else f'{100 * v:.2f} %' for v in same) + ' |')
   return '\n'.join(lines).strip() + '\n'
 
 
@@ -262,6 +287,7 @@ def machine():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  cifar10_env.quiet_logging(flags.FLAGS['verbosity'].present)
   if _CHILD.value:
     return child(_CHILD.value)
   unknown = sorted(set(_RUNTIMES.value) - set(RUNTIMES))
@@ -277,6 +303,9 @@ def main(argv):
   rows = prepare(_WORK_DIR.value, names, _RUNS.value, batches_dir, log)
   with open(os.path.join(_WORK_DIR.value, MANIFEST), 'w', encoding='utf-8') as f:
     json.dump(rows, f, indent=1)
+  if _PREPARE_ONLY.value:
+    log(f'prepared {len(rows)} candidates in {_WORK_DIR.value}')
+    return None
   timings = []
   threads_list = [int(t) for t in _THREADS.value]
   for threads in threads_list:
@@ -290,15 +319,13 @@ def main(argv):
                    check=True)
     timings += json.load(open(out))
   log('scoring the runs on the test set with every runtime')
-  scores = precisions(rows, _RUNTIMES.value, cifar10_records.load_split(batches_dir, 'test'))
+  scored = scores(rows, _RUNTIMES.value, cifar10_records.load_split(batches_dir, 'test'))
   report = {'machine': machine(), 'rounds': _ROUNDS.value, 'images': _IMAGES.value,
-            'candidates': rows, 'timings': timings,
-            'precision': [{'name': n, 'runtime': r, 'precision': p}
-                          for (n, r), p in scores.items()]}
+            'candidates': rows, 'timings': timings, 'precision': scored}
   os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
   with open(_OUT.value + '.json', 'w', encoding='utf-8') as f:
     json.dump(report, f, indent=1)
-  table = markdown(rows, timings, scores, threads_list, [int(b) for b in _BATCH_SIZES.value],
+  table = markdown(rows, timings, scored, threads_list, [int(b) for b in _BATCH_SIZES.value],
                    _RUNTIMES.value)
   with open(_OUT.value + '.md', 'w', encoding='utf-8') as f:
     f.write(table)
