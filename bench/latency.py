@@ -298,9 +298,18 @@ def main(argv):
              'or all; give --models or --runs '
              f'(unknown: {", ".join(unknown + unknown_models) or "none"})')
   log = lambda message: print(f'{time.strftime("%H:%M:%S")} {message}', flush=True)
-  batches_dir = cifar10_records.find_batches_dir(_DATA_DIR.value)
-  os.makedirs(_WORK_DIR.value, exist_ok=True)
-  rows = prepare(_WORK_DIR.value, names, _RUNS.value, batches_dir, log)
+  import cifar10_export  # pylint: disable=g-import-not-at-top
+  import cifar10_run  # pylint: disable=g-import-not-at-top
+  try:
+    for run_dir in _RUNS.value:  # A mistyped run before minutes of exports, not after them.
+      cifar10_run.latest_run(run_dir, '--runs')
+    batches_dir = cifar10_records.find_batches_dir(_DATA_DIR.value)
+    os.makedirs(_WORK_DIR.value, exist_ok=True)
+    rows = prepare(_WORK_DIR.value, names, _RUNS.value, batches_dir, log)
+  except (OSError, cifar10_config.ConfigError, cifar10_records.DataError,
+          cifar10_run.UnreadableCheckpoint, cifar10_export.ExportError,
+          cifar10_deploy.DeployError) as e:
+    sys.exit(f'error: {e}')
   with open(os.path.join(_WORK_DIR.value, MANIFEST), 'w', encoding='utf-8') as f:
     json.dump(rows, f, indent=1)
   if _PREPARE_ONLY.value:
