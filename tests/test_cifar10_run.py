@@ -89,12 +89,11 @@ def test_restore_reads_a_checkpoint_with_extra_state_and_refuses_another_model(t
     other.restore(path)
 
 
-def test_latest_run_names_the_flag_when_there_is_no_run(tmp_path):
+def test_latest_run_names_the_flag_when_there_is_no_run(tmp_path, two_checkpoints):
   with pytest.raises(cifar10_config.ConfigError, match='--source_dir=.* holds no trained run'):
     cifar10_run.latest_run(str(tmp_path), '--source_dir')
-  cifar10_trainer.train(tiny_config(tmp_path, max_steps=5), tiny_split())
-  config, checkpoint = cifar10_run.latest_run(str(tmp_path))
-  assert config.max_steps == 5 and checkpoint.endswith('ckpt-5')
+  config, checkpoint = cifar10_run.latest_run(two_checkpoints.train_dir)
+  assert config.max_steps == 10 and checkpoint.endswith('ckpt-10')
 
 
 def test_a_truncated_checkpoint_is_unreadable_not_a_traceback(tmp_path):
