@@ -52,6 +52,11 @@ import cifar10_records
 import models
 
 RUNTIMES = ('tflite_float', 'tflite_int8', 'saved_model', 'onnx', 'ours_int8')
+# Each runtime's file: in the candidate's export folder, or beside it (our int8 file).
+RUNTIME_FILES = {'tflite_float': cifar10_deploy.FLOAT_TFLITE,
+                 'tflite_int8': cifar10_deploy.INT8_TFLITE,
+                 'saved_model': cifar10_deploy.SAVED_MODEL, 'onnx': cifar10_deploy.ONNX_FILE,
+                 'ours_int8': 'int8.npz'}
 MANIFEST = 'candidates.json'
 
 _MODELS = flags.DEFINE_list('models', [], 'Registry models to time at their initial weights '
@@ -78,14 +83,16 @@ _CHILD_OUT = flags.DEFINE_string('child_out', None, 'Internal: the child\'s JSON
 
 
 def prepare(work_dir, model_names, run_dirs, batches_dir, log):
-  """Exports each candidate into work_dir (skipping what is there); the manifest rows."""
+  """Exports each candidate into work_dir (skipping what is there); the manifest rows, each
+  naming its folder relative to work_dir (so the written report holds no machine's path)."""
   import cifar10_export  # pylint: disable=g-import-not-at-top
   candidates = [('model', name, None) for name in model_names]
   candidates += [('run', os.path.basename(os.path.normpath(path)), path) for path in run_dirs]
   rows = []
   for kind, name, run_dir in candidates:
     folder = os.path.join(work_dir, f'{kind}_{name}')
-    export_dir, int8_file = os.path.join(folder, 'export'), os.path.join(folder, 'int8.npz')
+    export_dir = os.path.join(folder, 'export')
+    int8_file = os.path.join(folder, RUNTIME_FILES['ours_int8'])
     if not os.path.exists(os.path.join(export_dir, cifar10_deploy.REPORT_FILE)):
       source = run_dir or initial_run(os.path.join(folder, 'initial'), name)
       log(f'{name}: exporting {source}')
@@ -97,8 +104,8 @@ def prepare(work_dir, model_names, run_dirs, batches_dir, log):
       write_int8_file(source, int8_file, batches_dir)
     report = json.load(open(os.path.join(export_dir, cifar10_deploy.REPORT_FILE)))
     rows.append({'kind': kind, 'name': name, 'model': report['model'], 'step': report['step'],
-                 'export_dir': export_dir, 'int8_file': int8_file,
-                 'bytes': dict(report['bytes'], ours_int8=os.path.getsize(int8_file))})
+                 'folder': f'{kind}_{name}',
+                 'bytes': dict(report['bytes'], **{RUNTIME_FILES['ours_int8']: os.path.getsize(int8_file)})})
   return rows
 
 
@@ -137,18 +144,17 @@ def write_int8_file(run_dir, path, batches_dir):
 
 def runtime_function(row, runtime, threads):
   """A function from uint8 images [N, 32, 32, 3] to logits [N, 10] of the candidate."""
-  export_dir = row['export_dir']
-  if runtime in ('tflite_float', 'tflite_int8', 'onnx'):
-    name = {'tflite_float': cifar10_deploy.FLOAT_TFLITE, 'tflite_int8': cifar10_deploy.INT8_TFLITE,
-            'onnx': cifar10_deploy.ONNX_FILE}[runtime]
-    run = cifar10_deploy.file_function(os.path.join(export_dir, name), threads)
-    return lambda images: run(images)['logits']
+  folder = os.path.join(_WORK_DIR.value, row['folder'])
+  export_dir = os.path.join(folder, 'export')
+  if runtime == 'ours_int8':
+    return ours_function(os.path.join(folder, RUNTIME_FILES[runtime]), threads)
   if runtime == 'saved_model':
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     serve = tf.saved_model.load(cifar10_deploy.saved_model_dir(export_dir)).signatures[
         cifar10_deploy.SIGNATURE]
     return lambda images: serve(images=tf.constant(images))['logits'].numpy()
-  return ours_function(row['int8_file'], threads)
+  run = cifar10_deploy.file_function(os.path.join(export_dir, RUNTIME_FILES[runtime]), threads)
+  return lambda images: run(images)['logits']
 
 
 def ours_function(path, threads):
@@ -250,7 +256,7 @@ def markdown(rows, timings, scored, threads_list, batch_sizes, runtimes):
               '|---|---|---|---|---|' + '---|' * len(batch_sizes)]
     for row in rows:
       for runtime in runtimes:
-        size = row['bytes'].get(_file_key(runtime))
+        size = row['bytes'].get(RUNTIME_FILES[runtime])
         score = scores.get((row['name'], runtime))
         cells = [f'{by_key[(row["name"], runtime, b, threads)]:.3f}' for b in batch_sizes]
         lines.append(f'| {row["kind"]} {row["name"]} | {row["model"]} | {runtime} | '
@@ -266,12 +272,6 @@ def markdown(rows, timings, scored, threads_list, batch_sizes, runtimes):
       lines.append(f'| {s["name"]} | {s["runtime"]} | {100 * s["precision"]:.2f} % | '
                    + ' | '.join('' if v is None else f'{100 * v:.2f} %' for v in same) + ' |')
   return '\n'.join(lines).strip() + '\n'
-
-
-def _file_key(runtime):
-  return {'tflite_float': cifar10_deploy.FLOAT_TFLITE, 'tflite_int8': cifar10_deploy.INT8_TFLITE,
-          'saved_model': cifar10_deploy.SAVED_MODEL, 'onnx': cifar10_deploy.ONNX_FILE,
-          'ours_int8': 'ours_int8'}[runtime]
 
 
 def machine():
