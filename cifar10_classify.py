@@ -117,7 +117,7 @@ def tflite_source(path):
                        'standardized float images: export the run again)')
   except (OSError, ValueError) as e:
     raise SourceError(f'--source={path} is not a TFLite file of cifar10_export.py ({e})') from e
-  run = cifar10_deploy.tflite_function(content)
+  run = cifar10_deploy.signature_function(lite)
   return lambda images: run(images)['probabilities']
 
 

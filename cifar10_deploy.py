@@ -108,7 +108,11 @@ def interpreter(model_content, num_threads=None):
 def tflite_function(model_content, num_threads=None):
   """A function from a batch of images to {output name: NumPy}: the TFLite model's only
   signature, its one input given by position (a string output comes as str)."""
-  lite = interpreter(model_content, num_threads)
+  return signature_function(interpreter(model_content, num_threads))
+
+
+def signature_function(lite):
+  """tflite_function's function, of an interpreter already made (e.g. to inspect it first)."""
   runner = lite.get_signature_runner()
   name = list(lite.get_signature_list().values())[0]['inputs'][0]
 
