@@ -6,8 +6,8 @@
 This file never imports TensorFlow (nor does cifar10_records.py, which reads the test set
 for it). compress/quantize.py writes the model file (one .npz in
 the format of compress/sparse.py: int8 weights, int32 biases, float32 per-channel weight
-scales (the file keeps biases that fit int16 and scales on the float16 grid in 2 bytes,
-and gives them back as int32 and float32), and a JSON `meta` with the op list, every
+scales (the file keeps biases that fit int16, and scales that are float16 numbers, in 2
+bytes, and gives them back as int32 and float32), and a JSON `meta` with the op list, every
 tensor's scale and zero point and the input size); this runner loads it, reads the CIFAR-10
 test batch and reports precision @ 1 and images/s.
 

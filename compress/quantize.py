@@ -59,6 +59,9 @@ COMPARE_IMAGES = 200  # test images of the layer-by-layer check
 ZERO_CHANNEL_MULTIPLIER = 2.0 ** -16  # M of an all-zero channel, so its bias stays precise
 HALF_TINY = float(np.finfo(np.float16).tiny)  # 2^-14, float16's smallest normal number
 INT16_MAX = 32767  # a zero channel's bias is kept within int16 (quantize_weights)
+# How weight scales are kept: float32 as computed (TFLite's: its int8 export then holds the
+# same integers), or rounded up onto the float16 grid (2 bytes each in the file).
+WEIGHT_SCALES = ('float32', 'float16')
 
 
 # --------------------------------------------------------------------------- quantization
@@ -126,10 +129,11 @@ def half_grid_scales(scale):
   return scale.astype(np.float32)
 
 
-def quantize_weights(kernel, bias, input_scale, output_scale):
+def quantize_weights(kernel, bias, input_scale, output_scale, weight_scales='float32'):
   """Symmetric per-output-channel int8 weights and int32 biases at scale s_x * s_w.
 
-  s_w = max |w| / 127 per channel, on the float16 grid where it can be (half_grid_scales).
+  s_w = max |w| / 127 per channel in float32, as TFLite computes it, or with
+  weight_scales='float16' on the float16 grid where it can be (half_grid_scales).
   An all-zero (pruned) channel's weights are 0 at any scale; it gets the smallest s_w that
   is at least 2^-16 * s_y / s_x (its bias exact to 2^-16 of an output step), 2^-14
   (float16's smallest normal number) and |b| / (32767 s_x) (its int32 bias fits int16, so the
@@ -140,8 +144,11 @@ def quantize_weights(kernel, bias, input_scale, output_scale):
     {'weights': int8, 'bias': int32, 'weight_scale': float32 [C_out]}.
 
   Raises:
+    ValueError: weight_scales is not one of WEIGHT_SCALES.
     trace.QuantizationError: a bias does not fit in int32 at its scale.
   """
+  if weight_scales not in WEIGHT_SCALES:
+    raise ValueError(f'weight_scales={weight_scales!r}: expected one of {WEIGHT_SCALES}')
   kernel = np.asarray(kernel, np.float64)
   columns = kernel.reshape(-1, kernel.shape[-1])
   scale = np.abs(columns).max(axis=0) / int8.WEIGHT_MAX
@@ -149,7 +156,7 @@ def quantize_weights(kernel, bias, input_scale, output_scale):
   scale[zero] = np.maximum(
       max(ZERO_CHANNEL_MULTIPLIER * output_scale / input_scale, HALF_TINY),
       np.abs(np.asarray(bias, np.float64)[zero]) / (input_scale * INT16_MAX))
-  scale = half_grid_scales(scale)
+  scale = half_grid_scales(scale) if weight_scales == 'float16' else scale.astype(np.float32)
   weights = np.clip(np.round(kernel / scale), -int8.WEIGHT_MAX, int8.WEIGHT_MAX)
   bias_q = np.round(np.asarray(bias, np.float64) / (input_scale * scale.astype(np.float64)))
   if np.abs(bias_q).max(initial=0) >= 2**31:
@@ -159,8 +166,9 @@ def quantize_weights(kernel, bias, input_scale, output_scale):
           'bias': bias_q.astype(np.int32)}
 
 
-def quantize_model(model, calibration_images, calibration):
-  """The int8 form of `model` (its current weights) as an int8.Int8Model's (meta, arrays)."""
+def quantize_model(model, calibration_images, calibration, weight_scales='float32'):
+  """The int8 form of `model` (its current weights) as an int8.Int8Model's (meta, arrays);
+  `weight_scales` one of WEIGHT_SCALES."""
   ops, leaves, output = trace.trace_ops(model)
   values = trace.run_float(ops, leaves, calibration_images)
   ranges = {tensor: value_range(value, calibration) for tensor, value in values.items()}
@@ -169,20 +177,22 @@ def quantize_model(model, calibration_images, calibration):
   for op, leaf in zip(ops, leaves):
     if op['type'] in ('conv', 'dense'):
       parts = quantize_weights(leaf.kernel.numpy(), leaf.bias.numpy(),
-                               params[op['inputs'][0]]['scale'], params[op['output']]['scale'])
+                               params[op['inputs'][0]]['scale'], params[op['output']]['scale'],
+                               weight_scales)
       arrays.update({f'{op["name"]}/{key}': value for key, value in parts.items()})
   meta = {'input': trace.INPUT, 'output': output, 'ops': ops, 'tensors': params,
-          'calibration': dataclasses.asdict(calibration), 'image_size': model.input_shape[0]}
+          'calibration': dataclasses.asdict(calibration), 'weight_scales': weight_scales,
+          'image_size': model.input_shape[0]}
   return meta, arrays
 
 
-def int8_model(loaded, calibration_images, calibration):
+def int8_model(loaded, calibration_images, calibration, weight_scales='float32'):
   """The int8.Int8Model of a cifar10_run.InferenceModel (BatchNorm folded, plain convs).
 
   Raises:
     trace.QuantizationError: the model cannot be run exactly in integers.
   """
-  meta, arrays = quantize_model(loaded.model, calibration_images, calibration)
+  meta, arrays = quantize_model(loaded.model, calibration_images, calibration, weight_scales)
   meta.update(model=loaded.config.model, image_size=loaded.config.image_size,
               step=loaded.step, weights=loaded.weights)
   try:
@@ -212,7 +222,7 @@ def model_bytes(float_params, arrays, stored_payload, path):
   """Sizes: float32 dense and int8 dense payloads (int8 dense: int32 biases and float32
   scales, as in memory and as TFLite stores them), the int8 payload as stored under the
   issue's name `int8_sparse` (sparse.save's return value: each array narrowed where exact,
-  so biases that fit int16 take 2 bytes and float16-grid scales 2, and sparse where that is
+  so biases that fit int16 take 2 bytes (and float16-grid scales 2), and sparse where that is
   smaller), and the file."""
   return {'float32_dense': float_params * sparse.FLOAT32_BYTES,
           'int8_dense': sparse.nbytes(arrays),
@@ -224,7 +234,8 @@ def model_bytes(float_params, arrays, stored_payload, path):
 
 
 def quantize_run(checkpoint_dir, out_dir, batches_dir, calibration, use_ema=True,
-                 compare_images=COMPARE_IMAGES, log=lambda message: None, conv='direct'):
+                 compare_images=COMPARE_IMAGES, log=lambda message: None, conv='direct',
+                 weight_scales='float32'):
   """Quantizes the latest checkpoint of a run, scores it three ways, exports it; the report.
 
   `log(message)` hears about each stage (the binary prints them with a timestamp); `conv`
@@ -244,7 +255,7 @@ def quantize_run(checkpoint_dir, out_dir, batches_dir, calibration, use_ema=True
   log(f'float {float_precision:.4f}; calibrating on {calibration.images} training images')
   calibration_data = calibration_lib.calibration_images(
       cifar10_records.load_split(batches_dir, 'train'), calibration, config.image_size)
-  int_model = int8_model(loaded, calibration_data, calibration)
+  int_model = int8_model(loaded, calibration_data, calibration, weight_scales)
   meta, arrays = int_model.meta, int_model.arrays
   log('scoring the integer path (NumPy, in this process)')
   int_precision, _, predictions = int8.evaluate(int_model, test.images, test.labels)
@@ -262,7 +273,7 @@ def quantize_run(checkpoint_dir, out_dir, batches_dir, calibration, use_ema=True
   runner = run_runner(path, os.path.dirname(batches_dir), out_dir)
   return {'checkpoint': loaded.checkpoint, 'model': config.model, 'step': meta['step'],
           'weights': meta['weights'], 'calibration': meta['calibration'],
-          'num_examples': len(test), 'precision': {
+          'weight_scales': weight_scales, 'num_examples': len(test), 'precision': {
               'float': float_precision, 'fake_quant': fake_precision, 'int8': int_precision,
               'runner': runner['precision']},
           'runner_same_predictions': bool(np.array_equal(runner['predictions'], predictions)),
@@ -329,6 +340,7 @@ def run(values):
     report = quantize_run(checkpoint_dir, out_dir, cifar10_flags.batches_dir(values),
                           calibration, use_ema=values['ema'],
                           compare_images=values['compare_images'], conv=values['conv'],
+                          weight_scales=values['weight_scales'],
                           log=lambda message: print(f'{datetime.datetime.now()}: {message}',
                                                     flush=True))
   except (cifar10_records.DataError, cifar10_config.ConfigError,
@@ -364,6 +376,11 @@ def define_flags(flag_values=flags.FLAGS):
       percentile=flags.DEFINE_float('percentile', d.percentile, 'Upper percentile of '
                                     '--calibration=percentile.', 50.0, 100.0,
                                     flag_values=flag_values),
+      weight_scales=flags.DEFINE_enum('weight_scales', WEIGHT_SCALES[0], list(WEIGHT_SCALES),
+                                      'float32: as TFLite computes them (its int8 export then '
+                                      'holds the same integers); float16: rounded up onto the '
+                                      'float16 grid, 2 bytes each in the file.',
+                                      flag_values=flag_values),
       compare_images=flags.DEFINE_integer('compare_images', COMPARE_IMAGES, 'Test images for '
                                           'the layer-by-layer check.', lower_bound=1,
                                           upper_bound=cifar10_records.NUM_TEST_EXAMPLES,

@@ -10,8 +10,8 @@ and `meta`, UTF-8 JSON as uint8 bytes (model name, image size, anything the writ
 a NumPy string array would spend 4 bytes per character).
 
 Narrowing, lossless: an integer array whose values all fit a narrower signed type (an int32
-bias that fits int16), or a float array whose values are all exact in float16 (a weight
-scale the quantizer chose on the float16 grid), is stored in that narrower type under
+bias that fits int16), or a float array whose values are all exact in float16 (weight
+scales that compress/quantize.py --weight_scales=float16 put on the float16 grid), is stored in that narrower type under
 <name>/<its own dtype> (e.g. `conv1/bias/int32`), and widened back when loaded; the sparse
 form then applies to the narrowed array (`conv1/bias/int32/values`, ...). Loading gives
 back an array equal to the one saved, dtype and shape included (a -0.0 of a sparse array

@@ -192,12 +192,24 @@ def test_weight_scales_round_up_to_the_float16_grid_unless_one_is_under_its_norm
   np.testing.assert_array_equal(quantize.half_grid_scales(tiny), tiny.astype(np.float32))
 
 
-def test_a_layer_of_ordinary_scales_is_stored_in_float16_and_its_biases_in_int16():
+def test_weight_scales_are_tflites_by_default_max_abs_over_127_in_float32():
+  kernel = np.random.default_rng(5).normal(size=(3, 3, 4, 6)).astype(np.float32)
+  parts = quantize.quantize_weights(kernel, np.zeros(6), input_scale=0.05, output_scale=0.1)
+  expected = np.abs(kernel).reshape(-1, 6).max(axis=0) / np.float32(127)  # float32 division
+  assert parts['weight_scale'].dtype == np.float32
+  np.testing.assert_array_equal(parts['weight_scale'], expected)
+  np.testing.assert_array_equal(parts['weights'], np.round(kernel / expected.astype(np.float64)))
+  with pytest.raises(ValueError, match="weight_scales='bfloat16'"):
+    quantize.quantize_weights(kernel, np.zeros(6), 0.05, 0.1, weight_scales='bfloat16')
+
+
+def test_a_layer_of_float16_grid_scales_is_stored_in_float16_and_its_biases_in_int16():
   kernel = np.zeros((3, 3, 2, 3), np.float32)
   kernel[0, 0, 0] = [0.5, -2.0, 0.0]
   kernel[2, 1, 1] = [0.1, 0.3, 0.0]
   bias = np.array([0.01, -0.02, 5.0])  # the all-zero channel's bias: 5 / (0.05 s_w) > 2^15
-  parts = quantize.quantize_weights(kernel, bias, input_scale=0.05, output_scale=0.1)
+  parts = quantize.quantize_weights(kernel, bias, input_scale=0.05, output_scale=0.1,
+                                    weight_scales='float16')
   scale = parts['weight_scale']
   np.testing.assert_array_equal(scale.astype(np.float16).astype(np.float32), scale)
   assert np.all(scale[:2] >= [0.5 / 127, 2.0 / 127]) and scale[2] >= 5.0 / (0.05 * 32767)
@@ -243,11 +255,12 @@ def test_quantize_run_scores_three_ways_and_the_runner_agrees(tiny_run, tmp_path
   assert report['runner_same_predictions'] is True
   assert report['max_step_difference'] <= 1
   assert report['bytes']['float32_dense'] / report['bytes']['int8_dense'] > 3.9
-  # Stored: biases that fit int16 and float16-grid scales take 2 bytes instead of 4.
+  # Stored: biases that fit int16 take 2 bytes instead of 4; scales are TFLite's float32.
   assert report['bytes']['int8_sparse'] < report['bytes']['int8_dense']
+  assert report['weight_scales'] == 'float32'
   with np.load(report['model_file']) as stored:
     scales = [key for key in stored.files if 'weight_scale' in key]
-    assert scales and all(stored[key].dtype == np.float16 for key in scales), scales
+    assert scales and all(stored[key].dtype == np.float32 for key in scales), scales
   assert 'runner' in quantize.format_report(report)
   # The NumPy runner as a program, reading the test file itself, in a process where an
   # import of TensorFlow fails: it must finish without one.
