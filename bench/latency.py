@@ -93,14 +93,16 @@ def prepare(work_dir, model_names, run_dirs, batches_dir, log):
     folder = os.path.join(work_dir, f'{kind}_{name}')
     export_dir = os.path.join(folder, 'export')
     int8_file = os.path.join(folder, RUNTIME_FILES['ours_int8'])
+    source = run_dir or initial_run(os.path.join(folder, 'initial'), name)
     if not os.path.exists(os.path.join(export_dir, cifar10_deploy.REPORT_FILE)):
-      source = run_dir or initial_run(os.path.join(folder, 'initial'), name)
       log(f'{name}: exporting {source}')
       # A run's export is checked on the whole test set (export.json: each file against the
       # evaluation); a model at its initial weights needs no check.
       cifar10_export.export_run(source, export_dir, batches_dir, cifar10_export.Options(
           tflite_int8=True, onnx=True, verify_images=10000 if run_dir else 0, overwrite=True),
           log=log)
+    if not os.path.exists(int8_file):  # Deleted to quantize again: only this is redone.
+      log(f'{name}: quantizing {source}')
       write_int8_file(source, int8_file, batches_dir)
     report = json.load(open(os.path.join(export_dir, cifar10_deploy.REPORT_FILE)))
     rows.append({'kind': kind, 'name': name, 'model': report['model'], 'step': report['step'],
