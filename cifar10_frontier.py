@@ -9,7 +9,10 @@ cifar10_results.py --latency=bench/latency.json draws it. Its points:
     TFLite or by our runner), with the precision that form measured on the test set.
 A point's latency is milliseconds per image at batch 1 on --latency_threads threads: one
 image at a time, as a camera or a request would come. The Pareto-optimal points are those no
-other point beats on both latency (lower) and precision (higher).
+other point beats on both latency (lower) and precision (higher), where a point is not slower
+than another unless its median is above that other's slowest round: on a shared machine two
+forms of one architecture (a pruned model and its dense source, whose kernels do the same
+work) differ by noise, and noise must not put one on the front.
 """
 
 import dataclasses
@@ -34,15 +37,22 @@ class Point:
   model: str
   form: str  # 'float' or 'int8'
   runtime: str  # the fastest of the form's runtimes at batch 1
-  ms: float  # per image, batch 1
+  ms: float  # per image, batch 1: the median of the rounds
   flops: int
   precision: float  # fraction
   source: str  # where the precision comes from: a run's name
+  slowest: float = None  # ms of the slowest round (None: ms)
+
+  @property
+  def cost(self):
+    """(median, slowest round): what pareto_front compares."""
+    return self.ms, self.ms if self.slowest is None else self.slowest
 
 
 def read_latency(path):
   """{candidate name: {'kind', 'model', 'ms': {(runtime, batch, threads): ms per image},
-  'precision': {runtime: fraction}}} of a bench/latency.py JSON file.
+  'slowest': {same keys: ms of the slowest round}, 'precision': {runtime: fraction}}} of a
+  bench/latency.py JSON file.
 
   Raises:
     LatencyError: the file is missing, not JSON, or not of that shape.
@@ -51,11 +61,13 @@ def read_latency(path):
     with open(path, encoding='utf-8') as f:
       report = json.load(f)
     candidates = {row['name']: {'kind': row['kind'], 'model': row['model'], 'ms': {},
-                                'precision': {}} for row in report['candidates']}
+                                'slowest': {}, 'precision': {}} for row in report['candidates']}
     for timing in report['timings']:
-      candidates[timing['name']]['ms'][
-          (timing['runtime'], int(timing['batch']), int(timing['threads']))] = float(
-              timing['ms_per_image'])
+      key = (timing['runtime'], int(timing['batch']), int(timing['threads']))
+      median = float(timing['ms_per_image'])
+      candidates[timing['name']]['ms'][key] = median
+      candidates[timing['name']]['slowest'][key] = max(
+          [median] + [float(ms) for ms in timing.get('ms_per_image_rounds', [])])
     for score in report['precision']:
       candidates[score['name']]['precision'][score['runtime']] = float(score['precision'])
   except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
@@ -63,10 +75,15 @@ def read_latency(path):
   return candidates
 
 
-def fastest(ms, runtimes, threads):
-  """(runtime, ms per image) of the fastest of `runtimes` at batch 1, or None."""
+def fastest(candidate, runtimes, threads):
+  """(runtime, ms per image, ms of its slowest round) of the fastest of `runtimes` at batch 1
+  (by the median), or None."""
+  ms = candidate['ms']
   timed = [(ms[(r, 1, threads)], r) for r in runtimes if (r, 1, threads) in ms]
-  return (min(timed)[1], min(timed)[0]) if timed else None
+  if not timed:
+    return None
+  median, runtime = min(timed)
+  return runtime, median, candidate['slowest'].get((runtime, 1, threads), median)
 
 
 def points(results, latency, flops_of, threads=1):
@@ -86,26 +103,36 @@ def points(results, latency, flops_of, threads=1):
   for name, candidate in latency.items():
     model = candidate['model']
     if candidate['kind'] == 'model' and model in best and model not in timed_runs:
-      timed = fastest(candidate['ms'], FLOAT_RUNTIMES, threads)
+      timed = fastest(candidate, FLOAT_RUNTIMES, threads)
       if timed:
-        found.append(Point(model, model, 'float', *timed, flops_of(model), *best[model]))
+        runtime, ms, slowest = timed
+        found.append(Point(model, model, 'float', runtime, ms, flops_of(model), *best[model],
+                           slowest=slowest))
     elif candidate['kind'] == 'run':
       for form, runtimes in (('float', FLOAT_RUNTIMES), ('int8', INT8_RUNTIMES)):
         scored = [r for r in runtimes if r in candidate['precision']]
-        timed = fastest(candidate['ms'], scored, threads)
+        timed = fastest(candidate, scored, threads)
         if timed:
-          found.append(Point(f'{name} {form}', model, form, *timed, flops_of(model),
-                             candidate['precision'][timed[0]], name))
+          runtime, ms, slowest = timed
+          found.append(Point(f'{name} {form}', model, form, runtime, ms, flops_of(model),
+                             candidate['precision'][runtime], name, slowest=slowest))
   return found
 
 
 def pareto_front(pairs):
   """Indices of the (cost, accuracy) pairs that no other beats on both cost (lower) and
-  accuracy (higher)."""
+  accuracy (higher).
+
+  A cost may be a number or a (median, slowest) pair of a measured latency: then another
+  point is not slower than this one when its median is at most this one's slowest, and beats
+  it when it is also more accurate (or as accurate and faster by the median).
+  """
+  costs = [cost if isinstance(cost, tuple) else (cost, cost) for cost, _ in pairs]
   front = []
-  for i, (cost, accuracy) in enumerate(pairs):
-    dominated = any(c <= cost and a >= accuracy and (c, a) != (cost, accuracy)
-                    for c, a in pairs)
+  for i, ((median, slowest), accuracy) in enumerate(zip(costs, (a for _, a in pairs))):
+    dominated = any(
+        m <= slowest and a >= accuracy and (a > accuracy or m < median)
+        for j, ((m, _), (_, a)) in enumerate(zip(costs, pairs)) if j != i)
     if not dominated:
       front.append(i)
   return front
@@ -114,7 +141,7 @@ def pareto_front(pairs):
 def table(found):
   """Markdown, fastest first: each point's latency, runtime, precision and whether it is on
   the front."""
-  front = set(pareto_front([(p.ms, p.precision) for p in found]))
+  front = set(pareto_front([(p.cost, p.precision) for p in found]))
   lines = ['| point | model | form | fastest runtime | ms per image (batch 1) | MFLOPs | '
            'precision @ 1 | precision from | on the front |', '|' + '---|' * 9]
   for index, p in sorted(enumerate(found), key=lambda item: (item[1].ms, item[1].label)):
@@ -130,7 +157,7 @@ def plot(found, path, threads, pyplot):
   the Pareto front (on latency) ringed and joined in both panels."""
   plt = pyplot()
   figure, axes = plt.subplots(1, 2, figsize=(15, 7), sharey=True)
-  front = pareto_front([(p.ms, p.precision) for p in found])
+  front = pareto_front([(p.cost, p.precision) for p in found])
   for axis, cost_name, cost in (
       (axes[0], f'ms per image, batch 1, {threads} thread(s), fastest runtime', lambda p: p.ms),
       (axes[1], 'MFLOPs (at the input size)', lambda p: p.flops / 1e6)):

@@ -40,6 +40,17 @@ def test_pareto_front_by_hand():
   assert cifar10_frontier.pareto_front(points) == [0, 1, 4, 5]
 
 
+def test_a_point_faster_only_by_noise_is_not_on_the_front():
+  # (median, slowest round), precision: a pruned model and its dense source of one
+  # architecture (the measured case of bench/latency.json), and a truly faster third.
+  points = [((0.127, 0.164), 85.35), ((0.152, 0.239), 90.16), ((0.100, 0.105), 80.0)]
+  # The dense one's median 0.152 is within the pruned one's rounds (up to 0.164): the pruned
+  # is not measurably faster, and less precise. 0.152 is beyond the third's slowest 0.105.
+  assert cifar10_frontier.pareto_front(points) == [1, 2]
+  # Equal precision, overlapping rounds: the lower median wins, never both lost.
+  assert cifar10_frontier.pareto_front([((1.0, 1.3), 80.0), ((1.2, 1.5), 80.0)]) == [0]
+
+
 def test_points_take_the_best_run_of_a_model_and_the_fastest_runtime_of_a_form(tmp_path):
   latency = cifar10_frontier.read_latency(latency_file(tmp_path / 'latency.json'))
   results = [('tuto_a', 'tutorial', 0.81), ('tuto_b', 'tutorial', 0.83), ('nin', 'nin2', 0.77),
