@@ -59,6 +59,10 @@ class TrainConfig:
   """Every training hyperparameter, with its default, unit and limits (see the module)."""
   train_dir: str = _field('runs/tutorial', 'Checkpoints, summaries and config.json go here.')
   model: str = _field('tutorial', 'Model to train.', choices=tuple(models.names()))
+  widths: str = _field('', 'Output channels of the layers to build narrower than --model '
+                       'does, as layer=channels pairs, e.g. conv1_1=12,conv2_1=30: the shapes '
+                       'of a slimmed model (compress/slim.py writes them); empty: the model '
+                       'as registered.')
   recipe: str = _field('study', 'A named set of defaults for the other flags (printed at '
                        'start, docs/recipes.md): {recipes}. A flag given explicitly wins.',
                        choices=tuple(RECIPES))
@@ -135,6 +139,10 @@ class TrainConfig:
                         f'{", ".join(models.MODELS)}')
     for field in dataclasses.fields(self):
       check_value(field, getattr(self, field.name))
+    try:
+      cifar10_model.parse_widths(self.widths)
+    except ValueError as e:
+      raise ConfigError(f'--widths={self.widths}: {e}') from e
     if self.crop_slack % 2:
       raise ConfigError(f'--crop_slack={self.crop_slack} must be even, in 0 .. 16')
     if self.cutout > self.image_size:

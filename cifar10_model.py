@@ -41,16 +41,23 @@ class Regime:
       'tutorial' (0.004 on those layers) or 'l2' (`l2_decay` on every weight matrix,
       convolutions and the logits layer included: the usual weight decay of today's recipes).
     l2_decay: the coefficient of 'l2' (the gradient gains l2_decay * W).
+    widths: ((layer name, output channels or units), ...): the layers a slimmed model
+      builds narrower than its family does (compress/slim.py); the builders ask `width`.
   """
   init: str = 'xavier'
   weight_decay: str = 'study'
   l2_decay: float = L2_WEIGHT_DECAY
+  widths: tuple = ()
 
   def __post_init__(self):
     if self.init not in INIT_MODES:
       raise ValueError(f'init must be one of {INIT_MODES}, got {self.init!r}')
     if self.weight_decay not in DECAY_MODES:
       raise ValueError(f'weight_decay must be one of {DECAY_MODES}, got {self.weight_decay!r}')
+
+  def width(self, name, default):
+    """Output channels (or units) of layer `name`: its entry in `widths`, else `default`."""
+    return dict(self.widths).get(name, default)
 
   def stddev(self, shape, tutorial_stddev):
     return xavier_stddev(shape) if self.init == 'xavier' else tutorial_stddev
@@ -68,6 +75,29 @@ class Regime:
     if self.weight_decay == 'study':
       return STUDY_WEIGHT_DECAY / math.prod(shape)
     return TUTORIAL_WEIGHT_DECAY
+
+
+def parse_widths(text):
+  """'conv1=12,conv2=40' -> (('conv1', 12), ('conv2', 40)); '' -> ().
+
+  Raises:
+    ValueError: an entry is not name=positive integer, or a name comes twice.
+  """
+  widths = []
+  for entry in filter(None, (part.strip() for part in text.split(','))):
+    name, _, value = entry.partition('=')
+    if not name or not value.isdigit() or int(value) < 1:
+      raise ValueError(f'widths entry {entry!r} is not <layer>=<channels>, e.g. conv1=12')
+    widths.append((name.strip(), int(value)))
+  names = [name for name, _ in widths]
+  if len(set(names)) < len(names):
+    raise ValueError(f'widths {text!r} names a layer twice')
+  return tuple(widths)
+
+
+def format_widths(widths):
+  """The inverse of parse_widths: ((name, channels), ...) or {name: channels} -> text."""
+  return ','.join(f'{name}={channels}' for name, channels in dict(widths).items())
 
 
 def xavier_stddev(shape):

@@ -97,7 +97,8 @@ def read_run(train_dir, eval_dir=None):
   flip = os.path.join(cifar10_run.default_eval_dir(train_dir, 'test', 'flip'),
                       cifar10_run.RESULTS_FILE)
   flip_lines = _read_results(flip, train_dir) if eval_dir is None and os.path.exists(flip) else []
-  rows = cifar10_model.count_model(models.build(config.model, config.image_size))
+  rows = cifar10_model.count_model(models.build(
+      config.model, config.image_size, widths=cifar10_model.parse_widths(config.widths)))
   return RunResult(name=os.path.basename(os.path.normpath(train_dir)), model=config.model,
                    params=sum(r.params for r in rows), flops=sum(r.flops for r in rows),
                    precision_by_step={step: precision for step, precision, _ in lines},

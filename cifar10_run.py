@@ -219,8 +219,12 @@ class RunState:
 
 def default_model(config, conv):
   """The registry's model of a config (models.build), computing convolutions as `conv` says."""
-  return models.build(config.model, config.image_size, config.init, config.weight_decay,
-                      conv=conv, l2_decay=config.l2_decay)
+  try:
+    return models.build(config.model, config.image_size, config.init, config.weight_decay,
+                        conv=conv, l2_decay=config.l2_decay,
+                        widths=cifar10_model.parse_widths(config.widths))
+  except ValueError as e:  # --widths naming a layer the model cannot narrow
+    raise cifar10_config.ConfigError(f'--widths={config.widths}: {e}') from e
 
 
 def read_checkpoint(checkpoint, path):

@@ -64,18 +64,38 @@ def canonical_name(name):
 
 
 def build(name, image_size=24, init='xavier', weight_decay='study', conv='direct',
-          l2_decay=cifar10_model.L2_WEIGHT_DECAY):
+          l2_decay=cifar10_model.L2_WEIGHT_DECAY, widths=()):
   """Builds model `name` for image_size x image_size x 3 inputs.
 
   Args:
     name: a name or alias of `names()`.
     image_size: input side, 24 or 32.
-    init, weight_decay, l2_decay: the cifar10_model.Regime.
+    init, weight_decay, l2_decay, widths: the cifar10_model.Regime; `widths` (pairs or a
+      dict) names the layers built narrower, a slimmed model's shapes.
     conv: 'direct', 'spectral' or 'auto' (cifar10_spectral.resolve): how convolutions are
       computed; the variables are the same either way.
+
+  Raises:
+    ValueError: `widths` names a layer the model lacks, or one its family cannot narrow.
   """
   builder = MODELS[canonical_name(name)]
-  regime = cifar10_model.Regime(init=init, weight_decay=weight_decay, l2_decay=l2_decay)
+  widths = tuple(dict(widths).items())
+  regime = cifar10_model.Regime(init=init, weight_decay=weight_decay, l2_decay=l2_decay,
+                                widths=widths)
   model = builder(regime, image_size=image_size)
+  check_widths(model, widths)
   cifar10_spectral.apply(model, cifar10_spectral.resolve(conv))
   return model
+
+
+def check_widths(model, widths):
+  """Raises ValueError unless each (layer, width) of `widths` is a weight layer of `model`
+  built at that width (a family that keeps its widths fixed builds them unchanged)."""
+  built = {layer.name: int(layer.kernel.shape[-1]) for layer in model.weight_layers()}
+  for name, width in widths:
+    if name not in built:
+      raise ValueError(f'widths: {model.name} has no layer {name!r}; its layers with '
+                       f'weights: {", ".join(built)}')
+    if built[name] != width:
+      raise ValueError(f'widths: {model.name} builds {name} with {built[name]} channels, not '
+                       f'{width} (its family does not narrow that layer)')

@@ -40,20 +40,27 @@ SE_REDUCTION = 4  # hidden width of the gate: channels / 4
 
 
 def build(regime, image_size=32, variant=0):
-  """Builds budget<variant> for image_size x image_size x 3 inputs (trained at 32)."""
+  """Builds budget<variant> for image_size x image_size x 3 inputs (trained at 32).
+
+  A convolution of regime.widths gets that many output channels; one in a residual block
+  keeps its input's (the add needs them equal), so a block narrows with the layer before it.
+  """
   if variant not in STAGES:
     raise ValueError(f'budget variant must be one of {sorted(STAGES)}, got {variant}')
-  layers, width = [], 3
+  layers, width, family_width = [], 3, 3
   stages = STAGES[variant]
   for number, widths in enumerate(stages, start=1):
     for index, out in enumerate(widths, start=1):
       name = f'conv{number}_{index}'
-      if variant in RESIDUAL and out == width:
+      if variant in RESIDUAL and out == family_width:
+        # x + BN(conv(x)): the block's width is its input's, narrowed or not.
+        family_width, out = out, width
         branch = cm.conv_bn(regime, name, width, out, 3, relu=False)
         if variant in SQUEEZE_EXCITE:
           branch.append(squeeze_excite(regime, f'se{number}_{index}', out))
         layers.append(cm.Residual(branch, name=f'block{number}_{index}'))
       else:
+        family_width, out = out, regime.width(name, out)
         layers += cm.conv_bn(regime, name, width, out, 3)
       width = out
     if number < len(stages):

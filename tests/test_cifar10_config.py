@@ -48,6 +48,8 @@ def config_of(*argv):
     (dict(augment='false'), "augment 'false' must be a bool"),
     (dict(train_dir=5), 'train_dir 5 must be a str'),
     (dict(crop_slack=3), '--crop_slack=3 must be even'),
+    (dict(widths='conv1=0'), "--widths=conv1=0: widths entry 'conv1=0' is not <layer>="),
+    (dict(widths=12), 'widths 12 must be a str'),
 ])
 def test_a_config_refuses_values_that_cannot_train(overrides, message):
   with pytest.raises(cifar10_config.ConfigError, match=message):
@@ -154,3 +156,12 @@ def test_docs_flags_holds_the_flag_table_derived_from_the_config():
   with open(os.path.join(ROOT, 'docs', 'flags.md'), encoding='utf-8') as f:
     assert cifar10_config.flag_table() in f.read(), (
         'docs/flags.md: paste cifar10_config.flag_table() in place of the old table')
+
+
+def test_the_model_of_a_config_has_its_widths_and_a_layer_it_lacks_is_a_config_error(tmp_path):
+  config = tiny_config(tmp_path, widths='conv2=32,local4=50')
+  model = cifar10_run.default_model(config, 'direct')
+  assert [tuple(layer.kernel.shape)[-1] for layer in model.weight_layers()] == [
+      64, 32, 384, 50, 10]
+  with pytest.raises(cifar10_config.ConfigError, match=r"--widths=conv9=3: .*no layer 'conv9'"):
+    cifar10_run.default_model(tiny_config(tmp_path, widths='conv9=3'), 'direct')

@@ -178,3 +178,53 @@ def test_count_script_rejects_an_unknown_model_listing_valid_ones():
                           capture_output=True, text=True)
   assert result.returncode != 0
   assert 'tutorial' in result.stderr and 'Traceback' not in result.stderr
+
+
+def test_the_tutorial_builds_narrower_as_its_widths_say_counted_by_hand():
+  model = models.build('tutorial', widths={'conv2': 32, 'local3': 100})
+  assert [tuple(layer.kernel.shape) for layer in model.weight_layers()] == [
+      (5, 5, 3, 64), (5, 5, 64, 32), (6 * 6 * 32, 100), (100, 192), (192, 10)]
+  rows = cm.count_model(model)
+  # From the golden 1,068,298 / 37,745,098, by the counting rules: conv2 loses 51,232 params
+  # and (1 + 2*1600)*32*144 + 2*32*144 = 14,759,424 FLOPs, norm2 36*12*12*32 = 165,888;
+  # local3 goes from (2*2304 + 1)*384 + 2*384 to (2*1152 + 1)*100 + 2*100 FLOPs and
+  # 885,120 to 115,300 params; local4 from 769*192 + 384 to 201*192 + 384, 73,920 to 19,392.
+  assert sum(r.params for r in rows) == 1_068_298 - 51_232 - 769_820 - 54_528
+  assert sum(r.flops for r in rows) == 37_745_098 - 14_759_424 - 165_888 - 1_539_924 - 109_056
+  assert model(tf.zeros([2, 24, 24, 3])).shape == (2, 10)
+
+
+def test_budget_models_narrow_and_a_residual_block_follows_its_input():
+  model = models.build('budget1', 32, widths={'conv1_1': 8, 'conv4_2': 100})
+  shapes = {layer.name: tuple(layer.kernel.shape) for layer in model.weight_layers()}
+  assert shapes['conv1_1'] == (3, 3, 3, 8) and shapes['conv1_2'] == (3, 3, 8, 16)
+  assert shapes['conv4_2'] == (3, 3, 144, 100) and shapes['logits'] == (100, 10)
+  rows = {r.name: r for r in cm.count_model(model)}
+  assert rows['conv1_1'].flops == (1 + 2 * 3 * 9) * 8 * 32 * 32  # no bias: BatchNorm's shift
+  assert rows['conv1_2'].flops == (1 + 2 * 8 * 9) * 16 * 32 * 32
+  gated = models.build('budget4', 32, widths={'conv2_1': 20})  # conv2_2 is a gated block
+  shapes = {layer.name: tuple(layer.kernel.shape) for layer in gated.weight_layers()}
+  assert shapes['conv2_2'] == (3, 3, 20, 20) and shapes['se2_2_squeeze'] == (20, 5)
+  assert gated(tf.zeros([1, 32, 32, 3])).shape == (1, 10)
+
+
+@pytest.mark.parametrize('name, widths, message', [
+    ('budget1', {'conv9_1': 3}, "budget1 has no layer 'conv9_1'; its layers with weights: "
+                                'conv1_1'),
+    ('budget3', {'conv2_2': 5}, 'builds conv2_2 with 40 channels, not 5'),  # a residual block
+    ('nin2', {'nin1_0': 32}, 'builds nin1_0 with 192 channels, not 32'),  # fixed widths
+])
+def test_widths_a_model_cannot_build_are_refused_naming_the_layer(name, widths, message):
+  with pytest.raises(ValueError, match=message):
+    models.build(name, widths=widths)
+
+
+def test_widths_text_round_trips_and_bad_entries_are_named():
+  assert cm.parse_widths(' conv1=12, local3=100 ') == (('conv1', 12), ('local3', 100))
+  assert cm.format_widths({'conv1': 12, 'local3': 100}) == 'conv1=12,local3=100'
+  assert cm.parse_widths('') == ()
+  for bad in ('conv1', 'conv1=0', 'conv1=x', '=4'):
+    with pytest.raises(ValueError, match='is not <layer>=<channels>'):
+      cm.parse_widths(bad)
+  with pytest.raises(ValueError, match='names a layer twice'):
+    cm.parse_widths('conv1=3,conv1=4')
