@@ -43,10 +43,10 @@ import tensorflow as tf
 
 import cifar10_config
 import cifar10_flags
-import cifar10_optim
 import cifar10_records
 import cifar10_run
 import cifar10_trainer
+from compress import finetune
 from compress import sparse
 
 MODES = ('gradual', 'oneshot', 'iterative')
@@ -54,15 +54,6 @@ THRESHOLDS = ('per_layer', 'global')
 SETTINGS_FILE = 'pruning.json'
 REPORT_FILE = 'prune_report.json'
 SPARSE_FILE = 'model_sparse.npz'
-FINETUNE_STEPS = 5000  # steps after the source checkpoint (90 % costs 0.6 point at 5k here)
-# The fine-tuning's own learning-rate schedule (docs/compression.md), whatever the source's:
-# from FINETUNE_LEARNING_RATE down to 0 at the last fine-tuning step along a line. 'continue'
-# instead runs the source's schedule on, stretched to the new last step.
-FINETUNE_SCHEDULE = 'warmup_linear'
-FINETUNE_LEARNING_RATE = 0.02
-CONTINUE = 'continue'
-
-
 @dataclasses.dataclass(frozen=True)
 class PruningSettings:
   """What to prune, how far and when; steps count from the start of the source run."""
@@ -290,12 +281,12 @@ def _comparable(record):
 
 
 def write_settings(train_dir, settings, source_checkpoint, schedule=None):
-  """Saves the pruning settings (and the fine-tuning's cifar10_optim.Schedule) in train_dir;
+  """Saves the pruning settings (and the fine-tuning's Schedule) in train_dir;
   refuses to resume a run pruned differently."""
   record = {'source_checkpoint': source_checkpoint, **dataclasses.asdict(settings)}
   record['dense_layers'] = list(settings.dense_layers)
   if schedule is not None:
-    record['finetune_schedule'] = schedule_record(schedule)
+    record['finetune_schedule'] = finetune.schedule_record(schedule)
   path = os.path.join(train_dir, SETTINGS_FILE)
   if os.path.exists(path):
     try:
@@ -324,37 +315,6 @@ def write_settings(train_dir, settings, source_checkpoint, schedule=None):
   except OSError as e:
     raise cifar10_config.ConfigError(f'cannot write {path} ({e}): pass a writable '
                                      '--train_dir.') from e
-
-
-def schedule_record(schedule):
-  """The fine-tuning's schedule as pruning.json holds it: its last step only where the rates
-  depend on it (a constant or staircase fine-tuning may be resumed with more steps)."""
-  record = {'lr_schedule': schedule.name, 'learning_rate': schedule.rate,
-            'warmup_steps': schedule.warmup_steps, 'first_step': schedule.first_step}
-  if schedule.name in cifar10_optim.SCHEDULES_TO_LAST_STEP:
-    record['last_step'] = schedule.last_step
-  return record
-
-
-def finetune_schedule(values, source_config, start, last):
-  """(the fine-tuning's TrainConfig learning-rate fields, its Schedule) from the flags.
-
-  --lr_schedule=continue: the source's schedule and rate (--learning_rate if given), run on
-  to the new last step, as if the source had been trained that long. Any other: that
-  schedule from --learning_rate (default FINETUNE_LEARNING_RATE), starting at the source's
-  step and ending at the last fine-tuning step.
-  """
-  name, rate = values['lr_schedule'], values['learning_rate']
-  if name == CONTINUE and values['warmup_steps']:
-    raise cifar10_config.ConfigError(
-        f'--warmup_steps={values["warmup_steps"]} belongs to the fine-tuning\'s own schedules: '
-        f'with --lr_schedule={CONTINUE} the source\'s schedule runs on, warm-up included.')
-  if name == CONTINUE:
-    fields = dict(learning_rate=source_config.learning_rate if rate is None else rate)
-    return fields, dataclasses.replace(source_config, max_steps=last, **fields).schedule()
-  fields = dict(lr_schedule=name, warmup_steps=values['warmup_steps'],
-                learning_rate=FINETUNE_LEARNING_RATE if rate is None else rate)
-  return fields, dataclasses.replace(source_config, max_steps=last, **fields).schedule(start)
 
 
 def prepare(values):
@@ -389,7 +349,7 @@ def prepare(values):
         dense_layers=tuple(values['dense_layers']))
   except ValueError as e:
     raise cifar10_config.ConfigError(f'pruning flags: {e}') from e
-  rates, schedule = finetune_schedule(values, source_config, start, last)
+  rates, schedule = finetune.finetune_schedule(values, source_config, start, last)
   config = dataclasses.replace(
       source_config, train_dir=train_dir, max_steps=last, conv=values['conv'],
       deterministic=values['deterministic'], strategy=values['strategy'],
@@ -405,9 +365,7 @@ def run(values):
 def _prune(values):
   strategy = cifar10_trainer.start_strategy(values['strategy'], values['cpu_replicas'])
   config, settings, source, schedule = prepare(values)
-  cifar10_trainer.log(f'fine-tuning learning rate: {schedule!r}'
-                      + (' (the source\'s schedule)' if values['lr_schedule'] == CONTINUE
-                         else ''))
+  cifar10_trainer.log(finetune.describe(schedule, values))
   # Checks --dense_layers first.
   trainer = PruningTrainer(config, settings, source, strategy=strategy, schedule=schedule)
   if trainer.worker.is_chief:  # The only writer of the run folder.
@@ -438,9 +396,6 @@ def define_flags(flag_values=flags.FLAGS):
                                      required=True, flag_values=flag_values),
       train_dir=flags.DEFINE_string('train_dir', None, 'The new run (checkpoints, report).',
                                     required=True, flag_values=flag_values),
-      finetune_steps=flags.DEFINE_integer('finetune_steps', FINETUNE_STEPS, 'Steps of '
-                                          'fine-tuning after the source checkpoint.',
-                                          lower_bound=1, flag_values=flag_values),
       target_sparsity=flags.DEFINE_float('target_sparsity', d.target_sparsity,
                                          'Final fraction of zeros.', 0.0, 0.999,
                                          flag_values=flag_values),
@@ -465,16 +420,8 @@ def define_flags(flag_values=flags.FLAGS):
                                   'magnitude threshold over all of them.', flag_values=flag_values),
       dense_layers=flags.DEFINE_list('dense_layers', [], 'Layers never pruned, e.g. conv1.',
                                      flag_values=flag_values),
-      lr_schedule=flags.DEFINE_enum(
-          'lr_schedule', FINETUNE_SCHEDULE, list(cifar10_optim.SCHEDULES) + [CONTINUE],
-          "The fine-tuning's learning rate, from the source's step to its last: "
-          f'{cifar10_optim.describe(cifar10_optim.SCHEDULES)}; or {CONTINUE} (the source\'s '
-          'schedule run on to the new last step).', flag_values=flag_values),
-      learning_rate=flags.DEFINE_float(
-          'learning_rate', None, f"The fine-tuning's rate; default {FINETUNE_LEARNING_RATE} "
-          f"(the source's with --lr_schedule={CONTINUE}).", lower_bound=0.0,
-          flag_values=flag_values),
   )
+  holders.update(finetune.define_flags(flag_values))
   return holders
 
 

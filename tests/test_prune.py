@@ -20,6 +20,7 @@ import cifar10_trainer
 import cifar10_config
 import cifar10_eval
 import cifar10_flags
+from compress import finetune
 from compress import prune
 from compress import sparse
 from fixtures import copy_run, tiny_config, tiny_split
@@ -249,7 +250,7 @@ def test_the_fine_tuning_has_its_own_schedule_whatever_the_source_s(source_run, 
   np.testing.assert_allclose(rates(schedule, [10, 20, 29, 30]), [0.02, 0.01, 0.001, 0.0],
                              rtol=1e-5, atol=1e-9)
   assert (config.lr_schedule, config.learning_rate) == ('warmup_linear', 0.02)
-  assert prune.schedule_record(schedule) == {
+  assert finetune.schedule_record(schedule) == {
       'lr_schedule': 'warmup_linear', 'learning_rate': 0.02, 'warmup_steps': 0,
       'first_step': 10, 'last_step': 30}
   _, _, _, constant = prune.prepare(prune_values(onecycle, tmp_path / 'p2', learning_rate=0.05,
