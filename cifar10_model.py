@@ -7,6 +7,7 @@ Each layer also knows its output shape, parameter count and FLOPs by the study's
 `python models/count.py --model=NAME` prints. Models are composed from these layers in models/.
 """
 
+import contextlib
 import dataclasses
 import math
 
@@ -111,7 +112,24 @@ def xavier_stddev(shape):
   return math.sqrt(XAVIER_GAIN * 2.0 / (fan_in + fan_out))
 
 
+_RANDOM_INIT = [True]  # False inside shapes_only()
+
+
+@contextlib.contextmanager
+def shapes_only():
+  """Layers built inside start at zero instead of random values: no random op runs, so a
+  tool can build a model to count it (compress/slim.py, many times per update) without
+  moving the random state of the training around it."""
+  _RANDOM_INIT[0] = False
+  try:
+    yield
+  finally:
+    _RANDOM_INIT[0] = True
+
+
 def truncated_normal(shape, stddev):
+  if not _RANDOM_INIT[0]:
+    return tf.zeros(shape)
   return tf.random.truncated_normal(shape, stddev=stddev)
 
 

@@ -64,7 +64,7 @@ def reachable(graph, start):
 # The programs of the pipeline's stages (cifar10_records and compress/int8.py have a small
 # command line too, but are libraries that others import).
 STAGE_PROGRAMS = ('cifar10_train', 'cifar10_eval', 'cifar10_results', 'cifar10_export',
-                  'cifar10_classify', 'compress.prune', 'compress.quantize')
+                  'cifar10_classify', 'compress.prune', 'compress.quantize', 'compress.slim')
 
 
 def test_the_graph_sees_the_known_imports(graph):
@@ -111,7 +111,7 @@ def test_the_checkpoint_layout_is_built_in_one_place():
   assert builders == ['cifar10_run']
 
 
-def test_a_run_is_opened_for_inference_in_one_place_by_its_five_callers():
+def test_a_run_is_opened_for_inference_in_one_place_by_its_callers():
   sources = {name: open(path).read() for name, path in project_modules().items()}
   definers = [name for name, text in sources.items()
               if 'def load_inference_model(' in text]
@@ -119,7 +119,7 @@ def test_a_run_is_opened_for_inference_in_one_place_by_its_five_callers():
                    if 'cifar10_run.load_inference_model(' in text)
   assert definers == ['cifar10_run']
   assert callers == ['cifar10_classify', 'cifar10_eval', 'cifar10_export', 'compress.prune',
-                     'compress.quantize']
+                     'compress.quantize', 'compress.slim']
   # Nobody else restores EMA shadows into a model by hand.
   assert sorted(name for name, text in sources.items() if '.restore_ema_shadows()' in text) == [
       'cifar10_eval', 'cifar10_run']

@@ -1,0 +1,108 @@
+"""Tests of compress/slim.py: the FLOP budget, the selection, and a whole tiny slimming run
+whose cut model computes what the masked one did."""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import cifar10_config
+import cifar10_flags
+import cifar10_input
+import cifar10_model as cm
+import cifar10_run
+import cifar10_trainer
+import models
+from compress import channels
+from compress import slim as slim_lib
+from fixtures import tiny_config, tiny_split, write_batches_dir
+
+
+def test_the_budget_falls_along_the_cubic_to_the_target():
+  settings = slim_lib.SlimSettings(target_flops=0.5, begin_step=100, end_step=200, frequency=10)
+  assert settings.budget(99) == 1.0 and settings.budget(100) == 1.0
+  assert settings.budget(150) == pytest.approx(0.5 + 0.5 * 0.5 ** 3)  # 0.5625
+  assert settings.budget(200) == 0.5 and settings.budget(10**6) == 0.5
+  updates = [s for s in range(90, 210) if bool(settings.is_update_step(tf.constant(s, tf.int64)))]
+  assert updates == list(range(100, 201, 10))
+  with pytest.raises(ValueError, match='target_flops must be in'):
+    slim_lib.SlimSettings(target_flops=0.0)
+
+
+def test_selection_drops_the_lowest_scores_first_and_keeps_each_layers_minimum():
+  model = models.build('budget1', 32)
+  groups = channels.channel_groups(model)
+  # conv1_1's channels score lowest of all: the minimum share (25 %: 4 of 16) must stay.
+  scores = {g.name: np.arange(g.size, dtype=np.float64) + (0 if g.name == 'conv1_1' else 1000)
+            for g in groups}
+  kept = {g.name: np.ones(g.size, bool) for g in groups}
+  counter = slim_lib.FlopCounter(cifar10_config.TrainConfig(model='budget1', image_size=32))
+  dense = counter({})
+  # One channel of conv1_1 saves about 1 % (its own 58k FLOPs and conv1_2's 295k of 36.5M).
+  new = slim_lib.select(groups, scores, kept, counter, 0.995 * dense, min_keep=0.25)
+  assert new['conv1_1'].tolist() == [False] + [True] * 15
+  assert all(new[g.name].all() for g in groups[1:])  # no more than it needed
+  # 20 % is more than conv1_1 can give: it goes down to its 4, then the next lowest go.
+  tight = slim_lib.select(groups, scores, kept, counter, 0.8 * dense, min_keep=0.25)
+  assert tight['conv1_1'].tolist() == [False] * 12 + [True] * 4
+  widths = channels.widths_of(groups, {n: np.flatnonzero(m) for n, m in tight.items()})
+  assert counter(widths) <= 0.8 * dense
+  assert all(tight[g.name].sum() >= g.size // 4 for g in groups)
+
+
+@pytest.fixture(scope='module', name='source')
+def fixture_source(tmp_path_factory):
+  """A 10-step tiny budget0 run (BatchNorm) and a data folder of the same tiny images."""
+  root = tmp_path_factory.mktemp('slim')
+  tf.random.set_seed(0)
+  config = tiny_config(root / 'source', model='budget0', max_steps=10, optimizer='nesterov',
+                       weight_decay='l2')
+  cifar10_trainer.train(config, tiny_split())
+  return config, write_batches_dir(str(root / 'data'), tiny_split())
+
+
+def slim(source, train_dir, *extra):
+  """compress/slim.py's run of a 10-step slimming to half the FLOPs (its status)."""
+  config, batches_dir = source
+  values, _ = cifar10_flags.parse(slim_lib.define_flags, [
+      f'--source_dir={config.train_dir}', f'--train_dir={train_dir}', '--finetune_steps=10',
+      '--target_flops=0.5', '--frequency=2', *extra])
+  return slim_lib.run(values, batches_dir)
+
+
+def test_a_slimmed_run_is_an_ordinary_run_of_half_the_flops(source, tmp_path, capsys):
+  train_dir = tmp_path / 'slim'
+  assert slim(source, train_dir) is None
+  config = cifar10_run.read_config(str(train_dir))
+  assert config.model == 'budget0' and config.widths and config.max_steps == 20
+  report = json.loads((train_dir / slim_lib.REPORT_FILE).read_text())
+  assert report['flops']['ratio'] <= 0.5 and report['flops']['slim'] == sum(
+      r.flops for r in cm.count_model(cifar10_run.default_model(config, 'direct')))
+  loaded = cifar10_run.load_inference_model(str(train_dir), conv='direct')  # as eval does
+  assert loaded.step == 20 and loaded.config.widths == config.widths
+  assert 'FLOPs' in capsys.readouterr().out
+  # The cut, step 16 (--end_step 15, one step later): the slim run's first checkpoint gives
+  # the masked run's logits (budget0 has no LRN: exactly the same function).
+  images = tf.constant(cifar10_input.eval_batch(tiny_split(8).images, 32))
+  masked = cifar10_run.load_inference_model(str(train_dir / slim_lib.MASKED_DIR), conv='direct')
+  first = cifar10_run.load_inference_model(str(train_dir), conv='direct',
+                                           checkpoint=str(train_dir / 'ckpt-16'))
+  assert masked.step == 16 and first.step == 16
+  np.testing.assert_allclose(first.model(images).numpy(), masked.model(images).numpy(),
+                             rtol=1e-4, atol=1e-4)
+  # Run again: both phases are done, nothing trains, the report is written again.
+  assert slim(source, train_dir) is None
+
+
+def test_bn_scale_needs_batchnorm_and_l1_norm_slims_the_tutorial(tmp_path):
+  tf.random.set_seed(0)
+  config = tiny_config(tmp_path / 'tutorial', max_steps=5)
+  cifar10_trainer.train(config, tiny_split())
+  source = (config, write_batches_dir(str(tmp_path / 'data'), tiny_split()))
+  assert slim(source, tmp_path / 'bn') == (
+      'error: --criterion=bn_scale: conv1 has no BatchNorm to read a scale from; use '
+      '--criterion=l1_norm for this model')
+  assert slim(source, tmp_path / 'l1', '--criterion=l1_norm') is None
+  widths = cm.parse_widths(cifar10_run.read_config(str(tmp_path / 'l1')).widths)
+  assert set(dict(widths)) == {'conv1', 'conv2', 'local3', 'local4'}
