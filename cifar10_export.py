@@ -319,8 +319,8 @@ def _export(config, checkpoint, work, batches_dir, options, log):
     log('converting the SavedModel to ONNX (tf2onnx)')
     files[ONNX_FILE] = os.path.join(work, ONNX_FILE)
     _converted('ONNX', convert_onnx, serving, files[ONNX_FILE])
-  report = {'checkpoint': checkpoint, 'model': config.model, 'step': loaded.step,
-            'weights': loaded.weights, 'image_size': config.image_size,
+  report = {'checkpoint': checkpoint, 'model': config.model, 'widths': config.widths,
+            'step': loaded.step, 'weights': loaded.weights, 'image_size': config.image_size,
             'batchnorm_folded': loaded.batchnorm_folded,
             'serving_version': options.serving_version}
   if options.tflite_int8:

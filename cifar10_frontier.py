@@ -50,7 +50,8 @@ class Point:
 
 
 def read_latency(path):
-  """{candidate name: {'kind', 'model', 'ms': {(runtime, batch, threads): ms per image},
+  """{candidate name: {'kind', 'model', 'widths' (a slimmed run's, else ''), 'ms':
+  {(runtime, batch, threads): ms per image},
   'slowest': {same keys: ms of the slowest round}, 'precision': {runtime: fraction}}} of a
   bench/latency.py JSON file.
 
@@ -60,8 +61,9 @@ def read_latency(path):
   try:
     with open(path, encoding='utf-8') as f:
       report = json.load(f)
-    candidates = {row['name']: {'kind': row['kind'], 'model': row['model'], 'ms': {},
-                                'slowest': {}, 'precision': {}} for row in report['candidates']}
+    candidates = {row['name']: {'kind': row['kind'], 'model': row['model'],
+                                'widths': row.get('widths', ''), 'ms': {}, 'slowest': {},
+                                'precision': {}} for row in report['candidates']}
     for timing in report['timings']:
       key = (timing['runtime'], int(timing['batch']), int(timing['threads']))
       median = float(timing['ms_per_image'])
@@ -92,7 +94,8 @@ def points(results, latency, flops_of, threads=1):
   Args:
     results: (run name, model, final precision) of each evaluated run.
     latency: read_latency's dict.
-    flops_of: model name -> FLOPs at its input size (the latency candidates' sides).
+    flops_of: (model name, widths) -> FLOPs at its input size (the latency candidates'
+      sides; widths '' for the model as registered, a slimmed run's otherwise).
     threads: which thread count's figures.
   """
   best = {}  # model -> (precision, run name) of its best run
@@ -106,15 +109,16 @@ def points(results, latency, flops_of, threads=1):
       timed = fastest(candidate, FLOAT_RUNTIMES, threads)
       if timed:
         runtime, ms, slowest = timed
-        found.append(Point(model, model, 'float', runtime, ms, flops_of(model), *best[model],
-                           slowest=slowest))
+        found.append(Point(model, model, 'float', runtime, ms, flops_of(model, ''),
+                           *best[model], slowest=slowest))
     elif candidate['kind'] == 'run':
       for form, runtimes in (('float', FLOAT_RUNTIMES), ('int8', INT8_RUNTIMES)):
         scored = [r for r in runtimes if r in candidate['precision']]
         timed = fastest(candidate, scored, threads)
         if timed:
           runtime, ms, slowest = timed
-          found.append(Point(f'{name} {form}', model, form, runtime, ms, flops_of(model),
+          found.append(Point(f'{name} {form}', model, form, runtime, ms,
+                             flops_of(model, candidate['widths']),
                              candidate['precision'][runtime], name, slowest=slowest))
   return found
 

@@ -442,11 +442,13 @@ def write_frontier(results, latency_file, threads, out_dir):
   return table
 
 
-def model_flops(model):
-  """FLOPs of a model at the zoo's input side for it (bench/latency.py's: 32 for the budget
-  family, 24 for the study's models)."""
+def model_flops(model, widths=''):
+  """FLOPs of a model (narrowed as a slimmed run's `widths` say) at the zoo's input side for
+  it (bench/latency.py's: 32 for the budget family, 24 for the study's models)."""
   size = 32 if model.startswith('budget') else 24
-  return sum(r.flops for r in cifar10_model.count_model(models.build(model, size)))
+  with cifar10_model.shapes_only():
+    built = models.build(model, size, widths=cifar10_model.parse_widths(widths))
+  return sum(r.flops for r in cifar10_model.count_model(built))
 
 
 def main(argv):

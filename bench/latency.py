@@ -105,7 +105,8 @@ def prepare(work_dir, model_names, run_dirs, batches_dir, log):
       log(f'{name}: quantizing {source}')
       write_int8_file(source, int8_file, batches_dir)
     report = json.load(open(os.path.join(export_dir, cifar10_deploy.REPORT_FILE)))
-    rows.append({'kind': kind, 'name': name, 'model': report['model'], 'step': report['step'],
+    rows.append({'kind': kind, 'name': name, 'model': report['model'],
+                 'widths': report.get('widths', ''), 'step': report['step'],
                  'folder': f'{kind}_{name}',
                  'bytes': dict(report['bytes'], **{RUNTIME_FILES['ours_int8']: os.path.getsize(int8_file)})})
   return rows

@@ -18,7 +18,8 @@ def latency_file(path):
                             ('tutorial', 'saved_model', 0.9), ('squeeze1', 'tflite_float', 0.3),
                             ('budget1_m20k', 'tflite_float', 0.6), ('budget1', 'onnx', 0.5),
                             ('budget1_m20k', 'tflite_int8', 0.2),
-                            ('budget1_m20k', 'ours_int8', 1.5)):
+                            ('budget1_m20k', 'ours_int8', 1.5),
+                            ('budget1_slim', 'tflite_float', 0.35)):
     timings += [{'name': name, 'runtime': runtime, 'batch': 1, 'threads': 1, 'ms_per_image': ms},
                 {'name': name, 'runtime': runtime, 'batch': 32, 'threads': 1,
                  'ms_per_image': ms / 3}]
@@ -26,11 +27,14 @@ def latency_file(path):
       'candidates': [{'kind': 'model', 'name': 'tutorial', 'model': 'tutorial'},
                      {'kind': 'model', 'name': 'squeeze1', 'model': 'squeeze1'},
                      {'kind': 'model', 'name': 'budget1', 'model': 'budget1'},
-                     {'kind': 'run', 'name': 'budget1_m20k', 'model': 'budget1'}],
+                     {'kind': 'run', 'name': 'budget1_m20k', 'model': 'budget1'},
+                     {'kind': 'run', 'name': 'budget1_slim', 'model': 'budget1',
+                      'widths': 'conv1_1=8'}],
       'timings': timings,
       'precision': [{'name': 'budget1_m20k', 'runtime': 'tflite_float', 'precision': 0.9025},
                     {'name': 'budget1_m20k', 'runtime': 'tflite_int8', 'precision': 0.9010},
-                    {'name': 'budget1_m20k', 'runtime': 'ours_int8', 'precision': 0.9002}]}))
+                    {'name': 'budget1_m20k', 'runtime': 'ours_int8', 'precision': 0.9002},
+                    {'name': 'budget1_slim', 'runtime': 'tflite_float', 'precision': 0.89}]}))
   return path
 
 
@@ -55,10 +59,13 @@ def test_points_take_the_best_run_of_a_model_and_the_fastest_runtime_of_a_form(t
   latency = cifar10_frontier.read_latency(latency_file(tmp_path / 'latency.json'))
   results = [('tuto_a', 'tutorial', 0.81), ('tuto_b', 'tutorial', 0.83), ('nin', 'nin2', 0.77),
              ('budget1_m20k', 'budget1', 0.9025)]
-  found = {p.label: p for p in cifar10_frontier.points(results, latency, lambda m: 10**6)}
+  found = {p.label: p for p in cifar10_frontier.points(
+      results, latency, lambda model, widths: 10**6 // (2 if widths else 1))}
   # squeeze1 has no run in the results, nin2 no latency: neither is a point; budget1 at its
   # initial weights is left out for the timed run of it.
-  assert sorted(found) == ['budget1_m20k float', 'budget1_m20k int8', 'tutorial']
+  assert sorted(found) == ['budget1_m20k float', 'budget1_m20k int8', 'budget1_slim float',
+                           'tutorial']
+  assert found['budget1_slim float'].flops == 10**6 // 2  # counted at its own widths
   tutorial = found['tutorial']  # onnx is its fastest float runtime at batch 1
   assert (tutorial.runtime, tutorial.ms, tutorial.precision, tutorial.source) == (
       'onnx', 0.4, 0.83, 'tuto_b')

@@ -1,7 +1,9 @@
 """Tests of compress/slim.py: the FLOP budget, the selection, and a whole tiny slimming run
 whose cut model computes what the masked one did."""
 
+import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -106,3 +108,51 @@ def test_bn_scale_needs_batchnorm_and_l1_norm_slims_the_tutorial(tmp_path):
   assert slim(source, tmp_path / 'l1', '--criterion=l1_norm') is None
   widths = cm.parse_widths(cifar10_run.read_config(str(tmp_path / 'l1')).widths)
   assert set(dict(widths)) == {'conv1', 'conv2', 'local3', 'local4'}
+
+
+def slim_values(source, train_dir, *extra):
+  values, _ = cifar10_flags.parse(slim_lib.define_flags, [
+      f'--source_dir={source[0].train_dir}', f'--train_dir={train_dir}', *extra])
+  return values
+
+
+@pytest.mark.parametrize('extra, message', [
+    (('--begin_step=5',), r'the slimming window --begin_step=5 \.\. --end_step=2505 must lie '
+                          r'within the fine-tuning steps 10 \.\. 5009'),
+    (('--end_step=5010',), 'must lie within the fine-tuning steps 10 .. 5009'),
+    (('--lr_schedule=continue', '--warmup_steps=5'), '--warmup_steps=5 belongs to the '
+                                                     "fine-tuning's own schedules"),
+])
+def test_bad_slimming_flags_are_named_before_anything_is_written(source, tmp_path, extra,
+                                                                 message):
+  with pytest.raises(cifar10_config.ConfigError, match=message):
+    slim_lib.prepare(slim_values(source, tmp_path / 'slim', *extra))
+  assert not (tmp_path / 'slim').exists()
+
+
+def test_the_source_must_be_another_unslimmed_run(source, tmp_path):
+  with pytest.raises(cifar10_config.ConfigError, match='--train_dir must differ'):
+    slim_lib.prepare(slim_values(source, source[0].train_dir))
+  with pytest.raises(cifar10_config.ConfigError, match='holds no trained run'):
+    slim_lib.prepare(slim_values((cifar10_config.TrainConfig(train_dir=str(tmp_path)),),
+                                 tmp_path / 'slim'))
+  slimmed = tmp_path / 'slimmed'
+  shutil.copytree(source[0].train_dir, slimmed)
+  config = cifar10_run.read_config(str(slimmed))
+  cifar10_run.write_config(dataclasses.replace(config, train_dir=str(slimmed),
+                                               widths='conv1=12'))
+  with pytest.raises(cifar10_config.ConfigError, match='is a slimmed run already'):
+    slim_lib.prepare(slim_values((cifar10_config.TrainConfig(train_dir=str(slimmed)),),
+                                 tmp_path / 'slim'))
+
+
+def test_a_run_slimmed_otherwise_is_not_resumed(tmp_path):
+  record = {'target_flops': 0.5, 'criterion': 'bn_scale'}
+  slim_lib.write_settings(str(tmp_path), record)
+  slim_lib.write_settings(str(tmp_path), record)  # the same: resumes
+  with pytest.raises(cifar10_config.ConfigError, match=r"other settings \(target_flops: 0.5 "
+                                                       r"-> 0.3\)"):
+    slim_lib.write_settings(str(tmp_path), dict(record, target_flops=0.3))
+  (tmp_path / slim_lib.SETTINGS_FILE).write_text('[1, 2]')
+  with pytest.raises(cifar10_config.ConfigError, match='slimming.json is unreadable'):
+    slim_lib.write_settings(str(tmp_path), record)
