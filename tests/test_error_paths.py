@@ -62,6 +62,7 @@ import cifar10_trainer
 from compress import calibration as calibration_lib
 from compress import int8
 from compress import prune
+from compress import slim
 from compress import quantize
 from compress import sparse
 from fixtures import add_member, copy_run, make_batches_dir, tiny_config, tiny_split
@@ -261,6 +262,7 @@ RECORDS = 'cifar10_records.py'
 COUNT = 'models/count.py'
 PRUNE = 'compress/prune.py'
 QUANTIZE = 'compress/quantize.py'
+SLIM = 'compress/slim.py'
 RUNNER = 'compress/int8.py'
 BENCH = 'bench'
 TRAIN_ARGS = ('--train_dir={case}/run', '--data_dir={data}', '--max_steps=2',
@@ -268,6 +270,8 @@ TRAIN_ARGS = ('--train_dir={case}/run', '--data_dir={data}', '--max_steps=2',
 EVAL_ARGS = ('--data_dir={data}', '--run_once', '--eval_dir={case}/eval')
 PRUNE_ARGS = ('--source_dir={run}', '--train_dir={case}/pruned', '--data_dir={data}',
               '--finetune_steps=2')
+SLIM_ARGS = ('--source_dir={run}', '--train_dir={case}/slim', '--data_dir={data}',
+             '--finetune_steps=4')
 
 CASES = [
     # ----- cifar10_train.py
@@ -384,6 +388,19 @@ CASES = [
          setup=write('pruned/pruning.json', '[1, 2')),
     Case(PRUNE, 'a --train_dir that is a file', PRUNE_ARGS, 'error', ('{case}/pruned',),
          setup=write('pruned')),
+
+    # ----- compress/slim.py
+    Case(SLIM, 'a stray argument', SLIM_ARGS + ('stray',), 'usage', ('stray',)),
+    Case(SLIM, 'no source run', ('--source_dir={case}/nowhere', '--train_dir={case}/slim'),
+         'error', ('--source_dir={case}/nowhere',), wiring=True),
+    Case(SLIM, 'a --target_flops out of range', SLIM_ARGS + ('--target_flops=0',), 'flags',
+         ('--target_flops',)),
+    Case(SLIM, 'bn_scale on a model without BatchNorm', SLIM_ARGS, 'error',
+         ('--criterion=bn_scale', 'l1_norm')),
+    Case(SLIM, 'a garbage slimming.json', SLIM_ARGS + ('--criterion=l1_norm',), 'error',
+         ('{case}/slim/slimming.json',), setup=write('slim/slimming.json', '[1, 2')),
+    Case(SLIM, 'a slimming window outside the fine-tuning', SLIM_ARGS + ('--end_step=100',),
+         'error', ('--end_step=100',)),
 
     # ----- compress/quantize.py
     Case(QUANTIZE, 'a stray argument', ('--checkpoint_dir={run}', 'stray'), 'usage', ('stray',)),
@@ -537,6 +554,7 @@ IN_PROCESS = {
         *arguments, url=UNREACHABLE_URL), cifar10_records.main, takes_arguments=True),
     PRUNE: Program(prune.define_flags, values_only(prune.run), prune.main),
     QUANTIZE: Program(quantize.define_flags, values_only(quantize.run), quantize.main),
+    SLIM: Program(slim.define_flags, values_only(slim.run), slim.main),
     RUNNER: Program(int8.define_flags, values_only(int8.run), int8.main),
 }
 
