@@ -50,7 +50,7 @@ from compress import finetune
 from compress import sparse
 
 MODES = ('gradual', 'oneshot', 'iterative')
-THRESHOLDS = ('per_layer', 'global')
+THRESHOLDS = ('per_layer', 'global', 'erk')
 SETTINGS_FILE = 'pruning.json'
 REPORT_FILE = 'prune_report.json'
 SPARSE_FILE = 'model_sparse.npz'
@@ -64,7 +64,8 @@ class PruningSettings:
   frequency: int = 100  # steps between mask updates (gradual)
   mode: str = 'gradual'
   rounds: int = 4  # prune -> retrain cycles (iterative)
-  threshold: str = 'per_layer'  # or 'global': one magnitude threshold over every matrix
+  threshold: str = 'per_layer'  # 'global': one magnitude threshold over every matrix;
+  # 'erk': each matrix to its Erdos-Renyi-kernel share of the target (erk_sparsities)
   dense_layers: tuple = ()  # layers whose matrix is never pruned, e.g. ('conv1',)
 
   def __post_init__(self):
@@ -132,10 +133,36 @@ def keep_largest(magnitudes, sparsity):
   return tf.reshape(mask, tf.shape(magnitudes))
 
 
-def new_masks(kernels, sparsity, threshold):
-  """Masks for `kernels` at `sparsity`, per matrix or with one global threshold."""
+def erk_sparsities(shapes, sparsity):
+  """Per matrix, the sparsity of the Erdos-Renyi-kernel allocation (Evci et al. 2020) whose
+  zeros are `sparsity` of all the matrices' weights together.
+
+  A matrix keeps a density eps * sum(shape) / prod(shape) (a conv's kernel sides and its two
+  channel counts; a dense layer's two sides): small and thin layers keep more. eps is what
+  meets the total; a matrix whose density would pass 1 stays dense, and eps is solved again
+  for the others.
+  """
+  sizes = [math.prod(shape) for shape in shapes]
+  raw = [sum(shape) / size for shape, size in zip(shapes, sizes)]
+  kept_in_all, dense = (1.0 - sparsity) * sum(sizes), set()
+  while True:
+    rest = [i for i in range(len(shapes)) if i not in dense]
+    eps = (kept_in_all - sum(sizes[i] for i in dense)) / sum(raw[i] * sizes[i] for i in rest)
+    over = {i for i in rest if eps * raw[i] >= 1.0}
+    if not over:
+      return [0.0 if i in dense else 1.0 - eps * raw[i] for i in range(len(shapes))]
+    dense |= over
+
+
+def new_masks(kernels, sparsity, threshold, target=None):
+  """Masks for `kernels` at `sparsity`: per matrix, with one global threshold, or (erk)
+  each matrix at its ERK share of `target` scaled by sparsity / target."""
   if threshold == 'per_layer':
     return [keep_largest(tf.abs(k), sparsity) for k in kernels]
+  if threshold == 'erk':
+    shares = erk_sparsities([k.shape.as_list() for k in kernels], target)
+    scale = sparsity / target if target else tf.constant(0.0, tf.float64)
+    return [keep_largest(tf.abs(k), share * scale) for k, share in zip(kernels, shares)]
   flat = keep_largest(tf.concat([tf.reshape(tf.abs(k), [-1]) for k in kernels], 0), sparsity)
   pieces = tf.split(flat, [math.prod(k.shape) for k in kernels])
   return [tf.reshape(piece, k.shape) for piece, k in zip(pieces, kernels)]
@@ -195,7 +222,8 @@ class PruningTrainer(cifar10_trainer.Trainer):
     metrics['sparsity'] = self.sparsity()
 
   def update_masks(self, sparsity):
-    for mask, new in zip(self.masks, new_masks(self.pruned, sparsity, self.settings.threshold)):
+    for mask, new in zip(self.masks, new_masks(self.pruned, sparsity, self.settings.threshold,
+                                               self.settings.target_sparsity)):
       mask.assign(new)
     self.apply_masks()
 
@@ -417,7 +445,9 @@ def define_flags(flag_values=flags.FLAGS):
                                   lower_bound=1, flag_values=flag_values),
       threshold=flags.DEFINE_enum('threshold', d.threshold, list(THRESHOLDS),
                                   'per_layer: each matrix to the target; global: one '
-                                  'magnitude threshold over all of them.', flag_values=flag_values),
+                                  'magnitude threshold over all of them; erk: each matrix to '
+                                  'its Erdos-Renyi-kernel share (Evci et al. 2020).',
+                                  flag_values=flag_values),
       dense_layers=flags.DEFINE_list('dense_layers', [], 'Layers never pruned, e.g. conv1.',
                                      flag_values=flag_values),
   )

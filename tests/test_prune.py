@@ -90,6 +90,23 @@ def test_mask_keeps_exactly_k_even_when_magnitudes_tie():
   assert mask.sum() == 63 - math.floor(0.5 * 63)
 
 
+def test_erk_shares_keep_small_layers_denser_and_meet_the_total_by_hand():
+  # conv1-like 3x3x3x64 (1,728 weights) and local3-like 2304x384 (884,736) at 90 %: 88,646.4
+  # kept in all. eps = 88,646.4 / (73 + 2,688) would give the conv a density of
+  # eps * 73 / 1,728 = 1.36 > 1, so it stays dense and the dense layer keeps the rest.
+  shares = prune.erk_sparsities([[3, 3, 3, 64], [2304, 384]], 0.9)
+  assert shares[0] == 0.0
+  assert shares[1] == pytest.approx(1 - (88_646.4 - 1_728) / 884_736)
+  # 100x100 and 300x300 at 90 %: 10,000 kept; eps = 10,000 / (200 + 600) = 12.5, so
+  # densities 12.5 * 200 / 10,000 = 0.25 and 12.5 * 600 / 90,000 = 1/12.
+  np.testing.assert_allclose(prune.erk_sparsities([[100, 100], [300, 300]], 0.9),
+                             [0.75, 11 / 12])
+  kernels = [tf.random.normal([3, 3, 3, 64]), tf.random.normal([2304, 384])]
+  masks = prune.new_masks(kernels, tf.constant(0.45, tf.float64), 'erk', target=0.9)
+  assert float(tf.reduce_sum(masks[0])) == 1728  # half-way: each share halved
+  assert float(tf.reduce_sum(masks[1])) == 884_736 - math.floor(0.5 * shares[1] * 884_736)
+
+
 def test_global_threshold_prunes_the_smallest_matrix_entries_first():
   small = tf.constant(np.arange(1, 101, dtype=np.float32).reshape(10, 10) * 1e-3)
   large = tf.constant(np.arange(1, 301, dtype=np.float32).reshape(3, 100))
