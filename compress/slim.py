@@ -240,6 +240,13 @@ class SlimTrainer(cifar10_trainer.Trainer):
     budget = self.settings.budget(int(step)) * self.dense_flops
     new = select(self.groups, channel_scores(self.groups, self.settings.criterion), kept,
                  self.flops_of, budget, self.settings.min_keep)
+    flops = self.flops_of(channels.widths_of(
+        self.groups, {name: np.flatnonzero(mask) for name, mask in new.items()}))
+    channels_kept = sum(int(mask.sum()) for mask in new.values())
+    cifar10_trainer.log(f'step {int(step)}: channels kept {channels_kept} of '
+                        f'{sum(g.size for g in self.groups)}, FLOPs '
+                        f'{flops / self.dense_flops:.1%} of the dense model\'s (budget '
+                        f'{budget / self.dense_flops:.1%})')
     return [new[g.name].astype(np.float32) for g in self.groups]
 
   def after_update(self, metrics):
