@@ -63,6 +63,7 @@ from compress import channels
 from compress import finetune
 
 CRITERIA = ('bn_scale', 'l1_norm')
+ALLOCATIONS = ('global', 'uniform')
 MASKED_DIR = 'masked'  # <train_dir>/masked: the first phase's run
 SETTINGS_FILE = 'slimming.json'
 REPORT_FILE = 'slim_report.json'
@@ -73,6 +74,7 @@ class SlimSettings:
   """What to slim, how far and when; steps count from the start of the source run."""
   target_flops: float = 0.5  # the slim model's FLOPs over the source's
   criterion: str = 'bn_scale'
+  allocation: str = 'global'  # or 'uniform': every layer loses the same share (select)
   penalty: float = 1e-4  # bn_scale: the loss gains penalty * sum |gamma|
   min_keep: float = 0.1  # every group keeps at least this share of its channels (and one)
   begin_step: int = 0
@@ -82,8 +84,9 @@ class SlimSettings:
   def __post_init__(self):
     if not 0.0 < self.target_flops <= 1.0:
       raise ValueError(f'target_flops must be in (0, 1], got {self.target_flops}')
-    if self.criterion not in CRITERIA:
-      raise ValueError(f'criterion must be one of {CRITERIA}, got {self.criterion!r}')
+    if self.criterion not in CRITERIA or self.allocation not in ALLOCATIONS:
+      raise ValueError(f'criterion must be one of {CRITERIA} and allocation one of '
+                       f'{ALLOCATIONS}, got {self.criterion!r} and {self.allocation!r}')
     if not 0.0 < self.min_keep <= 1.0 or self.penalty < 0 or self.frequency < 1:
       raise ValueError('need 0 < min_keep <= 1, penalty >= 0 and frequency >= 1')
     if not 0 <= self.begin_step <= self.end_step:
@@ -134,9 +137,13 @@ def channel_scores(groups, criterion):
   return scores
 
 
-def select(groups, scores, kept, flops_of, budget, min_keep):
+def select(groups, scores, kept, flops_of, budget, min_keep, allocation='global'):
   """The channels to keep: the lowest-scored of those kept so far go, fewest first, until
   flops_of(widths) <= budget (or every group is down to its minimum).
+
+  allocation 'global' ranks all channels by score; 'uniform' takes them in turns, each
+  group's lowest-scored first, so that every group loses the same share of its channels
+  (Li et al. 2017 prune each layer by the same ratio).
 
   Args:
     groups: channels.channel_groups.
@@ -150,13 +157,17 @@ def select(groups, scores, kept, flops_of, budget, min_keep):
     {group name: bool [size]}.
   """
   floor = {g.name: max(1, math.ceil(min_keep * g.size)) for g in groups}
-  candidates = sorted((scores[g.name][c], g.name, c) for g in groups
-                      for c in np.flatnonzero(kept[g.name]))
+  candidates = []
+  for g in groups:
+    order = sorted(np.flatnonzero(kept[g.name]), key=lambda c, g=g: scores[g.name][c])
+    candidates += [((rank + 1) / g.size if allocation == 'uniform' else scores[g.name][c],
+                    scores[g.name][c], g.name, c) for rank, c in enumerate(order)]
+  candidates.sort()
 
   def removing(count):
     new = {name: mask.copy() for name, mask in kept.items()}
     removed = 0
-    for _, name, channel in candidates:
+    for _, _, name, channel in candidates:
       if removed == count:
         break
       if new[name].sum() > floor[name]:
@@ -239,7 +250,7 @@ class SlimTrainer(cifar10_trainer.Trainer):
     kept = {name: mask.numpy() > 0 for name, mask in self.masks.items()}
     budget = self.settings.budget(int(step)) * self.dense_flops
     new = select(self.groups, channel_scores(self.groups, self.settings.criterion), kept,
-                 self.flops_of, budget, self.settings.min_keep)
+                 self.flops_of, budget, self.settings.min_keep, self.settings.allocation)
     flops = self.flops_of(channels.widths_of(
         self.groups, {name: np.flatnonzero(mask) for name, mask in new.items()}))
     channels_kept = sum(int(mask.sum()) for mask in new.values())
@@ -318,6 +329,7 @@ def prepare(values):
   try:
     settings = SlimSettings(
         target_flops=values['target_flops'], criterion=values['criterion'],
+        allocation=values['allocation'],
         penalty=values['penalty'], min_keep=values['min_keep'], begin_step=begin,
         end_step=end, frequency=values['frequency'])
   except ValueError as e:
@@ -450,6 +462,10 @@ def define_flags(flag_values=flags.FLAGS):
                                   '|gamma| with an L1 penalty (network slimming); l1_norm: '
                                   "filter L1 norms over their layer's mean.",
                                   flag_values=flag_values),
+      allocation=flags.DEFINE_enum('allocation', d.allocation, list(ALLOCATIONS), 'global: '
+                                   'one ranking of every channel by score; uniform: every '
+                                   'layer loses the same share of its channels.',
+                                   flag_values=flag_values),
       penalty=flags.DEFINE_float('penalty', d.penalty, 'bn_scale: the L1 coefficient on '
                                  "the BatchNorms' gamma.", lower_bound=0.0,
                                  flag_values=flag_values),

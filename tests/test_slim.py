@@ -53,6 +53,22 @@ def test_selection_drops_the_lowest_scores_first_and_keeps_each_layers_minimum()
   assert all(tight[g.name].sum() >= g.size // 4 for g in groups)
 
 
+def test_uniform_allocation_takes_the_same_share_of_every_layer():
+  model = models.build('budget1', 32)
+  groups = channels.channel_groups(model)
+  rng = np.random.default_rng(0)
+  scores = {g.name: rng.random(g.size) for g in groups}
+  kept = {g.name: np.ones(g.size, bool) for g in groups}
+  counter = slim_lib.FlopCounter(cifar10_config.TrainConfig(model='budget1', image_size=32))
+  new = slim_lib.select(groups, scores, kept, counter, 0.5 * counter({}), 0.1, 'uniform')
+  shares = [new[g.name].mean() for g in groups]
+  assert max(shares) - min(shares) <= 1 / 16 + 1e-9  # within one channel of the narrowest
+  for g in groups:  # within a layer, the lowest scores went
+    assert scores[g.name][~new[g.name]].max(initial=0) <= scores[g.name][new[g.name]].min()
+  widths = channels.widths_of(groups, {n: np.flatnonzero(m) for n, m in new.items()})
+  assert counter(widths) <= 0.5 * counter({})
+
+
 @pytest.fixture(scope='module', name='source')
 def fixture_source(tmp_path_factory):
   """A 10-step tiny budget0 run (BatchNorm) and a data folder of the same tiny images."""
