@@ -42,6 +42,7 @@ class Point:
   precision: float  # fraction
   source: str  # where the precision comes from: a run's name
   slowest: float = None  # ms of the slowest round (None: ms)
+  widths: str = ''  # a slimmed run's (cifar10_config.TrainConfig.widths), else ''
 
   @property
   def cost(self):
@@ -119,7 +120,8 @@ def points(results, latency, flops_of, threads=1):
           runtime, ms, slowest = timed
           found.append(Point(f'{name} {form}', model, form, runtime, ms,
                              flops_of(model, candidate['widths']),
-                             candidate['precision'][runtime], name, slowest=slowest))
+                             candidate['precision'][runtime], name, slowest=slowest,
+                             widths=candidate['widths']))
   return found
 
 
@@ -149,7 +151,8 @@ def table(found):
   lines = ['| point | model | form | fastest runtime | ms per image (batch 1) | MFLOPs | '
            'precision @ 1 | precision from | on the front |', '|' + '---|' * 9]
   for index, p in sorted(enumerate(found), key=lambda item: (item[1].ms, item[1].label)):
-    study = f' (study: {STUDY_MS[p.model]} ms)' if p.model in STUDY_MS and p.form == 'float' else ''
+    study = (f' (study: {STUDY_MS[p.model]} ms)'
+             if p.model in STUDY_MS and p.form == 'float' and not p.widths else '')
     lines.append(f'| {p.label} | {p.model} | {p.form} | {p.runtime} | {p.ms:.3f}{study} | '
                  f'{p.flops / 1e6:.2f} | {100 * p.precision:.2f} | {p.source} | '
                  f'{"yes" if index in front else ""} |')

@@ -66,6 +66,7 @@ def test_points_take_the_best_run_of_a_model_and_the_fastest_runtime_of_a_form(t
   assert sorted(found) == ['budget1_m20k float', 'budget1_m20k int8', 'budget1_slim float',
                            'tutorial']
   assert found['budget1_slim float'].flops == 10**6 // 2  # counted at its own widths
+  assert found['budget1_slim float'].widths == 'conv1_1=8'
   tutorial = found['tutorial']  # onnx is its fastest float runtime at batch 1
   assert (tutorial.runtime, tutorial.ms, tutorial.precision, tutorial.source) == (
       'onnx', 0.4, 0.83, 'tuto_b')
