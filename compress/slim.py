@@ -160,8 +160,10 @@ def select(groups, scores, kept, flops_of, budget, min_keep, allocation='global'
   candidates = []
   for g in groups:
     order = sorted(np.flatnonzero(kept[g.name]), key=lambda c, g=g: scores[g.name][c])
-    candidates += [((rank + 1) / g.size if allocation == 'uniform' else scores[g.name][c],
-                    scores[g.name][c], g.name, c) for rank, c in enumerate(order)]
+    gone = g.size - len(order)  # removed by earlier updates: uniform counts them in
+    candidates += [((gone + rank + 1) / g.size if allocation == 'uniform'
+                    else scores[g.name][c], scores[g.name][c], g.name, c)
+                   for rank, c in enumerate(order)]
   candidates.sort()
 
   def removing(count):
