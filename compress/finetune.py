@@ -7,11 +7,14 @@ on, stretched to the new last step (docs/compression.md).
 """
 
 import dataclasses
+import json
+import os
 
 from absl import flags
 
 import cifar10_config
 import cifar10_optim
+import cifar10_run
 
 FINETUNE_STEPS = 5000  # steps after the source checkpoint (90 % costs 0.6 point at 5k here)
 # The fine-tuning's own learning-rate schedule (docs/compression.md), whatever the source's:
@@ -75,4 +78,104 @@ def define_flags(flag_values=flags.FLAGS):
           'learning_rate', None, f"The fine-tuning's rate; default {FINETUNE_LEARNING_RATE} "
           f"(the source's with --lr_schedule={CONTINUE}).", lower_bound=0.0,
           flag_values=flag_values),
+  )
+
+
+def window(values, start, last, what, cut=False):
+  """(begin, end) of a fine-tuning's mask window from --begin_step and --end_step: by default
+  the first half of the fine-tuning; `cut`: the end needs a step after it (slimming cuts the
+  model there).
+
+  Raises:
+    cifar10_config.ConfigError: the window leaves the fine-tuning's steps.
+  """
+  begin = start if values['begin_step'] is None else values['begin_step']
+  end = begin + values['finetune_steps'] // 2 if values['end_step'] is None else values['end_step']
+  highest = last - 1 if cut else last
+  if not start <= begin <= end <= highest:
+    raise cifar10_config.ConfigError(
+        f'the {what} window --begin_step={begin} .. --end_step={end} must lie within the '
+        f'fine-tuning steps {start} .. {highest} (the source is at step {start}).')
+  return begin, end
+
+
+class FromSource:
+  """A cifar10_trainer.Trainer mixin for a tool that fine-tunes another run: a new run starts
+  from `source_checkpoint` (the source's layout; what the tool adds, such as masks, starts
+  fresh), a re-run resumes its own folder. `kind` names the tool's runs in errors."""
+
+  source_checkpoint = None
+  kind = 'fine-tuning'
+
+  def restore_latest(self):
+    if cifar10_run.checkpoint_paths(self.config.train_dir) or not self.source_checkpoint:
+      try:
+        return super().restore_latest()
+      except cifar10_run.UnreadableCheckpoint as e:  # e.g. an ordinary run: no masks.
+        raise cifar10_config.ConfigError(
+            f'{self.config.train_dir} holds no {self.kind} checkpoint of this layout that '
+            f'restores ({e}): pass a new --train_dir.') from e
+    self.files.open()
+    self.restored_from, self.skipped = self.source_checkpoint, []
+    self.restore(self.source_checkpoint)
+    return int(self.step.numpy())
+
+
+def read_settings(path):
+  """The settings record a tool kept at `path` (pruning.json, slimming.json), or None.
+
+  Raises:
+    cifar10_config.ConfigError: the file is there but is no JSON object.
+  """
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path, encoding='utf-8') as f:
+      record = json.load(f)
+  except (OSError, ValueError) as e:
+    record = e
+  if not isinstance(record, dict):
+    detail = (f'{type(record).__name__}: {record}' if isinstance(record, Exception)
+              else f'a JSON {type(record).__name__}, not an object')
+    raise cifar10_config.ConfigError(f'{path} is unreadable ({detail}): it must be the '
+                                     f'{os.path.basename(path)} this tool wrote; pass another '
+                                     '--train_dir.')
+  return record
+
+
+def keep_settings(path, previous, record, kind):
+  """Refuses a resumed run whose kept settings (`previous`, from read_settings) differ from
+  `record`, then writes `record` to `path`; `kind` names the run ('pruning') in the error."""
+  if previous is not None:
+    changed = [f'{key}: {previous.get(key)!r} -> {value!r}' for key, value in record.items()
+               if previous.get(key) != value]
+    if changed:
+      train_dir = os.path.dirname(path)
+      raise cifar10_config.ConfigError(
+          f'{train_dir} holds a {kind} run with other settings ({"; ".join(changed)}): pass '
+          'another --train_dir to run with these.')
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    cifar10_run.write_json(path, record)
+  except OSError as e:
+    raise cifar10_config.ConfigError(f'cannot write {path} ({e}): pass a writable '
+                                     '--train_dir.') from e
+
+
+def define_run_flags(flag_values=flags.FLAGS, frequency=100):
+  """--source_dir, --train_dir and the mask window (--begin_step, --end_step, --frequency) of
+  a tool that fine-tunes a trained run with masks; {name: FlagHolder}."""
+  return dict(
+      source_dir=flags.DEFINE_string('source_dir', None, 'The --train_dir of a trained run.',
+                                     required=True, flag_values=flag_values),
+      train_dir=flags.DEFINE_string('train_dir', None, 'The new run (checkpoints, report).',
+                                    required=True, flag_values=flag_values),
+      begin_step=flags.DEFINE_integer('begin_step', None, 'First mask update (a global '
+                                      "step); default the source's last step.", lower_bound=0,
+                                      flag_values=flag_values),
+      end_step=flags.DEFINE_integer('end_step', None, 'Last mask update, where the target is '
+                                    'reached; default --begin_step + --finetune_steps/2.',
+                                    lower_bound=0, flag_values=flag_values),
+      frequency=flags.DEFINE_integer('frequency', frequency, 'Steps between mask updates.',
+                                     lower_bound=1, flag_values=flag_values),
   )

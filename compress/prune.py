@@ -23,7 +23,6 @@ steps spread evenly from --begin_step to --end_step.
 
 import dataclasses
 import datetime
-import json
 import math
 import os
 import sys
@@ -168,7 +167,7 @@ def new_masks(kernels, sparsity, threshold, target=None):
   return [tf.reshape(piece, k.shape) for piece, k in zip(pieces, kernels)]
 
 
-class PruningTrainer(cifar10_trainer.Trainer):
+class PruningTrainer(finetune.FromSource, cifar10_trainer.Trainer):
   """cifar10_trainer.Trainer whose conv and dense matrices carry magnitude masks.
 
   The masks are non-trainable variables, one beside each pruned matrix (in the order of
@@ -176,6 +175,8 @@ class PruningTrainer(cifar10_trainer.Trainer):
   matrix's EMA shadow after every update, so pruned entries are exactly zero in both; with
   plain SGD that equals masking the gradient (Zhu & Gupta's masked updates).
   """
+
+  kind = 'pruning'
 
   def __init__(self, config, settings, source_checkpoint=None, strategy=None, schedule=None):
     self.settings, self.source_checkpoint = settings, source_checkpoint
@@ -198,20 +199,6 @@ class PruningTrainer(cifar10_trainer.Trainer):
     self.masks = [tf.Variable(tf.ones_like(layer.kernel), trainable=False,
                               name=f'{layer.name}/mask') for layer in pruned_layers]
     return {'masks': self.masks}
-
-  def restore_latest(self):
-    """Resumes this run, or starts from the source checkpoint with all-ones masks."""
-    if cifar10_run.checkpoint_paths(self.config.train_dir) or not self.source_checkpoint:
-      try:
-        return super().restore_latest()
-      except cifar10_run.UnreadableCheckpoint as e:  # e.g. an ordinary run: no masks.
-        raise cifar10_config.ConfigError(f'{self.config.train_dir} holds no pruning checkpoint of '
-                                         f'this layout that restores ({e}): pass a new '
-                                         '--train_dir.') from e
-    self.files.open()
-    self.restored_from, self.skipped = self.source_checkpoint, []
-    self.restore(self.source_checkpoint)  # The source's layout: no masks.
-    return int(self.step.numpy())
 
   def before_update(self):
     if self.settings.is_update_step(self.step):
@@ -316,14 +303,9 @@ def write_settings(train_dir, settings, source_checkpoint, schedule=None):
   if schedule is not None:
     record['finetune_schedule'] = finetune.schedule_record(schedule)
   path = os.path.join(train_dir, SETTINGS_FILE)
-  if os.path.exists(path):
-    try:
-      with open(path) as f:
-        previous = _comparable(json.load(f))
-    except (OSError, ValueError, TypeError, AttributeError) as e:
-      raise cifar10_config.ConfigError(f'{path} is unreadable ({type(e).__name__}: {e}): it '
-                                       'must be the pruning.json this tool wrote; pass another '
-                                       '--train_dir.') from e
+  previous = finetune.read_settings(path)
+  if previous is not None:
+    previous = _comparable(previous)
     if 'finetune_schedule' not in previous and schedule is not None:
       # Pruned before the fine-tuning had a schedule of its own: it ran the source's on.
       if schedule.first_step:
@@ -331,18 +313,7 @@ def write_settings(train_dir, settings, source_checkpoint, schedule=None):
             f'{train_dir} was pruned with the source\'s learning-rate schedule run on (before '
             'the fine-tuning had its own): resume it with --lr_schedule=continue.')
       previous['finetune_schedule'] = record['finetune_schedule']
-    changed = [f'{key}: {previous.get(key)!r} -> {value!r}'
-               for key, value in _comparable(record).items() if previous.get(key) != value]
-    if changed:
-      raise cifar10_config.ConfigError(
-          f'{train_dir} holds a pruning run with other settings ({"; ".join(changed)}): pass '
-          'another --train_dir to prune differently.')
-  try:
-    os.makedirs(train_dir, exist_ok=True)
-    cifar10_run.write_json(path, record)
-  except OSError as e:
-    raise cifar10_config.ConfigError(f'cannot write {path} ({e}): pass a writable '
-                                     '--train_dir.') from e
+  finetune.keep_settings(path, previous, _comparable(record), 'pruning')
 
 
 def prepare(values):
@@ -363,12 +334,7 @@ def prepare(values):
     print(f'{datetime.datetime.now()}: note: the source run is unfinished, at step {start:,} of '
           f'its --max_steps={source_config.max_steps:,}; pruning starts from there.', flush=True)
   last = start + values['finetune_steps']
-  begin = start if values['begin_step'] is None else values['begin_step']
-  end = begin + values['finetune_steps'] // 2 if values['end_step'] is None else values['end_step']
-  if not start <= begin <= end <= last:
-    raise cifar10_config.ConfigError(
-        f'the pruning window --begin_step={begin} .. --end_step={end} must lie within the '
-        f'fine-tuning steps {start} .. {last} (the source is at step {start}).')
+  begin, end = finetune.window(values, start, last, 'pruning')
   try:
     settings = PruningSettings(
         target_sparsity=values['target_sparsity'], initial_sparsity=values['initial_sparsity'],
@@ -420,24 +386,12 @@ def define_flags(flag_values=flags.FLAGS):
       ('conv', 'deterministic', 'strategy', 'cpu_replicas', 'precision', 'warmup_steps'),
       flag_values))
   holders.update(
-      source_dir=flags.DEFINE_string('source_dir', None, 'The --train_dir of a trained run.',
-                                     required=True, flag_values=flag_values),
-      train_dir=flags.DEFINE_string('train_dir', None, 'The new run (checkpoints, report).',
-                                    required=True, flag_values=flag_values),
       target_sparsity=flags.DEFINE_float('target_sparsity', d.target_sparsity,
                                          'Final fraction of zeros.', 0.0, 0.999,
                                          flag_values=flag_values),
       initial_sparsity=flags.DEFINE_float('initial_sparsity', d.initial_sparsity,
                                           'Sparsity at --begin_step.', 0.0, 0.999,
                                           flag_values=flag_values),
-      begin_step=flags.DEFINE_integer('begin_step', None, 'First mask update (a global '
-                                      "step); default the source's last step.", lower_bound=0,
-                                      flag_values=flag_values),
-      end_step=flags.DEFINE_integer('end_step', None, 'Step where the target is reached; '
-                                    'default --begin_step + --finetune_steps/2.',
-                                    lower_bound=0, flag_values=flag_values),
-      frequency=flags.DEFINE_integer('frequency', d.frequency, 'Steps between mask updates '
-                                     '(gradual).', lower_bound=1, flag_values=flag_values),
       mode=flags.DEFINE_enum('mode', d.mode, list(MODES), 'gradual (Zhu & Gupta), oneshot, '
                              'or iterative prune -> retrain rounds (Han et al.).',
                              flag_values=flag_values),
@@ -451,6 +405,7 @@ def define_flags(flag_values=flags.FLAGS):
       dense_layers=flags.DEFINE_list('dense_layers', [], 'Layers never pruned, e.g. conv1.',
                                      flag_values=flag_values),
   )
+  holders.update(finetune.define_run_flags(flag_values, d.frequency))
   holders.update(finetune.define_flags(flag_values))
   return holders
 

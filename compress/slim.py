@@ -32,7 +32,6 @@ Report: printed and <train_dir>/slim_report.json.
 """
 
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -191,7 +190,7 @@ def select(groups, scores, kept, flops_of, budget, min_keep, allocation='global'
   return removing(low)
 
 
-class SlimTrainer(cifar10_trainer.Trainer):
+class SlimTrainer(finetune.FromSource, cifar10_trainer.Trainer):
   """cifar10_trainer.Trainer whose channel groups carry masks (the first phase).
 
   The masks are non-trainable float vectors, one per group, saved in the checkpoint as
@@ -199,6 +198,8 @@ class SlimTrainer(cifar10_trainer.Trainer):
   counts FLOPs by building models), and after every update they multiply each masked
   variable and its EMA shadow. One device only.
   """
+
+  kind = 'slimming'
 
   def __init__(self, config, settings, source_checkpoint=None, schedule=None):
     self.settings, self.source_checkpoint = settings, source_checkpoint
@@ -228,15 +229,6 @@ class SlimTrainer(cifar10_trainer.Trainer):
       decay += self.settings.penalty * tf.add_n(
           [tf.reduce_sum(tf.abs(n.gamma)) for g in self.groups for n in g.norms])
     return cross_entropy, decay, logits
-
-  def restore_latest(self):
-    """Resumes the first phase, or starts it from the source checkpoint, all channels kept."""
-    if cifar10_run.checkpoint_paths(self.config.train_dir) or not self.source_checkpoint:
-      return super().restore_latest()
-    self.files.open()
-    self.restored_from, self.skipped = self.source_checkpoint, []
-    self.restore(self.source_checkpoint)
-    return int(self.step.numpy())
 
   def before_update(self):
     def update():
@@ -322,12 +314,7 @@ def prepare(values):
                                      f'(widths {source_config.widths}); slim its source.')
   start = cifar10_run.checkpoint_step(source)
   last = start + values['finetune_steps']
-  begin = start if values['begin_step'] is None else values['begin_step']
-  end = begin + values['finetune_steps'] // 2 if values['end_step'] is None else values['end_step']
-  if not start <= begin <= end < last:
-    raise cifar10_config.ConfigError(
-        f'the slimming window --begin_step={begin} .. --end_step={end} must lie within the '
-        f'fine-tuning steps {start} .. {last - 1} (the source is at step {start}).')
+  begin, end = finetune.window(values, start, last, 'slimming', cut=True)
   try:
     settings = SlimSettings(
         target_flops=values['target_flops'], criterion=values['criterion'],
@@ -342,31 +329,6 @@ def prepare(values):
   masked = dataclasses.replace(slim, train_dir=os.path.join(train_dir, MASKED_DIR),
                                max_steps=end + 1)
   return source_config, masked, slim, settings, source, schedule
-
-
-def write_settings(train_dir, record):
-  """Keeps the slimming's settings in train_dir; refuses to resume a run slimmed otherwise."""
-  path = os.path.join(train_dir, SETTINGS_FILE)
-  if os.path.exists(path):
-    try:
-      with open(path, encoding='utf-8') as f:
-        previous = json.load(f)
-      previous.get  # pylint: disable=pointless-statement (a dict, or AttributeError)
-    except (OSError, ValueError, AttributeError) as e:
-      raise cifar10_config.ConfigError(f'{path} is unreadable ({e}): pass another '
-                                       '--train_dir.') from e
-    changed = [f'{key}: {previous.get(key)!r} -> {value!r}' for key, value in record.items()
-               if previous.get(key) != value]
-    if changed:
-      raise cifar10_config.ConfigError(
-          f'{train_dir} holds a slimming run with other settings ({"; ".join(changed)}): '
-          'pass another --train_dir to slim differently.')
-  try:
-    os.makedirs(train_dir, exist_ok=True)
-    cifar10_run.write_json(path, record)
-  except OSError as e:
-    raise cifar10_config.ConfigError(f'cannot write {path} ({e}): pass a writable '
-                                     '--train_dir.') from e
 
 
 def build_report(config, masked_config, keep, groups, evaluations):
@@ -417,9 +379,11 @@ def _slim(values, batches_dir):
   split = cifar10_records.load_split(batches_dir, 'train')
   cifar10_trainer.install_stop_handlers()
   masked = SlimTrainer(masked_config, settings, source, schedule=schedule)
-  write_settings(slim.train_dir, {'source_checkpoint': os.path.realpath(source),
-                                  **dataclasses.asdict(settings),
-                                  'finetune_schedule': finetune.schedule_record(schedule)})
+  path = os.path.join(slim.train_dir, SETTINGS_FILE)
+  finetune.keep_settings(path, finetune.read_settings(path),
+                         {'source_checkpoint': os.path.realpath(source),
+                          **dataclasses.asdict(settings),
+                          'finetune_schedule': finetune.schedule_record(schedule)}, 'slimming')
   if not cifar10_run.read_config(slim.train_dir):  # The first phase is not over.
     cifar10_trainer.train(masked_config, split, make_trainer=lambda _: masked)
     widths = channels.widths_of(masked.groups, masked.kept())
@@ -453,10 +417,6 @@ def define_flags(flag_values=flags.FLAGS):
   holders.update(cifar10_flags.define_config_flags(('conv', 'strategy', 'warmup_steps'),
                                                    flag_values))
   holders.update(
-      source_dir=flags.DEFINE_string('source_dir', None, 'The --train_dir of a trained run.',
-                                     required=True, flag_values=flag_values),
-      train_dir=flags.DEFINE_string('train_dir', None, 'The new run (the slim model).',
-                                    required=True, flag_values=flag_values),
       target_flops=flags.DEFINE_float('target_flops', d.target_flops, "The slim model's "
                                       "FLOPs as a share of the source's.", 0.001, 1.0,
                                       flag_values=flag_values),
@@ -473,16 +433,8 @@ def define_flags(flag_values=flags.FLAGS):
                                  flag_values=flag_values),
       min_keep=flags.DEFINE_float('min_keep', d.min_keep, "Share of each layer's channels "
                                   'always kept.', 0.001, 1.0, flag_values=flag_values),
-      begin_step=flags.DEFINE_integer('begin_step', None, 'First mask update (a global '
-                                      "step); default the source's last step.", lower_bound=0,
-                                      flag_values=flag_values),
-      end_step=flags.DEFINE_integer('end_step', None, 'Last mask update; the model is cut '
-                                    'one step later. Default --begin_step + '
-                                    '--finetune_steps/2.', lower_bound=0,
-                                    flag_values=flag_values),
-      frequency=flags.DEFINE_integer('frequency', d.frequency, 'Steps between mask updates.',
-                                     lower_bound=1, flag_values=flag_values),
   )
+  holders.update(finetune.define_run_flags(flag_values, d.frequency))
   holders.update(finetune.define_flags(flag_values))
   return holders
 

@@ -17,6 +17,7 @@ import cifar10_run
 import cifar10_trainer
 import models
 from compress import channels
+from compress import finetune
 from compress import slim as slim_lib
 from fixtures import tiny_config, tiny_split, write_batches_dir
 
@@ -170,12 +171,16 @@ def test_the_source_must_be_another_unslimmed_run(source, tmp_path):
 
 
 def test_a_run_slimmed_otherwise_is_not_resumed(tmp_path):
+  path = str(tmp_path / slim_lib.SETTINGS_FILE)
+
+  def keep(record):  # as compress/slim.py keeps its settings
+    finetune.keep_settings(path, finetune.read_settings(path), record, 'slimming')
   record = {'target_flops': 0.5, 'criterion': 'bn_scale'}
-  slim_lib.write_settings(str(tmp_path), record)
-  slim_lib.write_settings(str(tmp_path), record)  # the same: resumes
-  with pytest.raises(cifar10_config.ConfigError, match=r"other settings \(target_flops: 0.5 "
-                                                       r"-> 0.3\)"):
-    slim_lib.write_settings(str(tmp_path), dict(record, target_flops=0.3))
+  keep(record)
+  keep(record)  # the same: resumes
+  with pytest.raises(cifar10_config.ConfigError, match=r"holds a slimming run with other "
+                                                       r"settings \(target_flops: 0.5 -> 0.3\)"):
+    keep(dict(record, target_flops=0.3))
   (tmp_path / slim_lib.SETTINGS_FILE).write_text('[1, 2]')
   with pytest.raises(cifar10_config.ConfigError, match='slimming.json is unreadable'):
-    slim_lib.write_settings(str(tmp_path), record)
+    keep(record)
