@@ -6,6 +6,8 @@
 # make deploy-deps: add the optional packages of requirements-deploy.txt to .venv (tf2onnx and
 #                 ONNX Runtime: cifar10_export.py --onnx and the latency benchmark; make test
 #                 installs them too, for their tests).
+# make tfmot-venv: a separate venv, .venv-tfmot, with TensorFlow Model Optimization and tf-keras
+#                 for bench/tfmot_prune.py (never needed by the project itself).
 # make zoo:   train and evaluate every model of $(ZOO) in $(ZOO_DIR)/<model>, then write
 #             docs/results.md and docs/results.png (about 21-49 min per model here, resumable).
 PYTHON ?= python3
@@ -26,7 +28,7 @@ comma := ,
 empty :=
 space := $(empty) $(empty)
 
-.PHONY: train eval test test-fast classify zoo deploy-deps clean-venv
+.PHONY: train eval test test-fast classify zoo deploy-deps tfmot-venv clean-venv
 
 $(VENV)/installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +40,15 @@ $(VENV)/deploy-installed: $(VENV)/installed requirements-deploy.txt
 	touch $@
 
 deploy-deps: $(VENV)/deploy-installed
+
+TFMOT_VENV ?= .venv-tfmot
+$(TFMOT_VENV)/installed: requirements.txt requirements-tfmot.txt
+	$(PYTHON) -m venv $(TFMOT_VENV)
+	$(TFMOT_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-tfmot.txt
+	$(TFMOT_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps tensorflow-model-optimization==0.8.1
+	touch $@
+
+tfmot-venv: $(TFMOT_VENV)/installed
 
 train: $(VENV)/installed
 	$(PY) cifar10_train.py --model=$(MODEL) --data_dir=$(DATA_DIR) --train_dir=$(TRAIN_DIR) --max_steps=$(MAX_STEPS) --conv=$(CONV)
@@ -63,4 +74,4 @@ zoo: $(VENV)/installed
 	$(PY) cifar10_results.py --runs=$(subst $(space),$(comma),$(addprefix $(ZOO_DIR)/,$(ZOO))) --out_dir=docs
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(TFMOT_VENV)

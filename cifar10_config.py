@@ -103,6 +103,15 @@ class TrainConfig:
   image_size: int = _field(cifar10_input.CROP_SIZE, 'Input side. Default: 24 with --augment, '
                            '32 with --noaugment.', unit='pixels',
                            choices=(cifar10_input.CROP_SIZE, cifar10_records.IMAGE_SIZE))
+  teacher_dir: str = _field('', 'Run folders of teachers to distill from, comma-separated '
+                            '(their mean softened predictions; cifar10_distill.py); empty: '
+                            'train on the labels alone.')
+  distill_alpha: float = _field(0.9, 'With --teacher_dir: the share of the loss that is the '
+                                "teachers' soft term, the rest the labels' cross-entropy.",
+                                low=0.0, high=1.0)
+  distill_temperature: float = _field(4.0, 'With --teacher_dir: the temperature both '
+                                      'softmaxes of the soft term divide the logits by.',
+                                      low=0.01, high=100.0)
   init: str = _field('xavier', "xavier (the study's) or tutorial (explicit stddevs).",
                      choices=cifar10_model.INIT_MODES)
   weight_decay: str = _field('study', 'study: 500 / prod(shape); tutorial: 0.004 (both on the '

@@ -29,6 +29,7 @@ import time
 import tensorflow as tf
 
 import cifar10_config
+import cifar10_distill
 import cifar10_distribute
 import cifar10_env
 import cifar10_input
@@ -115,17 +116,16 @@ class Trainer(cifar10_run.RunState):
       cifar10_distribute.replica_batch_size(config.batch_size, self.replicas)
     except cifar10_distribute.DistributeError as e:
       raise cifar10_config.ConfigError(str(e)) from e
-    # Before the first step tries to allocate it: this process's share of the batch.
-    check_batch_fits(dataclasses.replace(
+    check_batch_fits(dataclasses.replace(  # Before the first step: this process's share.
         config, batch_size=config.batch_size // self.worker.num_workers), self.model)
     self.model.set_precision(config.precision)  # The layers' compute dtype; float32 weights.
-    self.schedule = schedule or config.schedule()
+    self.schedule = schedule or config.schedule()  # Teachers: never trained or saved.
+    self.teacher = cifar10_distill.Teacher(config) if config.teacher_dir else None
     decay = {id(kernel): coefficient for kernel, coefficient in self.model.kernels}
     with strategy.scope() if strategy else contextlib.nullcontext():
       extra = self.extra_state()
       self.optimizer = cifar10_optim.make_optimizer(
-          config.optimizer, self.variables, [decay.get(id(v), 0.0) for v in self.variables],
-          config)
+          config.optimizer, self.variables, [decay.get(id(v), 0.0) for v in self.variables], config)
       extra.update(self.optimizer.checkpoint_state())
       self.loss_scale = None
       if config.precision == 'mixed_float16':
@@ -150,10 +150,12 @@ class Trainer(cifar10_run.RunState):
     return self.model(images, training=True)
 
   def objective(self, images, labels):
-    """(cross-entropy, weight decay, logits) of a batch; the loss is the first two's sum."""
+    """(cross-entropy, or with teachers cifar10_distill's loss; weight decay; logits)."""
     logits = self.forward(images)
     cross_entropy, decay = cifar10_model.loss(logits, labels, self.model,
                                               self.config.label_smoothing)
+    if self.teacher is not None:
+      cross_entropy = self.teacher.loss(cross_entropy, images, logits)
     return cross_entropy, decay, logits
 
   def before_update(self):

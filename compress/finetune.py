@@ -25,6 +25,16 @@ FINETUNE_LEARNING_RATE = 0.02
 CONTINUE = 'continue'
 
 
+# The distillation fields a fine-tuning may set (cifar10_distill.py): the source run itself is
+# the natural teacher of its compressed form.
+DISTILL_FIELDS = ('teacher_dir', 'distill_alpha', 'distill_temperature')
+
+
+def distill_fields(values):
+  """{field: value} of the distillation flags (DISTILL_FIELDS) for the fine-tuning's config."""
+  return {name: values[name] for name in DISTILL_FIELDS}
+
+
 def schedule_record(schedule):
   """The fine-tuning's schedule as pruning.json holds it: its last step only where the rates
   depend on it (a constant or staircase fine-tuning may be resumed with more steps)."""

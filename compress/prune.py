@@ -347,7 +347,8 @@ def prepare(values):
   config = dataclasses.replace(
       source_config, train_dir=train_dir, max_steps=last, conv=values['conv'],
       deterministic=values['deterministic'], strategy=values['strategy'],
-      cpu_replicas=values['cpu_replicas'], precision=values['precision'], **rates)
+      cpu_replicas=values['cpu_replicas'], precision=values['precision'], **rates,
+      **finetune.distill_fields(values))
   return config, settings, source, schedule
 
 
@@ -383,8 +384,8 @@ def define_flags(flag_values=flags.FLAGS):
   d = PruningSettings
   holders = cifar10_flags.define_data_flags(flag_values)
   holders.update(cifar10_flags.define_config_flags(
-      ('conv', 'deterministic', 'strategy', 'cpu_replicas', 'precision', 'warmup_steps'),
-      flag_values))
+      ('conv', 'deterministic', 'strategy', 'cpu_replicas', 'precision', 'warmup_steps')
+      + finetune.DISTILL_FIELDS, flag_values))
   holders.update(
       target_sparsity=flags.DEFINE_float('target_sparsity', d.target_sparsity,
                                          'Final fraction of zeros.', 0.0, 0.999,

@@ -325,7 +325,7 @@ def prepare(values):
     raise cifar10_config.ConfigError(f'slimming flags: {e}') from e
   rates, schedule = finetune.finetune_schedule(values, source_config, start, last)
   slim = dataclasses.replace(source_config, train_dir=train_dir, max_steps=last,
-                             conv=values['conv'], **rates)
+                             conv=values['conv'], **rates, **finetune.distill_fields(values))
   masked = dataclasses.replace(slim, train_dir=os.path.join(train_dir, MASKED_DIR),
                                max_steps=end + 1)
   return source_config, masked, slim, settings, source, schedule
@@ -414,8 +414,8 @@ def define_flags(flag_values=flags.FLAGS):
   {name: FlagHolder}."""
   d = SlimSettings
   holders = cifar10_flags.define_data_flags(flag_values)
-  holders.update(cifar10_flags.define_config_flags(('conv', 'strategy', 'warmup_steps'),
-                                                   flag_values))
+  holders.update(cifar10_flags.define_config_flags(
+      ('conv', 'strategy', 'warmup_steps') + finetune.DISTILL_FIELDS, flag_values))
   holders.update(
       target_flops=flags.DEFINE_float('target_flops', d.target_flops, "The slim model's "
                                       "FLOPs as a share of the source's.", 0.001, 1.0,

@@ -118,8 +118,8 @@ def test_a_run_is_opened_for_inference_in_one_place_by_its_callers():
   callers = sorted(name for name, text in sources.items()
                    if 'cifar10_run.load_inference_model(' in text)
   assert definers == ['cifar10_run']
-  assert callers == ['cifar10_classify', 'cifar10_eval', 'cifar10_export', 'compress.prune',
-                     'compress.quantize', 'compress.slim']
+  assert callers == ['cifar10_classify', 'cifar10_distill', 'cifar10_eval', 'cifar10_export',
+                     'compress.prune', 'compress.quantize', 'compress.slim']
   # Nobody else restores EMA shadows into a model by hand.
   assert sorted(name for name, text in sources.items() if '.restore_ema_shadows()' in text) == [
       'cifar10_eval', 'cifar10_run']
