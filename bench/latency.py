@@ -61,6 +61,10 @@ MANIFEST = 'candidates.json'
 
 _MODELS = flags.DEFINE_list('models', [], 'Registry models to time at their initial weights '
                             '(`all`: every one).')
+_SHAPES = flags.DEFINE_multi_string(
+    'shape', [], 'A registry model at other widths, at its initial weights: model:widths, e.g. '
+    'budget1:conv1_1=8,conv1_2=16 (the --widths of cifar10_train.py); repeat the flag for '
+    'several. To time the shapes a slimming could choose before training any.')
 _RUNS = flags.DEFINE_list('runs', [], 'Run folders to time and score (newest checkpoint, EMA).')
 _DATA_DIR = flags.DEFINE_string('data_dir', 'data', 'Folder or archive of CIFAR-10.')
 _WORK_DIR = flags.DEFINE_string('work_dir', 'runs/latency', 'Where the exported files go '
@@ -82,24 +86,33 @@ _CHILD_OUT = flags.DEFINE_string('child_out', None, 'Internal: the child\'s JSON
 # --------------------------------------------------------------------------- preparing
 
 
-def prepare(work_dir, model_names, run_dirs, batches_dir, log):
+def shape_name(model, widths):
+  """A --shape candidate's name (and folder): budget1_conv1_1-8_conv1_2-16."""
+  return '_'.join([model] + [f'{layer}-{width}' for layer, width in sorted(widths.items())])
+
+
+def prepare(work_dir, model_names, run_dirs, batches_dir, log, shapes=(), onnx=True):
   """Exports each candidate into work_dir (skipping what is there); the manifest rows, each
-  naming its folder relative to work_dir (so the written report holds no machine's path)."""
+  naming its folder relative to work_dir (so the written report holds no machine's path).
+  `shapes`: (model, {layer: width}) candidates at initial weights."""
   import cifar10_export  # pylint: disable=g-import-not-at-top
-  candidates = [('model', name, None) for name in model_names]
-  candidates += [('run', os.path.basename(os.path.normpath(path)), path) for path in run_dirs]
+  candidates = [('model', name, None, {}) for name in model_names]
+  candidates += [('shape', shape_name(model, widths), None, (model, widths))
+                 for model, widths in shapes]
+  candidates += [('run', os.path.basename(os.path.normpath(path)), path, {})
+                 for path in run_dirs]
   rows = []
-  for kind, name, run_dir in candidates:
+  for kind, name, run_dir, shape in candidates:
     folder = os.path.join(work_dir, f'{kind}_{name}')
     export_dir = os.path.join(folder, 'export')
     int8_file = os.path.join(folder, RUNTIME_FILES['ours_int8'])
-    source = run_dir or initial_run(os.path.join(folder, 'initial'), name)
+    source = run_dir or initial_run(os.path.join(folder, 'initial'), *(shape or (name, {})))
     if not os.path.exists(os.path.join(export_dir, cifar10_deploy.REPORT_FILE)):
       log(f'{name}: exporting {source}')
       # A run's export is checked on the whole test set (export.json: each file against the
       # evaluation); a model at its initial weights needs no check.
       cifar10_export.export_run(source, export_dir, batches_dir, cifar10_export.Options(
-          tflite_int8=True, onnx=True, verify_images=10000 if run_dir else 0, overwrite=True),
+          tflite_int8=True, onnx=onnx, verify_images=10000 if run_dir else 0, overwrite=True),
           log=log)
     if not os.path.exists(int8_file):  # Deleted to quantize again: only this is redone.
       log(f'{name}: quantizing {source}')
@@ -112,14 +125,17 @@ def prepare(work_dir, model_names, run_dirs, batches_dir, log):
   return rows
 
 
-def initial_run(folder, model):
-  """A run folder holding `model` at its initial weights (seed 0) as its step-0 checkpoint."""
+def initial_run(folder, model, widths=None):
+  """A run folder holding `model` (at `widths`: {layer: channels}) at its initial weights
+  (seed 0) as its step-0 checkpoint."""
   import cifar10_run  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   if cifar10_run.newest_checkpoint(folder):
     return folder
   size = 32 if model.startswith('budget') else 24  # the zoo's input sides (docs/results.md)
-  config = cifar10_config.TrainConfig(train_dir=folder, model=model, image_size=size)
+  import cifar10_model  # pylint: disable=g-import-not-at-top
+  config = cifar10_config.TrainConfig(train_dir=folder, model=model, image_size=size,
+                                      widths=cifar10_model.format_widths(widths or {}))
   tf.random.set_seed(0)
   os.makedirs(folder, exist_ok=True)
   cifar10_run.write_config(config)
@@ -287,6 +303,24 @@ def machine():
     return f'{os.uname().machine}, {os.cpu_count()} cores'
 
 
+def parse_shapes(values):
+  """[(model, {layer: width})] of the --shape values; exits with one line on a bad one."""
+  import cifar10_model  # pylint: disable=g-import-not-at-top
+  shapes = []
+  for value in values:
+    model, _, widths = value.partition(':')
+    try:
+      if model not in models.MODELS:
+        raise ValueError(f'{model!r} is no registry model')
+      parsed = dict(cifar10_model.parse_widths(widths))
+      with cifar10_model.shapes_only():
+        models.build(model, 32, widths=parsed)  # A layer the model cannot narrow fails here.
+    except ValueError as e:
+      sys.exit(f'error: --shape={value}: {e} (expected model:layer=channels,...)')
+    shapes.append((model, parsed))
+  return shapes
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
@@ -296,9 +330,10 @@ def main(argv):
   unknown = sorted(set(_RUNTIMES.value) - set(RUNTIMES))
   names = list(models.MODELS) if _MODELS.value == ['all'] else _MODELS.value
   unknown_models = sorted(set(names) - set(models.MODELS))
-  if unknown or unknown_models or not (names or _RUNS.value):
+  shapes = parse_shapes(_SHAPES.value)
+  if unknown or unknown_models or not (names or _RUNS.value or shapes):
     sys.exit(f'error: --runtimes takes {", ".join(RUNTIMES)}; --models takes registry names '
-             'or all; give --models or --runs '
+             'or all; give --models, --shape or --runs '
              f'(unknown: {", ".join(unknown + unknown_models) or "none"})')
   log = lambda message: print(f'{time.strftime("%H:%M:%S")} {message}', flush=True)
   import cifar10_export  # pylint: disable=g-import-not-at-top
@@ -308,7 +343,8 @@ def main(argv):
       cifar10_run.latest_run(run_dir, '--runs')
     batches_dir = cifar10_records.find_batches_dir(_DATA_DIR.value)
     os.makedirs(_WORK_DIR.value, exist_ok=True)
-    rows = prepare(_WORK_DIR.value, names, _RUNS.value, batches_dir, log)
+    rows = prepare(_WORK_DIR.value, names, _RUNS.value, batches_dir, log, shapes,
+                   onnx='onnx' in _RUNTIMES.value)
   except (OSError, cifar10_config.ConfigError, cifar10_records.DataError,
           cifar10_run.UnreadableCheckpoint, cifar10_export.ExportError,
           cifar10_deploy.DeployError) as e:

@@ -76,6 +76,8 @@ class SlimSettings:
   allocation: str = 'global'  # or 'uniform': every layer loses the same share (select)
   penalty: float = 1e-4  # bn_scale: the loss gains penalty * sum |gamma|
   min_keep: float = 0.1  # every group keeps at least this share of its channels (and one)
+  multiple: int = 1  # a narrowed group keeps a multiple of this many channels (select)
+  whole_layers: tuple = ()  # groups (by name) that keep every channel, e.g. ('conv1_1',)
   begin_step: int = 0
   end_step: int = 0
   frequency: int = 100  # steps between mask updates
@@ -86,8 +88,10 @@ class SlimSettings:
     if self.criterion not in CRITERIA or self.allocation not in ALLOCATIONS:
       raise ValueError(f'criterion must be one of {CRITERIA} and allocation one of '
                        f'{ALLOCATIONS}, got {self.criterion!r} and {self.allocation!r}')
-    if not 0.0 < self.min_keep <= 1.0 or self.penalty < 0 or self.frequency < 1:
-      raise ValueError('need 0 < min_keep <= 1, penalty >= 0 and frequency >= 1')
+    if (not 0.0 < self.min_keep <= 1.0 or self.penalty < 0 or self.frequency < 1
+        or self.multiple < 1):
+      raise ValueError('need 0 < min_keep <= 1, penalty >= 0, frequency >= 1 and '
+                       'multiple >= 1')
     if not 0 <= self.begin_step <= self.end_step:
       raise ValueError(f'need 0 <= begin_step <= end_step, got {self.begin_step} and '
                        f'{self.end_step}')
@@ -136,7 +140,8 @@ def channel_scores(groups, criterion):
   return scores
 
 
-def select(groups, scores, kept, flops_of, budget, min_keep, allocation='global'):
+def select(groups, scores, kept, flops_of, budget, min_keep, allocation='global', multiple=1,
+           whole=()):
   """The channels to keep: the lowest-scored of those kept so far go, fewest first, until
   flops_of(widths) <= budget (or every group is down to its minimum).
 
@@ -151,11 +156,17 @@ def select(groups, scores, kept, flops_of, budget, min_keep, allocation='global'
     flops_of: {producer name: width} -> FLOPs.
     budget: the FLOPs to reach.
     min_keep: the share of each group's channels always kept.
+    allocation: 'global' or 'uniform'.
+    multiple: a group that loses channels keeps a multiple of this many (its lowest-scored
+      beyond one go too; its floor is rounded up to one): runtimes compute channels in
+      blocks (XNNPACK: 8 or 16 wide), so a width between two multiples costs the larger.
+    whole: names of groups that keep every channel.
 
   Returns:
     {group name: bool [size]}.
   """
-  floor = {g.name: max(1, math.ceil(min_keep * g.size)) for g in groups}
+  floor = {g.name: min(g.size, math.ceil(max(1, math.ceil(min_keep * g.size)) / multiple)
+                      * multiple) if g.name not in whole else g.size for g in groups}
   candidates = []
   for g in groups:
     order = sorted(np.flatnonzero(kept[g.name]), key=lambda c, g=g: scores[g.name][c])
@@ -174,6 +185,12 @@ def select(groups, scores, kept, flops_of, budget, min_keep, allocation='global'
       if new[name].sum() > floor[name]:
         new[name][channel] = False
         removed += 1
+    if multiple > 1:
+      for g in groups:
+        count = int(new[g.name].sum())
+        if count < g.size and count % multiple:  # down to a multiple, lowest-scored first
+          order = sorted(np.flatnonzero(new[g.name]), key=lambda c, g=g: scores[g.name][c])
+          new[g.name][order[:count % multiple]] = False
     return new
 
   def fits(count):
@@ -212,6 +229,11 @@ class SlimTrainer(finetune.FromSource, cifar10_trainer.Trainer):
       self.groups = channels.channel_groups(self.model)
     except channels.UnsupportedModel as e:
       raise cifar10_config.ConfigError(f'{self.config.model} cannot be slimmed: {e}') from e
+    unknown = sorted(set(self.settings.whole_layers) - {g.name for g in self.groups})
+    if unknown:
+      raise cifar10_config.ConfigError(
+          f'--whole_layers: {", ".join(unknown)} are no channel groups of {self.config.model}; '
+          f'its groups: {", ".join(g.name for g in self.groups)}')
     bare = [g.name for g in self.groups if not g.norms]
     if self.settings.criterion == 'bn_scale' and bare:
       raise cifar10_config.ConfigError(
@@ -244,7 +266,8 @@ class SlimTrainer(finetune.FromSource, cifar10_trainer.Trainer):
     kept = {name: mask.numpy() > 0 for name, mask in self.masks.items()}
     budget = self.settings.budget(int(step)) * self.dense_flops
     new = select(self.groups, channel_scores(self.groups, self.settings.criterion), kept,
-                 self.flops_of, budget, self.settings.min_keep, self.settings.allocation)
+                 self.flops_of, budget, self.settings.min_keep, self.settings.allocation,
+                 self.settings.multiple, self.settings.whole_layers)
     flops = self.flops_of(channels.widths_of(
         self.groups, {name: np.flatnonzero(mask) for name, mask in new.items()}))
     channels_kept = sum(int(mask.sum()) for mask in new.values())
@@ -319,7 +342,8 @@ def prepare(values):
     settings = SlimSettings(
         target_flops=values['target_flops'], criterion=values['criterion'],
         allocation=values['allocation'],
-        penalty=values['penalty'], min_keep=values['min_keep'], begin_step=begin,
+        penalty=values['penalty'], min_keep=values['min_keep'], multiple=values['multiple'],
+        whole_layers=tuple(values['whole_layers']), begin_step=begin,
         end_step=end, frequency=values['frequency'])
   except ValueError as e:
     raise cifar10_config.ConfigError(f'slimming flags: {e}') from e
@@ -382,7 +406,8 @@ def _slim(values, batches_dir):
   path = os.path.join(slim.train_dir, SETTINGS_FILE)
   finetune.keep_settings(path, finetune.read_settings(path),
                          {'source_checkpoint': os.path.realpath(source),
-                          **dataclasses.asdict(settings),
+                          **dict(dataclasses.asdict(settings),
+                                 whole_layers=list(settings.whole_layers)),
                           'finetune_schedule': finetune.schedule_record(schedule)}, 'slimming')
   if not cifar10_run.read_config(slim.train_dir):  # The first phase is not over.
     cifar10_trainer.train(masked_config, split, make_trainer=lambda _: masked)
@@ -431,6 +456,13 @@ def define_flags(flag_values=flags.FLAGS):
       penalty=flags.DEFINE_float('penalty', d.penalty, 'bn_scale: the L1 coefficient on '
                                  "the BatchNorms' gamma.", lower_bound=0.0,
                                  flag_values=flag_values),
+      whole_layers=flags.DEFINE_list('whole_layers', [], 'Layers (channel groups) that keep '
+                                     'every channel, e.g. the first: conv1_1,conv1_2.',
+                                     flag_values=flag_values),
+      multiple=flags.DEFINE_integer('multiple', d.multiple, 'A narrowed layer keeps a '
+                                    'multiple of this many channels (8 suits XNNPACK on x86 '
+                                    'and ARM: docs/compression.md).', lower_bound=1,
+                                    flag_values=flag_values),
       min_keep=flags.DEFINE_float('min_keep', d.min_keep, "Share of each layer's channels "
                                   'always kept.', 0.001, 1.0, flag_values=flag_values),
   )

@@ -401,6 +401,12 @@ CASES = [
          ('{case}/slim/slimming.json',), setup=write('slim/slimming.json', '[1, 2')),
     Case(SLIM, 'a slimming window outside the fine-tuning', SLIM_ARGS + ('--end_step=100',),
          'error', ('--end_step=100',)),
+    Case(SLIM, 'an unknown --whole_layers', SLIM_ARGS + ('--criterion=l1_norm',
+                                                          '--whole_layers=conv9'),
+         'error', ('--whole_layers', 'conv9', 'conv1')),
+    Case(SLIM, 'a teacher that is no run', SLIM_ARGS + ('--criterion=l1_norm',
+                                                        '--teacher_dir={case}/nowhere'),
+         'error', ('--teacher_dir={case}/nowhere',)),
 
     # ----- compress/quantize.py
     Case(QUANTIZE, 'a stray argument', ('--checkpoint_dir={run}', 'stray'), 'usage', ('stray',)),

@@ -77,6 +77,36 @@ def test_uniform_allocation_takes_the_same_share_of_every_layer():
   assert max(shares) - min(shares) <= 1 / 16 + 1e-9, shares
 
 
+def test_a_multiple_rounds_every_narrowed_layer_down_to_whole_blocks():
+  model = models.build('budget1', 32)
+  groups = channels.channel_groups(model)
+  rng = np.random.default_rng(1)
+  scores = {g.name: rng.random(g.size) for g in groups}
+  counter = slim_lib.FlopCounter(cifar10_config.TrainConfig(model='budget1', image_size=32))
+  kept = {g.name: np.ones(g.size, bool) for g in groups}
+  for budget in np.linspace(0.9, 0.5, 5):  # in updates, as a run: each a subset of the last
+    new = slim_lib.select(groups, scores, kept, counter, budget * counter({}), 0.1,
+                          'uniform', multiple=8)
+    assert all((~new[n] | kept[n]).all() for n in kept)
+    kept = new
+  for g in groups:
+    count = int(kept[g.name].sum())
+    assert count == g.size or (count % 8 == 0 and count >= 8), (g.name, count)
+    assert scores[g.name][~kept[g.name]].max(initial=0) <= scores[g.name][kept[g.name]].min()
+  widths = channels.widths_of(groups, {n: np.flatnonzero(m) for n, m in kept.items()})
+  assert 0.4 * counter({}) < counter(widths) <= 0.5 * counter({})
+  plain = slim_lib.select(groups, scores, {g.name: np.ones(g.size, bool) for g in groups},
+                          counter, 0.5 * counter({}), 0.1, 'uniform')
+  assert any(int(m.sum()) % 8 for m in plain.values())  # without it, widths fall anywhere
+  whole = slim_lib.select(groups, scores, {g.name: np.ones(g.size, bool) for g in groups},
+                          counter, 0.5 * counter({}), 0.1, 'uniform', 8, ('conv1_1', 'conv1_2'))
+  assert whole['conv1_1'].all() and whole['conv1_2'].all()
+  # The others give what the first two keep: each no wider than without them.
+  assert all(whole[g.name].sum() <= kept[g.name].sum() for g in groups[2:])
+  assert sum(whole[g.name].sum() for g in groups[2:]) < sum(kept[g.name].sum()
+                                                           for g in groups[2:])
+
+
 @pytest.fixture(scope='module', name='source')
 def fixture_source(tmp_path_factory):
   """A 10-step tiny budget0 run (BatchNorm) and a data folder of the same tiny images."""
