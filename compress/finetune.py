@@ -3,7 +3,8 @@
 compress/prune.py and compress/slim.py fine-tune from a trained run's last step. By default
 the rate falls along a line from FINETUNE_LEARNING_RATE to 0 at the last fine-tuning step,
 whatever the source's schedule was; --lr_schedule=continue instead runs the source's schedule
-on, stretched to the new last step (docs/compression.md).
+on, stretched to the new last step, and --lr_schedule=rewind replays the rates of the source's
+last --finetune_steps steps (learning-rate rewinding, Renda et al. 2020; docs/compression.md).
 """
 
 import dataclasses
@@ -23,6 +24,8 @@ FINETUNE_STEPS = 5000  # steps after the source checkpoint (90 % costs 0.6 point
 FINETUNE_SCHEDULE = 'warmup_linear'
 FINETUNE_LEARNING_RATE = 0.02
 CONTINUE = 'continue'
+REWIND = 'rewind'
+SOURCE_SCHEDULES = (CONTINUE, REWIND)  # the source's schedule, run on or replayed
 
 
 # The distillation fields a fine-tuning may set (cifar10_distill.py): the source run itself is
@@ -54,13 +57,17 @@ def finetune_schedule(values, source_config, start, last):
   step and ending at the last fine-tuning step.
   """
   name, rate = values['lr_schedule'], values['learning_rate']
-  if name == CONTINUE and values['warmup_steps']:
+  if name in SOURCE_SCHEDULES and values['warmup_steps']:
     raise cifar10_config.ConfigError(
         f'--warmup_steps={values["warmup_steps"]} belongs to the fine-tuning\'s own schedules: '
-        f'with --lr_schedule={CONTINUE} the source\'s schedule runs on, warm-up included.')
+        f'with --lr_schedule={name} the source\'s schedule is used, warm-up included.')
   if name == CONTINUE:
     fields = dict(learning_rate=source_config.learning_rate if rate is None else rate)
     return fields, dataclasses.replace(source_config, max_steps=last, **fields).schedule()
+  if name == REWIND:  # step s gets the source's rate of step s - start + (its end - steps)
+    fields = dict(learning_rate=source_config.learning_rate if rate is None else rate)
+    shift = last - source_config.max_steps
+    return fields, dataclasses.replace(source_config, max_steps=last, **fields).schedule(shift)
   fields = dict(lr_schedule=name, warmup_steps=values['warmup_steps'],
                 learning_rate=FINETUNE_LEARNING_RATE if rate is None else rate)
   return fields, dataclasses.replace(source_config, max_steps=last, **fields).schedule(start)
@@ -68,7 +75,8 @@ def finetune_schedule(values, source_config, start, last):
 
 def describe(schedule, values):
   """The log line that states the fine-tuning's schedule at start."""
-  own = ' (the source\'s schedule)' if values['lr_schedule'] == CONTINUE else ''
+  own = {CONTINUE: " (the source's schedule run on)",
+         REWIND: " (the source's last steps replayed)"}.get(values['lr_schedule'], '')
   return f'fine-tuning learning rate: {schedule!r}{own}'
 
 
@@ -80,13 +88,16 @@ def define_flags(flag_values=flags.FLAGS):
                                           'fine-tuning after the source checkpoint.',
                                           lower_bound=1, flag_values=flag_values),
       lr_schedule=flags.DEFINE_enum(
-          'lr_schedule', FINETUNE_SCHEDULE, list(cifar10_optim.SCHEDULES) + [CONTINUE],
+          'lr_schedule', FINETUNE_SCHEDULE,
+          list(cifar10_optim.SCHEDULES) + list(SOURCE_SCHEDULES),
           "The fine-tuning's learning rate, from the source's step to its last: "
           f'{cifar10_optim.describe(cifar10_optim.SCHEDULES)}; or {CONTINUE} (the source\'s '
-          'schedule run on to the new last step).', flag_values=flag_values),
+          f'schedule run on to the new last step) or {REWIND} (the rates of the source\'s '
+          'last --finetune_steps steps, replayed: learning-rate rewinding).',
+          flag_values=flag_values),
       learning_rate=flags.DEFINE_float(
           'learning_rate', None, f"The fine-tuning's rate; default {FINETUNE_LEARNING_RATE} "
-          f"(the source's with --lr_schedule={CONTINUE}).", lower_bound=0.0,
+          f"(the source's with --lr_schedule={CONTINUE} or {REWIND}).", lower_bound=0.0,
           flag_values=flag_values),
   )
 

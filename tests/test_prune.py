@@ -289,6 +289,22 @@ def test_continue_runs_the_source_schedule_on_to_the_new_last_step(source_run, t
   assert (config.lr_schedule, config.learning_rate, schedule.first_step) == ('onecycle', 0.2, 0)
 
 
+def test_rewind_replays_the_rates_of_the_source_s_last_steps(source_run, tmp_path):
+  onecycle = copy_run(source_run.train_dir, tmp_path / 'source')
+  source_config = cifar10_run.read_config(str(onecycle))
+  cifar10_run.write_config(dataclasses.replace(source_config, lr_schedule='onecycle',
+                                               learning_rate=0.2, max_steps=10))
+  _, _, _, schedule = prune.prepare(prune_values(onecycle, tmp_path / 'pruned',
+                                                 lr_schedule='rewind', finetune_steps=8))
+  # The source: 10 steps, peak at 2.5, then 0.2 (10 - s) / 7.5; fine-tuning 10 .. 18 replays
+  # its steps 2 .. 10.
+  source = dataclasses.replace(source_config, lr_schedule='onecycle', learning_rate=0.2,
+                               max_steps=10).schedule()
+  np.testing.assert_allclose(rates(schedule, range(10, 19)), rates(source, range(2, 11)),
+                             rtol=1e-5, atol=1e-9)
+  assert rates(schedule, [14])[0] == pytest.approx(0.2 * 4 / 7.5, rel=1e-5)
+
+
 def test_pruning_json_records_the_fine_tuning_schedule_and_a_change_is_refused(source_run,
                                                                                tmp_path):
   values = prune_values(source_run.train_dir, tmp_path / 'pruned')
