@@ -185,13 +185,7 @@ def select(groups, scores, kept, flops_of, budget, min_keep, allocation='global'
       if new[name].sum() > floor[name]:
         new[name][channel] = False
         removed += 1
-    if multiple > 1:
-      for g in groups:
-        count = int(new[g.name].sum())
-        if count < g.size and count % multiple:  # down to a multiple, lowest-scored first
-          order = sorted(np.flatnonzero(new[g.name]), key=lambda c, g=g: scores[g.name][c])
-          new[g.name][order[:count % multiple]] = False
-    return new
+    return _whole_blocks(groups, scores, new, multiple)
 
   def fits(count):
     new = removing(count)
@@ -205,6 +199,17 @@ def select(groups, scores, kept, flops_of, budget, min_keep, allocation='global'
     else:
       low = middle + 1
   return removing(low)
+
+
+def _whole_blocks(groups, scores, kept, multiple):
+  """`kept` with each narrowed group's count rounded down to a multiple, its lowest-scored
+  channels going first (in place)."""
+  for g in groups:
+    count = int(kept[g.name].sum())
+    if multiple > 1 and count < g.size and count % multiple:
+      order = sorted(np.flatnonzero(kept[g.name]), key=lambda c, g=g: scores[g.name][c])
+      kept[g.name][order[:count % multiple]] = False
+  return kept
 
 
 class SlimTrainer(finetune.FromSource, cifar10_trainer.Trainer):
