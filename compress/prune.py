@@ -65,7 +65,9 @@ class PruningSettings:
   rounds: int = 4  # prune -> retrain cycles (iterative)
   threshold: str = 'per_layer'  # 'global': one magnitude threshold over every matrix;
   # 'erk': each matrix to its Erdos-Renyi-kernel share of the target (erk_sparsities)
-  dense_layers: tuple = ()  # layers whose matrix is never pruned, e.g. ('conv1',)
+  # Layers whose matrix is never pruned, e.g. ('conv1',). The sparsities stay shares of all
+  # the conv and dense matrices, these included: the pruned ones go further to reach them.
+  dense_layers: tuple = ()
 
   def __post_init__(self):
     if not 0.0 <= self.initial_sparsity <= self.target_sparsity < 1.0:
@@ -184,6 +186,13 @@ class PruningTrainer(finetune.FromSource, cifar10_trainer.Trainer):
     super().__init__(config, strategy, schedule=schedule)
     self.num_weights = sum(math.prod(k.shape) for k, _ in self.model.kernels)
     self.num_dense = self.num_weights - sum(math.prod(k.shape) for k in self.pruned)
+    # A share of all the matrices, reached by the pruned ones alone.
+    self.scale = self.num_weights / (self.num_weights - self.num_dense)
+    if settings.target_sparsity * self.scale >= 1.0:
+      raise cifar10_config.ConfigError(
+          f'--target_sparsity={settings.target_sparsity} of all the matrices cannot be reached '
+          f'with --dense_layers={",".join(settings.dense_layers)} holding '
+          f'{self.num_dense / self.num_weights:.1%} of the weights: lower one of them.')
 
   def extra_state(self):
     """One all-ones mask per pruned matrix, saved in the checkpoint as `masks`."""
@@ -209,8 +218,9 @@ class PruningTrainer(finetune.FromSource, cifar10_trainer.Trainer):
     metrics['sparsity'] = self.sparsity()
 
   def update_masks(self, sparsity):
-    for mask, new in zip(self.masks, new_masks(self.pruned, sparsity, self.settings.threshold,
-                                               self.settings.target_sparsity)):
+    for mask, new in zip(self.masks, new_masks(self.pruned, sparsity * self.scale,
+                                               self.settings.threshold,
+                                               self.settings.target_sparsity * self.scale)):
       mask.assign(new)
     self.apply_masks()
 
@@ -300,12 +310,17 @@ def write_settings(train_dir, settings, source_checkpoint, schedule=None):
   refuses to resume a run pruned differently."""
   record = {'source_checkpoint': source_checkpoint, **dataclasses.asdict(settings)}
   record['dense_layers'] = list(settings.dense_layers)
+  # Before this was recorded, a run with dense layers aimed its target at the pruned
+  # matrices alone: such a run is refused on resume (the masks would differ).
+  record['target_over'] = 'all'
   if schedule is not None:
     record['finetune_schedule'] = finetune.schedule_record(schedule)
   path = os.path.join(train_dir, SETTINGS_FILE)
   previous = finetune.read_settings(path)
   if previous is not None:
     previous = _comparable(previous)
+    if 'target_over' not in previous and not settings.dense_layers:
+      previous['target_over'] = 'all'  # Written before it was recorded; the same meaning.
     if 'finetune_schedule' not in previous and schedule is not None:
       # Pruned before the fine-tuning had a schedule of its own: it ran the source's on.
       if schedule.first_step:
@@ -388,7 +403,9 @@ def define_flags(flag_values=flags.FLAGS):
       + finetune.DISTILL_FIELDS, flag_values))
   holders.update(
       target_sparsity=flags.DEFINE_float('target_sparsity', d.target_sparsity,
-                                         'Final fraction of zeros.', 0.0, 0.999,
+                                         'Final fraction of zeros over all the conv and '
+                                         'dense matrices, those of --dense_layers included '
+                                         '(the pruned ones go further).', 0.0, 0.999,
                                          flag_values=flag_values),
       initial_sparsity=flags.DEFINE_float('initial_sparsity', d.initial_sparsity,
                                           'Sparsity at --begin_step.', 0.0, 0.999,
