@@ -50,6 +50,7 @@ from compress import sparse
 
 MODES = ('gradual', 'oneshot', 'iterative')
 THRESHOLDS = ('per_layer', 'global', 'erk')
+ENDS = 'ends'  # --dense_layers: the first layer with weights and the last (the logits)
 SETTINGS_FILE = 'pruning.json'
 REPORT_FILE = 'prune_report.json'
 SPARSE_FILE = 'model_sparse.npz'
@@ -197,12 +198,16 @@ class PruningTrainer(finetune.FromSource, cifar10_trainer.Trainer):
   def extra_state(self):
     """One all-ones mask per pruned matrix, saved in the checkpoint as `masks`."""
     layers = self.model.weight_layers()
-    unknown = sorted(set(self.settings.dense_layers) - {layer.name for layer in layers})
+    names = set(self.settings.dense_layers) - {ENDS}
+    if ENDS in self.settings.dense_layers:  # the first layer with weights and the logits'
+      names |= {layers[0].name, layers[-1].name}
+    unknown = sorted(names - {layer.name for layer in layers})
     if unknown:
       raise cifar10_config.ConfigError(
           f'dense_layers {unknown} are not layers of {self.config.model}; its layers with '
           f'weights: {", ".join(layer.name for layer in layers)}')
-    pruned_layers = [layer for layer in layers if layer.name not in self.settings.dense_layers]
+    self.dense_names = [layer.name for layer in layers if layer.name in names]
+    pruned_layers = [layer for layer in layers if layer.name not in names]
     self.pruned = [layer.kernel for layer in pruned_layers]
     self.pruned_shadows = [self.ema.average(k) for k in self.pruned]
     self.masks = [tf.Variable(tf.ones_like(layer.kernel), trainable=False,
@@ -420,7 +425,9 @@ def define_flags(flag_values=flags.FLAGS):
                                   'magnitude threshold over all of them; erk: each matrix to '
                                   'its Erdos-Renyi-kernel share (Evci et al. 2020).',
                                   flag_values=flag_values),
-      dense_layers=flags.DEFINE_list('dense_layers', [], 'Layers never pruned, e.g. conv1.',
+      dense_layers=flags.DEFINE_list('dense_layers', [], 'Layers never pruned, e.g. conv1; '
+                                     f'{ENDS}: the first layer with weights and the logits '
+                                     'layer.',
                                      flag_values=flag_values),
   )
   holders.update(finetune.define_run_flags(flag_values, d.frequency))

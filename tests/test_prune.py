@@ -172,6 +172,12 @@ def test_pruned_weights_are_zero_in_raw_weights_and_ema_shadows(pruned_once):
   assert float(trainer.sparsity()) == pytest.approx(0.8, abs=1e-5)
 
 
+def test_ends_keeps_the_first_layer_and_the_logits_layer_dense(source_run, tmp_path):
+  trainer = pruning_trainer(source_run, tmp_path / 'p', dense_layers=('ends',))
+  assert trainer.dense_names == ['conv1', 'softmax_linear']
+  assert [mask.name.split('/')[0] for mask in trainer.masks] == ['conv2', 'local3', 'local4']
+
+
 def test_a_target_the_dense_layers_make_unreachable_is_refused(source_run, tmp_path):
   # conv1 and softmax_linear hold 6,720 of the 1,755,712 weights (0.38 %, at 32x32): 99.9 %
   # of all is out of reach with them dense.
