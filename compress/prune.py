@@ -64,11 +64,12 @@ class PruningSettings:
   frequency: int = 100  # steps between mask updates (gradual)
   mode: str = 'gradual'
   rounds: int = 4  # prune -> retrain cycles (iterative)
-  threshold: str = 'per_layer'  # 'global': one magnitude threshold over every matrix;
+  threshold: str = 'global'  # 'per_layer': each matrix to the target; 'global': one
+  # magnitude threshold over every pruned matrix (the best measured, docs/compression.md);
   # 'erk': each matrix to its Erdos-Renyi-kernel share of the target (erk_sparsities)
   # Layers whose matrix is never pruned, e.g. ('conv1',). The sparsities stay shares of all
   # the conv and dense matrices, these included: the pruned ones go further to reach them.
-  dense_layers: tuple = ()
+  dense_layers: tuple = ('ends',)  # ENDS: the first layer with weights and the logits'
 
   def __post_init__(self):
     if not 0.0 <= self.initial_sparsity <= self.target_sparsity < 1.0:
@@ -425,9 +426,10 @@ def define_flags(flag_values=flags.FLAGS):
                                   'magnitude threshold over all of them; erk: each matrix to '
                                   'its Erdos-Renyi-kernel share (Evci et al. 2020).',
                                   flag_values=flag_values),
-      dense_layers=flags.DEFINE_list('dense_layers', [], 'Layers never pruned, e.g. conv1; '
-                                     f'{ENDS}: the first layer with weights and the logits '
-                                     'layer.',
+      dense_layers=flags.DEFINE_list('dense_layers', list(d.dense_layers), 'Layers never '
+                                     f'pruned, e.g. conv1; {ENDS} (the default): the first '
+                                     'layer with weights and the logits layer; empty '
+                                     '(--dense_layers=): none.',
                                      flag_values=flag_values),
   )
   holders.update(finetune.define_run_flags(flag_values, d.frequency))

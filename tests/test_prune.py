@@ -128,7 +128,7 @@ def source_run(tmp_path_factory):
 
 def pruning_trainer(source_run, train_dir, max_steps=30, **overrides):
   values = dict(target_sparsity=0.8, begin_step=10, end_step=20, frequency=5,
-                dense_layers=('conv1',))
+                dense_layers=('conv1',), threshold='per_layer')
   values.update(overrides)
   config = tiny_config(train_dir, max_steps=max_steps)
   return prune.PruningTrainer(config, prune.PruningSettings(**values),

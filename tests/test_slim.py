@@ -129,7 +129,8 @@ def slim(source, train_dir, *extra):
 
 def test_a_slimmed_run_is_an_ordinary_run_of_half_the_flops(source, tmp_path, capsys):
   train_dir = tmp_path / 'slim'
-  assert slim(source, train_dir) is None
+  assert slim(source, train_dir, '--criterion=bn_scale', '--allocation=global',
+              '--multiple=1') is None
   config = cifar10_run.read_config(str(train_dir))
   assert config.model == 'budget0' and config.widths and config.max_steps == 20
   report = json.loads((train_dir / slim_lib.REPORT_FILE).read_text())
@@ -148,7 +149,8 @@ def test_a_slimmed_run_is_an_ordinary_run_of_half_the_flops(source, tmp_path, ca
   np.testing.assert_allclose(first.model(images).numpy(), masked.model(images).numpy(),
                              rtol=1e-4, atol=1e-4)
   # Run again: both phases are done, nothing trains, the report is written again.
-  assert slim(source, train_dir) is None
+  assert slim(source, train_dir, '--criterion=bn_scale', '--allocation=global',
+              '--multiple=1') is None
 
 
 def test_bn_scale_needs_batchnorm_and_l1_norm_slims_the_tutorial(tmp_path):
@@ -156,7 +158,7 @@ def test_bn_scale_needs_batchnorm_and_l1_norm_slims_the_tutorial(tmp_path):
   config = tiny_config(tmp_path / 'tutorial', max_steps=5)
   cifar10_trainer.train(config, tiny_split())
   source = (config, write_batches_dir(str(tmp_path / 'data'), tiny_split()))
-  assert slim(source, tmp_path / 'bn') == (
+  assert slim(source, tmp_path / 'bn', '--criterion=bn_scale') == (
       'error: --criterion=bn_scale: conv1 has no BatchNorm to read a scale from; use '
       '--criterion=l1_norm for this model')
   assert slim(source, tmp_path / 'l1', '--criterion=l1_norm') is None
