@@ -216,16 +216,19 @@ def score_run(train_dir, test_images, test_labels):
   rows = []
   for ema in (False, True):
     opened = cifar10_run.load_inference_model(train_dir, ema=ema, conv='direct')
-    rows.append({'name': train_dir, 'weights': 'ema' if ema else 'raw',
+    rows.append({'name': os.path.basename(os.path.normpath(train_dir)),
+                 'weights': 'ema' if ema else 'raw',
                  'precision': precision(opened.model, test_images, test_labels),
                  'sparsity': sparsity([k.numpy() for k, _ in opened.model.kernels])})
   return rows
 
 
 def write_report(rows, source):
+  source = os.path.join(*source.split(os.sep)[-2:])  # <run>/ckpt-N: no machine's path
   cifar10_run.write_json(FLAGS.out + '.json', {'source': source, 'rows': rows})
   lines = [f'# Weight pruning against TF-MOT on the same source ({source})', '',
-           f'Command: `{" ".join(sys.argv)}`', '',
+           'Command: `bench/tfmot_prune.py ' + ' '.join(
+               a for a in sys.argv[1:] if not a.startswith('--data_dir')) + '`', '',
            '| run | weights | precision @ 1 | sparsity |', '|---|---|---|---|']
   lines += [f'| {r["name"]} | {r["weights"]} | {r["precision"]:.2%} | {r["sparsity"]:.2%} |'
             for r in rows]
