@@ -26,7 +26,6 @@ never in the project's. A benchmark, not a test.
 """
 
 import dataclasses
-import json
 import os
 import sys
 import time
