@@ -4,8 +4,10 @@
         --target_sparsity=0.9 --finetune_steps=5000
 
 Starts from the latest checkpoint of --source_dir (a cifar10_train.py run), fine-tunes it with
-the trainer's own loop (cifar10_trainer.py) while the sparsity of every conv and dense matrix
-rises from --initial_sparsity to --target_sparsity between --begin_step and --end_step, then
+the trainer's own loop (cifar10_trainer.py) while the share of zeros over all its conv and
+dense matrices rises from --initial_sparsity to --target_sparsity between --begin_step and
+--end_step (by default one magnitude threshold over the pruned matrices, the first layer and
+the logits layer kept dense: --threshold=global --dense_layers=ends), then
 writes a report (printed and prune_report.json) and the EMA weights in the sparse format of
 compress/sparse.py (model_sparse.npz). The new --train_dir is an ordinary run that
 `cifar10_eval.py --checkpoint_dir=...` evaluates unchanged: pruned weights are exactly zero in
