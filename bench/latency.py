@@ -96,17 +96,17 @@ def prepare(work_dir, model_names, run_dirs, batches_dir, log, shapes=(), onnx=T
   naming its folder relative to work_dir (so the written report holds no machine's path).
   `shapes`: (model, {layer: width}) candidates at initial weights."""
   import cifar10_export  # pylint: disable=g-import-not-at-top
-  candidates = [('model', name, None, {}) for name in model_names]
+  candidates = [('model', name, None, None) for name in model_names]
   candidates += [('shape', shape_name(model, widths), None, (model, widths))
                  for model, widths in shapes]
-  candidates += [('run', os.path.basename(os.path.normpath(path)), path, {})
+  candidates += [('run', os.path.basename(os.path.normpath(path)), path, None)
                  for path in run_dirs]
   rows = []
   for kind, name, run_dir, shape in candidates:
     folder = os.path.join(work_dir, f'{kind}_{name}')
     export_dir = os.path.join(folder, 'export')
     int8_file = os.path.join(folder, RUNTIME_FILES['ours_int8'])
-    source = run_dir or initial_run(os.path.join(folder, 'initial'), *(shape or (name, {})))
+    source = run_dir or initial_run(os.path.join(folder, 'initial'), *(shape or (name,)))
     if not os.path.exists(os.path.join(export_dir, cifar10_deploy.REPORT_FILE)):
       log(f'{name}: exporting {source}')
       # A run's export is checked on the whole test set (export.json: each file against the

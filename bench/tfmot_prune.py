@@ -165,10 +165,9 @@ def tfmot_prune(config, source, split, test_images, test_labels):
     if isinstance(slots, list):  # velocities, by position
       for slot, value in zip(slots, source_slots[name]):
         slot.assign(value)
-  rates, rate_schedule = finetune.finetune_schedule(
+  _, rate_schedule = finetune.finetune_schedule(
       dict(lr_schedule=finetune.FINETUNE_SCHEDULE, learning_rate=None, warmup_steps=0),
       config, start, last)
-  del rates
   step = tf.Variable(start, dtype=tf.int64)
   callback = tfmot.sparsity.keras.UpdatePruningStep()
   callback.set_model(pruned)

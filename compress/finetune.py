@@ -14,6 +14,7 @@ import os
 from absl import flags
 
 import cifar10_config
+import cifar10_flags
 import cifar10_optim
 import cifar10_run
 
@@ -28,14 +29,23 @@ REWIND = 'rewind'
 SOURCE_SCHEDULES = (CONTINUE, REWIND)  # the source's schedule, run on or replayed
 
 
-# The distillation fields a fine-tuning may set (cifar10_distill.py): the source run itself is
-# the natural teacher of its compressed form.
-DISTILL_FIELDS = ('teacher_dir', 'distill_alpha', 'distill_temperature')
+# The training fields every fine-tuning may set on its config, beyond its schedule's: the
+# kernel and distillation (cifar10_distill.py; the source run itself is the natural teacher
+# of its compressed form). A tool adds its own (prune: the devices and precision).
+CONFIG_FIELDS = ('conv', 'teacher_dir', 'distill_alpha', 'distill_temperature')
 
 
-def distill_fields(values):
-  """{field: value} of the distillation flags (DISTILL_FIELDS) for the fine-tuning's config."""
-  return {name: values[name] for name in DISTILL_FIELDS}
+def define_config_flags(extra=(), flag_values=flags.FLAGS):
+  """The flags of CONFIG_FIELDS + `extra` and --warmup_steps (the fine-tuning schedule's),
+  from TrainConfig's fields; {name: FlagHolder}."""
+  return cifar10_flags.define_config_flags(CONFIG_FIELDS + tuple(extra) + ('warmup_steps',),
+                                           flag_values)
+
+
+def config_fields(values, extra=()):
+  """{field: value} of CONFIG_FIELDS + `extra` from the flag values, for the fine-tuning's
+  config: each field named once, for its flag and for the config alike."""
+  return {name: values[name] for name in CONFIG_FIELDS + tuple(extra)}
 
 
 def schedule_record(schedule):
@@ -166,7 +176,9 @@ def read_settings(path):
 
 def keep_settings(path, previous, record, kind):
   """Refuses a resumed run whose kept settings (`previous`, from read_settings) differ from
-  `record`, then writes `record` to `path`; `kind` names the run ('pruning') in the error."""
+  `record`, then writes `record` to `path`; `kind` names the run ('pruning') in the error.
+  `record` is compared as it reads back from JSON (a tuple as the list it becomes)."""
+  record = json.loads(json.dumps(record))
   if previous is not None:
     changed = [f'{key}: {previous.get(key)!r} -> {value!r}' for key, value in record.items()
                if previous.get(key) != value]

@@ -53,6 +53,8 @@ from compress import sparse
 MODES = ('gradual', 'oneshot', 'iterative')
 THRESHOLDS = ('per_layer', 'global', 'erk')
 ENDS = 'ends'  # --dense_layers: the first layer with weights and the last (the logits)
+# TrainConfig fields a pruning sets from its flags, beyond finetune.CONFIG_FIELDS.
+CONFIG_FIELDS = ('deterministic', 'strategy', 'cpu_replicas', 'precision')
 SETTINGS_FILE = 'pruning.json'
 REPORT_FILE = 'prune_report.json'
 SPARSE_FILE = 'model_sparse.npz'
@@ -71,7 +73,7 @@ class PruningSettings:
   # 'erk': each matrix to its Erdos-Renyi-kernel share of the target (erk_sparsities)
   # Layers whose matrix is never pruned, e.g. ('conv1',). The sparsities stay shares of all
   # the conv and dense matrices, these included: the pruned ones go further to reach them.
-  dense_layers: tuple = ('ends',)  # ENDS: the first layer with weights and the logits'
+  dense_layers: tuple = (ENDS,)
 
   def __post_init__(self):
     if not 0.0 <= self.initial_sparsity <= self.target_sparsity < 1.0:
@@ -317,7 +319,6 @@ def write_settings(train_dir, settings, source_checkpoint, schedule=None):
   """Saves the pruning settings (and the fine-tuning's Schedule) in train_dir;
   refuses to resume a run pruned differently."""
   record = {'source_checkpoint': source_checkpoint, **dataclasses.asdict(settings)}
-  record['dense_layers'] = list(settings.dense_layers)
   # Before this was recorded, a run with dense layers aimed its target at the pruned
   # matrices alone: such a run is refused on resume (the masks would differ).
   record['target_over'] = 'all'
@@ -367,11 +368,8 @@ def prepare(values):
   except ValueError as e:
     raise cifar10_config.ConfigError(f'pruning flags: {e}') from e
   rates, schedule = finetune.finetune_schedule(values, source_config, start, last)
-  config = dataclasses.replace(
-      source_config, train_dir=train_dir, max_steps=last, conv=values['conv'],
-      deterministic=values['deterministic'], strategy=values['strategy'],
-      cpu_replicas=values['cpu_replicas'], precision=values['precision'], **rates,
-      **finetune.distill_fields(values))
+  config = dataclasses.replace(source_config, train_dir=train_dir, max_steps=last, **rates,
+                               **finetune.config_fields(values, CONFIG_FIELDS))
   return config, settings, source, schedule
 
 
@@ -406,9 +404,7 @@ def define_flags(flag_values=flags.FLAGS):
   {name: FlagHolder}."""
   d = PruningSettings
   holders = cifar10_flags.define_data_flags(flag_values)
-  holders.update(cifar10_flags.define_config_flags(
-      ('conv', 'deterministic', 'strategy', 'cpu_replicas', 'precision', 'warmup_steps')
-      + finetune.DISTILL_FIELDS, flag_values))
+  holders.update(finetune.define_config_flags(CONFIG_FIELDS, flag_values))
   holders.update(
       target_sparsity=flags.DEFINE_float('target_sparsity', d.target_sparsity,
                                          'Final fraction of zeros over all the conv and '

@@ -169,13 +169,14 @@ def select(groups, scores, kept, flops_of, budget, min_keep, allocation='global'
   """
   floor = {g.name: min(g.size, math.ceil(max(1, math.ceil(min_keep * g.size)) / multiple)
                       * multiple) if g.name not in whole else g.size for g in groups}
+  orders = {g.name: sorted(np.flatnonzero(kept[g.name]), key=lambda c, g=g: scores[g.name][c])
+            for g in groups}  # each group's kept channels, lowest score first: sorted once
   candidates = []
   for g in groups:
-    order = sorted(np.flatnonzero(kept[g.name]), key=lambda c, g=g: scores[g.name][c])
-    gone = g.size - len(order)  # removed by earlier updates: uniform counts them in
+    gone = g.size - len(orders[g.name])  # removed by earlier updates: uniform counts them in
     candidates += [((gone + rank + 1) / g.size if allocation == 'uniform'
                     else scores[g.name][c], scores[g.name][c], g.name, c)
-                   for rank, c in enumerate(order)]
+                   for rank, c in enumerate(orders[g.name])]
   candidates.sort()
 
   def removing(count):
@@ -187,7 +188,7 @@ def select(groups, scores, kept, flops_of, budget, min_keep, allocation='global'
       if new[name].sum() > floor[name]:
         new[name][channel] = False
         removed += 1
-    return _whole_blocks(groups, scores, new, multiple)
+    return _whole_blocks(groups, orders, new, multiple)
 
   def fits(count):
     new = removing(count)
@@ -203,14 +204,14 @@ def select(groups, scores, kept, flops_of, budget, min_keep, allocation='global'
   return removing(low)
 
 
-def _whole_blocks(groups, scores, kept, multiple):
-  """`kept` with each narrowed group's count rounded down to a multiple, its lowest-scored
-  channels going first (in place)."""
+def _whole_blocks(groups, orders, kept, multiple):
+  """`kept` with each narrowed group's count rounded down to a multiple, the lowest-scored
+  of its channels (`orders`: a superset of them, lowest score first) going first (in place)."""
   for g in groups:
     count = int(kept[g.name].sum())
     if multiple > 1 and count < g.size and count % multiple:
-      order = sorted(np.flatnonzero(kept[g.name]), key=lambda c, g=g: scores[g.name][c])
-      kept[g.name][order[:count % multiple]] = False
+      still = [c for c in orders[g.name] if kept[g.name][c]]
+      kept[g.name][still[:count % multiple]] = False
   return kept
 
 
@@ -355,8 +356,8 @@ def prepare(values):
   except ValueError as e:
     raise cifar10_config.ConfigError(f'slimming flags: {e}') from e
   rates, schedule = finetune.finetune_schedule(values, source_config, start, last)
-  slim = dataclasses.replace(source_config, train_dir=train_dir, max_steps=last,
-                             conv=values['conv'], **rates, **finetune.distill_fields(values))
+  slim = dataclasses.replace(source_config, train_dir=train_dir, max_steps=last, **rates,
+                             **finetune.config_fields(values))
   masked = dataclasses.replace(slim, train_dir=os.path.join(train_dir, MASKED_DIR),
                                max_steps=end + 1)
   return source_config, masked, slim, settings, source, schedule
@@ -413,8 +414,7 @@ def _slim(values, batches_dir):
   path = os.path.join(slim.train_dir, SETTINGS_FILE)
   finetune.keep_settings(path, finetune.read_settings(path),
                          {'source_checkpoint': os.path.realpath(source),
-                          **dict(dataclasses.asdict(settings),
-                                 whole_layers=list(settings.whole_layers)),
+                          **dataclasses.asdict(settings),
                           'finetune_schedule': finetune.schedule_record(schedule)}, 'slimming')
   if not cifar10_run.read_config(slim.train_dir):  # The first phase is not over.
     cifar10_trainer.train(masked_config, split, make_trainer=lambda _: masked)
@@ -446,8 +446,9 @@ def define_flags(flag_values=flags.FLAGS):
   {name: FlagHolder}."""
   d = SlimSettings
   holders = cifar10_flags.define_data_flags(flag_values)
-  holders.update(cifar10_flags.define_config_flags(
-      ('conv', 'strategy', 'warmup_steps') + finetune.DISTILL_FIELDS, flag_values))
+  # --strategy only to refuse any but the default: slimming runs on one device.
+  holders.update(cifar10_flags.define_config_flags(('strategy',), flag_values))
+  holders.update(finetune.define_config_flags(flag_values=flag_values))
   holders.update(
       target_flops=flags.DEFINE_float('target_flops', d.target_flops, "The slim model's "
                                       "FLOPs as a share of the source's.", 0.001, 1.0,
