@@ -99,6 +99,19 @@ def test_a_2_replica_step_equals_the_1_replica_step_and_runs_move_between_them(t
 
 
 @pytest.mark.subprocess
+def test_a_distilled_step_on_2_replicas_equals_the_1_replica_step(tmp_path, real_data_dir):
+  teacher, plain, one, two = (tmp_path / name for name in ('teacher', 'plain', 'one', 'two'))
+  train(real_data_dir, teacher, 1)
+  train(real_data_dir, plain, 1, '--seed=1')
+  distilled = (f'--teacher_dir={teacher}', '--seed=1')
+  train(real_data_dir, one, 1, *distilled)
+  train(real_data_dir, two, 1, *distilled, '--strategy=mirrored', '--cpu_replicas=2')
+  # Each replica's teacher sees its share of the batch: the same update as on one device.
+  assert max_difference(weights(one), weights(two)) < 1e-5
+  assert max_difference(weights(one), weights(plain)) > 1e-4  # the teacher changed the step
+
+
+@pytest.mark.subprocess
 def test_a_batch_that_does_not_split_is_refused_in_one_line(tmp_path, real_data_dir):
   result = subprocess.run(
       [sys.executable, 'cifar10_train.py', f'--data_dir={real_data_dir}',
