@@ -251,6 +251,16 @@ def read_checkpoint(checkpoint, path):
       status.expect_partial()
 
 
+def read_extra_state(path, **trackables):
+  """Reads trackables that a tool saved beside a RunState's layout (its extra_state, by the
+  same names) from the checkpoint file `path`, without building the model.
+
+  Raises:
+    UnreadableCheckpoint: the file is unreadable or does not hold them.
+  """
+  read_checkpoint(tf.train.Checkpoint(**trackables), path)
+
+
 def checkpoint_step(path):
   """The global step saved in a checkpoint of RunState's layout, without building it.
 

@@ -8,6 +8,7 @@ last --finetune_steps steps (learning-rate rewinding, Renda et al. 2020; docs/co
 """
 
 import dataclasses
+import datetime
 import json
 import os
 
@@ -128,6 +129,31 @@ def window(values, start, last, what, cut=False):
         f'the {what} window --begin_step={begin} .. --end_step={end} must lie within the '
         f'fine-tuning steps {start} .. {highest} (the source is at step {start}).')
   return begin, end
+
+
+def source_run(values, kind, settings_file):
+  """(source config, source checkpoint, its step) of --source_dir, with --train_dir checked
+  to be a new folder or a `kind` run of this tool (its `settings_file` there).
+
+  Raises:
+    cifar10_config.ConfigError: no source run, the same folder twice, or a --train_dir that
+      holds another kind of run (checked before anything is written: resuming would first
+      rewrite that run's config).
+  """
+  source_dir, train_dir = values['source_dir'], values['train_dir']
+  source_config, source = cifar10_run.latest_run(source_dir, '--source_dir')
+  if os.path.abspath(source_dir) == os.path.abspath(train_dir):
+    raise cifar10_config.ConfigError(f'--train_dir must differ from --source_dir: {kind} '
+                                     'writes a new run and never touches the source.')
+  if (not os.path.exists(os.path.join(train_dir, settings_file)) and
+      (cifar10_run.newest_checkpoint(train_dir) or cifar10_run.read_config(train_dir))):
+    raise cifar10_config.ConfigError(f'--train_dir={train_dir} holds a run that is not a '
+                                     f'{kind} run: pass a new --train_dir.')
+  start = cifar10_run.checkpoint_step(source)
+  if start < source_config.max_steps:
+    print(f'{datetime.datetime.now()}: note: the source run is unfinished, at step {start:,} of '
+          f'its --max_steps={source_config.max_steps:,}; {kind} starts from there.', flush=True)
+  return source_config, source, start
 
 
 class FromSource:

@@ -24,7 +24,6 @@ steps spread evenly from --begin_step to --end_step.
 """
 
 import dataclasses
-import datetime
 import math
 import os
 import sys
@@ -343,20 +342,7 @@ def write_settings(train_dir, settings, source_checkpoint, schedule=None):
 def prepare(values):
   """(TrainConfig, PruningSettings, source checkpoint, fine-tuning Schedule) from the flag
   values, checked."""
-  source_dir, train_dir = values['source_dir'], values['train_dir']
-  source_config, source = cifar10_run.latest_run(source_dir, '--source_dir')
-  if os.path.abspath(source_dir) == os.path.abspath(train_dir):
-    raise cifar10_config.ConfigError('--train_dir must differ from --source_dir: pruning '
-                                     'writes a new run and never touches the source.')
-  if (not os.path.exists(os.path.join(train_dir, SETTINGS_FILE)) and
-      (cifar10_run.newest_checkpoint(train_dir) or cifar10_run.read_config(train_dir))):
-    # Checked before anything is written: resuming would first rewrite that run's config.
-    raise cifar10_config.ConfigError(f'--train_dir={train_dir} holds a run that is not a '
-                                     'pruning run: pass a new --train_dir.')
-  start = cifar10_run.checkpoint_step(source)
-  if start < source_config.max_steps:
-    print(f'{datetime.datetime.now()}: note: the source run is unfinished, at step {start:,} of '
-          f'its --max_steps={source_config.max_steps:,}; pruning starts from there.', flush=True)
+  source_config, source, start = finetune.source_run(values, 'pruning', SETTINGS_FILE)
   last = start + values['finetune_steps']
   begin, end = finetune.window(values, start, last, 'pruning')
   try:
@@ -368,8 +354,8 @@ def prepare(values):
   except ValueError as e:
     raise cifar10_config.ConfigError(f'pruning flags: {e}') from e
   rates, schedule = finetune.finetune_schedule(values, source_config, start, last)
-  config = dataclasses.replace(source_config, train_dir=train_dir, max_steps=last, **rates,
-                               **finetune.config_fields(values, CONFIG_FIELDS))
+  config = dataclasses.replace(source_config, train_dir=values['train_dir'], max_steps=last,
+                               **rates, **finetune.config_fields(values, CONFIG_FIELDS))
   return config, settings, source, schedule
 
 

@@ -46,6 +46,7 @@ import cifar10_scoring
 from compress import calibration as calibration_lib
 from compress import fake_quant
 from compress import int8
+from compress import qat_ops
 from compress import sparse
 from compress import trace
 
@@ -62,6 +63,7 @@ INT16_MAX = 32767  # a zero channel's bias is kept within int16 (quantize_weight
 # How weight scales are kept: float32 as computed (TFLite's: its int8 export then holds the
 # same integers), or rounded up onto the float16 grid (2 bytes each in the file).
 WEIGHT_SCALES = ('float32', 'float16')
+RANGES = ('auto', 'calibrated')  # --ranges
 
 
 # --------------------------------------------------------------------------- quantization
@@ -129,11 +131,15 @@ def half_grid_scales(scale):
   return scale.astype(np.float32)
 
 
-def quantize_weights(kernel, bias, input_scale, output_scale, weight_scales='float32'):
+def quantize_weights(kernel, bias, input_scale, output_scale, weight_scales='float32', bits=8,
+                     weight_range='max'):
   """Symmetric per-output-channel int8 weights and int32 biases at scale s_x * s_w.
 
   s_w = max |w| / 127 per channel in float32, as TFLite computes it, or with
-  weight_scales='float16' on the float16 grid where it can be (half_grid_scales).
+  weight_scales='float16' on the float16 grid where it can be (half_grid_scales). With
+  `bits` below 8 the weights take the levels -Q..Q, Q = 2^(bits-1) - 1, and
+  weight_range='mse' clips each channel where its rounding error is least
+  (compress/qat_ops.channel_scales, the rule quantization-aware training used).
   An all-zero (pruned) channel's weights are 0 at any scale; it gets the smallest s_w that
   is at least 2^-16 * s_y / s_x (its bias exact to 2^-16 of an output step), 2^-14
   (float16's smallest normal number) and |b| / (32767 s_x) (its int32 bias fits int16, so the
@@ -151,13 +157,14 @@ def quantize_weights(kernel, bias, input_scale, output_scale, weight_scales='flo
     raise ValueError(f'weight_scales={weight_scales!r}: expected one of {WEIGHT_SCALES}')
   kernel = np.asarray(kernel, np.float64)
   columns = kernel.reshape(-1, kernel.shape[-1])
-  scale = np.abs(columns).max(axis=0) / int8.WEIGHT_MAX
+  scale = qat_ops.channel_scales(columns, bits, weight_range)
+  levels = qat_ops.weight_max(bits)
   zero = scale == 0
   scale[zero] = np.maximum(
       max(ZERO_CHANNEL_MULTIPLIER * output_scale / input_scale, HALF_TINY),
       np.abs(np.asarray(bias, np.float64)[zero]) / (input_scale * INT16_MAX))
   scale = half_grid_scales(scale) if weight_scales == 'float16' else scale.astype(np.float32)
-  weights = np.clip(np.round(kernel / scale), -int8.WEIGHT_MAX, int8.WEIGHT_MAX)
+  weights = np.clip(np.round(kernel / scale), -levels, levels)
   bias_q = np.round(np.asarray(bias, np.float64) / (input_scale * scale.astype(np.float64)))
   if np.abs(bias_q).max(initial=0) >= 2**31:
     raise trace.QuantizationError(f'a bias of {np.abs(bias).max():.3g} does not fit in '
@@ -166,33 +173,75 @@ def quantize_weights(kernel, bias, input_scale, output_scale, weight_scales='flo
           'bias': bias_q.astype(np.int32)}
 
 
-def quantize_model(model, calibration_images, calibration, weight_scales='float32'):
+def quantize_model(model, calibration_images, calibration, weight_scales='float32',
+                   trained=None):
   """The int8 form of `model` (its current weights) as an int8.Int8Model's (meta, arrays);
-  `weight_scales` one of WEIGHT_SCALES."""
+  `weight_scales` one of WEIGHT_SCALES.
+
+  Args:
+    trained: a QAT run's Trained ranges and weight rules, used instead of calibration
+      (calibration_images may then be None); None: calibrate, 8-bit max-scaled weights.
+  """
   ops, leaves, output = trace.trace_ops(model)
-  values = trace.run_float(ops, leaves, calibration_images)
-  ranges = {tensor: value_range(value, calibration) for tensor, value in values.items()}
+  if trained is None:
+    values = trace.run_float(ops, leaves, calibration_images)
+    ranges = {tensor: value_range(value, calibration) for tensor, value in values.items()}
+  else:
+    ranges = trained.ranges_for(ops)
   params = tensor_params(ops, ranges)
+  bits = trained.layer_bits if trained else {}
+  weight_range = trained.weight_range if trained else 'max'
   arrays = {}
   for op, leaf in zip(ops, leaves):
     if op['type'] in ('conv', 'dense'):
       parts = quantize_weights(leaf.kernel.numpy(), leaf.bias.numpy(),
                                params[op['inputs'][0]]['scale'], params[op['output']]['scale'],
-                               weight_scales)
+                               weight_scales, bits.get(op['name'], 8), weight_range)
       arrays.update({f'{op["name"]}/{key}': value for key, value in parts.items()})
   meta = {'input': trace.INPUT, 'output': output, 'ops': ops, 'tensors': params,
-          'calibration': dataclasses.asdict(calibration), 'weight_scales': weight_scales,
-          'image_size': model.input_shape[0]}
+          'calibration': ('trained ranges' if trained else dataclasses.asdict(calibration)),
+          'weight_scales': weight_scales, 'image_size': model.input_shape[0],
+          'weight_bits': {op['name']: bits.get(op['name'], 8) for op in ops
+                          if op['type'] in ('conv', 'dense')}, 'weight_range': weight_range}
   return meta, arrays
 
 
-def int8_model(loaded, calibration_images, calibration, weight_scales='float32'):
-  """The int8.Int8Model of a cifar10_run.InferenceModel (BatchNorm folded, plain convs).
+@dataclasses.dataclass(frozen=True)
+class Trained:
+  """What a quantization-aware training run fixes for its quantization (qat.json and its
+  checkpoint): the tracked activation ranges and the weights' bits and scaling rule."""
+  ranges: dict  # {tensor: (low, high)}
+  layer_bits: dict  # {conv/dense name: bits}
+  weight_range: str  # qat_ops.WEIGHT_RANGES
+
+  def ranges_for(self, ops):
+    """The ranges, checked to be those of this op list's tensors."""
+    expected = qat_ops.tracked_tensors(ops)
+    if sorted(expected) != sorted(self.ranges):
+      raise trace.QuantizationError(
+          f'the QAT run tracked ranges of {len(self.ranges)} tensors and this model has '
+          f'{len(expected)}: its qat.json belongs to another model')
+    return dict(self.ranges)
+
+
+def trained_quantization(checkpoint_dir, checkpoint):
+  """The Trained of a QAT run's checkpoint, or None for a run without qat.json."""
+  settings = qat_ops.read_settings(checkpoint_dir)
+  if settings is None:
+    return None
+  return Trained(ranges=qat_ops.read_ranges(checkpoint, settings['tensors']),
+                 layer_bits=settings['layer_bits'], weight_range=settings['weight_range'])
+
+
+def int8_model(loaded, calibration_images, calibration, weight_scales='float32', trained=None):
+  """The int8.Int8Model of a cifar10_run.InferenceModel (BatchNorm folded, plain convs);
+  `trained`: see quantize_model.
 
   Raises:
     trace.QuantizationError: the model cannot be run exactly in integers.
   """
-  meta, arrays = quantize_model(loaded.model, calibration_images, calibration, weight_scales)
+  meta, arrays = quantize_model(loaded.model, calibration_images, calibration, weight_scales,
+                                trained)
   meta.update(model=loaded.config.model, image_size=loaded.config.image_size,
               step=loaded.step, weights=loaded.weights)
   try:
@@ -235,13 +284,15 @@ def model_bytes(float_params, arrays, stored_payload, path):
 
 def quantize_run(checkpoint_dir, out_dir, batches_dir, calibration, use_ema=True,
                  compare_images=COMPARE_IMAGES, log=lambda message: None, conv='direct',
-                 weight_scales='float32'):
+                 weight_scales='float32', ranges='auto'):
   """Quantizes the latest checkpoint of a run, scores it three ways, exports it; the report.
 
   `log(message)` hears about each stage (the binary prints them with a timestamp); `conv`
   is how the float model computes its convolutions (cifar10_spectral): direct by default,
   as for any export, so calibration and the fake-quant reference run the plain convolution
-  that the integer path computes.
+  that the integer path computes. `ranges`: 'auto' takes a quantization-aware training
+  run's tracked ranges and weight rules (compress/qat.py), and calibrates any other run;
+  'calibrated' always calibrates (8-bit weights).
   """
   config, checkpoint = cifar10_run.latest_run(checkpoint_dir, '--checkpoint_dir')
   log(f'restoring {checkpoint} and scoring the float model')
@@ -252,10 +303,18 @@ def quantize_run(checkpoint_dir, out_dir, batches_dir, calibration, use_ema=True
   float_precision, _ = evaluator.precision()
   model = loaded.model  # BatchNorm folded, plain convs: what int8 computes.
   float_params = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
-  log(f'float {float_precision:.4f}; calibrating on {calibration.images} training images')
-  calibration_data = calibration_lib.calibration_images(
-      cifar10_records.load_split(batches_dir, 'train'), calibration, config.image_size)
-  int_model = int8_model(loaded, calibration_data, calibration, weight_scales)
+  trained = (trained_quantization(checkpoint_dir, loaded.checkpoint) if ranges == 'auto'
+             else None)
+  if trained is None:
+    log(f'float {float_precision:.4f}; calibrating on {calibration.images} training images')
+    calibration_data = calibration_lib.calibration_images(
+        cifar10_records.load_split(batches_dir, 'train'), calibration, config.image_size)
+  else:
+    log(f'float {float_precision:.4f}; the ranges and weight rules of quantization-aware '
+        f'training ({qat_ops.SETTINGS_FILE}): weight bits {sorted(set(trained.layer_bits.values()))}, '
+        f'{trained.weight_range} scales')
+    calibration_data = None
+  int_model = int8_model(loaded, calibration_data, calibration, weight_scales, trained)
   meta, arrays = int_model.meta, int_model.arrays
   log('scoring the integer path (NumPy, in this process)')
   int_precision, _, predictions = int8.evaluate(int_model, test.images, test.labels)
@@ -273,7 +332,8 @@ def quantize_run(checkpoint_dir, out_dir, batches_dir, calibration, use_ema=True
   runner = run_runner(path, os.path.dirname(batches_dir), out_dir)
   return {'checkpoint': loaded.checkpoint, 'model': config.model, 'step': meta['step'],
           'weights': meta['weights'], 'calibration': meta['calibration'],
-          'weight_scales': weight_scales, 'num_examples': len(test), 'precision': {
+          'weight_scales': weight_scales, 'weight_bits': meta['weight_bits'],
+          'weight_range': meta['weight_range'], 'num_examples': len(test), 'precision': {
               'float': float_precision, 'fake_quant': fake_precision, 'int8': int_precision,
               'runner': runner['precision']},
           'runner_same_predictions': bool(np.array_equal(runner['predictions'], predictions)),
@@ -340,7 +400,7 @@ def run(values):
     report = quantize_run(checkpoint_dir, out_dir, cifar10_flags.batches_dir(values),
                           calibration, use_ema=values['ema'],
                           compare_images=values['compare_images'], conv=values['conv'],
-                          weight_scales=values['weight_scales'],
+                          weight_scales=values['weight_scales'], ranges=values['ranges'],
                           log=lambda message: print(f'{datetime.datetime.now()}: {message}',
                                                     flush=True))
   except (cifar10_records.DataError, cifar10_config.ConfigError,
@@ -381,6 +441,11 @@ def define_flags(flag_values=flags.FLAGS):
                                       'holds the same integers); float16: rounded up onto the '
                                       'float16 grid, 2 bytes each in the file.',
                                       flag_values=flag_values),
+      ranges=flags.DEFINE_enum('ranges', RANGES[0], list(RANGES), 'auto: the tracked ranges '
+                               'and weight bits of a quantization-aware training run '
+                               f'(compress/qat.py, its {qat_ops.SETTINGS_FILE}), calibration for '
+                               'any other run; calibrated: calibrate any run, 8-bit weights.',
+                               flag_values=flag_values),
       compare_images=flags.DEFINE_integer('compare_images', COMPARE_IMAGES, 'Test images for '
                                           'the layer-by-layer check.', lower_bound=1,
                                           upper_bound=cifar10_records.NUM_TEST_EXAMPLES,

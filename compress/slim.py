@@ -335,15 +335,10 @@ def narrow(masked, config, schedule):
 def prepare(values):
   """(source config, masked config, slim config without widths, settings, source
   checkpoint, schedule) from the flag values, checked."""
-  source_dir, train_dir = values['source_dir'], values['train_dir']
-  source_config, source = cifar10_run.latest_run(source_dir, '--source_dir')
-  if os.path.abspath(source_dir) == os.path.abspath(train_dir):
-    raise cifar10_config.ConfigError('--train_dir must differ from --source_dir: slimming '
-                                     'writes a new run and never touches the source.')
+  source_config, source, start = finetune.source_run(values, 'slimming', SETTINGS_FILE)
   if source_config.widths:
-    raise cifar10_config.ConfigError(f'--source_dir={source_dir} is a slimmed run already '
-                                     f'(widths {source_config.widths}); slim its source.')
-  start = cifar10_run.checkpoint_step(source)
+    raise cifar10_config.ConfigError(f'--source_dir={values["source_dir"]} is a slimmed run '
+                                     f'already (widths {source_config.widths}); slim its source.')
   last = start + values['finetune_steps']
   begin, end = finetune.window(values, start, last, 'slimming', cut=True)
   try:
@@ -356,9 +351,9 @@ def prepare(values):
   except ValueError as e:
     raise cifar10_config.ConfigError(f'slimming flags: {e}') from e
   rates, schedule = finetune.finetune_schedule(values, source_config, start, last)
-  slim = dataclasses.replace(source_config, train_dir=train_dir, max_steps=last, **rates,
+  slim = dataclasses.replace(source_config, train_dir=values['train_dir'], max_steps=last, **rates,
                              **finetune.config_fields(values))
-  masked = dataclasses.replace(slim, train_dir=os.path.join(train_dir, MASKED_DIR),
+  masked = dataclasses.replace(slim, train_dir=os.path.join(values['train_dir'], MASKED_DIR),
                                max_steps=end + 1)
   return source_config, masked, slim, settings, source, schedule
 

@@ -18,8 +18,13 @@ class QuantizationError(ValueError):
   """The model has a layer or a layout the int8 path cannot represent."""
 
 
-def trace_ops(model):
+def trace_ops(model, fold_batchnorm=False):
   """The model as ops over named tensors, in execution order.
+
+  With `fold_batchnorm`, each Conv2D followed by a BatchNorm is one conv op whose leaf is a
+  FoldedConv of the two: the op list equals that of cifar10_model.fold_batchnorm(model), but
+  its leaves compute from the model's own variables (quantization-aware training trains
+  through them). Without it, a BatchNorm is refused (fold the model first).
 
   Returns:
     (ops, leaves, output): ops are JSON-able dicts (type, name, inputs, output and the
@@ -38,8 +43,17 @@ def trace_ops(model):
 
   def walk(layer, tensor):
     if isinstance(layer, cm.Sequential):
-      for inner in layer.layers:
-        tensor = walk(inner, tensor)
+      inner = list(layer.layers)
+      while inner:
+        if fold_batchnorm and len(inner) > 1 and isinstance(inner[1], cm.BatchNorm):
+          if not isinstance(inner[0], cm.Conv2D):
+            raise QuantizationError(f'{inner[1].name}: a BatchNorm folds only into a Conv2D '
+                                    'just before it')
+          folded = FoldedConv(inner[0], inner[1])
+          tensor = add(folded.op(), folded, [tensor])
+          inner = inner[2:]
+        else:
+          tensor = walk(inner.pop(0), tensor)
       return tensor
     if isinstance(layer, cm.Concat):
       return add({'type': 'concat'}, None, [walk(b, tensor) for b in layer.branches])
@@ -76,6 +90,33 @@ def leaf_op(layer):
   if isinstance(layer, cm.GlobalAvgPool):
     return {'type': 'avg_pool'}
   raise QuantizationError(f'no int8 form for layer {layer.name!r} ({type(layer).__name__})')
+
+
+class FoldedConv:
+  """A Conv2D and the evaluation-mode BatchNorm after it, as the one convolution that
+  cifar10_model.fold_batchnorm makes of them, computed from their live variables each call
+  (so gradients reach the kernel, gamma and beta; the moving statistics stay as they are)."""
+
+  def __init__(self, conv, norm):
+    self.conv, self.norm = conv, norm
+    self.name, self.stride, self.relu = conv.name, conv.stride, norm.relu
+    self.convolution = conv.convolution
+
+  def op(self):
+    """The op dict of the folded convolution."""
+    return {**leaf_op(self.conv), 'relu': self.relu}
+
+  def folded(self):
+    """(kernel, bias) of the folded convolution: kernel * scale, bias * scale + shift."""
+    scale, shift = self.norm.affine()
+    bias = shift if self.conv.bias is None else self.conv.bias * scale + shift
+    return self.conv.kernel * scale, bias
+
+  def __call__(self, x, training=False):
+    del training  # Always the evaluation-mode BatchNorm.
+    kernel, bias = self.folded()
+    y = self.convolution(x, tf.cast(kernel, x.dtype), self.stride) + tf.cast(bias, x.dtype)
+    return tf.nn.relu(y) if self.relu else y
 
 
 def join(op, inputs):

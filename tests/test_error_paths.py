@@ -62,6 +62,7 @@ import cifar10_trainer
 from compress import calibration as calibration_lib
 from compress import int8
 from compress import prune
+from compress import qat
 from compress import slim
 from compress import quantize
 from compress import sparse
@@ -263,6 +264,7 @@ COUNT = 'models/count.py'
 PRUNE = 'compress/prune.py'
 QUANTIZE = 'compress/quantize.py'
 SLIM = 'compress/slim.py'
+QAT = 'compress/qat.py'
 RUNNER = 'compress/int8.py'
 BENCH = 'bench'
 TRAIN_ARGS = ('--train_dir={case}/run', '--data_dir={data}', '--max_steps=2',
@@ -272,6 +274,8 @@ PRUNE_ARGS = ('--source_dir={run}', '--train_dir={case}/pruned', '--data_dir={da
               '--finetune_steps=2')
 SLIM_ARGS = ('--source_dir={run}', '--train_dir={case}/slim', '--data_dir={data}',
              '--finetune_steps=4')
+QAT_ARGS = ('--source_dir={run}', '--train_dir={case}/qat', '--data_dir={data}',
+            '--finetune_steps=2')
 
 CASES = [
     # ----- cifar10_train.py
@@ -409,6 +413,17 @@ CASES = [
                                                         '--teacher_dir={case}/nowhere'),
          'error', ('--teacher_dir={case}/nowhere',)),
 
+    # ----- compress/qat.py
+    Case(QAT, 'a stray argument', QAT_ARGS + ('stray',), 'usage', ('stray',)),
+    Case(QAT, 'no source run', ('--source_dir={case}/nowhere', '--train_dir={case}/qat'),
+         'error', ('--source_dir={case}/nowhere',), wiring=True),
+    Case(QAT, 'an unknown --weight_bits', QAT_ARGS + ('--weight_bits=3',), 'flags',
+         ('--weight_bits',)),
+    Case(QAT, 'a garbage qat.json', QAT_ARGS, 'error', ('{case}/qat/qat.json',),
+         setup=write('qat/qat.json', '[1, 2')),
+    Case(QAT, 'a --train_dir that is a file', QAT_ARGS, 'error', ('{case}/qat',),
+         setup=write('qat')),
+
     # ----- compress/quantize.py
     Case(QUANTIZE, 'a stray argument', ('--checkpoint_dir={run}', 'stray'), 'usage', ('stray',)),
     Case(QUANTIZE, 'a run without checkpoints',
@@ -417,6 +432,10 @@ CASES = [
     Case(QUANTIZE, 'a truncated checkpoint',
          ('--checkpoint_dir={case}/run', '--data_dir={data}', '--out_dir={case}/out'), 'error',
          ('{case}/run/ckpt-2',), setup=run_copy(truncate_checkpoints)),
+    Case(QUANTIZE, 'a garbage qat.json beside the run',
+         ('--checkpoint_dir={case}/run', '--data_dir={data}', '--out_dir={case}/out'), 'error',
+         ('{case}/run/qat.json',), setup=run_copy(lambda run_dir: open(
+             os.path.join(run_dir, 'qat.json'), 'w', encoding='utf-8').write('{"tens'))),
 
     # ----- compress/int8.py, the NumPy runner (no TensorFlow)
     Case(RUNNER, 'no --model_file', (), 'flags', ('--model_file',)),
@@ -566,6 +585,7 @@ IN_PROCESS = {
     PRUNE: Program(prune.define_flags, values_only(prune.run), prune.main),
     QUANTIZE: Program(quantize.define_flags, values_only(quantize.run), quantize.main),
     SLIM: Program(slim.define_flags, values_only(slim.run), slim.main),
+    QAT: Program(qat.define_flags, values_only(qat.run), qat.main),
     RUNNER: Program(int8.define_flags, values_only(int8.run), int8.main),
 }
 
