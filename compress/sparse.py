@@ -17,6 +17,13 @@ form then applies to the narrowed array (`conv1/bias/int32/values`, ...). Loadin
 back an array equal to the one saved, dtype and shape included (a -0.0 of a sparse array
 comes back as 0.0: the mask counts it as zero).
 
+Packing (file format 2), lossless: an int8 array whose values all fit 2 or 4 signed bits
+(-2..1, -8..7: the weights of compress/qat.py --weight_bits=2 or 4) is stored four or two
+values per byte as <key>/packed2 or <key>/packed4 (uint8, the first value in the lowest bits)
+with its shape as <key>/packed2_shape (int64); the dense or sparse form is chosen first, so a
+sparse array's `values` are packed too. `file_format` (uint8 [1]) holds the format's number;
+a file without it is format 1 (no packing), read as before.
+
 Why a bitmask: at 90 % sparsity it costs 1 bit per weight where 32-bit indices would cost 3.2;
 deflate (zlib, in the standard library) squeezes it further towards the entropy of the mask,
 H(0.1) = 0.47 bit per weight, because long runs of zero bytes repeat. Each array is written in
@@ -36,6 +43,11 @@ SPARSE_PARTS = ('shape', 'mask', 'values')
 NARROWER = {'int64': ('int8', 'int16', 'int32'), 'int32': ('int8', 'int16'), 'int16': ('int8',),
             'float64': ('float16', 'float32'), 'float32': ('float16',)}  # narrowest first
 META = 'meta'
+FORMAT_ENTRY = 'file_format'
+FORMAT = 2  # 1: narrowing and sparse forms; 2: and packed low-bit int8 arrays
+PACKED_BITS = (2, 4)  # narrowest first
+PACKED_PARTS = tuple(f'packed{bits}' for bits in PACKED_BITS)
+SHAPE_SUFFIX = '_shape'
 FLOAT32_BYTES = 4  # what a dense float32 weight costs, the baseline of every size report
 
 
@@ -100,12 +112,78 @@ def narrow(array):
   return None
 
 
+def packed_bits(array):
+  """The fewest bits of PACKED_BITS that hold every value of an int8 array, or None."""
+  if array.dtype != np.int8 or not array.size:
+    return None
+  low, high = int(array.min()), int(array.max())
+  for bits in PACKED_BITS:
+    if -(1 << (bits - 1)) <= low and high < 1 << (bits - 1):
+      return bits
+  return None
+
+
+def pack_bits(array, bits):
+  """int8 values of `bits` signed bits -> uint8, 8 // bits per byte, the first lowest."""
+  per = 8 // bits
+  flat = (array.reshape(-1).astype(np.int16) & ((1 << bits) - 1)).astype(np.uint8)
+  flat = np.concatenate([flat, np.zeros(-flat.size % per, np.uint8)]).reshape(-1, per)
+  shifts = (np.arange(per) * bits).astype(np.uint8)
+  return np.bitwise_or.reduce(flat << shifts, axis=1).astype(np.uint8)
+
+
+def unpack_bits(packed, bits, shape):
+  """The int8 array of `shape` that pack_bits packed (the inverse), its size checked first."""
+  shape = np.asarray(shape)
+  if shape.ndim != 1 or shape.dtype.kind not in 'iu' or np.any(shape < 0):
+    raise ValueError(f'corrupt packed array: its shape {shape.tolist()} is not a list of sizes')
+  size, per = math.prod(int(d) for d in shape), 8 // bits
+  if size > MAX_ENTRIES or packed.dtype != np.uint8 or packed.size != -(-size // per):
+    raise ValueError(f'corrupt packed array: {packed.size} bytes of {packed.dtype} for '
+                     f'{size:,} values of {bits} bits')
+  shifts = (np.arange(per) * bits).astype(np.uint8)
+  values = ((packed[:, None] >> shifts) & ((1 << bits) - 1)).reshape(-1)[:size]
+  half = 1 << (bits - 1)
+  return ((values.astype(np.int16) ^ half) - half).astype(np.int8).reshape(shape)
+
+
+def _packed(entries):
+  """The entries with each int8 array of few enough bits packed (format 2)."""
+  result = {}
+  for key, array in entries.items():
+    bits = packed_bits(array)
+    if bits is None:
+      result[key] = array
+    else:
+      result[f'{key}/packed{bits}'] = pack_bits(array, bits)
+      result[f'{key}/packed{bits}{SHAPE_SUFFIX}'] = np.asarray(array.shape, np.int64)
+  return result
+
+
+def _unpacked(entries):
+  """The entries with every packed array back as its int8 array (the inverse of _packed)."""
+  result = {}
+  for key, value in entries.items():
+    name, _, part = key.rpartition('/')
+    if part in PACKED_PARTS and name:
+      shape = entries.get(f'{key}{SHAPE_SUFFIX}')
+      if shape is None:
+        raise ValueError(f'corrupt packed array {key}: its shape entry is missing')
+      result[name] = unpack_bits(value, int(part[len('packed'):]), shape)
+    elif not (part.endswith(SHAPE_SUFFIX) and part[:-len(SHAPE_SUFFIX)] in PACKED_PARTS):
+      result[key] = value
+  return result
+
+
 def pack(arrays):
-  """{name: array} -> {file entry: array}: each array narrowed where that is exact, and
-  sparse only where that is smaller."""
+  """{name: array} -> {file entry: array}: each array narrowed where that is exact, sparse
+  only where that is smaller, and packed where its int8 values fit 2 or 4 bits."""
   entries = {}
+  reserved = SPARSE_PARTS + tuple(NARROWER) + PACKED_PARTS
   for name, array in arrays.items():
-    if not name or name == META or name.rpartition('/')[2] in SPARSE_PARTS + tuple(NARROWER):
+    last = name.rpartition('/')[2]
+    if (not name or name in (META, FORMAT_ENTRY) or last in reserved
+        or last.endswith(SHAPE_SUFFIX)):
       raise ValueError(f'array name {name!r} is reserved by the file format')
     array = np.asarray(array)
     narrowed = narrow(array)
@@ -116,11 +194,12 @@ def pack(arrays):
       entries.update({f'{name}/{part}': value for part, value in sparse.items()})
     else:
       entries[name] = array
-  return entries
+  return _packed(entries)
 
 
 def unpack(entries):
   """{file entry: array} -> {name: dense array} (the inverse of `pack`)."""
+  entries = _unpacked(entries)
   stored = {}
   for key, value in entries.items():
     name, _, part = key.rpartition('/')
@@ -152,6 +231,7 @@ def save(path, arrays, meta):
   entries = pack(arrays)
   payload = nbytes(entries)
   entries[META] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), np.uint8)
+  entries[FORMAT_ENTRY] = np.asarray([FORMAT], np.uint8)
   partial = os.fspath(path) + '.part'  # Renamed once whole: never a truncated model file.
   try:
     with open(partial, 'wb') as f:
@@ -174,6 +254,10 @@ def load(path):
     with np.load(path, allow_pickle=False) as data:
       entries = {key: data[key] for key in data.files}
     meta = json.loads(entries.pop(META).tobytes().decode())
+    version = int(entries.pop(FORMAT_ENTRY, np.ones(1, np.uint8)).reshape(-1)[0])
+    if version > FORMAT:
+      raise FormatError(f'{path} is of file format {version}; this code reads formats up to '
+                        f'{FORMAT}: update the project to read it')
     return unpack(entries), meta
   except (zipfile.BadZipFile, EOFError, KeyError, ValueError, zlib.error) as e:
     raise FormatError(f'{path} is truncated, corrupt or not written by compress/ '

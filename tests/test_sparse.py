@@ -131,3 +131,60 @@ def test_a_crafted_mask_or_shape_is_refused_before_it_is_allocated():
     sparse.decode(huge, parts['mask'], parts['values'])
   with pytest.raises(ValueError, match='is not a list of sizes'):
     sparse.decode(np.asarray([-1, 5], np.int64), parts['mask'], parts['values'])
+
+
+@pytest.mark.parametrize('bits,low,high', [(4, -8, 7), (2, -2, 1)])
+def test_low_bit_int8_arrays_pack_several_per_byte_and_come_back_exactly(bits, low, high):
+  rng = np.random.default_rng(bits)
+  array = rng.integers(low, high + 1, size=(3, 3, 5, 7)).astype(np.int8)  # 315: not a multiple
+  packed = sparse.pack_bits(array, bits)
+  assert packed.dtype == np.uint8 and packed.size == -(-array.size // (8 // bits))
+  np.testing.assert_array_equal(sparse.unpack_bits(packed, bits, array.shape), array)
+  # By hand: the first value in the lowest bits (4 bits: -1 is 0b1111, 2 is 0b0010).
+  if bits == 4:
+    np.testing.assert_array_equal(sparse.pack_bits(np.array([-1, 2, 7], np.int8), 4),
+                                  [0b00101111, 0b0111])
+  else:
+    np.testing.assert_array_equal(sparse.pack_bits(np.array([1, -1, 0, -2, 1], np.int8), 2),
+                                  [0b10001101, 0b01])
+  assert sparse.packed_bits(array) == bits
+  assert sparse.packed_bits(np.array([high + 1], np.int8)) == (4 if bits == 2 else None)
+  entries = sparse.pack({'conv/weights': array})
+  assert sorted(entries) == [f'conv/weights/packed{bits}', f'conv/weights/packed{bits}_shape']
+  np.testing.assert_array_equal(sparse.unpack(entries)['conv/weights'], array)
+
+
+def test_a_sparse_low_bit_array_packs_its_values_and_the_file_says_format_2(tmp_path):
+  array = random_sparse((64, 64), 0.9, np.int8) % 8 - 4  # values -4..3, 90 % zeros before
+  array[np.random.default_rng(1).random(array.shape) < 0.9] = 0
+  entries = sparse.pack({'w': array})
+  assert 'w/values/packed4' in entries and 'w/mask' in entries
+  sparse.save(tmp_path / 'm.npz', {'w': array}, {})
+  with np.load(tmp_path / 'm.npz') as data:
+    assert data[sparse.FORMAT_ENTRY].tolist() == [sparse.FORMAT] == [2]
+  loaded, _ = sparse.load(tmp_path / 'm.npz')
+  np.testing.assert_array_equal(loaded['w'], array)
+
+
+def test_a_format_1_file_still_reads_and_a_newer_format_is_named(tmp_path):
+  array = np.arange(-3, 3, dtype=np.int8)
+  # Format 1: the int8 array as it is, no format entry.
+  np.savez(tmp_path / 'old.npz', w=array, meta=np.frombuffer(b'{}', np.uint8))
+  loaded, meta = sparse.load(tmp_path / 'old.npz')
+  np.testing.assert_array_equal(loaded['w'], array)
+  assert meta == {}
+  np.savez(tmp_path / 'new.npz', w=array, meta=np.frombuffer(b'{}', np.uint8),
+           file_format=np.array([3], np.uint8))
+  with pytest.raises(sparse.FormatError, match='file format 3'):
+    sparse.load(tmp_path / 'new.npz')
+
+
+@pytest.mark.parametrize('name', ['w/packed4', 'w/packed2_shape', 'file_format'])
+def test_names_of_the_packed_form_are_reserved(name):
+  with pytest.raises(ValueError, match='reserved'):
+    sparse.pack({name: np.zeros(3, np.float32)})
+
+
+def test_a_packed_array_of_the_wrong_size_is_a_corrupt_file():
+  with pytest.raises(ValueError, match='corrupt packed array'):
+    sparse.unpack_bits(np.zeros(3, np.uint8), 4, np.array([100], np.int64))
