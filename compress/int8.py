@@ -373,9 +373,10 @@ class Int8Model:
       raise sparse.FormatError(f'{path} is not a sound int8 model file: {e}') from e
     return model
 
-  def save(self, path):
-    """Writes the model file; returns its arrays' payload bytes as stored (sparse.save)."""
-    return sparse.save(path, self.arrays, self.meta)
+  def save(self, path, coding='none'):
+    """Writes the model file (coded as sparse.CODINGS says); returns its arrays' payload
+    bytes as stored (sparse.save)."""
+    return sparse.save(path, self.arrays, self.meta, coding)
 
   def run(self, x_q, keep_all=False):
     """int8 input [B, s, s, 3] -> int8 logits [B, 10] (or every tensor by id, keep_all).

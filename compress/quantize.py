@@ -51,6 +51,7 @@ from compress import sparse
 from compress import trace
 
 MODEL_FILE = 'model_int8.npz'
+CODED_SUFFIX = '.xz'  # model_int8.npz.xz: the file coded with --coding=lzma
 RUNNER_PREDICTIONS = 'runner_predictions.npy'
 REPORT_FILE = 'quant_report.json'
 VALUE_OPS = ('max_pool', 'flatten')  # ops whose output keeps the input's scale
@@ -267,6 +268,32 @@ def layer_scales(int_model):
   return rows
 
 
+def part_of(entry):
+  """Which part of a model file an entry of sparse.pack belongs to: positions (the bitmasks
+  and shapes of sparse arrays), values (the weights, dense or a sparse array's nonzeros),
+  scales or biases."""
+  name = entry.split('/')
+  if name[1:2] == ['weights']:
+    return 'positions' if name[2:3] in (['mask'], ['shape']) else 'values'
+  return {'weight_scale': 'scales', 'bias': 'biases'}.get(name[1] if len(name) > 1 else '',
+                                                          'other')
+
+
+def size_breakdown(arrays):
+  """{part: {'stored': bytes as stored, 'lzma': that part coded alone by LZMA, 'huffman': a
+  Huffman code of its bytes}} of the model's arrays (part_of), and their total."""
+  parts = {}
+  for entry, array in sparse.pack(arrays).items():
+    parts.setdefault(part_of(entry), []).append(np.ascontiguousarray(array).tobytes())
+  rows = {part: {'stored': sum(len(c) for c in chunks),
+                 'lzma': sparse.lzma_bytes(b''.join(chunks)),
+                 'huffman': sparse.huffman_bytes(b''.join(chunks))}
+          for part, chunks in sorted(parts.items())}
+  rows['total'] = {key: sum(row[key] for row in rows.values()) for key in ('stored', 'lzma',
+                                                                          'huffman')}
+  return rows
+
+
 def model_bytes(float_params, arrays, stored_payload, path):
   """Sizes: float32 dense and int8 dense payloads (int8 dense: int32 biases and float32
   scales, as in memory and as TFLite stores them), the int8 payload as stored under the
@@ -284,7 +311,7 @@ def model_bytes(float_params, arrays, stored_payload, path):
 
 def quantize_run(checkpoint_dir, out_dir, batches_dir, calibration, use_ema=True,
                  compare_images=COMPARE_IMAGES, log=lambda message: None, conv='direct',
-                 weight_scales='float32', ranges='auto'):
+                 weight_scales='float32', ranges='auto', coding='none'):
   """Quantizes the latest checkpoint of a run, scores it three ways, exports it; the report.
 
   `log(message)` hears about each stage (the binary prints them with a timestamp); `conv`
@@ -292,7 +319,8 @@ def quantize_run(checkpoint_dir, out_dir, batches_dir, calibration, use_ema=True
   as for any export, so calibration and the fake-quant reference run the plain convolution
   that the integer path computes. `ranges`: 'auto' takes a quantization-aware training
   run's tracked ranges and weight rules (compress/qat.py), and calibrates any other run;
-  'calibrated' always calibrates (8-bit weights).
+  'calibrated' always calibrates (8-bit weights). `coding`: sparse.CODINGS ('lzma' writes
+  model_int8.npz.xz, the whole file entropy-coded).
   """
   config, checkpoint = cifar10_run.latest_run(checkpoint_dir, '--checkpoint_dir')
   log(f'restoring {checkpoint} and scoring the float model')
@@ -326,8 +354,8 @@ def quantize_run(checkpoint_dir, out_dir, batches_dir, calibration, use_ema=True
   compared = int8.eval_preprocess(test.images[:compare_images], config.image_size)
   layers = fake_quant.compare_layers(ops, leaves, int_model, compared)
   os.makedirs(out_dir, exist_ok=True)
-  path = os.path.join(out_dir, MODEL_FILE)
-  stored_payload = int_model.save(path)
+  path = os.path.join(out_dir, MODEL_FILE + (CODED_SUFFIX if coding == 'lzma' else ''))
+  stored_payload = int_model.save(path, coding)
   log(f'wrote {path}; running the NumPy runner on it in its own process')
   runner = run_runner(path, os.path.dirname(batches_dir), out_dir)
   return {'checkpoint': loaded.checkpoint, 'model': config.model, 'step': meta['step'],
@@ -340,7 +368,8 @@ def quantize_run(checkpoint_dir, out_dir, batches_dir, calibration, use_ema=True
           'runner': {k: v for k, v in runner.items() if k != 'predictions'},
           'max_step_difference': max(row['max_step_difference'] for row in layers),
           'layers': layers, 'scales': layer_scales(int_model),
-          'bytes': model_bytes(float_params, arrays, stored_payload, path), 'model_file': path}
+          'bytes': model_bytes(float_params, arrays, stored_payload, path), 'coding': coding,
+          'size_breakdown': size_breakdown(arrays), 'model_file': path}
 
 
 def run_runner(model_file, data_dir, out_dir):
@@ -378,6 +407,11 @@ def format_report(report):
                f'({b["float32_dense"] / b["int8_dense"]:.2f}x smaller); as stored '
                f'{b["int8_sparse"]:,} ({b["float32_dense"] / b["int8_sparse"]:.2f}x); file '
                f'{b["int8_file"]:,} ({b["float32_dense"] / b["int8_file"]:.2f}x)')
+  parts = report['size_breakdown']
+  lines.append(f'{"part":<10} {"stored":>10} {"lzma":>10} {"huffman":>10}  (bytes; each part '
+               f'coded alone; file coding: {report["coding"]})')
+  for part, row in parts.items():
+    lines.append(f'{part:<10} {row["stored"]:>10,} {row["lzma"]:>10,} {row["huffman"]:>10,}')
   runner = report['runner']
   lines.append(f'NumPy runner: {runner["images_per_sec"]:,.0f} images/s (batches of '
                f'{runner["batch_size"]}, {runner["threads"]} threads, preprocessing included)')
@@ -401,6 +435,7 @@ def run(values):
                           calibration, use_ema=values['ema'],
                           compare_images=values['compare_images'], conv=values['conv'],
                           weight_scales=values['weight_scales'], ranges=values['ranges'],
+                          coding=values['coding'],
                           log=lambda message: print(f'{datetime.datetime.now()}: {message}',
                                                     flush=True))
   except (cifar10_records.DataError, cifar10_config.ConfigError,
@@ -445,6 +480,10 @@ def define_flags(flag_values=flags.FLAGS):
                                'and weight bits of a quantization-aware training run '
                                f'(compress/qat.py, its {qat_ops.SETTINGS_FILE}), calibration for '
                                'any other run; calibrated: calibrate any run, 8-bit weights.',
+                               flag_values=flag_values),
+      coding=flags.DEFINE_enum('coding', sparse.CODINGS[0], list(sparse.CODINGS),
+                               'none: model_int8.npz as stored; lzma: model_int8.npz.xz, the '
+                               'whole file entropy-coded (the runner reads both).',
                                flag_values=flag_values),
       compare_images=flags.DEFINE_integer('compare_images', COMPARE_IMAGES, 'Test images for '
                                           'the layer-by-layer check.', lower_bound=1,

@@ -24,13 +24,22 @@ with its shape as <key>/packed2_shape (int64); the dense or sparse form is chose
 sparse array's `values` are packed too. `file_format` (uint8 [1]) holds the format's number;
 a file without it is format 1 (no packing), read as before.
 
+Coding (entropy coding, Deep Compression's last stage): save(..., coding='lzma') writes
+the whole .npz through LZMA (the standard library's xz container, CRC-32 checked), which
+codes the bitmasks, the packed values and the headers by their statistics; load() tells the
+two apart by the xz magic bytes and inflates at most MAX_DECODED_BYTES. huffman_bytes gives
+what a Huffman code of an array's bytes would take, for comparison.
+
 Why a bitmask: at 90 % sparsity it costs 1 bit per weight where 32-bit indices would cost 3.2;
 deflate (zlib, in the standard library) squeezes it further towards the entropy of the mask,
 H(0.1) = 0.47 bit per weight, because long runs of zero bytes repeat. Each array is written in
 whichever form is smaller, so a dense matrix never pays for a mask.
 """
 
+import heapq
+import io
 import json
+import lzma
 import math
 import os
 import zipfile
@@ -48,6 +57,10 @@ FORMAT = 2  # 1: narrowing and sparse forms; 2: and packed low-bit int8 arrays
 PACKED_BITS = (2, 4)  # narrowest first
 PACKED_PARTS = tuple(f'packed{bits}' for bits in PACKED_BITS)
 SHAPE_SUFFIX = '_shape'
+CODINGS = ('none', 'lzma')
+XZ_MAGIC = b'\xfd7zXZ\x00'
+MAX_DECODED_BYTES = 1 << 30  # an lzma-coded file inflates to at most this
+LZMA_PRESET = 9 | lzma.PRESET_EXTREME
 FLOAT32_BYTES = 4  # what a dense float32 weight costs, the baseline of every size report
 
 
@@ -222,20 +235,52 @@ class FormatError(ValueError):
   """A file that `load` cannot read."""
 
 
-def save(path, arrays, meta):
-  """Writes {name: array} and a JSON-able `meta` dict as one uncompressed .npz at `path`.
+def lzma_bytes(data):
+  """Bytes of `data` (bytes or an array's buffer) coded by LZMA as save() codes a file."""
+  return len(lzma.compress(bytes(data), preset=LZMA_PRESET))
+
+
+def huffman_bytes(data):
+  """Bytes a Huffman code of `data`'s bytes takes: the coded bits, rounded up, plus one byte
+  per symbol for the code lengths of its table (a canonical code)."""
+  counts = np.bincount(np.frombuffer(bytes(data), np.uint8), minlength=256)
+  symbols = [int(c) for c in counts if c]
+  if len(symbols) <= 1:
+    return len(symbols) + (1 if symbols else 0)
+  # The coded bits equal the sum of the merged weights of Huffman's construction.
+  heap, bits = list(symbols), 0
+  heapq.heapify(heap)
+  while len(heap) > 1:
+    merged = heapq.heappop(heap) + heapq.heappop(heap)
+    bits += merged
+    heapq.heappush(heap, merged)
+  return -(-bits // 8) + len(symbols)
+
+
+def save(path, arrays, meta, coding='none'):
+  """Writes {name: array} and a JSON-able `meta` dict as one uncompressed .npz at `path`,
+  with coding='lzma' coded whole (CODINGS).
 
   Returns:
-    The payload bytes of the arrays as stored (`nbytes` of `pack`), without meta and headers.
+    The payload bytes of the arrays as stored (`nbytes` of `pack`), without meta, headers
+    and coding.
   """
+  if coding not in CODINGS:
+    raise ValueError(f'coding={coding!r}: expected one of {CODINGS}')
   entries = pack(arrays)
   payload = nbytes(entries)
   entries[META] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), np.uint8)
   entries[FORMAT_ENTRY] = np.asarray([FORMAT], np.uint8)
+  buffer = io.BytesIO()
+  np.savez(buffer, **entries)
+  data = buffer.getvalue()
+  if coding == 'lzma':
+    data = lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32,
+                         preset=LZMA_PRESET)
   partial = os.fspath(path) + '.part'  # Renamed once whole: never a truncated model file.
   try:
     with open(partial, 'wb') as f:
-      np.savez(f, **entries)
+      f.write(data)
     os.replace(partial, path)
   finally:
     if os.path.exists(partial):
@@ -250,8 +295,14 @@ def load(path):
     OSError: the file cannot be opened.
     FormatError: it is truncated, corrupt or not a file written by `save`.
   """
+  with open(path, 'rb') as f:
+    if os.fstat(f.fileno()).st_size > MAX_DECODED_BYTES:
+      raise FormatError(f'{path} is over {MAX_DECODED_BYTES:,} bytes: no model file is')
+    raw = f.read()
   try:
-    with np.load(path, allow_pickle=False) as data:
+    if raw.startswith(XZ_MAGIC):
+      raw = _inflate(raw)
+    with np.load(io.BytesIO(raw), allow_pickle=False) as data:
       entries = {key: data[key] for key in data.files}
     meta = json.loads(entries.pop(META).tobytes().decode())
     version = int(entries.pop(FORMAT_ENTRY, np.ones(1, np.uint8)).reshape(-1)[0])
@@ -259,6 +310,17 @@ def load(path):
       raise FormatError(f'{path} is of file format {version}; this code reads formats up to '
                         f'{FORMAT}: update the project to read it')
     return unpack(entries), meta
-  except (zipfile.BadZipFile, EOFError, KeyError, ValueError, zlib.error) as e:
+  except (zipfile.BadZipFile, EOFError, KeyError, ValueError, zlib.error, lzma.LZMAError) as e:
     raise FormatError(f'{path} is truncated, corrupt or not written by compress/ '
                       f'({type(e).__name__}: {e})') from e
+
+
+def _inflate(raw):
+  """The .npz inside an lzma-coded file, at most MAX_DECODED_BYTES (a crafted file cannot
+  inflate to gigabytes)."""
+  inflate = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+  data = inflate.decompress(raw, max_length=MAX_DECODED_BYTES)
+  if not inflate.eof:
+    raise ValueError('its lzma stream ends early or inflates past '
+                     f'{MAX_DECODED_BYTES:,} bytes')
+  return data

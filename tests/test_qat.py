@@ -15,7 +15,6 @@ import cifar10_model as cm
 import cifar10_run
 import cifar10_trainer
 import models
-from compress import calibration as calibration_lib
 from compress import fake_quant
 from compress import int8
 from compress import qat
@@ -203,11 +202,14 @@ def test_a_qat_run_is_an_ordinary_run_that_quantize_reads_without_calibrating(
   assert all(low <= 0.0 <= high and high > low for low, high in trained.ranges.values())
   int_model = quantize.int8_model(loaded, None, None, trained=trained)
   assert int_model.meta['calibration'] == 'trained ranges'
-  path = str(tmp_path / 'model_int8.npz')
-  int_model.save(path)
-  again = int8.Int8Model.load(path)
-  x_q = again.quantize_input(np.asarray(images(4)))
-  np.testing.assert_array_equal(again.run(x_q), int_model.run(x_q))
+  x_q = int_model.quantize_input(np.asarray(images(4)))
+  for coding in ('none', 'lzma'):  # Packed 4-bit weights, and the whole file coded.
+    path = str(tmp_path / f'model_int8_{coding}.npz')
+    int_model.save(path, coding)
+    again = int8.Int8Model.load(path)
+    np.testing.assert_array_equal(again.run(x_q), int_model.run(x_q))
+  assert (os.path.getsize(tmp_path / 'model_int8_lzma.npz')
+          < os.path.getsize(tmp_path / 'model_int8_none.npz'))
   # The same command again: done, nothing trains; other bits on it are refused.
   assert run_qat(source, train_dir, '--weight_bits=4') is None
   message = run_qat(source, train_dir, '--weight_bits=2')

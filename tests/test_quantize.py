@@ -394,3 +394,21 @@ def test_the_runner_reads_only_the_test_file_of_its_data_dir_flag(exported, tmp_
                             f'--data_dir={decoy}'], cwd=ROOT, capture_output=True, text=True,
                            timeout=300)
   assert refused.returncode == 1 and 'record 0 has label byte 10' in refused.stderr
+
+
+def test_the_size_breakdown_splits_positions_values_scales_and_biases():
+  rng = np.random.default_rng(0)
+  weights = np.where(rng.random((64, 32)) < 0.9, 0, rng.integers(-7, 8, (64, 32))).astype(np.int8)
+  arrays = {'fc/weights': weights, 'fc/bias': np.arange(32, dtype=np.int32),
+            'fc/weight_scale': np.full(32, 0.5, np.float32)}
+  assert [quantize.part_of(e) for e in ('fc/weights/mask', 'fc/weights/shape',
+                                        'fc/weights/values/packed4', 'fc/weights/packed2',
+                                        'fc/bias/int32', 'fc/weight_scale/float32')] == [
+      'positions', 'positions', 'values', 'values', 'biases', 'scales']
+  rows = quantize.size_breakdown(arrays)
+  assert set(rows) == {'positions', 'values', 'scales', 'biases', 'total'}
+  assert rows['total']['stored'] == sparse.nbytes(sparse.pack(arrays))
+  nonzeros = int(np.count_nonzero(weights))
+  assert rows['values']['stored'] == -(-nonzeros // 2) + 8  # packed 4-bit, and its shape
+  assert rows['biases']['stored'] == 32  # 0..31 fit int8
+  assert rows['scales']['stored'] == 64  # 0.5 is a float16 number

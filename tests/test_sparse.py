@@ -1,5 +1,6 @@
 """Tests of the sparse model file: exact round trips, and the smaller form chosen per array."""
 
+import os
 import zlib
 
 import numpy as np
@@ -188,3 +189,36 @@ def test_names_of_the_packed_form_are_reserved(name):
 def test_a_packed_array_of_the_wrong_size_is_a_corrupt_file():
   with pytest.raises(ValueError, match='corrupt packed array'):
     sparse.unpack_bits(np.zeros(3, np.uint8), 4, np.array([100], np.int64))
+
+
+def test_an_lzma_coded_file_reads_back_the_same_and_is_smaller(tmp_path):
+  rng = np.random.default_rng(0)
+  arrays = {'w': np.where(rng.random((256, 256)) < 0.9, 0,
+                          np.round(rng.normal(size=(256, 256)) * 2).clip(-7, 7)).astype(np.int8),
+            'b': np.arange(256, dtype=np.int32) * 1000}
+  plain, coded = tmp_path / 'plain.npz', tmp_path / 'coded.npz.xz'
+  assert sparse.save(plain, arrays, {'a': 1}) == sparse.save(coded, arrays, {'a': 1},
+                                                             coding='lzma')
+  assert coded.read_bytes().startswith(sparse.XZ_MAGIC)
+  assert os.path.getsize(coded) < 0.8 * os.path.getsize(plain)
+  for path in (plain, coded):
+    loaded, meta = sparse.load(path)
+    assert meta == {'a': 1}
+    for name, array in arrays.items():
+      assert loaded[name].dtype == array.dtype
+      np.testing.assert_array_equal(loaded[name], array)
+  damaged = tmp_path / 'damaged.npz.xz'
+  data = bytearray(coded.read_bytes())
+  data[len(data) // 2] ^= 0xFF
+  damaged.write_bytes(bytes(data))
+  with pytest.raises(sparse.FormatError, match='damaged.npz.xz'):
+    sparse.load(damaged)
+  damaged.write_bytes(coded.read_bytes()[:-20])
+  with pytest.raises(sparse.FormatError, match='ends early'):
+    sparse.load(damaged)
+
+
+def test_huffman_bytes_by_hand():
+  # a:4, b:2, c:1, d:1 -> lengths 1, 2, 3, 3: 4 + 4 + 3 + 3 = 14 bits = 2 bytes, + 4 for the table.
+  assert sparse.huffman_bytes(b'aaaabbcd') == 2 + 4
+  assert sparse.huffman_bytes(b'') == 0 and sparse.huffman_bytes(b'zzzz') == 2
