@@ -8,6 +8,10 @@
 #                 installs them too, for their tests).
 # make tfmot-venv: a separate venv, .venv-tfmot, with TensorFlow Model Optimization and tf-keras
 #                 for bench/tfmot_prune.py (never needed by the project itself).
+# make deep-compression SOURCE_RUN=runs/budget1 OUT=runs/budget1_deep: Deep Compression in
+#             three stages (prune to $(SPARSITY), QAT at $(WEIGHT_BITS)-bit weights with the
+#             masks held, quantize with entropy coding) into $(OUT)_pruned, $(OUT) and
+#             $(OUT)/int8/model_int8.npz.xz, the one file the NumPy runner executes (resumable).
 # make zoo:   train and evaluate every model of $(ZOO) in $(ZOO_DIR)/<model>, then write
 #             docs/results.md and docs/results.png (about 21-49 min per model here, resumable).
 PYTHON ?= python3
@@ -21,6 +25,10 @@ CIFAR10_DATA ?= $(DATA_DIR)
 SOURCE ?= pretrained/budget1_int8.npz
 ZOO ?= tutorial alex0 alex1 alex2 alex3 alex4 nin0 nin1 squeeze0 squeeze1 inception0 inception1
 ZOO_DIR ?= runs/zoo
+SOURCE_RUN ?= runs/budget1
+OUT ?= $(SOURCE_RUN)_deep
+SPARSITY ?= 0.9
+WEIGHT_BITS ?= 4
 # pytest-xdist workers of make test and make test-fast (the machines here have 2 cores).
 TEST_WORKERS ?= 2
 PY := $(VENV)/bin/python
@@ -28,7 +36,7 @@ comma := ,
 empty :=
 space := $(empty) $(empty)
 
-.PHONY: train eval test test-fast classify zoo deploy-deps tfmot-venv clean-venv
+.PHONY: train eval test test-fast classify zoo deep-compression deploy-deps tfmot-venv clean-venv
 
 $(VENV)/installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +61,11 @@ tfmot-venv: $(TFMOT_VENV)/installed
 train: $(VENV)/installed
 	$(PY) cifar10_train.py --model=$(MODEL) --data_dir=$(DATA_DIR) --train_dir=$(TRAIN_DIR) --max_steps=$(MAX_STEPS) --conv=$(CONV)
 	$(PY) cifar10_eval.py --checkpoint_dir=$(TRAIN_DIR) --data_dir=$(DATA_DIR) --run_once
+
+deep-compression: $(VENV)/installed
+	$(PY) compress/prune.py --source_dir=$(SOURCE_RUN) --train_dir=$(OUT)_pruned --target_sparsity=$(SPARSITY) --data_dir=$(DATA_DIR)
+	$(PY) compress/qat.py --source_dir=$(OUT)_pruned --train_dir=$(OUT) --weight_bits=$(WEIGHT_BITS) --data_dir=$(DATA_DIR)
+	$(PY) compress/quantize.py --checkpoint_dir=$(OUT) --coding=lzma --data_dir=$(DATA_DIR)
 
 eval: $(VENV)/installed
 	$(PY) cifar10_eval.py --checkpoint_dir=$(TRAIN_DIR) --data_dir=$(DATA_DIR) --run_once
