@@ -331,17 +331,9 @@ def quantize_run(checkpoint_dir, out_dir, batches_dir, calibration, use_ema=True
   float_precision, _ = evaluator.precision()
   model = loaded.model  # BatchNorm folded, plain convs: what int8 computes.
   float_params = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
-  trained = (trained_quantization(checkpoint_dir, loaded.checkpoint) if ranges == 'auto'
-             else None)
-  if trained is None:
-    log(f'float {float_precision:.4f}; calibrating on {calibration.images} training images')
-    calibration_data = calibration_lib.calibration_images(
-        cifar10_records.load_split(batches_dir, 'train'), calibration, config.image_size)
-  else:
-    log(f'float {float_precision:.4f}; the ranges and weight rules of quantization-aware '
-        f'training ({qat_ops.SETTINGS_FILE}): weight bits {sorted(set(trained.layer_bits.values()))}, '
-        f'{trained.weight_range} scales')
-    calibration_data = None
+  log(f'float {float_precision:.4f}')
+  trained, calibration_data = _ranges(checkpoint_dir, loaded, batches_dir, calibration,
+                                      ranges, log)
   int_model = int8_model(loaded, calibration_data, calibration, weight_scales, trained)
   meta, arrays = int_model.meta, int_model.arrays
   log('scoring the integer path (NumPy, in this process)')
@@ -370,6 +362,20 @@ def quantize_run(checkpoint_dir, out_dir, batches_dir, calibration, use_ema=True
           'layers': layers, 'scales': layer_scales(int_model),
           'bytes': model_bytes(float_params, arrays, stored_payload, path), 'coding': coding,
           'size_breakdown': size_breakdown(arrays), 'model_file': path}
+
+
+def _ranges(checkpoint_dir, loaded, batches_dir, calibration, ranges, log):
+  """(Trained or None, calibration images or None): a QAT run's trained ranges with
+  ranges='auto', else the calibration images."""
+  trained = (trained_quantization(checkpoint_dir, loaded.checkpoint) if ranges == 'auto'
+             else None)
+  if trained is not None:
+    log(f'the ranges and weight rules of quantization-aware training ({qat_ops.SETTINGS_FILE}): '
+        f'weight bits {sorted(set(trained.layer_bits.values()))}, {trained.weight_range} scales')
+    return trained, None
+  log(f'calibrating on {calibration.images} training images')
+  return None, calibration_lib.calibration_images(
+      cifar10_records.load_split(batches_dir, 'train'), calibration, loaded.config.image_size)
 
 
 def run_runner(model_file, data_dir, out_dir):
@@ -426,7 +432,8 @@ def run(values):
                                             method=values['calibration'],
                                             percentile=values['percentile'])
   try:
-    cifar10_run.latest_run(checkpoint_dir, '--checkpoint_dir')  # Before the data is sought.
+    cifar10_run.latest_run(checkpoint_dir, '--checkpoint_dir')  # Before the data is sought,
+    qat_ops.read_settings(checkpoint_dir)  # and a QAT run's settings before any scoring.
     try:  # Before minutes of scoring, not after.
       os.makedirs(out_dir, exist_ok=True)
     except OSError as e:
