@@ -31,6 +31,7 @@ import cifar10_flags
 import cifar10_frontier
 import cifar10_model
 import cifar10_run
+import cifar10_sizes
 import models
 
 
@@ -418,14 +419,27 @@ def run(values):
       plot_confusion(*confusion, title, os.path.join(out_dir, 'confusion.png'))
     if values['latency']:
       frontier = write_frontier(results, values['latency'], values['latency_threads'], out_dir)
+    if values['compressed']:
+      sizes = write_sizes(values['compressed'], out_dir)
   except OSError as e:
     return f'error: cannot write the table and plots into --out_dir={out_dir} ({e})'
-  except cifar10_frontier.LatencyError as e:
+  except (cifar10_frontier.LatencyError, cifar10_sizes.SizeError) as e:
     return f'error: {e}'
   print(table)
   if values['latency']:
     print(f'\n{frontier}')
+  if values['compressed']:
+    print(f'\n{sizes}')
   return None
+
+
+def write_sizes(report_files, out_dir):
+  """sizes.md and sizes.png of compress/quantize.py reports; the table."""
+  found = cifar10_sizes.points(report_files)
+  table = cifar10_sizes.table(found)
+  cifar10_run.write_whole(os.path.join(out_dir, 'sizes.md'), table + '\n')
+  cifar10_sizes.plot(found, os.path.join(out_dir, 'sizes.png'), _pyplot)
+  return table
 
 
 def write_frontier(results, latency_file, threads, out_dir):
@@ -474,6 +488,10 @@ def define_flags(flag_values=flags.FLAGS):
       latency_threads=flags.DEFINE_integer('latency_threads', 1, 'Which thread count of '
                                            '--latency the frontier uses.', lower_bound=1,
                                            flag_values=flag_values),
+      compressed=flags.DEFINE_list('compressed', None, 'compress/quantize.py reports '
+                                   '(quant_report.json): also write sizes.md and sizes.png, '
+                                   'precision against file size of each compressed form and '
+                                   'its float32 run.', flag_values=flag_values),
       target=flags.DEFINE_float('target', None, 'A precision @ 1 (fraction, e.g. 0.814): add '
                                 'a column with the step and training seconds at which each '
                                 'run first reached it.', lower_bound=0.0, upper_bound=1.0,

@@ -327,6 +327,10 @@ CASES = [
     Case(RESULTS, 'an --out_dir that is a file', ('--runs={case}/run', '--out_dir={case}/out'),
          'error', ('--out_dir={case}/out',),
          setup=steps(evaluated_run(GOOD_RESULT), write('out'))),
+    Case(RESULTS, 'a --compressed file that is no quantize report',
+         ('--runs={case}/run', '--out_dir={case}/out', '--compressed={case}/report.json'),
+         'error', ('--compressed', '{case}/report.json'),
+         setup=steps(evaluated_run(GOOD_RESULT), write('report.json', '{"model": 1}'))),
 
     # ----- cifar10_export.py
     Case(EXPORT, 'a stray argument', ('--checkpoint_dir={run}', '--export_dir={case}/out',
