@@ -175,23 +175,26 @@ def quantize_weights(kernel, bias, input_scale, output_scale, weight_scales='flo
 
 
 def quantize_model(model, calibration_images, calibration, weight_scales='float32',
-                   trained=None):
+                   trained=None, weight_bits=(8, 8)):
   """The int8 form of `model` (its current weights) as an int8.Int8Model's (meta, arrays);
   `weight_scales` one of WEIGHT_SCALES.
 
   Args:
     trained: a QAT run's Trained ranges and weight rules, used instead of calibration
-      (calibration_images may then be None); None: calibrate, 8-bit max-scaled weights.
+      (calibration_images may then be None); None: calibrate.
+    weight_bits: without `trained`, (bits of the weights, bits of the first and last
+      layers'): max |w| scales at 8 bits, least-squared-error ones below (qat_ops).
   """
   ops, leaves, output = trace.trace_ops(model)
   if trained is None:
     values = trace.run_float(ops, leaves, calibration_images)
     ranges = {tensor: value_range(value, calibration) for tensor, value in values.items()}
+    bits = qat_ops.layer_bits(ops, *weight_bits)
+    weight_range = 'max' if min(bits.values()) == 8 else 'mse'
   else:
     ranges = trained.ranges_for(ops)
+    bits, weight_range = trained.layer_bits, trained.weight_range
   params = tensor_params(ops, ranges)
-  bits = trained.layer_bits if trained else {}
-  weight_range = trained.weight_range if trained else 'max'
   arrays = {}
   for op, leaf in zip(ops, leaves):
     if op['type'] in ('conv', 'dense'):
@@ -234,15 +237,16 @@ def trained_quantization(checkpoint_dir, checkpoint):
                  layer_bits=settings['layer_bits'], weight_range=settings['weight_range'])
 
 
-def int8_model(loaded, calibration_images, calibration, weight_scales='float32', trained=None):
+def int8_model(loaded, calibration_images, calibration, weight_scales='float32', trained=None,
+               weight_bits=(8, 8)):
   """The int8.Int8Model of a cifar10_run.InferenceModel (BatchNorm folded, plain convs);
-  `trained`: see quantize_model.
+  `trained`, `weight_bits`: see quantize_model.
 
   Raises:
     trace.QuantizationError: the model cannot be run exactly in integers.
   """
   meta, arrays = quantize_model(loaded.model, calibration_images, calibration, weight_scales,
-                                trained)
+                                trained, weight_bits)
   meta.update(model=loaded.config.model, image_size=loaded.config.image_size,
               step=loaded.step, weights=loaded.weights)
   try:
@@ -311,7 +315,7 @@ def model_bytes(float_params, arrays, stored_payload, path):
 
 def quantize_run(checkpoint_dir, out_dir, batches_dir, calibration, use_ema=True,
                  compare_images=COMPARE_IMAGES, log=lambda message: None, conv='direct',
-                 weight_scales='float32', ranges='auto', coding='none'):
+                 weight_scales='float32', ranges='auto', coding='none', weight_bits=None):
   """Quantizes the latest checkpoint of a run, scores it three ways, exports it; the report.
 
   `log(message)` hears about each stage (the binary prints them with a timestamp); `conv`
@@ -320,7 +324,9 @@ def quantize_run(checkpoint_dir, out_dir, batches_dir, calibration, use_ema=True
   that the integer path computes. `ranges`: 'auto' takes a quantization-aware training
   run's tracked ranges and weight rules (compress/qat.py), and calibrates any other run;
   'calibrated' always calibrates (8-bit weights). `coding`: sparse.CODINGS ('lzma' writes
-  model_int8.npz.xz, the whole file entropy-coded).
+  model_int8.npz.xz, the whole file entropy-coded). `weight_bits`: (bits, bits of the
+  first and last layers) of post-training quantization, None: (8, 8); refused for a QAT run
+  under ranges='auto' (its own bits hold).
   """
   config, checkpoint = cifar10_run.latest_run(checkpoint_dir, '--checkpoint_dir')
   log(f'restoring {checkpoint} and scoring the float model')
@@ -334,7 +340,10 @@ def quantize_run(checkpoint_dir, out_dir, batches_dir, calibration, use_ema=True
   log(f'float {float_precision:.4f}')
   trained, calibration_data = _ranges(checkpoint_dir, loaded, batches_dir, calibration,
                                       ranges, log)
-  int_model = int8_model(loaded, calibration_data, calibration, weight_scales, trained)
+  if trained is not None and weight_bits is not None:
+    raise cifar10_config.ConfigError(f'{checkpoint_dir}: a QAT run keeps its own weight bits')
+  int_model = int8_model(loaded, calibration_data, calibration, weight_scales, trained,
+                         weight_bits or (8, 8))
   meta, arrays = int_model.meta, int_model.arrays
   log('scoring the integer path (NumPy, in this process)')
   int_precision, _, predictions = int8.evaluate(int_model, test.images, test.labels)
@@ -433,7 +442,12 @@ def run(values):
                                             percentile=values['percentile'])
   try:
     cifar10_run.latest_run(checkpoint_dir, '--checkpoint_dir')  # Before the data is sought,
-    qat_ops.read_settings(checkpoint_dir)  # and a QAT run's settings before any scoring.
+    qat = qat_ops.read_settings(checkpoint_dir)  # and a QAT run's settings before scoring.
+    if qat is not None and values['ranges'] == 'auto' and _weight_bits(values):
+      raise cifar10_config.ConfigError(
+          f'--weight_bits: {checkpoint_dir} is a quantization-aware training run, whose '
+          f'{qat_ops.SETTINGS_FILE} fixes its bits; add --ranges=calibrated to quantize it '
+          'after training otherwise')
     try:  # Before minutes of scoring, not after.
       os.makedirs(out_dir, exist_ok=True)
     except OSError as e:
@@ -442,7 +456,7 @@ def run(values):
                           calibration, use_ema=values['ema'],
                           compare_images=values['compare_images'], conv=values['conv'],
                           weight_scales=values['weight_scales'], ranges=values['ranges'],
-                          coding=values['coding'],
+                          coding=values['coding'], weight_bits=_weight_bits(values),
                           log=lambda message: print(f'{datetime.datetime.now()}: {message}',
                                                     flush=True))
   except (cifar10_records.DataError, cifar10_config.ConfigError,
@@ -453,6 +467,15 @@ def run(values):
   cifar10_run.write_json(os.path.join(out_dir, REPORT_FILE), report)
   print(format_report(report))
   return None
+
+
+def _weight_bits(values):
+  """(bits, first and last layers' bits) of --weight_bits and --edge_weight_bits, or None
+  when neither was given (8-bit, or a QAT run's own)."""
+  if values['weight_bits'] is None and values['edge_weight_bits'] is None:
+    return None
+  bits = int(values['weight_bits'] or 8)
+  return bits, int(values['edge_weight_bits'] or 8)
 
 
 def main(argv):
@@ -488,6 +511,14 @@ def define_flags(flag_values=flags.FLAGS):
                                f'(compress/qat.py, its {qat_ops.SETTINGS_FILE}), calibration for '
                                'any other run; calibrated: calibrate any run, 8-bit weights.',
                                flag_values=flag_values),
+      weight_bits=flags.DEFINE_enum('weight_bits', None, [str(b) for b in qat_ops.WEIGHT_BITS],
+                                    'Post-training weight bits (default 8; below 8 with '
+                                    'least-squared-error scales); a QAT run keeps its own.',
+                                    flag_values=flag_values),
+      edge_weight_bits=flags.DEFINE_enum('edge_weight_bits', None,
+                                         [str(b) for b in qat_ops.WEIGHT_BITS],
+                                         "Bits of the first and last layers' weights "
+                                         '(default 8).', flag_values=flag_values),
       coding=flags.DEFINE_enum('coding', sparse.CODINGS[0], list(sparse.CODINGS),
                                'none: model_int8.npz as stored; lzma: model_int8.npz.xz, the '
                                'whole file entropy-coded (the runner reads both).',

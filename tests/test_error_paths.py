@@ -436,6 +436,10 @@ CASES = [
     Case(QUANTIZE, 'a truncated checkpoint',
          ('--checkpoint_dir={case}/run', '--data_dir={data}', '--out_dir={case}/out'), 'error',
          ('{case}/run/ckpt-2',), setup=run_copy(truncate_checkpoints)),
+    Case(QUANTIZE, '--weight_bits on a QAT run', ('--checkpoint_dir={case}/run',
+                                                  '--data_dir={data}', '--weight_bits=4'),
+         'error', ('--weight_bits', '--ranges=calibrated'), setup=run_copy(lambda run_dir: open(
+             os.path.join(run_dir, 'qat.json'), 'w', encoding='utf-8').write('{"tensors": []}'))),
     Case(QUANTIZE, 'a garbage qat.json beside the run',
          ('--checkpoint_dir={case}/run', '--data_dir={data}', '--out_dir={case}/out'), 'error',
          ('{case}/run/qat.json',), setup=run_copy(lambda run_dir: open(

@@ -11,6 +11,7 @@ import tensorflow as tf
 
 import cifar10_model as cm
 import cifar10_trainer
+import models
 from compress import calibration as calibration_lib
 from compress import fake_quant
 from compress import int8
@@ -412,3 +413,19 @@ def test_the_size_breakdown_splits_positions_values_scales_and_biases():
   assert rows['values']['stored'] == -(-nonzeros // 2) + 8  # packed 4-bit, and its shape
   assert rows['biases']['stored'] == 32  # 0..31 fit int8
   assert rows['scales']['stored'] == 64  # 0.5 is a float16 number
+
+
+def test_post_training_low_bit_weights_keep_the_edges_at_8_bits_with_mse_scales():
+  model = models.build('budget0', 32)
+  images = tf.random.stateless_normal([16, 32, 32, 3], seed=[5, 6]).numpy()
+  folded = cm.fold_batchnorm(model)
+  meta, arrays = quantize.quantize_model(folded, images, calibration_lib.Calibration(images=16),
+                                         weight_bits=(4, 8))
+  bits = meta['weight_bits']
+  names = list(bits)
+  assert bits[names[0]] == bits[names[-1]] == 8 and set(bits[n] for n in names[1:-1]) == {4}
+  assert meta['weight_range'] == 'mse'
+  for name in names[1:-1]:
+    assert np.abs(arrays[f'{name}/weights']).max() <= 7
+  assert np.abs(arrays[f'{names[0]}/weights']).max() == 127
+  int8.Int8Model(meta, arrays)  # Loads: the integer path takes the 4-bit weights as they are.
