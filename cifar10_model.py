@@ -209,6 +209,69 @@ class Conv2D(Layer):
     return (1 + 2 * c_in * k * k) * f * w * h + (2 * f * w * h if self.relu else 0)
 
 
+def direct_depthwise(x, kernel, stride):
+  """tf.nn.depthwise_conv2d with SAME padding: the default computation of a
+  DepthwiseConv2D (cuDNN's on a GPU)."""
+  return tf.nn.depthwise_conv2d(x, kernel, [1, stride, stride, 1], 'SAME')
+
+
+def shifted_depthwise(x, kernel, stride):
+  """The same function written out: SAME padding as TensorFlow places it (the odd pixel
+  after), then k x k shifted, strided views of x, each times its tap's per-channel weight,
+  summed. The readable reference of depthwise_conv2d (tests hold them equal, values and
+  gradients)."""
+  k = kernel.shape[0]
+  height, width = x.shape[1], x.shape[2]
+  out_h, out_w = -(-height // stride), -(-width // stride)
+  pad_h = max((out_h - 1) * stride + k - height, 0)
+  pad_w = max((out_w - 1) * stride + k - width, 0)
+  padded = tf.pad(x, [[0, 0], [pad_h // 2, pad_h - pad_h // 2],
+                      [pad_w // 2, pad_w - pad_w // 2], [0, 0]])
+  total = 0.0
+  for i in range(k):
+    for j in range(k):
+      view = padded[:, i:i + (out_h - 1) * stride + 1:stride,
+                    j:j + (out_w - 1) * stride + 1:stride, :]
+      total += view * kernel[i, j, :, 0]
+  return total
+
+
+class DepthwiseConv2D(Layer):
+  """k x k depthwise convolution: each channel filtered by its own k x k kernel ([k, k, C,
+  1], TensorFlow's layout), SAME padding, optional bias (none before a BatchNorm) and ReLU.
+
+  Counted as a convolution of one input channel per output channel: 2 k^2 FLOPs per output
+  value, plus its bias add and ReLU (docs/design.md).
+  """
+
+  def __init__(self, channels, kernel_size, *, stddev, bias_init=0.0, decay=0.0, relu=True,
+               stride=1, bias=True, name=None):
+    super().__init__(name=name)
+    with self.name_scope:
+      self.kernel = tf.Variable(truncated_normal([kernel_size, kernel_size, channels, 1],
+                                                 stddev), name='kernel')
+      self.bias = (tf.Variable(tf.fill([channels], float(bias_init)), name='bias')
+                   if bias else None)
+    self.kernels = ((self.kernel, decay),)
+    self.relu, self.stride = relu, stride
+    self.convolution = direct_depthwise
+
+  def __call__(self, x, training=False):
+    y = self.convolution(x, tf.cast(self.kernel, x.dtype), self.stride)
+    if self.bias is not None:
+      y += tf.cast(self.bias, x.dtype)
+    return tf.nn.relu(y) if self.relu else y
+
+  def output_shape(self, input_shape):
+    h, w, _ = input_shape
+    return (math.ceil(h / self.stride), math.ceil(w / self.stride), self.kernel.shape[2])
+
+  def flops(self, input_shape):
+    k, _, channels, _ = self.kernel.shape
+    h, w, _ = self.output_shape(input_shape)
+    return (1 + 2 * k * k) * channels * w * h + (2 * channels * w * h if self.relu else 0)
+
+
 class Dense(Layer):
   """Fully connected layer with bias and optional ReLU."""
 
@@ -584,8 +647,9 @@ def _folded_layers(layers):
   result, changed = [], False
   for layer in layers:
     if isinstance(layer, BatchNorm):
-      if not result or not isinstance(result[-1], Conv2D):
-        raise ValueError(f'{layer.name}: a BatchNorm folds only into a Conv2D just before it')
+      if not result or not isinstance(result[-1], (Conv2D, DepthwiseConv2D)):
+        raise ValueError(f'{layer.name}: a BatchNorm folds only into a Conv2D or '
+                         'DepthwiseConv2D just before it')
       result[-1], changed = _fold_into(result[-1], layer), True
     elif type(layer) is Sequential:
       inner = _folded_layers(layer.layers)
@@ -602,12 +666,18 @@ def _folded_layers(layers):
 
 
 def _fold_into(conv, norm):
-  """The Conv2D computing conv then the evaluation-mode `norm`."""
+  """The Conv2D (or DepthwiseConv2D) computing conv then the evaluation-mode `norm`."""
   k, _, c_in, c_out = conv.kernel.shape
-  folded = Conv2D(c_in, c_out, k, stddev=0.0, decay=conv.kernels[0][1], relu=norm.relu,
-                  stride=conv.stride, name=conv.name)
   scale, shift = norm.affine()
+  if isinstance(conv, DepthwiseConv2D):  # [k, k, C, 1]: channel c on axis 2.
+    folded = DepthwiseConv2D(c_in, k, stddev=0.0, decay=conv.kernels[0][1], relu=norm.relu,
+                             stride=conv.stride, name=conv.name)
+    scale = scale[:, tf.newaxis]
+  else:
+    folded = Conv2D(c_in, c_out, k, stddev=0.0, decay=conv.kernels[0][1], relu=norm.relu,
+                    stride=conv.stride, name=conv.name)
   folded.kernel.assign(conv.kernel * scale)
+  scale = tf.reshape(scale, [-1])
   bias = shift if conv.bias is None else conv.bias * scale + shift
   folded.bias.assign(bias)
   folded.convolution = conv.convolution
@@ -622,6 +692,16 @@ def conv(regime, name, in_channels, out_channels, kernel_size, *, tutorial_stdde
                 stddev=regime.stddev(shape, tutorial_stddev),
                 bias_init=regime.bias(tutorial_bias), relu=relu, stride=stride, bias=bias,
                 decay=regime.decay_coefficient(shape, chosen=False), name=name)
+
+
+def depthwise_bn(regime, name, channels, kernel_size, *, relu=True, stride=1):
+  """A DepthwiseConv2D without bias and the BatchNorm (then ReLU) after it, Xavier-initialised
+  for its k x k fan-in and fan-out per channel, decayed as the convolutions are."""
+  shape = [kernel_size, kernel_size, 1, 1]
+  return [DepthwiseConv2D(channels, kernel_size, stddev=regime.stddev(shape, 5e-2),
+                          decay=regime.decay_coefficient(shape, chosen=False), relu=False,
+                          stride=stride, bias=False, name=name),
+          BatchNorm(channels, relu=relu, name=f'{name}_bn')]
 
 
 def conv_bn(regime, name, in_channels, out_channels, kernel_size, *, relu=True, stride=1):

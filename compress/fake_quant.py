@@ -7,6 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from compress import int8
+from compress import int8_file
 from compress import trace
 
 BATCH_SIZE = 500  # images per eager fake-quant pass (the runner's own batch is far smaller)
@@ -23,12 +24,14 @@ def fake_quantize(value, params):
 
 
 def load_weights(leaves, ops, arrays, params):
-  """Sets each conv/dense layer's variables to its dequantized int8 weights and bias."""
+  """Sets each conv/depthwise/dense layer's variables to its dequantized int8 weights and
+  bias."""
   for op, leaf in zip(ops, leaves):
-    if op['type'] in ('conv', 'dense'):
+    if op['type'] in int8_file.LINEAR_OPS:
       name, s_x = op['name'], params[op['inputs'][0]]['scale']
       s_w = arrays[f'{name}/weight_scale'].astype(np.float64)
-      leaf.kernel.assign(arrays[f'{name}/weights'] * s_w)
+      kernel = arrays[f'{name}/weights'] * s_w
+      leaf.kernel.assign(kernel[..., None] if op['type'] == 'depthwise' else kernel)
       leaf.bias.assign(arrays[f'{name}/bias'] * (s_x * s_w))
 
 

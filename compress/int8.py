@@ -171,6 +171,8 @@ def accumulate(x_q, layer):
     Exact integers in the layer's float type, [B, Ho, Wo, C_out] or [B, C_out]. Padding
     uses the input's zero point (real 0), whose products the offset cancels.
   """
+  if layer['type'] == 'depthwise':
+    return depthwise_accumulate(x_q, layer)
   if layer['type'] == 'conv':
     x_q = patches(x_q, layer['kernel_size'], layer['stride'], layer['input_zero_point'],
                   layer['channel_major'])
@@ -179,8 +181,47 @@ def accumulate(x_q, layer):
   return acc.reshape(x_q.shape[:-1] + (weights.shape[1],))
 
 
+def depthwise_accumulate(x_q, layer):
+  """sum over the k x k taps of x_q * w_q[tap, c], each channel on its own ([B, H, W, C] in
+  and out, int32, exact: every sum is under 2^31, checked when the model loads). Padding is
+  the input's zero point, whose products the offset cancels."""
+  weights, stride = layer['taps'], layer['stride']  # int32 [k, k, C]
+  k = weights.shape[0]
+  _, h, w, _ = x_q.shape
+  pads = ((0, 0), same_padding(h, k, stride), same_padding(w, k, stride), (0, 0))
+  x = np.pad(x_q, pads, constant_values=layer['input_zero_point']).astype(np.int32)
+  rows, cols = -(-h // stride), -(-w // stride)
+  acc = np.zeros((x.shape[0], rows, cols, x.shape[-1]), np.int32)
+  for i in range(k):
+    for j in range(k):
+      acc += x[:, i:i + stride * rows:stride, j:j + stride * cols:stride, :] * weights[i, j]
+  return acc
+
+
+def prepare_depthwise(layer, arrays, tensors):
+  """The taps and the requantizer constants of a depthwise op ([k, k, C] int8 weights).
+
+  Raises:
+    ValueError: the layer's accumulators could leave int32.
+  """
+  name = layer['name']
+  weights, bias = arrays[f'{name}/weights'], arrays[f'{name}/bias'].astype(np.int64)
+  weight_scale = arrays[f'{name}/weight_scale'].astype(np.float64)
+  x, y = tensors[layer['inputs'][0]], tensors[layer['output']]
+  m0, shift = quantize_multiplier(x['scale'] * weight_scale / y['scale'])
+  taps = weights.astype(np.int64).reshape(-1, weights.shape[-1])
+  offset = bias - x['zero_point'] * taps.sum(axis=0)
+  bound = -INT8_MIN * np.abs(taps).sum(axis=0) + np.abs(offset)
+  if bound.max() >= ACCUMULATOR_LIMIT:
+    raise ValueError(f'layer {name}: accumulators may reach {bound.max():,}, beyond int32')
+  low = y['zero_point'] if layer['relu'] else INT8_MIN
+  return dict(layer, taps=weights.astype(np.int32), input_zero_point=x['zero_point'],
+              **requantizer(m0, shift, y['zero_point'], low, offset))
+
+
 def linear(x_q, layer):
-  """Integer conv or dense layer: accumulate, then requantize (ReLU is the clamp)."""
+  """Integer conv, depthwise or dense layer: accumulate, then requantize (ReLU is the
+  clamp)."""
   return requantize(accumulate(x_q, layer), layer)
 
 
@@ -343,6 +384,8 @@ class Int8Model:
     kind = op['type']
     if kind in ('conv', 'dense'):
       return prepare_layer(op, self.arrays, self.tensors)
+    if kind == 'depthwise':
+      return prepare_depthwise(op, self.arrays, self.tensors)
     prepare = {'add': prepare_add, 'sigmoid': prepare_sigmoid, 'mul': prepare_multiply}.get(kind)
     return op if prepare is None else prepare(op, self.tensors)
 
@@ -407,7 +450,7 @@ class Int8Model:
   def apply(self, op, inputs):
     """One op on its int8 inputs."""
     kind = op['type']
-    if kind in ('conv', 'dense'):
+    if kind in ('conv', 'dense', 'depthwise'):
       return linear(inputs[0], op)
     if kind == 'max_pool':
       return max_pool(inputs[0], op['size'], op['stride'])

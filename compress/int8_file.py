@@ -17,6 +17,7 @@ from compress import sparse
 
 OP_FIELDS = {  # The fields each op type carries besides type, name, inputs and output.
     'conv': {'kernel_size': (1, 15), 'stride': (1, 8), 'relu': bool},
+    'depthwise': {'kernel_size': (1, 15), 'stride': (1, 8), 'relu': bool},
     'dense': {'relu': bool},
     'max_pool': {'size': (1, 15), 'stride': (1, 8)},
     'lrn': {'depth_radius': (0, 1024), 'bias': float, 'alpha': float, 'beta': float},
@@ -27,6 +28,7 @@ OP_FIELDS = {  # The fields each op type carries besides type, name, inputs and 
     'sigmoid': {},
     'mul': {},
 }
+LINEAR_OPS = ('conv', 'depthwise', 'dense')  # the ops with weights, biases and scales
 MAX_IMAGE_SIZE = 32  # CIFAR-10's side: no model reads more
 MAX_OPS = 1000
 
@@ -69,10 +71,10 @@ def _check_linear(op, arrays):
   name = op['name']
   weights, bias, scale = (arrays.get(f'{name}/{part}')
                           for part in ('weights', 'bias', 'weight_scale'))
-  rank = 4 if op['type'] == 'conv' else 2
+  rank = {'conv': 4, 'depthwise': 3, 'dense': 2}[op['type']]
   if not (isinstance(weights, np.ndarray) and weights.dtype == np.int8 and weights.ndim == rank):
     raise sparse.FormatError(f'op {name!r}: {name}/weights is not an int8 array of rank {rank}')
-  if op['type'] == 'conv' and weights.shape[:2] != (op['kernel_size'],) * 2:
+  if op['type'] != 'dense' and weights.shape[:2] != (op['kernel_size'],) * 2:
     raise sparse.FormatError(f'op {name!r}: weights {weights.shape} do not match kernel size '
                              f'{op["kernel_size"]}')
   outputs = weights.shape[-1]
@@ -118,7 +120,7 @@ def check(meta, arrays):
     if op['type'] in ('add', 'mul') and len(inputs) != 2:
       raise sparse.FormatError(f'op {op["name"]!r}: {op["type"]} takes 2 inputs, not '
                                f'{len(inputs)}')
-    if op['type'] in ('conv', 'dense'):
+    if op['type'] in LINEAR_OPS:
       _check_linear(op, arrays)
     defined.add(output)
   if meta.get('output') not in defined:

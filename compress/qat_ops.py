@@ -32,6 +32,7 @@ import tensorflow as tf
 
 import cifar10_config
 import cifar10_run
+from compress import int8_file
 from compress import trace
 
 SETTINGS_FILE = 'qat.json'  # a QAT run's settings, beside its config.json
@@ -183,11 +184,15 @@ def tracked_tensors(ops):
 
 
 def _linear(op, leaf, x, bits, method):
-  """A conv or dense op on x with its weights fake-quantized."""
+  """A conv, depthwise or dense op on x with its weights fake-quantized."""
   kernel, bias = leaf.folded() if isinstance(leaf, trace.FoldedConv) else (leaf.kernel,
                                                                            leaf.bias)
-  kernel = tf.cast(fake_quant_weights(kernel, bits, method), x.dtype)
-  if op['type'] == 'conv':
+  if op['type'] == 'depthwise':  # [k, k, C, 1]: per channel C, as the file stores it
+    kernel = fake_quant_weights(kernel[..., 0], bits, method)[..., None]
+  else:
+    kernel = fake_quant_weights(kernel, bits, method)
+  kernel = tf.cast(kernel, x.dtype)
+  if op['type'] in ('conv', 'depthwise'):
     y = leaf.convolution(x, kernel, op['stride'])
   else:
     y = tf.matmul(x, kernel)
@@ -220,7 +225,7 @@ def forward(ops, leaves, images, ranges, layer_bits, method, training=True):
   values = {trace.INPUT: quantize(trace.INPUT, tf.convert_to_tensor(images, tf.float32))}
   for op, leaf in zip(ops, leaves):
     inputs = [values[i] for i in op['inputs']]
-    if op['type'] in ('conv', 'dense'):
+    if op['type'] in int8_file.LINEAR_OPS:
       value = _linear(op, leaf, inputs[0], layer_bits[op['name']], method)
     elif leaf is None:
       value = trace.join(op, inputs)
@@ -233,8 +238,9 @@ def forward(ops, leaves, images, ranges, layer_bits, method, training=True):
 
 
 def layer_bits(ops, bits, edge_bits):
-  """{conv/dense name: bits}: `edge_bits` for the first and the last (0: `bits` too)."""
-  names = [op['name'] for op in ops if op['type'] in ('conv', 'dense')]
+  """{conv/depthwise/dense name: bits}: `edge_bits` for the first and the last (0: `bits`
+  too)."""
+  names = [op['name'] for op in ops if op['type'] in int8_file.LINEAR_OPS]
   edge = edge_bits or bits
   return {name: edge if name in (names[0], names[-1]) else bits for name in names}
 

@@ -46,6 +46,7 @@ import cifar10_scoring
 from compress import calibration as calibration_lib
 from compress import fake_quant
 from compress import int8
+from compress import int8_file
 from compress import qat_ops
 from compress import sparse
 from compress import trace
@@ -104,7 +105,7 @@ def tensor_params(ops, ranges):
   for op in ops:
     if op['type'] == 'concat':
       for tensor in op['inputs']:
-        if producer.get(tensor, {}).get('type') not in ('conv', 'dense'):
+        if producer.get(tensor, {}).get('type') not in int8_file.LINEAR_OPS:
           raise trace.QuantizationError(
               f'concat {op["name"]}: its input {tensor} does not come from a conv or dense '
               'layer, which could requantize it')
@@ -197,8 +198,10 @@ def quantize_model(model, calibration_images, calibration, weight_scales='float3
   params = tensor_params(ops, ranges)
   arrays = {}
   for op, leaf in zip(ops, leaves):
-    if op['type'] in ('conv', 'dense'):
-      parts = quantize_weights(leaf.kernel.numpy(), leaf.bias.numpy(),
+    if op['type'] in int8_file.LINEAR_OPS:
+      kernel = leaf.kernel.numpy()  # a depthwise [k, k, C, 1] is stored [k, k, C]
+      parts = quantize_weights(kernel[..., 0] if op['type'] == 'depthwise' else kernel,
+                               leaf.bias.numpy(),
                                params[op['inputs'][0]]['scale'], params[op['output']]['scale'],
                                weight_scales, bits.get(op['name'], 8), weight_range)
       arrays.update({f'{op["name"]}/{key}': value for key, value in parts.items()})
@@ -206,7 +209,7 @@ def quantize_model(model, calibration_images, calibration, weight_scales='float3
           'calibration': ('trained ranges' if trained else dataclasses.asdict(calibration)),
           'weight_scales': weight_scales, 'image_size': model.input_shape[0],
           'weight_bits': {op['name']: bits.get(op['name'], 8) for op in ops
-                          if op['type'] in ('conv', 'dense')}, 'weight_range': weight_range}
+                          if op['type'] in int8_file.LINEAR_OPS}, 'weight_range': weight_range}
   return meta, arrays
 
 
@@ -264,7 +267,7 @@ def layer_scales(int_model):
   for op in int_model.ops:
     row = {'name': op['name'], 'type': op['type'],
            'input': int_model.tensors[op['inputs'][0]], 'output': int_model.tensors[op['output']]}
-    if op['type'] in ('conv', 'dense'):
+    if op['type'] in int8_file.LINEAR_OPS:
       scales = int_model.arrays[f'{op["name"]}/weight_scale']
       row.update(weight_scale_min=float(scales.min()), weight_scale_max=float(scales.max()),
                  accumulator=np.dtype(op['matrix'].dtype).name)

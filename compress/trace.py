@@ -46,9 +46,9 @@ def trace_ops(model, fold_batchnorm=False):
       inner = list(layer.layers)
       while inner:
         if fold_batchnorm and len(inner) > 1 and isinstance(inner[1], cm.BatchNorm):
-          if not isinstance(inner[0], cm.Conv2D):
+          if not isinstance(inner[0], (cm.Conv2D, cm.DepthwiseConv2D)):
             raise QuantizationError(f'{inner[1].name}: a BatchNorm folds only into a Conv2D '
-                                    'just before it')
+                                    'or DepthwiseConv2D just before it')
           folded = FoldedConv(inner[0], inner[1])
           tensor = add(folded.op(), folded, [tensor])
           inner = inner[2:]
@@ -77,6 +77,9 @@ def leaf_op(layer):
   """The op dict of one layer (its type and hyperparameters)."""
   if isinstance(layer, cm.Conv2D):
     return {'type': 'conv', 'name': layer.name, 'kernel_size': int(layer.kernel.shape[0]),
+            'stride': layer.stride, 'relu': layer.relu}
+  if isinstance(layer, cm.DepthwiseConv2D):
+    return {'type': 'depthwise', 'name': layer.name, 'kernel_size': int(layer.kernel.shape[0]),
             'stride': layer.stride, 'relu': layer.relu}
   if isinstance(layer, cm.Dense):
     return {'type': 'dense', 'name': layer.name, 'relu': layer.relu}
@@ -110,6 +113,8 @@ class FoldedConv:
     """(kernel, bias) of the folded convolution: kernel * scale, bias * scale + shift."""
     scale, shift = self.norm.affine()
     bias = shift if self.conv.bias is None else self.conv.bias * scale + shift
+    if isinstance(self.conv, cm.DepthwiseConv2D):  # [k, k, C, 1]: channel c on axis 2
+      return self.conv.kernel * scale[:, tf.newaxis], bias
     return self.conv.kernel * scale, bias
 
   def __call__(self, x, training=False):

@@ -13,6 +13,7 @@ import cifar10_spectral
 from models import alex
 from models import budget
 from models import inception
+from models import mobile
 from models import nin
 from models import squeeze
 from models import tutorial
@@ -37,6 +38,8 @@ MODELS = {
     'budget3': functools.partial(budget.build, variant=3),
     'budget4': functools.partial(budget.build, variant=4),
     'budget5': functools.partial(budget.build, variant=5),
+    'mobile0': functools.partial(mobile.build, variant=0),
+    'mobile1': functools.partial(mobile.build, variant=1),
 }
 # Short names; each of the study's families stands for its best model in the study, and
 # `budget` for budget0, the first of ours (configs written with it keep meaning budget0).

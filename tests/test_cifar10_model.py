@@ -145,7 +145,7 @@ def test_table_ends_with_the_totals_line():
 def test_registry_resolves_alias_and_lists_names_for_unknown():
   assert models.canonical_name('tuto') == 'tutorial'
   with pytest.raises(ValueError,
-                     match='valid models: tutorial, alex0, .*budget0, budget1, .*budget5, tuto'):
+                     match='valid models: tutorial, alex0, .*budget0, budget1, .*budget5, mobile0, mobile1, tuto'):
     models.build('resnet')
 
 

@@ -20,11 +20,12 @@ from fixtures import tiny_config, tiny_split, write_batches_dir
 @pytest.fixture(scope='module', name='runs')
 def fixture_runs(tmp_path_factory):
   """20-step runs on tiny data of the tutorial model at 24x24 (the crop inside the exported
-  graph; LRN; spectral convolutions in evaluation) and of budget0 at 32x32 (BatchNorm), and a
-  data folder holding that tiny data."""
+  graph; LRN; spectral convolutions in evaluation), of budget0 at 32x32 (BatchNorm) and of
+  mobile1 (depthwise convolutions, linear residual adds), and a data folder holding that tiny
+  data."""
   root = tmp_path_factory.mktemp('export')
   runs = {}
-  for model, size in (('tutorial', 24), ('budget0', 32)):
+  for model, size in (('tutorial', 24), ('budget0', 32), ('mobile1', 32)):
     config = tiny_config(root / model, model=model, image_size=size)
     cifar10_trainer.train(config, tiny_split())
     runs[model] = str(root / model)
@@ -32,17 +33,17 @@ def fixture_runs(tmp_path_factory):
 
 
 @pytest.mark.subprocess
-@pytest.mark.parametrize('model', ['tutorial', 'budget0'])
+@pytest.mark.parametrize('model', ['tutorial', 'budget0', 'mobile1'])
 def test_exported_files_give_the_evaluations_classes_and_logits(runs, model, tmp_path):
   runs, batches_dir = runs
   export_dir = tmp_path / 'out'
-  more = model == 'budget0'  # int8 TFLite and ONNX too, in TF Serving's version 3
+  more = model != 'tutorial'  # int8 TFLite and ONNX too, in TF Serving's version 3
   report = cifar10_export.export_run(
       runs[model], str(export_dir), batches_dir,
       cifar10_export.Options(tflite_int8=more, onnx=more, serving_version=3 if more else 1,
                              verify_images=32,
                              calibration=calibration_lib.Calibration(images=16)))
-  assert report['batchnorm_folded'] is (model == 'budget0')
+  assert report['batchnorm_folded'] is (model != 'tutorial')
   assert report['image_size'] == (24 if model == 'tutorial' else 32)
   checked = ['saved_model', 'tflite_float'] + (['tflite_int8', 'onnx'] if more else [])
   assert sorted(report['check']) == sorted(checked)
@@ -83,6 +84,8 @@ def test_exported_files_give_the_evaluations_classes_and_logits(runs, model, tmp
   if more:  # TFLite's int8: integer weights and activations inside; ONNX: the same outputs
     details = cifar10_deploy.interpreter((export_dir / 'model_int8.tflite').read_bytes())
     assert {np.int8, np.int32} <= {d['dtype'] for d in details.get_tensor_details()}
+    kinds = {op['op_name'] for op in details._get_ops_details()}  # pylint: disable=protected-access
+    assert ('DEPTHWISE_CONV_2D' in kinds) is (model == 'mobile1')
     got = cifar10_deploy.onnx_function(str(export_dir / 'model.onnx'))(images)
     np.testing.assert_array_equal(got['classes'], outputs['classes'])
     assert list(got['labels']) == [names[i] for i in outputs['classes']]

@@ -10,6 +10,7 @@ import tensorflow as tf
 
 import cifar10_model as cm
 import models
+from test_mobile import MOBILE_GOLDEN
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The study's zoo at 24x24 (params, FLOPs; docs/design.md), computed by hand with its counting
@@ -111,13 +112,14 @@ def test_golden_params_and_flops(name):
 
 
 def test_registry_lists_every_model_and_family_aliases():
-  assert set(models.MODELS) == set(GOLDEN) | set(INCEPTION_GOLDEN) | set(BUDGET_GOLDEN)
+  assert set(models.MODELS) == (set(GOLDEN) | set(INCEPTION_GOLDEN) | set(BUDGET_GOLDEN)
+                                | set(MOBILE_GOLDEN))
   assert models.canonical_name('alex') == 'alex4'
   assert models.canonical_name('nin') == 'nin2'
   assert models.canonical_name('squeeze') == 'squeeze1'
 
 
-ALL = sorted(GOLDEN) + sorted(INCEPTION_GOLDEN) + sorted(BUDGET_GOLDEN)
+ALL = sorted(GOLDEN) + sorted(INCEPTION_GOLDEN) + sorted(BUDGET_GOLDEN) + sorted(MOBILE_GOLDEN)
 
 
 @pytest.mark.parametrize('name', ALL)
