@@ -66,11 +66,15 @@ def compare_layers(ops, leaves, int_model, images):
   return rows
 
 
-def precision(ops, leaves, params, images, labels, batch_size=BATCH_SIZE):
-  """Precision @ 1 of the fake-quant path over standardized float32 images."""
+def precision(ops, leaves, params, images, labels, batch_size=BATCH_SIZE, log=None):
+  """Precision @ 1 of the fake-quant path over standardized float32 images; `log(line)`:
+  progress lines (int8.Progress)."""
   correct = 0
+  progress = int8.Progress(len(labels), log, 'fake-quant scored') if log else None
   for start in range(0, len(labels), batch_size):
     batch = images[start:start + batch_size]
     logits = run(ops, leaves, params, batch)[ops[-1]['output']]
     correct += int(np.sum(np.argmax(logits.numpy(), axis=1) == labels[start:start + batch_size]))
+    if progress:
+      progress(len(batch))
   return correct / len(labels)

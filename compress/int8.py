@@ -28,6 +28,7 @@ import concurrent.futures
 import json
 import os
 import sys
+import threading
 import time
 
 if __name__ == '__main__':  # The runner: one BLAS thread per worker thread (see predict).
@@ -475,16 +476,20 @@ class Int8Model:
     x = self.tensors[self.meta['input']]
     return quantize(images, x['scale'], x['zero_point'])
 
-  def predict(self, images, batch_size=BATCH_SIZE, threads=1):
+  def predict(self, images, batch_size=BATCH_SIZE, threads=1, progress=None):
     """Class predictions int64 [N] for standardized float32 images [N, s, s, 3].
 
     With threads > 1, each thread runs its own batches: NumPy's elementwise work holds one
     core per call, so this is how the runner uses both cores here (with one BLAS thread
     each; the runner sets OPENBLAS_NUM_THREADS=1 before NumPy starts).
     Ties between int8 logits go to the lowest class index, as np.argmax (and TFLite) do.
+    `progress(images done)`, if given, hears after each batch (from any thread).
     """
     def classify(start):
-      return np.argmax(self.run(self.quantize_input(images[start:start + batch_size])), axis=1)
+      found = np.argmax(self.run(self.quantize_input(images[start:start + batch_size])), axis=1)
+      if progress is not None:
+        progress(len(found))
+      return found
 
     starts = range(0, len(images), batch_size)
     if threads == 1:
@@ -510,11 +515,34 @@ def eval_preprocess(images, size):
   return standardize(cifar10_records.central_crop(images, size))
 
 
-def evaluate(model, images, labels, batch_size=BATCH_SIZE, threads=1):
-  """(precision @ 1, images/s, predictions) on uint8 images, preprocessing included."""
+class Progress:
+  """A callable for Int8Model.predict that calls log(line) at every `every` share of `total`
+  images with the images/s so far and the ETA (thread-safe)."""
+
+  def __init__(self, total, log, what='scored', every=0.2):
+    self.total, self.log, self.what = total, log, what
+    self.step = max(1, int(total * every))
+    self.done, self.next, self.start = 0, self.step, time.perf_counter()
+    self.lock = threading.Lock()
+
+  def __call__(self, count):
+    with self.lock:
+      self.done += count
+      if self.done < self.next or self.done >= self.total:
+        return
+      self.next += self.step
+      rate = self.done / max(time.perf_counter() - self.start, 1e-9)
+      self.log(f'{self.what} {self.done:,}/{self.total:,} images ({rate:,.0f} images/s, ETA '
+               f'{(self.total - self.done) / rate:.0f} s)')
+
+
+def evaluate(model, images, labels, batch_size=BATCH_SIZE, threads=1, log=None):
+  """(precision @ 1, images/s, predictions) on uint8 images, preprocessing included;
+  `log(line)`: progress lines every fifth of the images."""
   start = time.perf_counter()
+  progress = Progress(len(images), log) if log else None
   predictions = model.predict(eval_preprocess(images, model.meta['image_size']), batch_size,
-                              threads)
+                              threads, progress)
   seconds = time.perf_counter() - start
   return float(np.mean(predictions == labels)), len(images) / seconds, predictions
 

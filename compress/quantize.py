@@ -349,12 +349,12 @@ def quantize_run(checkpoint_dir, out_dir, batches_dir, calibration, use_ema=True
                          weight_bits or (8, 8))
   meta, arrays = int_model.meta, int_model.arrays
   log('scoring the integer path (NumPy, in this process)')
-  int_precision, _, predictions = int8.evaluate(int_model, test.images, test.labels)
+  int_precision, _, predictions = int8.evaluate(int_model, test.images, test.labels, log=log)
   log(f'int8 {int_precision:.4f}; scoring the fake-quant path and comparing the ops')
   ops, leaves, _ = trace.trace_ops(model)
   fake_quant.load_weights(leaves, ops, arrays, meta['tensors'])
   fake_precision = fake_quant.precision(ops, leaves, meta['tensors'], evaluator.images.numpy(),
-                                        test.labels)
+                                        test.labels, log=log)
   compared = int8.eval_preprocess(test.images[:compare_images], config.image_size)
   layers = fake_quant.compare_layers(ops, leaves, int_model, compared)
   os.makedirs(out_dir, exist_ok=True)

@@ -167,3 +167,13 @@ def test_sigmoid_table_and_gate_product_match_exact_arithmetic():
     int8.multiply(x_q, g_q[:, :4], prepared)
   with pytest.raises(ValueError, match='mul se: a gate of shape'):
     int8.multiply(x_q[0], g_q, prepared)
+
+
+def test_progress_lines_name_the_count_the_rate_and_the_eta():
+  lines = []
+  progress = int8.Progress(100, lines.append, every=0.25)
+  for _ in range(10):
+    progress(10)
+  assert [line.split(' (')[0] for line in lines] == ['scored 30/100 images', 'scored 50/100 images',
+                                                    'scored 80/100 images']
+  assert all('images/s, ETA' in line for line in lines)
