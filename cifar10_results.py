@@ -390,10 +390,21 @@ def plot_confusion(step, classes, matrix, title, path):
 
 
 def run(values):
-  """Writes the table and plots as the flag values say; returns what sys.exit takes."""
+  """Writes the table and plots as the flag values say; returns what sys.exit takes.
+  --compressed alone (no --runs) writes sizes.md and sizes.png only."""
+  if not values['runs'] and values['compressed']:
+    try:
+      os.makedirs(values['out_dir'], exist_ok=True)
+      print(write_sizes(values['compressed'], values['out_dir']))
+    except OSError as e:
+      return f'error: cannot write sizes.md into --out_dir={values["out_dir"]} ({e})'
+    except cifar10_sizes.SizeError as e:
+      return f'error: {e}'
+    return None
   try:
     if not values['runs']:
-      raise ResultsError('--runs is empty: pass the comma-separated --train_dir of each run')
+      raise ResultsError('--runs is empty: pass the comma-separated --train_dir of each run '
+                         '(or --compressed alone for the size table)')
     results = [read_run(run) for run in values['runs']]
     if values['previous']:  # Rows of runs not given again, e.g. folders since deleted.
       names = {r.name for r in results}
@@ -473,7 +484,8 @@ def define_flags(flag_values=flags.FLAGS):
   """This program's flags; returns {name: FlagHolder}."""
   return dict(
       runs=flags.DEFINE_list('runs', None, 'Comma-separated train dirs evaluated by '
-                             'cifar10_eval.py.', required=True, flag_values=flag_values),
+                             'cifar10_eval.py (optional with --compressed).',
+                             flag_values=flag_values),
       out_dir=flags.DEFINE_string('out_dir', 'docs', 'Where results.md and results.png go.',
                               flag_values=flag_values),
       previous=flags.DEFINE_string('previous', None, 'A results.md written before: its rows '

@@ -61,3 +61,12 @@ def test_a_file_not_of_quantize_is_named(tmp_path, text):
   (tmp_path / 'r.json').write_text(text)
   with pytest.raises(cifar10_sizes.SizeError, match='r.json is not a compress/quantize.py'):
     cifar10_sizes.read_report(str(tmp_path / 'r.json'))
+
+
+def test_compressed_alone_writes_the_size_table_and_nothing_else(tmp_path):
+  ptq = write_report(tmp_path / 'a' / 'quant_report.json', 'budget1_m20k', 'budget1', 0.9025,
+                     0.9017, 1_606_440, 405_600, 404_700, 414_611)
+  values, _ = cifar10_flags.parse(cifar10_results.define_flags, [
+      f'--out_dir={tmp_path / "out"}', f'--compressed={ptq}'])
+  assert cifar10_results.run(values) is None
+  assert sorted(p.name for p in (tmp_path / 'out').iterdir()) == ['sizes.md', 'sizes.png']
