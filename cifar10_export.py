@@ -33,7 +33,9 @@ compared with the evaluation's logits (cifar10_scoring.Evaluator, the unfolded m
 agree to LOGIT_TOLERANCE; the int8 TFLite file's agreement is measured and reported.
 
 The folder is written whole or not at all: everything goes to a temporary folder beside it,
-renamed into place at the end. An existing --export_dir is refused unless --overwrite.
+renamed into place at the end. An existing --export_dir is refused unless --overwrite, which
+replaces only an earlier export or an empty folder (never a run or a folder of runs); the
+check runs again before the move, so a folder that appeared meanwhile is not replaced.
 """
 
 import contextlib
@@ -266,7 +268,7 @@ def export_run(checkpoint_dir, export_dir, batches_dir, options=Options(),
   try:
     report = _export(config, checkpoint, work, batches_dir, options, log)
     cifar10_run.write_json(os.path.join(work, REPORT_FILE), report)
-    _replace(work, export_dir)
+    _replace(work, export_dir, options.overwrite)
   except (OSError, tf.errors.OpError) as e:  # A full disk, a folder made unwritable...
     raise ExportError(f'cannot write the export beside --export_dir={export_dir} '
                       f'({type(e).__name__}: {str(e).strip()[:300]}); nothing was moved '
@@ -285,11 +287,28 @@ def require_onnx_packages():
                       f'{cifar10_deploy.ONNX_INSTALL}')
 
 
+def replaceable(export_dir):
+  """Whether --overwrite may replace an existing export_dir: an earlier export (its
+  export.json there) or an empty folder, never anything else (a run folder, a folder of
+  runs, a file, a home directory)."""
+  if os.path.islink(export_dir) or not os.path.isdir(export_dir):
+    return False
+  entries = os.listdir(export_dir)
+  return not entries or REPORT_FILE in entries
+
+
 def check_export_dir(export_dir, overwrite):
   """Raises ConfigError when export_dir exists and may not be replaced."""
-  if os.path.exists(export_dir) and not overwrite:
+  if not os.path.lexists(export_dir):
+    return
+  if not overwrite:
     raise cifar10_config.ConfigError(f'--export_dir={export_dir} exists: pass --overwrite to '
                                      'replace it, or another folder.')
+  if not replaceable(export_dir):
+    raise cifar10_config.ConfigError(
+        f'--export_dir={export_dir} is not an earlier export (no {REPORT_FILE} in it) nor an '
+        'empty folder: --overwrite replaces only those, so that a run folder, a folder of '
+        'runs or any other folder is never deleted; pass another folder.')
 
 
 def _export(config, checkpoint, work, batches_dir, options, log):
@@ -383,11 +402,21 @@ def _size(path):
              for root, _, names in os.walk(path) for name in names)
 
 
-def _replace(work, export_dir):
+def _replace(work, export_dir, overwrite):
   """Moves the finished folder `work` to export_dir, replacing what is there only now (the
-  old folder comes back if the move fails)."""
+  old folder comes back if the move fails). The checks of check_export_dir run again here:
+  the folder may have appeared (another export into it) since they ran at the start.
+
+  Raises:
+    ExportError: export_dir is no longer one this export may write.
+  """
+  try:
+    check_export_dir(export_dir, overwrite)
+  except cifar10_config.ConfigError as e:
+    raise ExportError(f'{e} (it appeared while this export ran: another export into the same '
+                      'folder?); nothing was moved into place') from e
   old = None
-  if os.path.exists(export_dir):
+  if os.path.lexists(export_dir):
     old = work + '.old'
     os.rename(export_dir, old)
   try:

@@ -13,6 +13,7 @@ import cifar10_export
 import cifar10_records
 import cifar10_trainer
 import cifar10_config
+import cifar10_run
 from compress import calibration as calibration_lib
 from fixtures import tiny_config, tiny_split, write_batches_dir
 
@@ -101,10 +102,49 @@ def test_an_existing_export_dir_is_refused_unless_overwrite(runs, tmp_path):
   with pytest.raises(cifar10_config.ConfigError, match='exists: pass --overwrite'):
     cifar10_export.export_run(runs['tutorial'], str(export_dir), batches_dir, options)
   assert os.listdir(export_dir) == ['keep']
-  cifar10_export.export_run(runs['tutorial'], str(export_dir), batches_dir,
-                            cifar10_export.Options(verify_images=0, overwrite=True))
-  assert sorted(os.listdir(export_dir)) == ['export.json', 'labels.txt', 'model_float.tflite',
-                                            'saved_model']
+  overwrite = cifar10_export.Options(verify_images=0, overwrite=True)
+  # --overwrite replaces an earlier export or an empty folder, and nothing else.
+  with pytest.raises(cifar10_config.ConfigError, match='is not an earlier export'):
+    cifar10_export.export_run(runs['tutorial'], str(export_dir), batches_dir, overwrite)
+  assert os.listdir(export_dir) == ['keep']
+  (export_dir / 'keep').unlink()
+  for _ in range(2):  # an empty folder, then the export it now holds
+    cifar10_export.export_run(runs['tutorial'], str(export_dir), batches_dir, overwrite)
+    assert sorted(os.listdir(export_dir)) == ['export.json', 'labels.txt',
+                                              'model_float.tflite', 'saved_model']
+  assert os.listdir(tmp_path) == ['out']
+
+
+@pytest.mark.parametrize('where', ['the run itself', 'the folder of the runs'])
+def test_overwrite_never_deletes_a_run(runs, where):
+  runs, batches_dir = runs
+  run_dir = runs['tutorial']
+  target = run_dir if where == 'the run itself' else os.path.dirname(run_dir)
+  before = sorted(os.listdir(target))
+  with pytest.raises(cifar10_config.ConfigError, match='is not an earlier export'):
+    cifar10_export.export_run(run_dir, target, batches_dir,
+                              cifar10_export.Options(verify_images=0, overwrite=True))
+  assert sorted(os.listdir(target)) == before
+  assert cifar10_run.newest_checkpoint(run_dir)
+
+
+def test_a_folder_that_appears_during_the_export_is_not_replaced(runs, tmp_path, monkeypatch):
+  runs, batches_dir = runs
+  export_dir = tmp_path / 'out'
+  real = cifar10_export._export  # pylint: disable=protected-access
+
+  def another_export_finishes_first(*args):
+    report = real(*args)
+    export_dir.mkdir()
+    (export_dir / 'export.json').write_text('{"theirs": 1}')
+    return report
+
+  monkeypatch.setattr(cifar10_export, '_export', another_export_finishes_first)
+  with pytest.raises(cifar10_export.ExportError, match='appeared while this export ran'):
+    cifar10_export.export_run(runs['tutorial'], str(export_dir), batches_dir,
+                              cifar10_export.Options(verify_images=0))
+  assert os.listdir(export_dir) == ['export.json']
+  assert json.loads((export_dir / 'export.json').read_text()) == {'theirs': 1}
   assert os.listdir(tmp_path) == ['out']
 
 
