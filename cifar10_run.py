@@ -348,8 +348,14 @@ def locked(train_dir):
   path = os.path.join(train_dir, LOCK_FILE)
   try:
     os.makedirs(train_dir, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    # O_NOFOLLOW: a lock file that is a symlink is refused, never followed (truncating and
+    # writing into whatever it points at).
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
   except OSError as e:
+    if os.path.islink(path):
+      raise cifar10_config.ConfigError(
+          f'{path} is a symbolic link ({os.readlink(path)!r}), not the lock file a run keeps: '
+          'remove it (the run folder is otherwise untouched) and run again.') from e
     raise cifar10_config.ConfigError(f'cannot write in {train_dir} ({e}): pass a writable '
                                      '--train_dir.') from e
   try:

@@ -158,3 +158,17 @@ def test_load_inference_model_of_a_folder_without_a_run_names_the_flag(tmp_path)
   state = cifar10_run.RunState(tiny_config(tmp_path))
   with pytest.raises(cifar10_config.ConfigError, match='--checkpoint_dir=.*holds no checkpoint'):
     cifar10_run.load_inference_model(str(tmp_path), state=state)
+
+
+@pytest.mark.parametrize('target', ['a file', 'nothing'])
+def test_a_lock_file_that_is_a_symlink_is_refused_and_its_target_untouched(tmp_path, target):
+  victim = tmp_path / 'precious.txt'
+  if target == 'a file':
+    victim.write_text('keep me')
+  run_dir = tmp_path / 'run'
+  run_dir.mkdir()
+  (run_dir / cifar10_run.LOCK_FILE).symlink_to(victim)
+  with pytest.raises(cifar10_config.ConfigError, match='is a symbolic link'):
+    with cifar10_run.locked(str(run_dir)):
+      pass
+  assert victim.read_text() == 'keep me' if target == 'a file' else not victim.exists()
