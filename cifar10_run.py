@@ -322,13 +322,24 @@ def rebuild_checkpoint_state(train_dir):
                                      f'({e}): it must be a file in a writable --train_dir.') from e
 
 
+def _belongs_to_the_old_run(name):
+  """Whether a run folder's entry records the run so far: its checkpoints and their state
+  file, its training event files, and its evaluations (eval/, eval_train/, eval_flip/...)."""
+  evaluation = any(name == folder or name.startswith(folder + '_')
+                   for folder in EVAL_DIRS.values())
+  return (name == STATE_FILE or name.startswith('ckpt-') or evaluation
+          or name.startswith('events.out.tfevents.'))
+
+
 def move_checkpoints_aside(train_dir):
-  """Moves every checkpoint and the state file into a new subfolder; returns its path."""
+  """Moves the run so far (checkpoints and their state file, event files, evaluations) into
+  a new subfolder; returns its path. The evaluations go too: kept beside the new run, its
+  ckpt-25 would count as evaluated already, with the old run's figure."""
   aside = os.path.join(train_dir, 'restarted-' +
                        datetime.datetime.now().strftime('%Y%m%d-%H%M%S'))
   os.makedirs(aside)
   for name in os.listdir(train_dir):
-    if name == STATE_FILE or name.startswith('ckpt-'):
+    if _belongs_to_the_old_run(name):
       shutil.move(os.path.join(train_dir, name), os.path.join(aside, name))
   return aside
 

@@ -39,8 +39,8 @@ def define_flags(flag_values=flags.FLAGS):
   holders = cifar10_flags.define_data_flags(flag_values)
   holders.update(cifar10_flags.define_config_flags(cifar10_flags.TRAINING_FLAGS, flag_values))
   holders['restart'] = flags.DEFINE_boolean(
-      'restart', False, 'Start again from step 0: the existing checkpoints are moved into a '
-      'restarted-<time> subfolder.', flag_values=flag_values)
+      'restart', False, 'Start again from step 0: the existing checkpoints, event files and '
+      'evaluations are moved into a restarted-<time> subfolder.', flag_values=flag_values)
   return holders
 
 

@@ -212,10 +212,17 @@ def test_unrestorable_checkpoints_refuse_a_start_from_zero_unless_restart(run_di
   indexes = ['ckpt-10.index', 'ckpt-5.index']
   assert sorted(p.name for p in run_dir.glob('ckpt-*.index')) == indexes
   capsys.readouterr()
+  (run_dir / 'eval').mkdir()  # The old run's evaluations, as cifar10_eval.py leaves them.
+  (run_dir / 'eval' / 'results.jsonl').write_text('{"step": 10, "precision_ema": 0.2767}\n')
+  events = sorted(p.name for p in run_dir.glob('events.out.tfevents.*'))
+  assert events
   cifar10_trainer.train(tiny_config(run_dir, max_steps=5), tiny_split(), restart=True)
   assert '--restart: moved the checkpoints to' in capsys.readouterr().out
   aside, = run_dir.glob('restarted-*')
   assert sorted(p.name for p in aside.glob('ckpt-*.index')) == indexes
+  # Its evaluations and event files went with it: the new ckpt-5 is not "evaluated".
+  assert (aside / 'eval' / 'results.jsonl').exists() and not (run_dir / 'eval').exists()
+  assert sorted(p.name for p in aside.glob('events.out.tfevents.*')) == events
   assert tf.train.latest_checkpoint(str(run_dir)).endswith('ckpt-5')
 
 
