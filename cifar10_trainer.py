@@ -315,10 +315,12 @@ def train(config, train_split, on_log=None, make_trainer=None, restart=False, st
   with cifar10_run.locked(config.train_dir) if chief else contextlib.nullcontext():
     trainer, step = _resume(config, make_trainer, restart, chief)
     try:
-      if step >= config.max_steps:
+      if step >= config.max_steps:  # config.json stays the run's: these flags trained nothing.
         log(f'{config.train_dir} is already at step {step} >= max_steps {config.max_steps}; '
             'nothing to do.')
         return None
+      if chief:
+        cifar10_run.write_config(config)
       return _loop(config, trainer, step, train_split, on_log)
     except _PEER_ERRORS as e:
       if trainer.worker.num_workers == 1:
@@ -333,7 +335,8 @@ def train(config, train_split, on_log=None, make_trainer=None, restart=False, st
 
 
 def _resume(config, make_trainer, restart, chief=True):
-  """The run's trainer, restored, and its step; config.json written once that succeeded.
+  """The run's trainer, restored, and its step (train() writes config.json once that
+  succeeded and there is something to train).
 
   A worker that is not the chief only reads: it restores what the chief restores and
   leaves the partial saves, the moving aside and config.json to it.
@@ -351,8 +354,6 @@ def _resume(config, make_trainer, restart, chief=True):
   step = trainer.restore_latest()
   for path, reason in trainer.skipped:
     log(f'skipped {path}, which does not restore: {reason}')
-  if chief:
-    cifar10_run.write_config(config)
   for change in changes:
     log(f'note: changed since the last run in {config.train_dir}: {change}')
   if step:

@@ -102,9 +102,12 @@ def test_log_lines_have_the_tutorial_format(tmp_path, capsys):
       r'\(\d+\.\d examples/sec; \d+\.\d{3} sec/batch\)', line), line
 
 
-def test_a_run_at_max_steps_exits_at_once(run_dir, capsys):
-  assert cifar10_trainer.train(tiny_config(run_dir, max_steps=10), tiny_split()) is None
+def test_a_run_at_max_steps_exits_at_once_and_keeps_its_config(run_dir, capsys):
+  before = (run_dir / cifar10_run.CONFIG_FILE).read_text()
+  other = tiny_config(run_dir, max_steps=10, label_smoothing=0.1, log_frequency=7)
+  assert cifar10_trainer.train(other, tiny_split()) is None
   assert 'nothing to do' in capsys.readouterr().out
+  assert (run_dir / cifar10_run.CONFIG_FILE).read_text() == before  # not the idle call's
 
 
 def test_summaries_hold_losses_rate_accuracy_histograms_and_images(tmp_path):
