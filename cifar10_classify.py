@@ -15,7 +15,8 @@
   - an int8 model file (.npz) of compress/quantize.py: the NumPy runner, compress/int8.py;
     TensorFlow is never imported then.
 Each file (PNG, JPEG, or anything else Pillow reads) is turned upright by its EXIF
-orientation and made RGB; its largest central square is resized to 32x32 (area averages; bicubic
+orientation, brought to 8 bits (16-bit and float images scaled, not clipped) and made RGB;
+its largest central square is resized to 32x32 (area averages; bicubic
 for a smaller image; a 32x32 one is kept as it is), and the model sees it as it sees a test
 image. Per file, one line with the --top_k classes and their probabilities (--json: one JSON
 object per line). A file that cannot be read gets an `error:` line on stderr, the others are
@@ -51,7 +52,8 @@ def read_image(path):
     OSError, ValueError: the file is missing or not an image Pillow can decode.
   """
   with Image.open(path) as image:
-    image = ImageOps.exif_transpose(image).convert('RGB')  # A phone photo the right way up.
+    image = ImageOps.exif_transpose(image)  # A phone photo the right way up.
+    image = _eight_bit(image, path).convert('RGB')
     width, height = image.size
     if (width, height) != (SIDE, SIDE):
       side = min(width, height)
@@ -60,6 +62,31 @@ def read_image(path):
       kind = Image.Resampling.BOX if side >= SIDE else Image.Resampling.BICUBIC
       image = image.resize((SIDE, SIDE), kind, box=(left, top, left + side, top + side))
     return np.asarray(image, dtype=np.uint8)
+
+
+def _eight_bit(image, path):
+  """The image with 8-bit values: Pillow's convert('RGB') clips 16-bit, 32-bit and float
+  pixels at 255 (a 16-bit ramp turns white, a 0..1 float image black), so those are scaled
+  here: 16-bit (and 32-bit integers up to 65,535) by 255 / 65,535, floats in 0..1 by 255,
+  floats in 0..255 as they are.
+
+  Raises:
+    ValueError: integer values over 65,535 or float values in neither range.
+  """
+  if image.mode not in ('I', 'F') and not image.mode.startswith('I;16'):
+    return image
+  values = np.asarray(image, dtype=np.float64)
+  low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+  if image.mode == 'F':
+    if not (np.all(np.isfinite(values)) and low >= 0 and high <= 255):
+      raise ValueError(f'{path}: float pixels from {low:g} to {high:g}, neither in 0..1 nor '
+                       'in 0..255')
+    scaled = values * 255 if high <= 1 else values
+  else:
+    if low < 0 or high > 65535:
+      raise ValueError(f'{path}: integer pixels from {low:g} to {high:g}, outside 0..65,535')
+    scaled = values * (255 / 65535) if image.mode != 'I' or high > 255 else values
+  return Image.fromarray(np.clip(np.round(scaled), 0, 255).astype(np.uint8), mode='L')
 
 
 def softmax(logits):

@@ -37,6 +37,23 @@ def test_a_32x32_png_is_read_exactly_and_a_larger_photo_is_cropped_square(tmp_pa
   np.testing.assert_array_equal(read, np.broadcast_to([200, 10, 30], (32, 32, 3)))
 
 
+def test_16_bit_and_float_images_are_scaled_to_8_bits_not_clipped(tmp_path):
+  ramp = np.tile(np.linspace(0, 65535, 32).round().astype(np.uint16), (32, 1))
+  Image.fromarray(ramp).save(tmp_path / 'ramp16.png')  # a 16-bit grayscale PNG
+  with Image.open(tmp_path / 'ramp16.png') as image:
+    assert image.mode in ('I', 'I;16')  # what convert('RGB') used to clip at 255
+  read = cifar10_classify.read_image(str(tmp_path / 'ramp16.png'))
+  np.testing.assert_array_equal(read[:, :, 0], np.round(ramp / 257).astype(np.uint8))
+  assert read[0, 0].tolist() == [0, 0, 0] and read[0, -1].tolist() == [255, 255, 255]
+  unit = np.tile(np.linspace(0.0, 1.0, 32, dtype=np.float32), (32, 1))
+  Image.fromarray(unit, mode='F').save(tmp_path / 'unit.tif')  # a float TIFF in 0..1
+  read = cifar10_classify.read_image(str(tmp_path / 'unit.tif'))
+  np.testing.assert_array_equal(read[:, :, 1], np.round(unit * 255).astype(np.uint8))
+  Image.fromarray(unit * 1000 - 5, mode='F').save(tmp_path / 'wild.tif')
+  with pytest.raises(ValueError, match='wild.tif: float pixels from -5 to 995'):
+    cifar10_classify.read_image(str(tmp_path / 'wild.tif'))
+
+
 def test_top_classes_are_the_most_probable_first():
   probabilities = np.array([0.05, 0.1, 0.05, 0.5, 0.0, 0.2, 0.0, 0.05, 0.05, 0.0])
   assert cifar10_classify.top_classes(probabilities, 3) == [
