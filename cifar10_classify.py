@@ -39,6 +39,7 @@ import cifar10_records
 
 SIDE = cifar10_records.IMAGE_SIZE
 CLASS_NAMES = cifar10_records.CLASS_NAMES
+CHUNK = 256  # files read and classified at a time (memory: one chunk's images)
 
 
 class SourceError(Exception):
@@ -191,15 +192,21 @@ def top_classes(probabilities, k):
   return [(CLASS_NAMES[i], int(i), float(probabilities[i])) for i in order]
 
 
-def classify(files, probabilities_of, k):
-  """Yields (file, [top classes] or None, error message or None) in the order of files."""
-  images, readable = [], []
-  errors = {}
+def classify(files, probabilities_of, k, chunk=CHUNK):
+  """Yields (file, [top classes] or None, error message or None) in the order of files,
+  `chunk` files at a time (memory stays that of one chunk, and lines come as they go)."""
+  for start in range(0, len(files), chunk):
+    yield from _classify_chunk(files[start:start + chunk], probabilities_of, k)
+
+
+def _classify_chunk(files, probabilities_of, k):
+  images, errors = [], {}
   for path in files:
     try:
+      if not os.path.isfile(path):  # A FIFO or a device would block or never end.
+        raise ValueError('not a regular file' if os.path.exists(path) else 'no such file')
       images.append(read_image(path))
-      readable.append(path)
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
       errors[path] = f'{path}: not an image this script can read ({e})'
   probabilities = iter(probabilities_of(np.stack(images)) if images else [])
   for path in files:

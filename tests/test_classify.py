@@ -54,6 +54,34 @@ def test_16_bit_and_float_images_are_scaled_to_8_bits_not_clipped(tmp_path):
     cifar10_classify.read_image(str(tmp_path / 'wild.tif'))
 
 
+def test_a_fifo_and_a_corrupt_png_are_errors_and_the_rest_is_classified_in_chunks(tmp_path):
+  files = []
+  for index in range(5):
+    path = tmp_path / f'{index}.png'
+    Image.fromarray(np.full((32, 32, 3), index * 40, np.uint8)).save(path)
+    files.append(str(path))
+  os.mkfifo(tmp_path / 'pipe.png')  # opening it for reading would block forever
+  good = (tmp_path / '0.png').read_bytes()
+  corrupt = bytearray(good)
+  corrupt[40:44] = b'\xff\xff\xff\xff'  # a chunk length past the end of the file
+  (tmp_path / 'corrupt.png').write_bytes(bytes(corrupt))
+  files[2:2] = [str(tmp_path / 'pipe.png'), str(tmp_path / 'corrupt.png')]
+  seen = []
+
+  def probabilities_of(images):
+    seen.append(len(images))
+    return np.tile(np.eye(10)[images[:, 0, 0, 0] % 10], 1)
+
+  rows = list(cifar10_classify.classify(files, probabilities_of, 1, chunk=3))
+  assert [path for path, _, _ in rows] == files
+  errors = {path: error for path, _, error in rows if error}
+  assert set(errors) == {str(tmp_path / 'pipe.png'), str(tmp_path / 'corrupt.png')}
+  assert 'not a regular file' in errors[str(tmp_path / 'pipe.png')]
+  assert seen == [2, 2, 1]  # three chunks of 3 files, 5 of them images
+  assert [top[0][1] for _, top, error in rows if not error] == [0, 40 % 10, 80 % 10, 120 % 10,
+                                                              160 % 10]
+
+
 def test_top_classes_are_the_most_probable_first():
   probabilities = np.array([0.05, 0.1, 0.05, 0.5, 0.0, 0.2, 0.0, 0.05, 0.05, 0.0])
   assert cifar10_classify.top_classes(probabilities, 3) == [
