@@ -23,6 +23,7 @@ again with `TF_CPP_MIN_LOG_LEVEL=0`, which skips the filtering and shows every l
 import contextlib
 import os
 import re
+import signal
 import sys
 import tempfile
 
@@ -41,8 +42,11 @@ def start():
   os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')
   if 'tensorflow' in sys.modules or os.environ['TF_CPP_MIN_LOG_LEVEL'] in ('', '0'):
     return
-  with held_stderr(lambda line: not _START_UP_NOISE.match(line)):
-    import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
+  try:
+    with held_stderr(lambda line: not _START_UP_NOISE.match(line)):
+      import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
+  except KeyboardInterrupt:  # Ctrl-C in the seconds TensorFlow takes to load: the exit
+    sys.exit(128 + signal.SIGINT)  # code of an interrupted program, without a traceback.
 
 
 @contextlib.contextmanager
