@@ -168,8 +168,21 @@ def open_source(path, use_ema=True):
   """A function from uint8 [N, 32, 32, 3] images to float [N, 10] probabilities.
 
   Raises:
-    SourceError: path is none of the three kinds of model, or does not load.
+    SourceError: path is none of the three kinds of model, does not load, or does not give
+      one probability per CIFAR-10 class (checked on a blank image).
   """
+  probabilities_of = _source(path, use_ema)
+  try:
+    shape = np.shape(probabilities_of(np.zeros((1, SIDE, SIDE, 3), np.uint8)))
+  except (ValueError, RuntimeError) as e:
+    raise SourceError(f'--source={path} does not run on a {SIDE}x{SIDE} image ({e})') from e
+  if shape != (1, len(CLASS_NAMES)):
+    raise SourceError(f'--source={path} gives probabilities of shape {shape} for one image, not '
+                      f'(1, {len(CLASS_NAMES)}): it is no model of the CIFAR-10 classes')
+  return probabilities_of
+
+
+def _source(path, use_ema):
   if os.path.isfile(path) and path.endswith('.npz'):
     return int8_source(path)
   if os.path.isfile(path) and path.endswith('.tflite'):

@@ -163,3 +163,21 @@ def test_each_source_prints_the_evaluations_classes_and_reports_the_corrupt_file
   assert all(line['top'][0]['class'] == cifar10_records.CLASS_NAMES[line['top'][0]['index']]
              and line['top'][0]['probability'] >= line['top'][1]['probability']
              for line in lines)
+
+
+@pytest.mark.parametrize('classes', [3, 20])
+def test_a_model_of_other_classes_is_refused_not_mislabelled(tmp_path, classes):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  class Other(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([None, 32, 32, 3], tf.uint8, name='images')])
+    def serve(self, images):
+      batch = tf.shape(images)[0]
+      return {'probabilities': tf.fill([batch, classes], 1.0 / classes)}
+
+  module = Other()
+  tf.saved_model.save(module, str(tmp_path / 'other'), signatures={'serving_default':
+                                                                  module.serve})
+  with pytest.raises(cifar10_classify.SourceError, match=f'shape \\(1, {classes}\\).*not '
+                     '\\(1, 10\\)'):
+    cifar10_classify.open_source(str(tmp_path / 'other'))
