@@ -56,6 +56,9 @@ ERRORS = (cifar10_records.DataError, TrainingDiverged, cifar10_run.SaveFailed,
           cifar10_config.ConfigError, cifar10_run.UnreadableCheckpoint,
           cifar10_distribute.DistributeError, WorkerLost)
 
+# Fields whose change makes the state differ from what the run's checkpoints hold (other
+# optimizer slots, loss-scale variables): a restore then fails although nothing is damaged.
+STATE_FIELDS = ('optimizer', 'precision')
 MEMORY_RESERVE = 1 << 30  # bytes left to the data, TensorFlow and the OS beside the batch
 
 
@@ -351,7 +354,16 @@ def _resume(config, make_trainer, restart, chief=True):
   if restart and not chief:  # The chief moves the checkpoints aside: start from step 0.
     trainer.files.open()
     return trainer, 0
-  step = trainer.restore_latest()
+  try:
+    step = trainer.restore_latest()
+  except cifar10_run.UnreadableCheckpoint as e:
+    layout = [c for c in changes if c.split(':')[0] in STATE_FIELDS + ('recipe',)]
+    if not any(c.split(':')[0] in STATE_FIELDS for c in layout):
+      raise
+    raise cifar10_config.ConfigError(
+        f'none of the checkpoints in {config.train_dir} restores with this call\'s flags, '
+        f'which change what a checkpoint holds ({"; ".join(layout)}): run with the run\'s '
+        'own flags to resume it, or pass --restart to start again from step 0.') from e
   for path, reason in trainer.skipped:
     log(f'skipped {path}, which does not restore: {reason}')
   for change in changes:

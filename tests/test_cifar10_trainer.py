@@ -387,3 +387,10 @@ def test_a_schedule_of_its_own_sets_the_rate_of_every_step(tmp_path):
   trainer = cifar10_trainer.Trainer(tiny_config(tmp_path), schedule=schedule)
   rates = [float(trainer.train_step(*_batch())['learning_rate']) for _ in range(4)]
   np.testing.assert_allclose(rates, [0.5, 0.375, 0.25, 0.125], rtol=1e-6)
+
+
+def test_resuming_with_another_optimizer_names_the_change_not_a_damaged_checkpoint(run_dir):
+  other = tiny_config(run_dir, max_steps=15, optimizer='adamw')
+  with pytest.raises(cifar10_config.ConfigError, match=r"optimizer: 'sgd' -> 'adamw'.*own flags"):
+    cifar10_trainer.train(other, tiny_split())
+  cifar10_trainer.train(tiny_config(run_dir, max_steps=15), tiny_split())  # its own flags resume
