@@ -39,13 +39,16 @@ check runs again before the move, so a folder that appeared meanwhile is not rep
 """
 
 import contextlib
+import ctypes
 import dataclasses
 import datetime
+import glob
 import importlib.util
 import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -208,7 +211,8 @@ def verify_saved_model(saved_model_dir, images, work_dir):
                              images_file, logits_file, str(VERIFY_BATCH)],
                             capture_output=True, text=True, check=False,
                             timeout=VERIFY_TIMEOUT_SECS,
-                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'),
+                            preexec_fn=_die_with_parent)
   except subprocess.TimeoutExpired as e:
     raise ExportError(f'the SavedModel check took over {VERIFY_TIMEOUT_SECS} s') from e
   if result.returncode:
@@ -218,6 +222,16 @@ def verify_saved_model(saved_model_dir, images, work_dir):
   os.remove(images_file)
   os.remove(logits_file)
   return logits
+
+
+def _die_with_parent():
+  """Runs in the checking child before it starts: on Linux it gets SIGTERM when the export
+  dies (PR_SET_PDEATHSIG), so a killed export leaves no checking process behind."""
+  if sys.platform.startswith('linux'):
+    try:
+      ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+      pass
 
 
 def agreement(reference, logits):
@@ -259,10 +273,29 @@ def export_run(checkpoint_dir, export_dir, batches_dir, options=Options(),
   config, checkpoint = cifar10_run.latest_run(checkpoint_dir, '--checkpoint_dir')
   export_dir = os.path.normpath(export_dir)
   check_export_dir(export_dir, options.overwrite)
-  parent = os.path.dirname(os.path.abspath(export_dir))
+  parent, name = os.path.split(os.path.abspath(export_dir))
+  # One export at a time into a destination: the lock beside it is the kernel's, so a
+  # killed export's dies with it, and what that one left (name.partial-*) is removed here.
+  lock = os.path.join(parent, f'.{name}.lock')
+  with cifar10_run.locked_path(lock, f'--export_dir={export_dir}', 'exporting there',
+                               '--export_dir'):
+    for leftover in glob.glob(os.path.join(glob.escape(parent), glob.escape(name) + '.partial-*')):
+      shutil.rmtree(leftover, ignore_errors=True)
+    try:
+      return _export_locked(config, checkpoint, export_dir, parent, batches_dir, options, log)
+    finally:  # Nothing left beside the destination (the final move re-checks it anyway).
+      with contextlib.suppress(OSError):
+        os.remove(lock)
+
+
+def _export_locked(config, checkpoint, export_dir, parent, batches_dir, options, log):
+  """export_run's work, the destination's lock held: a temporary folder beside it (with the
+  umask's permissions, not mkdtemp's 0700), the files, then the checked move."""
   try:
-    os.makedirs(parent, exist_ok=True)
     work = tempfile.mkdtemp(prefix=os.path.basename(export_dir) + '.partial-', dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(work, 0o777 & ~umask)  # mkdtemp's is 0700; an export is for others to read.
   except OSError as e:
     raise cifar10_config.ConfigError(f'cannot write beside --export_dir={export_dir} ({e})') from e
   try:

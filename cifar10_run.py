@@ -344,7 +344,6 @@ def move_checkpoints_aside(train_dir):
   return aside
 
 
-@contextlib.contextmanager
 def locked(train_dir):
   """Holds the run folder's exclusive lock for the block.
 
@@ -356,9 +355,18 @@ def locked(train_dir):
     RunFolderBusy: another process holds it.
     cifar10_config.ConfigError: the folder cannot be created or written.
   """
-  path = os.path.join(train_dir, LOCK_FILE)
+  return locked_path(os.path.join(train_dir, LOCK_FILE), train_dir, 'training here',
+                     '--train_dir')
+
+
+@contextlib.contextmanager
+def locked_path(path, what, doing, flag):
+  """Holds the exclusive flock of the lock file `path` (created, never followed if it is a
+  symlink) for the block. The messages name `what` is locked, end the busy one with
+  `doing` ('training here') and name `flag` when the folder is not writable."""
+  folder = os.path.dirname(path)
   try:
-    os.makedirs(train_dir, exist_ok=True)
+    os.makedirs(folder, exist_ok=True)
     # O_NOFOLLOW: a lock file that is a symlink is refused, never followed (truncating and
     # writing into whatever it points at).
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
@@ -367,15 +375,15 @@ def locked(train_dir):
       raise cifar10_config.ConfigError(
           f'{path} is a symbolic link ({os.readlink(path)!r}), not the lock file a run keeps: '
           'remove it (the run folder is otherwise untouched) and run again.') from e
-    raise cifar10_config.ConfigError(f'cannot write in {train_dir} ({e}): pass a writable '
-                                     '--train_dir.') from e
+    raise cifar10_config.ConfigError(f'cannot write in {folder} ({e}): pass a writable '
+                                     f'{flag}.') from e
   try:
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError as e:
       holder = os.read(fd, 32).decode(errors='replace').strip() or 'unknown'
-      raise RunFolderBusy(f'{train_dir} is in use by another process (PID {holder}): wait for '
-                          'it to finish, or stop it, before training here.') from e
+      raise RunFolderBusy(f'{what} is in use by another process (PID {holder}): wait for '
+                          f'it to finish, or stop it, before {doing}.') from e
     os.ftruncate(fd, 0)
     os.write(fd, f'{os.getpid()}\n'.encode())
     yield

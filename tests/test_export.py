@@ -57,7 +57,7 @@ def test_exported_files_give_the_evaluations_classes_and_logits(runs, model, tmp
       ['export.json', 'labels.txt', 'model_float.tflite', 'saved_model']
       + (['model.onnx', 'model_int8.tflite'] if more else []))
   assert json.loads((export_dir / 'export.json').read_text())['step'] == 20
-  assert os.listdir(tmp_path) == ['out']  # no temporary folder left beside it
+  assert os.listdir(tmp_path) == ['out']  # no temporary folder beside it
   version = export_dir / 'saved_model' / ('3' if more else '1')  # TF Serving's layout
   assert cifar10_deploy.saved_model_dir(str(export_dir)) == str(version)
   names = (export_dir / 'labels.txt').read_text().splitlines()
@@ -112,7 +112,7 @@ def test_an_existing_export_dir_is_refused_unless_overwrite(runs, tmp_path):
     cifar10_export.export_run(runs['tutorial'], str(export_dir), batches_dir, overwrite)
     assert sorted(os.listdir(export_dir)) == ['export.json', 'labels.txt',
                                               'model_float.tflite', 'saved_model']
-  assert os.listdir(tmp_path) == ['out']
+  assert os.listdir(tmp_path) == ['out']  # no temporary folder left
 
 
 @pytest.mark.parametrize('where', ['the run itself', 'the folder of the runs'])
@@ -175,3 +175,37 @@ def test_a_folder_without_a_run_is_a_clear_error(tmp_path):
   with pytest.raises(cifar10_config.ConfigError, match='--checkpoint_dir=.*holds no trained run'):
     cifar10_export.export_run(str(tmp_path), str(tmp_path / 'out'), str(tmp_path))
   assert os.listdir(tmp_path) == []
+
+
+def test_an_export_cleans_a_killed_ones_leftovers_holds_its_destination_and_is_readable(
+    runs, tmp_path):
+  runs, batches_dir = runs
+  export_dir = tmp_path / 'out'
+  leftover = tmp_path / 'out.partial-abc123'  # what a killed export into out leaves
+  leftover.mkdir()
+  (leftover / 'saved_model.pb').write_bytes(b'x' * 100)
+  other = tmp_path / 'other.partial-xyz'  # another destination's: not ours to remove
+  other.mkdir()
+  with cifar10_run.locked_path(str(tmp_path / '.out.lock'), '--export_dir=out',
+                               'exporting there', '--export_dir'):
+    pass  # A lock no process holds any more is simply taken.
+  cifar10_export.export_run(runs['tutorial'], str(export_dir), batches_dir,
+                            cifar10_export.Options(verify_images=0))
+  assert not leftover.exists() and other.exists()
+  assert (export_dir.stat().st_mode & 0o777) == 0o777 & ~_umask()  # not mkdtemp's 0700
+
+
+def test_a_second_export_into_the_same_destination_is_refused_while_one_runs(runs, tmp_path):
+  runs, batches_dir = runs
+  with cifar10_run.locked_path(str(tmp_path / '.out.lock'), f'--export_dir={tmp_path / "out"}',
+                               'exporting there', '--export_dir'):
+    with pytest.raises(cifar10_run.RunFolderBusy, match='out is in use by another process'):
+      cifar10_export.export_run(runs['tutorial'], str(tmp_path / 'out'), batches_dir,
+                                cifar10_export.Options(verify_images=0))
+  assert not (tmp_path / 'out').exists()
+
+
+def _umask():
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
