@@ -2,8 +2,9 @@
 
 cifar10_results.py --compressed=<quant_report.json files> writes sizes.md and sizes.png from
 the reports compress/quantize.py writes. Each report gives two points: its run in float32
-(the run's parameters at 4 bytes, the float precision of the same weights) and its int8
-file (the file's bytes on disk, the integer path's precision). A point's stage says how it
+(the run's parameters at 4 bytes, the float precision of the same weights; not for a QAT
+run, whose unrounded weights no one ships) and its int8 file (the file's bytes on disk, the
+integer path's precision). A point's stage says how it
 was made: PTQ (calibrated ranges) or QAT (trained ranges, compress/qat.py), the weight bits
 of its middle layers, pruned (sparse matrices in the file) and entropy-coded (lzma).
 """
@@ -13,6 +14,8 @@ import json
 import os
 
 PRUNED_BELOW = 0.5  # a file whose weights take under this share of the dense int8 bytes
+PRUNED_ZEROS = 0.7  # a model with at least this share of zero weights was pruned (rounding
+# to 4 or 2 bits zeroes fewer: 2-bit's least-squared-error clip leaves most weights nonzero)
 
 
 class SizeError(ValueError):
@@ -38,10 +41,14 @@ def stage(report):
   bits = sorted(set(report.get('weight_bits', {'': 8}).values()))
   middle = bits[0]  # The first and last layers may keep 8 bits; the rest set the name.
   trained = report.get('calibration') == 'trained ranges'
-  breakdown = report.get('size_breakdown')
-  if breakdown is not None:  # Sparse matrices store positions.
-    pruned = breakdown.get('positions', {}).get('stored', 0) > 0
-  else:  # Reports from before the breakdown: all 8-bit, so a small payload means sparse.
+  breakdown = report.get('size_breakdown', {})
+  if 'weight_zeros' in report:
+    pruned = report['weight_zeros'] >= PRUNED_ZEROS
+  elif middle < 8 and breakdown:  # Written before weight_zeros: a pruned model's positions
+    # weigh about as much as its values; rounding's zeros cost a fraction of them.
+    parts = {key: breakdown.get(key, {}).get('stored', 0) for key in ('positions', 'values')}
+    pruned = parts['positions'] >= 0.5 * parts['values']
+  else:  # Reports from before both: all 8-bit, so a small payload means sparse.
     pruned = report['bytes']['int8_sparse'] < PRUNED_BELOW * report['bytes']['int8_dense']
   name = f'{middle}-bit {"QAT" if trained else "PTQ"}'
   if pruned:
@@ -52,7 +59,8 @@ def stage(report):
 
 
 def read_report(path):
-  """[float32 SizePoint, int8 SizePoint] of a quant_report.json.
+  """[float32 SizePoint, int8 SizePoint] of a quant_report.json (the int8 one alone for a
+  quantization-aware training run).
 
   Raises:
     SizeError: the file is missing, not JSON, or not a quantize report.
@@ -63,10 +71,12 @@ def read_report(path):
     run = os.path.basename(os.path.dirname(os.path.normpath(report['checkpoint'])))
     sizes, precision = report['bytes'], report['precision']
     common = dict(run=run, model=report['model'], float32_bytes=int(sizes['float32_dense']))
+    quantized = SizePoint(stage=stage(report), precision=float(precision['int8']),
+                          bytes=int(sizes['int8_file']), **common)
+    if report.get('calibration') == 'trained ranges':  # A QAT run's float weights are no
+      return [quantized]  # model anyone ships: its source is the float point.
     return [SizePoint(stage='float32', precision=float(precision['float']),
-                      bytes=int(sizes['float32_dense']), **common),
-            SizePoint(stage=stage(report), precision=float(precision['int8']),
-                      bytes=int(sizes['int8_file']), **common)]
+                      bytes=int(sizes['float32_dense']), **common), quantized]
   except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
     raise SizeError(f'--compressed: {path} is not a compress/quantize.py report '
                     f'({type(e).__name__}: {e})') from e

@@ -275,6 +275,13 @@ def layer_scales(int_model):
   return rows
 
 
+def weight_zeros(arrays):
+  """The share of zeros among the int8 weights of every conv, depthwise and dense layer."""
+  weights = [array for name, array in arrays.items() if name.endswith('/weights')]
+  total = sum(array.size for array in weights)
+  return sum(int(np.count_nonzero(array == 0)) for array in weights) / max(total, 1)
+
+
 def part_of(entry):
   """Which part of a model file an entry of sparse.pack belongs to: positions (the bitmasks
   and shapes of sparse arrays), values (the weights, dense or a sparse array's nonzeros),
@@ -373,6 +380,7 @@ def quantize_run(checkpoint_dir, out_dir, batches_dir, calibration, use_ema=True
           'max_step_difference': max(row['max_step_difference'] for row in layers),
           'layers': layers, 'scales': layer_scales(int_model),
           'bytes': model_bytes(float_params, arrays, stored_payload, path), 'coding': coding,
+          'weight_zeros': weight_zeros(arrays),
           'size_breakdown': size_breakdown(arrays), 'model_file': path}
 
 

@@ -29,9 +29,10 @@ def test_stages_are_named_from_what_the_report_holds():
       'pruned + 8-bit PTQ')
   qat = {'bytes': {'int8_dense': 400, 'int8_sparse': 200}, 'calibration': 'trained ranges',
          'weight_bits': {'conv1': 8, 'conv2': 4, 'logits': 8}, 'coding': 'none',
-         'size_breakdown': {'positions': {'stored': 0}}}
-  assert cifar10_sizes.stage(qat) == '4-bit QAT'  # Not pruned: its payload is small for 4 bits.
-  qat.update(coding='lzma', size_breakdown={'positions': {'stored': 900}})
+         'weight_zeros': 0.3, 'size_breakdown': {'positions': {'stored': 900}}}
+  # Not pruned: rounding to 4 bits zeroed 30 % (stored sparse where smaller, all the same).
+  assert cifar10_sizes.stage(qat) == '4-bit QAT'
+  qat.update(coding='lzma', weight_zeros=0.91)
   assert cifar10_sizes.stage(qat) == 'pruned + 4-bit QAT + lzma'
 
 
@@ -41,17 +42,15 @@ def test_results_with_compressed_reports_write_the_size_table_and_plot(tmp_path)
                      0.9017, 1_606_440, 405_600, 404_700, 414_611)
   deep = write_report(tmp_path / 'b' / 'quant_report.json', 'budget1_deep', 'budget1', 0.8890,
                       0.8880, 1_606_440, 405_600, 45_000, 40_161, calibration='trained ranges',
-                      weight_bits={'c1': 8, 'c2': 4}, coding='lzma',
-                      size_breakdown={'positions': {'stored': 30_000}})
+                      weight_bits={'c1': 8, 'c2': 4}, coding='lzma', weight_zeros=0.9)
   values, _ = cifar10_flags.parse(cifar10_results.define_flags, [
       f'--runs={tmp_path / "tuto"}', f'--out_dir={tmp_path / "out"}',
       f'--compressed={ptq},{deep},{ptq}'])
   assert cifar10_results.run(values) is None
   assert (tmp_path / 'out' / 'sizes.png').stat().st_size > 10_000
   rows = (tmp_path / 'out' / 'sizes.md').read_text().splitlines()[2:]
-  assert rows == [  # Each point once; from the largest file to the smallest.
+  assert rows == [  # Each point once (a QAT run's float weights none); largest file first.
       '| budget1 | `budget1_m20k` | float32 | 90.25% | 1,606,440 | 1.0x |',
-      '| budget1 | `budget1_deep` | float32 | 88.90% | 1,606,440 | 1.0x |',
       '| budget1 | `budget1_m20k` | 8-bit PTQ | 90.17% | 414,611 | 3.9x |',
       '| budget1 | `budget1_deep` | pruned + 4-bit QAT + lzma | 88.80% | 40,161 | 40.0x |']
 
