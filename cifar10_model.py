@@ -665,20 +665,29 @@ def _folded_layers(layers):
   return result if changed else None
 
 
+def folded_weights(conv, norm):
+  """(kernel, bias) of conv then the evaluation-mode `norm` as one convolution, from their
+  current variables: kernel * scale on each output channel (a DepthwiseConv2D's axis 2),
+  (bias or 0) * scale + shift. fold_batchnorm copies them; quantization-aware training
+  (compress/trace.FoldedConv) computes them at every step."""
+  scale, shift = norm.affine()
+  bias = shift if conv.bias is None else conv.bias * scale + shift
+  if isinstance(conv, DepthwiseConv2D):  # [k, k, C, 1]: channel c on axis 2.
+    return conv.kernel * scale[:, tf.newaxis], bias
+  return conv.kernel * scale, bias
+
+
 def _fold_into(conv, norm):
   """The Conv2D (or DepthwiseConv2D) computing conv then the evaluation-mode `norm`."""
   k, _, c_in, c_out = conv.kernel.shape
-  scale, shift = norm.affine()
-  if isinstance(conv, DepthwiseConv2D):  # [k, k, C, 1]: channel c on axis 2.
+  if isinstance(conv, DepthwiseConv2D):
     folded = DepthwiseConv2D(c_in, k, stddev=0.0, decay=conv.kernels[0][1], relu=norm.relu,
                              stride=conv.stride, name=conv.name)
-    scale = scale[:, tf.newaxis]
   else:
     folded = Conv2D(c_in, c_out, k, stddev=0.0, decay=conv.kernels[0][1], relu=norm.relu,
                     stride=conv.stride, name=conv.name)
-  folded.kernel.assign(conv.kernel * scale)
-  scale = tf.reshape(scale, [-1])
-  bias = shift if conv.bias is None else conv.bias * scale + shift
+  kernel, bias = folded_weights(conv, norm)
+  folded.kernel.assign(kernel)
   folded.bias.assign(bias)
   folded.convolution = conv.convolution
   return folded

@@ -113,6 +113,10 @@ class QatTrainer(finetune.FromSource, cifar10_trainer.Trainer):
     if fresh and self.source_checkpoint:  # The source's zeros: kept from here on.
       for kernel, mask in zip(self.kernels, self.masks):
         mask.assign(tf.cast(tf.not_equal(kernel, 0.0), tf.float32))
+    # Only the matrices that hold zeros are masked each step (a dense source: none), decided
+    # before the step is traced.
+    self.held = [index for index, mask in enumerate(self.masks)
+                 if not bool(tf.reduce_all(mask > 0))]
     return step
 
   def forward(self, images):
@@ -120,9 +124,10 @@ class QatTrainer(finetune.FromSource, cifar10_trainer.Trainer):
                            self.settings.method())
 
   def after_update(self, metrics):
-    for kernel, shadow, mask in zip(self.kernels, self.shadows, self.masks):
-      kernel.assign(kernel * mask)
-      shadow.assign(shadow * mask)
+    for index in self.held:
+      mask = self.masks[index]
+      self.kernels[index].assign(self.kernels[index] * mask)
+      self.shadows[index].assign(self.shadows[index] * mask)
 
 
 # --------------------------------------------------------------------------- binary

@@ -24,7 +24,6 @@ twice, in NumPy for the file (channel_scales) and in TensorFlow for training
 (channel_scales_tf); a test holds them equal.
 """
 
-import json
 import os
 
 import numpy as np
@@ -32,6 +31,7 @@ import tensorflow as tf
 
 import cifar10_config
 import cifar10_run
+from compress import finetune
 from compress import int8_file
 from compress import trace
 
@@ -255,15 +255,10 @@ def read_settings(train_dir):
     cifar10_config.ConfigError: the file is there but unreadable.
   """
   path = os.path.join(train_dir, SETTINGS_FILE)
-  if not os.path.exists(path):
+  record = finetune.read_settings(path)  # None, or a JSON object
+  if record is None:
     return None
-  try:
-    with open(path, encoding='utf-8') as f:
-      record = json.load(f)
-  except (OSError, ValueError) as e:
-    raise cifar10_config.ConfigError(f'{path} is unreadable ({type(e).__name__}: {e}): it '
-                                     'must be the file compress/qat.py wrote') from e
-  if not isinstance(record, dict) or not isinstance(record.get('tensors'), list):
+  if not isinstance(record.get('tensors'), list):
     raise cifar10_config.ConfigError(f'{path} holds no list of tensors: it must be the file '
                                      'compress/qat.py wrote')
   return record

@@ -110,12 +110,8 @@ class FoldedConv:
     return {**leaf_op(self.conv), 'relu': self.relu}
 
   def folded(self):
-    """(kernel, bias) of the folded convolution: kernel * scale, bias * scale + shift."""
-    scale, shift = self.norm.affine()
-    bias = shift if self.conv.bias is None else self.conv.bias * scale + shift
-    if isinstance(self.conv, cm.DepthwiseConv2D):  # [k, k, C, 1]: channel c on axis 2
-      return self.conv.kernel * scale[:, tf.newaxis], bias
-    return self.conv.kernel * scale, bias
+    """(kernel, bias) of the folded convolution (cifar10_model.folded_weights)."""
+    return cm.folded_weights(self.conv, self.norm)
 
   def __call__(self, x, training=False):
     del training  # Always the evaluation-mode BatchNorm.

@@ -10,6 +10,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+import cifar10_model
 import cifar10_records
 import cifar10_run
 import cifar10_config
@@ -110,3 +111,16 @@ def newest_checkpoint_values(train_dir):
   reader = tf.train.load_checkpoint(cifar10_run.newest_checkpoint(str(train_dir)))
   return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
           if not any(part in name for part in BOOKKEEPING)}
+
+
+def as_if_trained(model):
+  """`model` with every BatchNorm's gamma, beta and moving statistics drawn away from 1 and
+  0 (tf.random's current seed), as after training: folding them then changes the weights."""
+  for layer, _ in model.walk(model.input_shape):
+    if isinstance(layer, cifar10_model.BatchNorm):
+      n = layer.gamma.shape[0]
+      layer.gamma.assign(tf.random.uniform([n], 0.5, 1.5))
+      layer.beta.assign(tf.random.normal([n], stddev=0.1))
+      layer.moving_mean.assign(tf.random.normal([n], stddev=0.1))
+      layer.moving_variance.assign(tf.random.uniform([n], 0.5, 2.0))
+  return model

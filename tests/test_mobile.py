@@ -14,6 +14,7 @@ from compress import int8
 from compress import qat_ops
 from compress import quantize
 from compress import trace
+from fixtures import as_if_trained
 from models import mobile
 
 BUDGET_FLOPS, BUDGET_PARAMS = 37_750_000, 1_070_000  # the tutorial's cost (docs/design.md)
@@ -102,15 +103,7 @@ def test_mobile_counts_by_hand_inside_the_tutorials_cost(name, by_hand):
 
 @pytest.mark.parametrize('name', ['mobile0', 'mobile1'])
 def test_batchnorm_folds_into_depthwise_convolutions_with_the_same_logits(name):
-  tf.random.set_seed(3)
-  model = models.build(name, 32, weight_decay='l2')
-  for layer, _ in model.walk(model.input_shape):
-    if isinstance(layer, cm.BatchNorm):
-      n = layer.gamma.shape[0]
-      layer.gamma.assign(tf.random.uniform([n], 0.5, 1.5))
-      layer.beta.assign(tf.random.normal([n], stddev=0.1))
-      layer.moving_mean.assign(tf.random.normal([n], stddev=0.1))
-      layer.moving_variance.assign(tf.random.uniform([n], 0.5, 2.0))
+  model = trained_like(name, seed=3)
   folded = cm.fold_batchnorm(model)
   kinds = {type(layer).__name__ for layer, _ in folded.walk(folded.input_shape)}
   assert 'BatchNorm' not in kinds and 'DepthwiseConv2D' in kinds
@@ -127,15 +120,7 @@ def test_an_unknown_mobile_variant_is_named():
 def trained_like(name, seed=0):
   """A mobile model with moving statistics away from 0 and 1, as after training."""
   tf.random.set_seed(seed)
-  model = models.build(name, 32, weight_decay='l2')
-  for layer, _ in model.walk(model.input_shape):
-    if isinstance(layer, cm.BatchNorm):
-      n = layer.gamma.shape[0]
-      layer.gamma.assign(tf.random.uniform([n], 0.5, 1.5))
-      layer.beta.assign(tf.random.normal([n], stddev=0.1))
-      layer.moving_mean.assign(tf.random.normal([n], stddev=0.1))
-      layer.moving_variance.assign(tf.random.uniform([n], 0.5, 2.0))
-  return model
+  return as_if_trained(models.build(name, 32, weight_decay='l2'))
 
 
 @pytest.mark.parametrize('name', ['mobile0', 'mobile1'])
