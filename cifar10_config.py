@@ -134,6 +134,8 @@ class TrainConfig:
                          choices=cifar10_distribute.STRATEGIES)
   cpu_replicas: int = _field(1, cifar10_distribute.CPU_REPLICAS_HELP, low=1,
                              high=cifar10_distribute.MAX_CPU_REPLICAS)
+  cluster_timeout: int = _field(cifar10_distribute.CLUSTER_TIMEOUT,
+                                cifar10_distribute.CLUSTER_TIMEOUT_HELP, unit='s', low=1)
   precision: str = _field(
       'float32', 'What the layers compute in: float32, or bfloat16 / float16 with float32 '
       'variables, EMA and loss (mixed_float16 with dynamic loss scaling).',

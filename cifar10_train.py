@@ -51,7 +51,7 @@ def run(values, given=()):
 
 
 def _train(values, given):
-  strategy = cifar10_trainer.start_strategy(values['strategy'], values['cpu_replicas'])
+  strategy = cifar10_trainer.start_strategy(values)
   config = cifar10_config.config_from_values(values, given)
   cifar10_trainer.log(cifar10_config.recipe_summary(config))
   split = cifar10_records.load_split(cifar10_flags.batches_dir(values), 'train')

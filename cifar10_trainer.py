@@ -485,8 +485,10 @@ def exit_status(work):
   return None
 
 
-def start_strategy(name, cpu_replicas):
-  """Sets the devices up and makes the strategy, first thing (cifar10_distribute.py)."""
+def start_strategy(values):
+  """Sets the devices up and makes the strategy of the flag values --strategy, --cpu_replicas
+  and --cluster_timeout, first thing (cifar10_distribute.py)."""
+  name, cpu_replicas = values['strategy'], values['cpu_replicas']
   cifar10_distribute.configure_devices(name, cpu_replicas)
-  return cifar10_distribute.make_strategy(name, cpu_replicas)
+  return cifar10_distribute.make_strategy(name, cpu_replicas, values['cluster_timeout'])
 

@@ -53,7 +53,8 @@ MODES = ('gradual', 'oneshot', 'iterative')
 THRESHOLDS = ('per_layer', 'global', 'erk')
 ENDS = 'ends'  # --dense_layers: the first layer with weights and the last (the logits)
 # TrainConfig fields a pruning sets from its flags, beyond finetune.CONFIG_FIELDS.
-CONFIG_FIELDS = ('deterministic', 'strategy', 'cpu_replicas', 'precision')
+CONFIG_FIELDS = ('deterministic', 'strategy', 'cpu_replicas', 'cluster_timeout',
+                 'precision')
 SETTINGS_FILE = 'pruning.json'
 REPORT_FILE = 'prune_report.json'
 SPARSE_FILE = 'model_sparse.npz'
@@ -365,7 +366,7 @@ def run(values):
 
 
 def _prune(values):
-  strategy = cifar10_trainer.start_strategy(values['strategy'], values['cpu_replicas'])
+  strategy = cifar10_trainer.start_strategy(values)
   config, settings, source, schedule = prepare(values)
   cifar10_trainer.log(finetune.describe(schedule, values))
   # Checks --dense_layers first.

@@ -49,7 +49,7 @@ from compress import trace
 
 # TrainConfig fields QAT sets from its flags, beyond finetune.CONFIG_FIELDS (float32 only:
 # the fake-quant grid is computed in float32).
-CONFIG_FIELDS = ('deterministic', 'strategy', 'cpu_replicas')
+CONFIG_FIELDS = ('deterministic', 'strategy', 'cpu_replicas', 'cluster_timeout')
 AUTO = 'auto'  # --weight_range: max at 8 bits, mse below
 
 
@@ -169,7 +169,7 @@ def run(values, batches_dir=None):
 
 
 def _qat(values, batches_dir):
-  strategy = cifar10_trainer.start_strategy(values['strategy'], values['cpu_replicas'])
+  strategy = cifar10_trainer.start_strategy(values)
   config, settings, source, schedule = prepare(values)
   cifar10_trainer.log(finetune.describe(schedule, values))
   trainer = QatTrainer(config, settings, source, strategy=strategy, schedule=schedule)

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -42,10 +43,69 @@ def test_tf_config_names_the_chief_and_counts_the_workers():
     ('{"task": {"type": "worker", "index": 0}}', 'TF_CONFIG is not valid'),
     ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 1}}',
      'names task worker 1'),
+    ('{"cluster": ["a:1"], "task": {"type": "worker", "index": 0}}',
+     '"cluster" is \\["a:1"\\], not an object of jobs'),
+    ('{"cluster": {"worker": "a:1"}, "task": {"type": "worker", "index": 0}}',
+     'job "worker" is "a:1", not a list'),
+    ('{"cluster": {"worker": ["a:1", "b"]}, "task": {"type": "worker", "index": 0}}',
+     'address "b" of job "worker" is not "host:port"'),
+    ('{"cluster": {"worker": ["a:70000"]}, "task": {"type": "worker", "index": 0}}',
+     'address "a:70000"'),
+    ('{"cluster": {"worker": [1]}, "task": {"type": "worker", "index": 0}}', 'address 1 '),
+    ('{"cluster": {"worker": ["a:\u00b2"]}, "task": {"type": "worker", "index": 0}}',
+     'address "a:'),
+    ('{"cluster": {"worker": ["a:1"]}, "task": {"type": ["worker"], "index": 0}}',
+     '"type" is \\["worker"\\], not the name of a job'),
+    ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": "0"}}',
+     '"index" is "0", not a whole number'),
 ])
 def test_a_bad_tf_config_is_one_clear_error(text, message):
   with pytest.raises(cifar10_distribute.DistributeError, match=message):
     cifar10_distribute.worker_from_tf_config(text)
+
+
+def two_worker_config(index=0):
+  """TF_CONFIG of a two-worker cluster on free ports of 127.0.0.1, as task `index`."""
+  cluster = {'worker': [f'127.0.0.1:{free_port()}' for _ in range(2)]}
+  return json.dumps({'cluster': cluster, 'task': {'type': 'worker', 'index': index}})
+
+
+def test_the_rendezvous_of_two_tasks_ends_once_each_heard_the_other():
+  config = json.loads(two_worker_config())
+  texts = [json.dumps(dict(config, task={'type': 'worker', 'index': i})) for i in (0, 1)]
+  errors = []
+  def meet(text):
+    try:
+      cifar10_distribute.rendezvous(text, timeout=30)
+    except cifar10_distribute.DistributeError as e:
+      errors.append(e)
+  other = threading.Thread(target=meet, args=(texts[1],))
+  other.start()
+  meet(texts[0])
+  other.join(timeout=30)
+  assert not other.is_alive() and not errors
+  for address in config['cluster']['worker']:  # Both ports are free again for TensorFlow.
+    with socket.socket() as s:
+      s.bind(('0.0.0.0', int(address.rsplit(':', 1)[1])))
+
+
+def test_a_missing_task_ends_the_rendezvous_at_its_timeout_naming_the_task():
+  text = two_worker_config()
+  missing = json.loads(text)['cluster']['worker'][1]
+  with pytest.raises(cifar10_distribute.DistributeError,
+                     match=f'within 1 s .--cluster_timeout.: no answer from worker 1 .{missing}.'):
+    cifar10_distribute.rendezvous(text, timeout=1)
+
+
+def test_a_taken_port_is_refused_by_name():
+  text = two_worker_config()
+  own = json.loads(text)['cluster']['worker'][0]
+  with socket.socket() as holder:
+    holder.bind(('0.0.0.0', int(own.rsplit(':', 1)[1])))
+    holder.listen()
+    with pytest.raises(cifar10_distribute.DistributeError,
+                       match=f'the port of this task .worker 0, {own}. cannot be opened'):
+      cifar10_distribute.rendezvous(text, timeout=5)
 
 
 def test_a_batch_that_does_not_split_over_the_replicas_names_both_numbers():
@@ -158,6 +218,52 @@ def finish(workers, tmp_path):
         worker.kill()
         worker.wait()
   return [(tmp_path / f'worker{i}.log').read_text() for i in range(2)]
+
+
+def start_alone(data_dir, train_dir, *flags):
+  """Worker 0 of a two-worker cluster whose worker 1 never starts; (process, TF_CONFIG)."""
+  text = two_worker_config()
+  process = subprocess.Popen(
+      [sys.executable, 'cifar10_train.py', f'--data_dir={data_dir}', f'--train_dir={train_dir}',
+       '--max_steps=5', '--strategy=multi_worker', *flags], cwd=ROOT,
+      env=dict(os.environ, TF_CONFIG=text), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True)
+  return process, text
+
+
+@pytest.mark.subprocess
+def test_a_worker_whose_peer_never_starts_stops_in_one_line_at_its_timeout(tmp_path,
+                                                                          real_data_dir):
+  process, text = start_alone(real_data_dir, tmp_path / 'run', '--cluster_timeout=3')
+  out, err = process.communicate(timeout=TIMEOUT)  # TimeoutExpired: the hang is back.
+  missing = json.loads(text)['cluster']['worker'][1]
+  assert process.returncode == 1 and 'Traceback' not in err, err
+  assert err.strip().splitlines()[-1] == (
+      'error: the cluster of TF_CONFIG did not come together within 3 s (--cluster_timeout): '
+      f'no answer from worker 1 ({missing}); start every task it lists')
+  assert not (tmp_path / 'run').exists()  # Nothing written.
+
+
+@pytest.mark.subprocess
+def test_sigterm_ends_a_worker_waiting_for_its_cluster_within_5_s(tmp_path, real_data_dir):
+  process, text = start_alone(real_data_dir, tmp_path / 'run')  # Default timeout: minutes.
+  own = json.loads(text)['cluster']['worker'][0].rsplit(':', 1)[1]
+  def listening():  # Its rendezvous port answers (an empty name, which it ignores).
+    try:
+      socket.create_connection(('127.0.0.1', int(own)), timeout=1).close()
+      return True
+    except OSError:
+      return False
+  try:
+    wait_for(listening, process, TIMEOUT, 'the wait for the cluster')
+    process.send_signal(15)
+    out, err = process.communicate(timeout=5)
+  finally:
+    if process.poll() is None:
+      process.kill()
+      process.communicate()
+  assert process.returncode == 143, err
+  assert err.strip().splitlines()[-1] == 'signal 15: stopped while waiting for the cluster'
 
 
 @pytest.mark.subprocess
