@@ -57,7 +57,9 @@ def eval_once(evaluator, checkpoint_path):
           'precision_raw': cifar10_scoring.precision_of(raw),
           'num_examples': evaluator.num_examples,
           'train_seconds': float(evaluator.train_seconds.numpy()),
-          'checkpoint': os.path.basename(checkpoint_path), 'tta': evaluator.tta,
+          'checkpoint': os.path.basename(checkpoint_path),
+          'checkpoint_digest': cifar10_run.checkpoint_digest(checkpoint_path),
+          'tta': evaluator.tta,
           'confusion': {'ema': ema.tolist(), 'raw': raw.tolist()}}
 
 
@@ -65,7 +67,7 @@ def confusion_line(metrics):
   """The line of confusion.jsonl for an eval_once result: step, checkpoint, tta, the class
   names, and per weights ('ema', 'raw') the confusion matrix (row = true class, column =
   predicted) and each class's precision @ 1."""
-  line = {key: metrics[key] for key in ('step', 'checkpoint', 'tta')}
+  line = {key: metrics[key] for key in ('step', 'checkpoint', 'checkpoint_digest', 'tta')}
   line['classes'] = list(cifar10_records.CLASS_NAMES)
   for weights, matrix in metrics['confusion'].items():
     line[weights] = {'confusion': matrix,
@@ -105,7 +107,8 @@ def watch(evaluator, checkpoint_dir, eval_dir, use_ema=True, interval_secs=EVAL_
   evaluated, results, failures, failed, last_new = None, [], 0, None, time.time()
   while True:
     path = cifar10_run.newest_checkpoint(checkpoint_dir)  # From the files: no state file needed.
-    if path and path != evaluated:
+    identity = path and (path, cifar10_run.checkpoint_digest(path))
+    if path and identity != evaluated:
       try:
         metrics = eval_once(evaluator, path)
       except cifar10_run.UnreadableCheckpoint:
@@ -121,7 +124,7 @@ def watch(evaluator, checkpoint_dir, eval_dir, use_ema=True, interval_secs=EVAL_
         continue
       record(metrics, eval_dir, writer, use_ema)
       results.append(metrics)
-      evaluated, failures, last_new = path, 0, time.time()
+      evaluated, failures, last_new = identity, 0, time.time()
       config = cifar10_run.read_config(checkpoint_dir)
       if config is not None and metrics['step'] >= config.max_steps:
         return results
@@ -149,19 +152,27 @@ def evaluate_every_checkpoint(evaluator, checkpoint_dir, eval_dir, use_ema=True)
   paths = cifar10_run.checkpoint_paths(checkpoint_dir)[::-1]
   if not paths:
     raise FileNotFoundError(f'no checkpoint in {checkpoint_dir}')
-  done = set()
-  try:
-    done = {line.get('checkpoint') for _, line in
-            cifar10_run.json_lines(os.path.join(eval_dir, cifar10_run.RESULTS_FILE))}
-  except (OSError, ValueError, AttributeError):
-    pass  # None yet (or unreadable: evaluated again, appended after).
+  done = evaluated_checkpoints(eval_dir)
   writer = _writer(eval_dir)
   results = []
   for path in paths:
-    if os.path.basename(path) not in done:
+    if not done.get(os.path.basename(path), set()) & {None, cifar10_run.checkpoint_digest(path)}:
       results.append(eval_once(evaluator, path))
       record(results[-1], eval_dir, writer, use_ema)
   return results
+
+
+def evaluated_checkpoints(eval_dir):
+  """{checkpoint name: the digests results.jsonl holds for it}: a name evaluated before under
+  another digest (a restarted run's ckpt-25) is a new checkpoint. A line written before the
+  digests were recorded holds None, which matches any checkpoint of that name."""
+  done = {}
+  try:
+    for _, line in cifar10_run.json_lines(os.path.join(eval_dir, cifar10_run.RESULTS_FILE)):
+      done.setdefault(line.get('checkpoint'), set()).add(line.get('checkpoint_digest'))
+  except (OSError, ValueError, AttributeError):
+    pass  # None yet (or unreadable: evaluated again, appended after).
+  return done
 
 
 def _writer(eval_dir):

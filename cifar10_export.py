@@ -322,12 +322,19 @@ def require_onnx_packages():
 
 def replaceable(export_dir):
   """Whether --overwrite may replace an existing export_dir: an earlier export (its
-  export.json there) or an empty folder, never anything else (a run folder, a folder of
-  runs, a file, a home directory)."""
+  export.json there, and nothing an export does not write) or an empty folder, never anything
+  else (a run folder, a folder of runs with an export.json dropped in it, a file, a home
+  directory)."""
   if os.path.islink(export_dir) or not os.path.isdir(export_dir):
     return False
-  entries = os.listdir(export_dir)
-  return not entries or REPORT_FILE in entries
+  entries = set(os.listdir(export_dir))
+  return not entries or (REPORT_FILE in entries and entries <= EXPORT_ENTRIES)
+
+
+# Everything an export writes at its top level (cifar10_deploy's layout).
+EXPORT_ENTRIES = {cifar10_deploy.SAVED_MODEL, cifar10_deploy.FLOAT_TFLITE,
+                  cifar10_deploy.INT8_TFLITE, cifar10_deploy.ONNX_FILE,
+                  cifar10_deploy.LABELS_FILE, REPORT_FILE}
 
 
 def check_export_dir(export_dir, overwrite):
@@ -339,8 +346,8 @@ def check_export_dir(export_dir, overwrite):
                                      'replace it, or another folder.')
   if not replaceable(export_dir):
     raise cifar10_config.ConfigError(
-        f'--export_dir={export_dir} is not an earlier export (no {REPORT_FILE} in it) nor an '
-        'empty folder: --overwrite replaces only those, so that a run folder, a folder of '
+        f'--export_dir={export_dir} is not an earlier export (no {REPORT_FILE} in it, or '
+        'files an export does not write) nor an empty folder: --overwrite replaces only those, so that a run folder, a folder of '
         'runs or any other folder is never deleted; pass another folder.')
 
 

@@ -13,10 +13,12 @@ import contextlib
 import dataclasses
 import datetime
 import fcntl
+import hashlib
 import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 
 import tensorflow as tf
@@ -261,6 +263,17 @@ def read_extra_state(path, **trackables):
   read_checkpoint(tf.train.Checkpoint(**trackables), path)
 
 
+def checkpoint_digest(checkpoint_path):
+  """A short digest of a checkpoint's index file (which holds a checksum of every saved
+  tensor), or None if it cannot be read: it tells a checkpoint from an earlier one of the
+  same name (a run restarted, or deleted and trained again)."""
+  try:
+    with open(checkpoint_path + '.index', 'rb') as f:
+      return hashlib.sha256(f.read()).hexdigest()[:16]
+  except OSError:
+    return None
+
+
 def checkpoint_step(path):
   """The global step saved in a checkpoint of RunState's layout, without building it.
 
@@ -369,7 +382,7 @@ def locked_path(path, what, doing, flag):
     os.makedirs(folder, exist_ok=True)
     # O_NOFOLLOW: a lock file that is a symlink is refused, never followed (truncating and
     # writing into whatever it points at).
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
   except OSError as e:
     if os.path.islink(path):
       raise cifar10_config.ConfigError(
@@ -378,6 +391,12 @@ def locked_path(path, what, doing, flag):
     raise cifar10_config.ConfigError(f'cannot write in {folder} ({e}): pass a writable '
                                      f'{flag}.') from e
   try:
+    status = os.fstat(fd)
+    if not stat.S_ISREG(status.st_mode) or status.st_nlink != 1:
+      # A hard link (or a device, a FIFO): writing our PID would change another file.
+      raise cifar10_config.ConfigError(
+          f'{path} is not a lock file of its own (a hard link to another file, or not a regular '
+          'file): remove it (the run folder is otherwise untouched) and run again.')
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError as e:

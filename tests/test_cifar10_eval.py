@@ -240,3 +240,26 @@ def test_every_checkpoint_is_evaluated_once_oldest_first(trained_dir, tmp_path):
   assert cifar10_eval.evaluate_every_checkpoint(evaluator, str(trained_dir), eval_dir) == []
   with open(os.path.join(eval_dir, 'results.jsonl')) as f:
     assert [json.loads(line)['step'] for line in f] == [10, 20]
+
+
+def test_a_checkpoint_of_an_evaluated_name_but_other_contents_is_evaluated_again(trained_dir,
+                                                                                 tmp_path):
+  """A restarted (or deleted and retrained) run reuses ckpt-10, ckpt-20: the results of the
+  earlier run must not stand for them. A line written before digests were recorded (none)
+  still counts for its name."""
+  config = cifar10_run.read_config(str(trained_dir))
+  evaluator = cifar10_scoring.Evaluator(config, tiny_split())
+  eval_dir = tmp_path / 'eval'
+  eval_dir.mkdir()
+  def write_results(digests):
+    with open(eval_dir / 'results.jsonl', 'w') as f:
+      for step, digest in zip((10, 20), digests):
+        f.write(json.dumps({'step': step, 'checkpoint': f'ckpt-{step}', 'precision_ema': 0.5,
+                            'checkpoint_digest': digest}) + '\n')
+  write_results(['0123456789abcdef', None])  # ckpt-10: an earlier run's; ckpt-20: an old line.
+  results = cifar10_eval.evaluate_every_checkpoint(evaluator, str(trained_dir), str(eval_dir))
+  assert [r['step'] for r in results] == [10]
+  digest = cifar10_run.checkpoint_digest(os.path.join(str(trained_dir), 'ckpt-10'))
+  assert results[0]['checkpoint_digest'] == digest and len(digest) == 16
+  write_results([digest, cifar10_run.checkpoint_digest(os.path.join(str(trained_dir), 'ckpt-20'))])
+  assert cifar10_eval.evaluate_every_checkpoint(evaluator, str(trained_dir), str(eval_dir)) == []

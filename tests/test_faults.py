@@ -8,6 +8,7 @@ resume lost more than one checkpoint interval of the steps it had logged, and, t
 run's bit for bit. docs/reliability.md sums up the cases and what each gives.
 """
 
+import hashlib
 import json
 import os
 import random
@@ -204,3 +205,90 @@ def test_a_disk_that_refuses_the_next_checkpoint_ends_in_one_error_line(tmp_path
   out = run_to_the_end(train_command(real_data_dir, train_dir, 20))  # Room again: it goes on.
   assert 'at step 10' in out
   assert cifar10_run.checkpoint_step(cifar10_run.newest_checkpoint(train_dir)) == 20
+
+
+# The three ways an earlier version lost data (docs/reliability.md section 7): each is run
+# through the real binaries, and every file of what must survive is compared by its digest.
+
+def tree_digests(folder):
+  """{path under folder: sha256 of its bytes} of every file under folder (links not followed)."""
+  digests = {}
+  for root, _, names in os.walk(folder):
+    for name in names:
+      path = os.path.join(root, name)
+      with open(path, 'rb') as f:
+        digests[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
+  return digests
+
+
+def refused(command, match):
+  """Runs command, which must end in exit 1 with one error line matching `match` last."""
+  result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT)
+  assert result.returncode == 1 and 'Traceback' not in result.stderr, result.stderr
+  assert re.search(match, result.stderr.strip().splitlines()[-1]), result.stderr
+
+
+@pytest.fixture(scope='module')
+def folder_of_runs(tmp_path_factory, real_data_dir):
+  """A folder of runs holding one trained run, 'run' (5 steps)."""
+  folder = tmp_path_factory.mktemp('runs')
+  run_to_the_end(train_command(real_data_dir, str(folder / 'run'), 5))
+  return folder
+
+
+def export_command(run, export_dir, *extra):
+  return [sys.executable, 'cifar10_export.py', f'--checkpoint_dir={run}',
+          f'--export_dir={export_dir}', '--verify_images=0', *extra]
+
+
+def test_an_export_over_its_run_or_the_folder_of_runs_deletes_nothing(folder_of_runs):
+  run = folder_of_runs / 'run'
+  (folder_of_runs / 'export.json').write_text('{}')  # Even with an export's report on top.
+  before = tree_digests(folder_of_runs)
+  for target in (run, folder_of_runs):
+    refused(export_command(run, target, '--overwrite'), 'is not an earlier export')
+  assert tree_digests(folder_of_runs) == before
+  (folder_of_runs / 'export.json').unlink()
+
+
+def test_a_lock_that_links_to_another_file_is_refused_and_nothing_changes(folder_of_runs,
+                                                                         tmp_path,
+                                                                         real_data_dir):
+  run = folder_of_runs / 'run'
+  victim = tmp_path / 'precious.txt'
+  victim.write_text('keep me\n')
+  lock = run / cifar10_run.LOCK_FILE
+  lock.unlink(missing_ok=True)
+  try:
+    for link, match in ((lock.symlink_to, 'is a symbolic link'),
+                        (lock.hardlink_to, 'not a lock file of its own')):
+      link(victim)
+      before = tree_digests(run), tree_digests(tmp_path)
+      refused(train_command(real_data_dir, str(run), 10), match)
+      assert (tree_digests(run), tree_digests(tmp_path)) == before
+      lock.unlink()
+  finally:
+    lock.unlink(missing_ok=True)
+
+
+def test_two_exports_into_one_new_folder_leave_one_whole_export(folder_of_runs, tmp_path):
+  run, out = folder_of_runs / 'run', tmp_path / 'out'
+  before = tree_digests(run)
+  logs = [tmp_path / f'export{i}.log' for i in range(2)]
+  processes = []
+  for log in logs:
+    with open(log, 'w') as f:
+      processes.append(subprocess.Popen(export_command(run, out), cwd=ROOT, stdout=f,
+                                        stderr=subprocess.STDOUT))
+    time.sleep(1)  # A second apart, neither with --overwrite.
+  codes = [p.wait(timeout=TIMEOUT) for p in processes]
+  texts = [log.read_text() for log in logs]
+  assert sorted(codes) == [0, 1], texts
+  loser = texts[codes.index(1)].strip().splitlines()[-1]
+  assert re.search('in use by another process|exists: pass --overwrite|appeared while', loser)
+  report = json.loads((out / 'export.json').read_text())  # The winner's, whole.
+  after = tree_digests(out)
+  assert report['step'] == 5 and 'model_float.tflite' in after
+  refused(export_command(run, out), 'exists: pass --overwrite')  # And later, still refused.
+  assert tree_digests(out) == after and tree_digests(run) == before
+  assert not [name for name in os.listdir(tmp_path) if '.partial-' in name or 'lock' in name]
