@@ -27,19 +27,27 @@ import json
 import os
 import sys
 
-from absl import app
+import cifar10_env  # pylint: disable=g-import-not-at-top
+
+if __name__ == '__main__':  # Nothing to save: Ctrl-C at any moment, imports included, is 130.
+  cifar10_env.exit_on_interrupt()
+
+from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 import numpy as np
 from PIL import Image  # Decodes PNG, JPEG and more without TensorFlow (the int8 path).
 from PIL import ImageOps
 
 import cifar10_deploy
-import cifar10_env
 import cifar10_records
 
 SIDE = cifar10_records.IMAGE_SIZE
 CLASS_NAMES = cifar10_records.CLASS_NAMES
-CHUNK = 256  # files read and classified at a time (memory: one chunk's images)
+# Files read and classified at a time. Memory is one chunk's images and the model's
+# activations on them (far more than the images: bench/classify_memory.py); a small chunk
+# makes the peak of a few dozen files the peak of any number, and the first line come
+# after one chunk.
+CHUNK = 32
 
 
 class SourceError(Exception):
@@ -50,7 +58,8 @@ def read_image(path):
   """uint8 [32, 32, 3] of an image file (see the module's docstring).
 
   Raises:
-    OSError, ValueError: the file is missing or not an image Pillow can decode.
+    OSError, ValueError: the file is missing or not an image Pillow can decode; on a damaged
+      file Pillow's decoders raise others too (SyntaxError, struct.error, EOFError, ...).
   """
   with Image.open(path) as image:
     image = ImageOps.exif_transpose(image)  # A phone photo the right way up.
@@ -219,14 +228,28 @@ def _classify_chunk(files, probabilities_of, k):
       if not os.path.isfile(path):  # A FIFO or a device would block or never end.
         raise ValueError('not a regular file' if os.path.exists(path) else 'no such file')
       images.append(read_image(path))
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-      errors[path] = f'{path}: not an image this script can read ({e})'
+    # Pillow's decoders and exif_transpose raise more than OSError on a damaged file
+    # (SyntaxError, struct.error, EOFError, IndexError, TypeError, ZeroDivisionError, ...):
+    # whatever one file raises is that file's error. MemoryError too: a decoder raises it
+    # when a crafted header asks for a buffer too large, which is that file's, and the
+    # failed allocation is freed. KeyboardInterrupt and SystemExit are no Exception.
+    except Exception as e:  # pylint: disable=broad-except
+      errors[path] = f'{path}: not an image this script can read ({_describe(e)})'
   probabilities = iter(probabilities_of(np.stack(images)) if images else [])
   for path in files:
     if path in errors:
       yield path, None, errors[path]
     else:
       yield path, top_classes(next(probabilities), k), None
+
+
+def _describe(error):
+  """One line of an exception: its message, with its type unless it is an OSError or a
+  ValueError (struct.error's 'unpack requires a buffer of 4 bytes' names no problem)."""
+  message = ' '.join(str(error).split())
+  if isinstance(error, (OSError, ValueError)) and message:
+    return message
+  return f'{type(error).__name__}: {message}' if message else type(error).__name__
 
 
 def run(values, files):

@@ -5,7 +5,7 @@ before it imports TensorFlow or a module that does) and `quiet_logging(...)` at 
 its main(). Libraries never call either, and neither does a binary imported as a library, so
 importing a module changes nothing in the caller's process. `available_memory()` tells how
 much memory a batch may take (cifar10_train.py bounds --batch_size by it). Imports only the
-standard library and absl.
+standard library at load (absl when quiet_logging runs).
 
 Defaults, each only where the user has not set the variable:
   TF_CPP_MIN_LOG_LEVEL=1   TensorFlow's C++ INFO lines off (warnings and errors stay).
@@ -27,8 +27,6 @@ import signal
 import sys
 import tempfile
 
-from absl import logging
-
 # Lines TensorFlow's C++ logging writes at start-up: absl INFO records ('I1201 ...' or
 # 'I0000 ...'), absl's note that logging is not initialised yet, and the continuation line
 # of the CPU-features record.
@@ -47,6 +45,16 @@ def start():
       import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
   except KeyboardInterrupt:  # Ctrl-C in the seconds TensorFlow takes to load: the exit
     sys.exit(128 + signal.SIGINT)  # code of an interrupted program, without a traceback.
+
+
+def exit_on_interrupt():
+  """Makes SIGINT (Ctrl-C) end the program at once with exit status 130 and no traceback,
+  wherever it lands (an import, a decoder, the output): for a program with nothing to save
+  or clean up. The trainers keep Python's KeyboardInterrupt instead: their first Ctrl-C
+  saves a checkpoint."""
+  def stop(signum, _):
+    raise SystemExit(128 + signum)
+  signal.signal(signal.SIGINT, stop)
 
 
 @contextlib.contextmanager
@@ -113,6 +121,9 @@ def quiet_logging(verbosity_flag_given):
   """
   if verbosity_flag_given:
     return
+  # Imported here: this module imports nothing but the standard library at load, so that a
+  # program's first lines (exit_on_interrupt, start) run within milliseconds of its start.
+  from absl import logging  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)
   if sys.modules.get('tensorflow') is not None:  # Loaded (None: blocked, as in a test).
     sys.modules['tensorflow'].get_logger().setLevel('WARNING')

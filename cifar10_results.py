@@ -30,7 +30,9 @@ import cifar10_config
 import cifar10_flags
 import cifar10_frontier
 import cifar10_model
+import cifar10_records
 import cifar10_run
+import cifar10_scoring
 import cifar10_sizes
 import models
 
@@ -76,7 +78,7 @@ class RunResult:
 
 
 class ResultsError(ValueError):
-  """A results.jsonl that cannot be reported."""
+  """A results.jsonl, confusion.jsonl or results.md that cannot be reported."""
 
 
 def read_run(train_dir, eval_dir=None):
@@ -111,17 +113,28 @@ def read_run(train_dir, eval_dir=None):
 
 def _read_results(path, train_dir):
   """The checked (step, EMA precision, seconds) of each line of one results.jsonl."""
+  return _checked_lines(path, train_dir, _result_fields, 'a cifar10_eval.py result')
+
+
+def _checked_lines(path, train_dir, check, what):
+  """check(value, where) of each line of a JSON Lines file of cifar10_eval.py's, in file order.
+
+  One loop for every such file, so each reports an unreadable file, a line that is not JSON
+  and an empty file alike; `check` raises ResultsError for a line of the wrong shape.
+
+  Raises:
+    ResultsError: the file is unreadable or empty, or a line is not JSON or fails `check`.
+  """
   try:
-    lines = [_result_fields(result, f'{path}, line {number}')
-             for number, result in cifar10_run.json_lines(path)]
+    lines = [check(value, f'{path}, line {number}')
+             for number, value in cifar10_run.json_lines(path)]
   except (OSError, UnicodeDecodeError) as e:
     raise ResultsError(f'{path} is unreadable ({type(e).__name__}: {e}): it must be the '
-                       'results.jsonl that cifar10_eval.py wrote.') from e
+                       f'{os.path.basename(path)} that cifar10_eval.py wrote.') from e
   except ResultsError:
-    raise  # A line of the wrong shape: _result_fields names it.
+    raise  # A line of the wrong shape: `check` names it.
   except ValueError as e:  # A line that is not JSON (json_lines names it).
-    raise ResultsError(f'{e}: not a cifar10_eval.py result; delete the line or evaluate the '
-                       'run again.') from e
+    raise ResultsError(f'{e}: not {what}; delete the line or evaluate the run again.') from e
   if not lines:
     raise ResultsError(f'{path} holds no evaluated checkpoint: run cifar10_eval.py '
                        f'--checkpoint_dir={train_dir} first')
@@ -142,12 +155,18 @@ def _result_fields(result, where):
                        'evaluate the run again.') from e
   numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool)
                 for v in (step, precision, seconds))
-  if not (numbers and isinstance(step, int) and 0 <= step < 2**63 and 0.0 <= precision <= 1.0
+  if not (numbers and _is_count(step) and 0.0 <= precision <= 1.0
           and math.isfinite(seconds) and seconds >= 0.0):
     raise ResultsError(f'{where}: step {step!r}, precision_ema {precision!r} and '
                        f'train_seconds {seconds!r} must be a step >= 0, a fraction in [0, 1] '
                        'and seconds >= 0; delete the line or evaluate the run again.')
   return step, precision, seconds
+
+
+def _is_count(value):
+  """Whether a parsed JSON value is a step or an image count: an int >= 0 that fits int64
+  (JSON's true and false parse as bools, which Python counts as ints)."""
+  return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
 
 
 def read_table(path):
@@ -341,26 +360,106 @@ def plot_curves(curves, path):
 
 def read_confusion(train_dir, weights='ema'):
   """(step, class names, confusion matrix as lists) of the newest line of the run's
-  <eval>/confusion.jsonl (cifar10_eval.py).
+  <eval>/confusion.jsonl (cifar10_eval.py), every line checked by check_confusion_line.
 
   Raises:
     FileNotFoundError: the run has no confusion.jsonl.
-    ResultsError: it holds no readable line.
+    ResultsError: it is unreadable or empty, or a line is not JSON or not of cifar10_eval.py.
   """
   path = os.path.join(cifar10_run.default_eval_dir(train_dir, 'test'),
                       cifar10_run.CONFUSION_FILE)
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path} is missing: evaluate the run with this version of '
                             f'cifar10_eval.py (--checkpoint_dir={train_dir} --run_once)')
-  try:
-    lines = [line for _, line in cifar10_run.json_lines(path)]
-    newest = max(lines, key=lambda line: line['step'])
-    matrix = newest[weights]['confusion']
-    if len(matrix) != len(newest['classes']) or any(len(row) != len(matrix) for row in matrix):
-      raise ValueError('the matrix is not square over the classes')
-    return newest['step'], newest['classes'], matrix
-  except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
-    raise ResultsError(f'{path} is not a confusion.jsonl of cifar10_eval.py ({e!r})') from e
+  lines = _checked_lines(path, train_dir,
+                         lambda line, where: check_confusion_line(line, where, weights),
+                         'a cifar10_eval.py confusion line')
+  newest = max(lines, key=lambda line: line['step'])
+  return newest['step'], newest['classes'], newest[weights]['confusion']
+
+
+CONFUSION_WEIGHTS = ('ema', 'raw')  # the scorings of a checkpoint that cifar10_eval.py writes
+_MISSING = object()  # a field a line does not hold
+
+
+def _confusion_error(where, field, value, expected):
+  """The ResultsError of one confusion.jsonl field: where, which field, its value (shortened:
+  a matrix would fill the screen) and what cifar10_eval.py writes there."""
+  shown = 'missing' if value is _MISSING else repr(value)
+  shown = shown if len(shown) <= 60 else shown[:57] + '...'
+  return ResultsError(f'{where}: {field} is {shown}, expected {expected}; delete the line or '
+                      'evaluate the run again.')
+
+
+def check_confusion_line(line, where, weights='ema'):
+  """One parsed confusion.jsonl line (cifar10_eval.confusion_line), checked whole.
+
+  Checked here, before any of it is used, so that plot_confusion never meets a matrix it
+  cannot draw (empty, all zero, a cell that is not a count) and a damaged line is named with
+  its field instead of surfacing as a traceback.
+
+  Args:
+    line: the parsed JSON value of the line.
+    where: '<path>, line <number>', for the message.
+    weights: the scoring the caller reads ('ema' or 'raw'): the line must hold it.
+
+  Returns:
+    `line`, unchanged.
+
+  Raises:
+    ResultsError: naming `where`, the first field that is not as cifar10_eval.py writes it,
+      and what it must be.
+  """
+  if not isinstance(line, dict):
+    raise _confusion_error(where, 'the line', line, 'a JSON object of cifar10_eval.py')
+  if not _is_count(line.get('step', _MISSING)):
+    raise _confusion_error(where, 'step', line.get('step', _MISSING), 'an int >= 0')
+  for key, allowed, expected in (('checkpoint', (str,), 'a string'), ('tta', (str,), 'a string'),
+                                 ('checkpoint_digest', (str, type(None)), 'a string or null')):
+    if key in line and not isinstance(line[key], allowed):
+      raise _confusion_error(where, key, line[key], expected)
+  classes = line.get('classes', _MISSING)
+  if not (isinstance(classes, list) and len(classes) == cifar10_records.NUM_CLASSES
+          and all(isinstance(name, str) for name in classes)
+          and len(set(classes)) == len(classes)):
+    raise _confusion_error(where, 'classes', classes,
+                           f'a list of {cifar10_records.NUM_CLASSES} distinct class names')
+  if weights not in line:
+    raise _confusion_error(where, weights, _MISSING,
+                           f'the confusion matrix of the {weights} weights')
+  for name in CONFUSION_WEIGHTS:
+    if name in line:
+      _check_scoring(line[name], where, name, len(classes))
+  return line
+
+
+def _check_scoring(scoring, where, name, size):
+  """Checks one weights' entry of a confusion.jsonl line: a size x size matrix of counts
+  holding at least one image, and per_class (when present) its rows' diagonal shares.
+
+  Raises:
+    ResultsError: naming `where`, the field (down to the cell) and what it must be.
+  """
+  field = f'{name}.confusion'
+  matrix = scoring.get('confusion', _MISSING) if isinstance(scoring, dict) else _MISSING
+  if not (isinstance(matrix, list) and len(matrix) == size):
+    raise _confusion_error(where, field, matrix, f'{size} rows, one per class')
+  for i, row in enumerate(matrix):
+    if not (isinstance(row, list) and len(row) == size):
+      raise _confusion_error(where, f'{field}[{i}]', row, f'a row of {size} counts')
+    for j, count in enumerate(row):
+      if not _is_count(count):
+        raise _confusion_error(where, f'{field}[{i}][{j}]', count, 'an image count (int >= 0)')
+  if not any(map(any, matrix)):
+    raise _confusion_error(where, field, matrix, 'the counts of at least one image')
+  per_class = scoring.get('per_class', _MISSING)
+  if per_class is not _MISSING:
+    shares = cifar10_scoring.per_class(matrix)
+    if not (isinstance(per_class, list) and len(per_class) == size and all(
+        isinstance(got, (int, float)) and not isinstance(got, bool)
+        and math.isclose(got, share, abs_tol=1e-9) for got, share in zip(per_class, shares))):
+      raise _confusion_error(where, f'{name}.per_class', per_class,
+                             f'{size} shares, each row\'s diagonal over its sum')
 
 
 def plot_confusion(step, classes, matrix, title, path):

@@ -409,8 +409,8 @@ class Int8Model:
     try:
       int8_file.check(meta, arrays)
       model = cls(meta, arrays)
-      # One blank image through every op: shapes that do not fit together fail here, in
-      # one line, rather than in the middle of an evaluation.
+      # A second guard after check's shape pass: one blank image through every op, so a
+      # kernel that cannot run fails here, in one line, not in the middle of an evaluation.
       size = meta['image_size']
       model.run(np.zeros([1, size, size, 3], np.int8))
     except (sparse.FormatError, ValueError, IndexError) as e:

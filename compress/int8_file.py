@@ -3,9 +3,12 @@
 The file (compress/quantize.py writes it) is input like any other: its JSON `meta` lists the
 ops, every tensor's scale and zero point and the input size, and its arrays hold each linear
 layer's int8 weights, int32 biases and float32 weight scales. `check(meta, arrays)` verifies
-the types, ranges, references and shapes of all of it against each other and raises one
-FormatError naming the first problem, so a crafted or damaged file ends in a one-line error,
-never in a traceback or an allocation its values ask for. NumPy and the standard library only.
+the types, ranges, references and shapes of all of it against each other, then carries the
+shape of one image through every op (each op's inputs against what its kernel takes, the
+last output against the [N, 10] logits), and raises one FormatError naming the first
+problem, so a crafted or damaged file ends in a one-line error, never in a traceback, an
+allocation its values ask for or a silent evaluation of a model of the wrong shape. NumPy,
+the standard library and cifar10_records (the class count) only.
 """
 
 import math
@@ -13,6 +16,7 @@ import numbers
 
 import numpy as np
 
+import cifar10_records
 from compress import sparse
 
 OP_FIELDS = {  # The fields each op type carries besides type, name, inputs and output.
@@ -125,3 +129,89 @@ def check(meta, arrays):
     defined.add(output)
   if meta.get('output') not in defined:
     raise sparse.FormatError(f'its output {meta.get("output")!r} is not computed by its ops')
+  _check_shapes(meta, arrays)
+
+
+# --------------------------------------------------------------------------- shapes
+# Shapes are of one image (the batch axis left out) and shown with it, as [N, H, W, C].
+
+
+def _show(shape):
+  return '[' + ', '.join(['N', *map(str, shape)]) + ']'
+
+
+def _spatial(shape, stride):
+  """[H, W] after a SAME window of this stride (compress/int8.py's same_padding)."""
+  return (-(-shape[0] // stride), -(-shape[1] // stride))
+
+
+def _expect(where, tensor, shape, good, expected, why):
+  if not good:
+    raise sparse.FormatError(f'{where}: its input {tensor!r} is {_show(shape)}, expected '
+                             f'{expected} ({why})')
+
+
+def _linear_shape(where, op, tensor, shape, arrays):
+  """The output shape of a conv, depthwise or dense op whose arrays _check_linear passed."""
+  weights = arrays[f'{op["name"]}/weights'].shape
+  if op['type'] == 'dense':
+    why = 'the rows of its weights' + ('' if len(shape) == 1 else
+                                       '; a dense takes a flattened input')
+    _expect(where, tensor, shape, shape == weights[:1], f'[N, {weights[0]}]', why)
+    return weights[1:]
+  _expect(where, tensor, shape, len(shape) == 3 and shape[2] == weights[2],
+          f'[N, H, W, {weights[2]}]', 'the input channels of its weights')
+  return _spatial(shape, op['stride']) + weights[-1:]
+
+
+def _output_shape(where, op, shapes, arrays):
+  """The shape of op's output for its inputs' `shapes`, or a FormatError naming `where`."""
+  kind, tensor, shape = op['type'], op['inputs'][0], shapes[0]
+  if kind in LINEAR_OPS:
+    return _linear_shape(where, op, tensor, shape, arrays)
+  if kind in ('max_pool', 'lrn', 'avg_pool'):
+    _expect(where, tensor, shape, len(shape) == 3, '[N, H, W, C]', f'a {kind} takes images')
+    if kind == 'max_pool':
+      return _spatial(shape, op['stride']) + shape[2:]
+    return shape if kind == 'lrn' else shape[2:]
+  if kind == 'flatten':
+    return (math.prod(shape),)
+  if kind == 'sigmoid':
+    return shape
+  if kind == 'concat':
+    for other, found in zip(op['inputs'], shapes):
+      _expect(where, other, found, found[:-1] == shape[:-1], _show(shape[:-1] + ('C',)),
+              f'its first input {tensor!r} is {_show(shape)}')
+    return shape[:-1] + (sum(found[-1] for found in shapes),)
+  if kind == 'add':
+    _expect(where, op['inputs'][1], shapes[1], shapes[1] == shape, _show(shape),
+            f'the shape of the first input {tensor!r}')
+    return shape
+  _expect(where, tensor, shape, len(shape) == 3, '[N, H, W, C]', 'mul gates images')
+  _expect(where, op['inputs'][1], shapes[1], shapes[1] == shape[2:], _show(shape[2:]),
+          f'its gate: one value per channel of {tensor!r}')
+  return shape
+
+
+# Values of one op's output for one image: the largest model here has under 2^17; 2^24 (64 MiB
+# of int32 accumulators per image) is far past any CIFAR-10 model and bounds a crafted file.
+MAX_VALUES_PER_IMAGE = 1 << 24
+
+
+def _check_shapes(meta, arrays):
+  """One image [s, s, 3] through every op; the model's output must be the class logits."""
+  size = meta['image_size']
+  shapes = {meta['input']: (size, size, 3)}
+  makers = {meta['input']: 'the input'}
+  for index, op in enumerate(meta['ops']):
+    where = f'op {index} {op["name"]!r} ({op["type"]})'
+    shape = _output_shape(where, op, [shapes[t] for t in op['inputs']], arrays)
+    if math.prod(shape) > MAX_VALUES_PER_IMAGE:  # A crafted chain of concats, say.
+      raise sparse.FormatError(f'{where}: its output is {_show(shape)}, over '
+                               f'{MAX_VALUES_PER_IMAGE:,} values per image')
+    shapes[op['output']], makers[op['output']] = shape, where
+  output, classes = meta['output'], cifar10_records.NUM_CLASSES
+  if shapes[output] != (classes,):
+    raise sparse.FormatError(f'its output {output!r}, of {makers[output]}, is '
+                             f'{_show(shapes[output])}, expected [N, {classes}] (the logits '
+                             f'of the {classes} classes)')

@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -162,3 +163,27 @@ def test_the_tensorflow_free_binaries_fail_in_one_line(case, tmp_path):
   assert result.returncode == 1, (result.stdout, result.stderr)
   assert result.stderr.startswith('error: ') and result.stderr.count('\n') == 1, result.stderr
   assert expected in result.stderr and 'Traceback' not in result.stderr
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize('program,delay', [('train', 0.3), ('train', 1.5), ('classify', 0.25),
+                                           ('classify', 0.6), ('results', 0.3),
+                                           ('results', 1.5)])
+def test_ctrl_c_in_the_first_seconds_exits_130_without_a_traceback(tmp_path, program, delay):
+  """A real SIGINT while the program imports, parses its flags or starts its work. (Only the
+  interpreter's own start, the first ~0.1 s, is before any handler can be set.)"""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  image = tmp_path / 'a.png'
+  Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(image)
+  argv = {'train': ['cifar10_train.py', f'--data_dir={tmp_path}/data',
+                    f'--train_dir={tmp_path}/run', '--max_steps=3'],
+          'classify': ['cifar10_classify.py', '--source=pretrained/budget1_int8.npz'] +
+                      [str(image)] * 2000,
+          'results': ['cifar10_results.py', f'--runs={tmp_path}/run']}[program]
+  process = subprocess.Popen([sys.executable] + argv, cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+  time.sleep(delay)
+  assert process.poll() is None, 'it ended before the signal'
+  process.send_signal(signal.SIGINT)
+  _, err = process.communicate(timeout=120)
+  assert process.returncode == 130 and 'Traceback' not in err, (process.returncode, err)

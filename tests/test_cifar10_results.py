@@ -2,12 +2,16 @@
 
 import json
 import os
+import re
 
+import numpy as np
 import pytest
 
+import cifar10_config
+import cifar10_eval
+import cifar10_flags
 import cifar10_results
 import cifar10_run
-import cifar10_config
 
 
 def write_run(train_dir, model, lines):
@@ -170,11 +174,12 @@ def test_labels_name_the_run_only_when_two_runs_would_share_one(tmp_path):
 def test_curves_and_the_confusion_matrix_are_drawn_from_the_eval_files(tmp_path):
   write_run(tmp_path / 'tuto', 'tutorial', [(5000, 0.7, 300.0), (10000, 0.8141, 600.0)])
   matrix = [[90 if i == j else 1 for j in range(10)] for i in range(10)]
+  older = [[50 if i == j else 5 for j in range(10)] for i in range(10)]
   with open(tmp_path / 'tuto' / 'eval' / cifar10_run.CONFUSION_FILE, 'w') as f:
     for step in (10000, 5000):  # the newest step wins, wherever its line is
       f.write(json.dumps({'step': step, 'checkpoint': f'ckpt-{step}', 'tta': 'none',
                           'classes': list('abcdefghij'),
-                          'ema': {'confusion': matrix if step == 10000 else [[0]]},
+                          'ema': {'confusion': matrix if step == 10000 else older},
                           'raw': {'confusion': matrix}}) + '\n')
   step, classes, read = cifar10_results.read_confusion(str(tmp_path / 'tuto'))
   assert (step, classes, read) == (10000, list('abcdefghij'), matrix)
@@ -189,7 +194,112 @@ def test_a_missing_or_broken_confusion_file_is_named(tmp_path):
   write_run(tmp_path / 'tuto', 'tutorial', [(10000, 0.8141, 600.0)])
   with pytest.raises(FileNotFoundError, match='confusion.jsonl is missing'):
     cifar10_results.read_confusion(str(tmp_path / 'tuto'))
-  (tmp_path / 'tuto' / 'eval' / cifar10_run.CONFUSION_FILE).write_text(
-      json.dumps({'step': 1, 'classes': ['a', 'b'], 'ema': {'confusion': [[1, 2]]}}) + '\n')
-  with pytest.raises(cifar10_results.ResultsError, match='not a confusion.jsonl'):
+  path = tmp_path / 'tuto' / 'eval' / cifar10_run.CONFUSION_FILE
+  path.write_text('{"step": 1, "classes\n')
+  with pytest.raises(cifar10_results.ResultsError,
+                     match='line 1: not JSON .*: not a cifar10_eval.py confusion line'):
     cifar10_results.read_confusion(str(tmp_path / 'tuto'))
+  path.write_text('\n')
+  with pytest.raises(cifar10_results.ResultsError, match='holds no evaluated checkpoint'):
+    cifar10_results.read_confusion(str(tmp_path / 'tuto'))
+
+
+def confusion_record(**changes):
+  """A confusion.jsonl line as cifar10_eval.confusion_line writes it, with `changes`."""
+  matrix = [[90 if i == j else 1 for j in range(10)] for i in range(10)]
+  per_class = [90 / 99] * 10
+  line = {'step': 10000, 'checkpoint': 'ckpt-10000', 'checkpoint_digest': None, 'tta': 'none',
+          'classes': list('abcdefghij'),
+          'ema': {'confusion': matrix, 'per_class': per_class},
+          'raw': {'confusion': matrix, 'per_class': per_class}}
+  line.update(changes)
+  return line
+
+
+def with_cell(i, j, value, weights='ema'):
+  """The `weights` entry of confusion_record with one cell of its matrix replaced."""
+  matrix = [row[:] for row in confusion_record()[weights]['confusion']]
+  matrix[i][j] = value
+  return {weights: {'confusion': matrix}}
+
+
+ZEROS = [[0] * 10 for _ in range(10)]
+SHORT_ROW = [[1] * 10 for _ in range(3)] + [[1] * 9] + [[1] * 10 for _ in range(6)]
+
+
+@pytest.mark.parametrize('changes,field', [
+    ({'classes': [], 'ema': {'confusion': []}}, 'classes'),
+    ({'ema': {'confusion': ZEROS}}, 'ema.confusion'),
+    (with_cell(0, 0, '90'), 'ema.confusion[0][0]'),
+    (with_cell(0, 1, -1), 'ema.confusion[0][1]'),
+    (with_cell(2, 2, 90.0), 'ema.confusion[2][2]'),
+    (with_cell(2, 3, float('nan')), 'ema.confusion[2][3]'),
+    (with_cell(4, 4, True), 'ema.confusion[4][4]'),
+    (with_cell(9, 0, -3, weights='raw'), 'raw.confusion[9][0]'),
+    ({'ema': {'confusion': SHORT_ROW}}, 'ema.confusion[3]'),
+    ({'ema': {'confusion': SHORT_ROW[:9]}}, 'ema.confusion'),
+    ({'ema': {'confusion': ZEROS[0]}}, 'ema.confusion[0]'),
+    ({'ema': [1, 2]}, 'ema.confusion'),
+    ({'classes': list(range(10))}, 'classes'),
+    ({'classes': list('abcdefghia')}, 'classes'),
+    ({'classes': list('abc')}, 'classes'),
+    ({'step': '10000'}, 'step'),
+    ({'step': True}, 'step'),
+    ({'step': -1}, 'step'),
+    ({'checkpoint': 10000}, 'checkpoint'),
+    ({'tta': None}, 'tta'),
+    ({'ema': {'confusion': confusion_record()['ema']['confusion'], 'per_class': [1.0] * 10}},
+     'ema.per_class'),
+    ({'raw': {'confusion': confusion_record()['raw']['confusion'], 'per_class': [0.9] * 9}},
+     'raw.per_class'),
+])
+def test_a_malformed_confusion_line_is_refused_with_its_field(tmp_path, changes, field):
+  write_run(tmp_path, 'tutorial', [])
+  path = tmp_path / 'eval' / cifar10_run.CONFUSION_FILE
+  path.write_text(json.dumps(confusion_record(step=5000)) + '\n'
+                  + json.dumps(confusion_record(**changes)) + '\n')
+  with pytest.raises(cifar10_results.ResultsError,
+                     match=re.escape(f'{path}, line 2: {field} is ')) as raised:
+    cifar10_results.read_confusion(str(tmp_path))
+  assert '\n' not in str(raised.value)
+
+
+@pytest.mark.parametrize('line,field', [
+    ({key: value for key, value in confusion_record().items() if key != 'ema'}, 'ema'),
+    ({key: value for key, value in confusion_record().items() if key != 'step'}, 'step'),
+    ([1, 2, 3], 'the line'),
+])
+def test_a_confusion_line_without_a_field_is_refused(tmp_path, line, field):
+  write_run(tmp_path, 'tutorial', [])
+  path = tmp_path / 'eval' / cifar10_run.CONFUSION_FILE
+  path.write_text(json.dumps(line) + '\n')
+  with pytest.raises(cifar10_results.ResultsError,
+                     match=re.escape(f'{path}, line 1: {field} is ')):
+    cifar10_results.read_confusion(str(tmp_path))
+
+
+def test_the_line_cifar10_eval_writes_is_read_back(tmp_path):
+  write_run(tmp_path, 'tutorial', [])
+  ema = np.diag(np.arange(1, 11, dtype=np.int64)) + 2
+  raw = np.zeros((10, 10), np.int64)
+  raw[:, 0] = 7  # a model that always answers the first class: zero rows elsewhere
+  metrics = {'step': 20, 'checkpoint': 'ckpt-20', 'checkpoint_digest': None, 'tta': 'flip',
+             'confusion': {'ema': ema.tolist(), 'raw': raw.tolist()}}
+  cifar10_run.append_json_line(str(tmp_path / 'eval' / cifar10_run.CONFUSION_FILE),
+                               cifar10_eval.confusion_line(metrics))
+  step, classes, matrix = cifar10_results.read_confusion(str(tmp_path), weights='raw')
+  assert (step, len(classes), matrix) == (20, 10, raw.tolist())
+  assert cifar10_results.read_confusion(str(tmp_path))[2] == ema.tolist()
+
+
+def test_results_with_a_malformed_confusion_line_print_one_error_line(tmp_path):
+  write_run(tmp_path / 'tuto', 'tutorial', [(10000, 0.8141, 600.0)])
+  path = tmp_path / 'tuto' / 'eval' / cifar10_run.CONFUSION_FILE
+  path.write_text(json.dumps(confusion_record(ema={'confusion': ZEROS})) + '\n')
+  values, _ = cifar10_flags.parse(cifar10_results.define_flags, [
+      f'--runs={tmp_path / "tuto"}', f'--out_dir={tmp_path / "out"}',
+      f'--confusion={tmp_path / "tuto"}'])
+  error = cifar10_results.run(values)
+  assert error.startswith(f'error: {path}, line 1: ema.confusion is ')
+  assert len(error.splitlines()) == 1
+  assert not os.path.exists(tmp_path / 'out')  # Refused before anything is written.

@@ -389,8 +389,17 @@ def test_a_schedule_of_its_own_sets_the_rate_of_every_step(tmp_path):
   np.testing.assert_allclose(rates, [0.5, 0.375, 0.25, 0.125], rtol=1e-6)
 
 
-def test_resuming_with_another_optimizer_names_the_change_not_a_damaged_checkpoint(run_dir):
-  other = tiny_config(run_dir, max_steps=15, optimizer='adamw')
-  with pytest.raises(cifar10_config.ConfigError, match=r"optimizer: 'sgd' -> 'adamw'.*own flags"):
+@pytest.mark.parametrize('change,message', [
+    (dict(optimizer='adamw'), r"optimizer: 'sgd' -> 'adamw'"),
+    (dict(precision='mixed_float16'), r"precision: 'float32' -> 'mixed_float16'"),
+    (dict(cifar10_config.recipe_values('fast'), recipe='fast'),
+     r"recipe: 'study' -> 'fast'.*optimizer: 'sgd' -> 'nesterov'"),
+])
+def test_resuming_with_another_flag_names_the_change_not_a_damaged_checkpoint(run_dir, change,
+                                                                              message):
+  """--optimizer, --precision, or a --recipe that changes either, change what a checkpoint
+  holds: the error says so and that the run's own flags resume it."""
+  other = tiny_config(run_dir, max_steps=15, **change)
+  with pytest.raises(cifar10_config.ConfigError, match=message + '.*own flags'):
     cifar10_trainer.train(other, tiny_split())
   cifar10_trainer.train(tiny_config(run_dir, max_steps=15), tiny_split())  # its own flags resume

@@ -1,13 +1,17 @@
 """Tests of cifar10_classify: reading image files, the three kinds of source, bad files."""
 
+import io
 import json
 import os
+import struct
 import subprocess
 import sys
+import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
+from PIL import ImageFile
 
 import cifar10_classify
 import cifar10_export
@@ -63,7 +67,7 @@ def test_a_fifo_and_a_corrupt_png_are_errors_and_the_rest_is_classified_in_chunk
   os.mkfifo(tmp_path / 'pipe.png')  # opening it for reading would block forever
   good = (tmp_path / '0.png').read_bytes()
   corrupt = bytearray(good)
-  corrupt[40:44] = b'\xff\xff\xff\xff'  # a chunk length past the end of the file
+  corrupt[40:44] = b'\xff\xff\xff\xff'  # IDAT's type broken: Image.open refuses the file
   (tmp_path / 'corrupt.png').write_bytes(bytes(corrupt))
   files[2:2] = [str(tmp_path / 'pipe.png'), str(tmp_path / 'corrupt.png')]
   seen = []
@@ -80,6 +84,96 @@ def test_a_fifo_and_a_corrupt_png_are_errors_and_the_rest_is_classified_in_chunk
   assert seen == [2, 2, 1]  # three chunks of 3 files, 5 of them images
   assert [top[0][1] for _, top, error in rows if not error] == [0, 40 % 10, 80 % 10, 120 % 10,
                                                               160 % 10]
+
+
+def png_chunk(kind, body):
+  return struct.pack('>I', len(body)) + kind + body + struct.pack('>I', zlib.crc32(kind + body))
+
+
+def png_with_a_broken_second_idat(image):
+  """PNG bytes of `image` whose data is split over two IDAT chunks, the second one's type
+  broken (b'I\\xffAT'): Image.open reads the header and the first chunk, load() fails."""
+  buffer = io.BytesIO()
+  Image.fromarray(image).save(buffer, 'PNG')
+  data, chunks, position = buffer.getvalue(), [], 8
+  while position < len(data):
+    (length,) = struct.unpack('>I', data[position:position + 4])
+    chunks.append((data[position + 4:position + 8], data[position + 8:position + 8 + length]))
+    position += 12 + length
+  pixels = b''.join(body for kind, body in chunks if kind == b'IDAT')
+  head = b''.join(png_chunk(kind, body) for kind, body in chunks if kind not in (b'IDAT',
+                                                                                 b'IEND'))
+  half = len(pixels) // 2
+  return (data[:8] + head + png_chunk(b'IDAT', pixels[:half])
+          + png_chunk(b'I\xffAT', pixels[half:]) + png_chunk(b'IEND', b''))
+
+
+def five_pngs_and(tmp_path, bad_name, bad_bytes=None):
+  """Paths of five 32x32 PNGs of values 0, 41, ... 164 with `bad_name` third (written from
+  bad_bytes, else a good PNG too)."""
+  files = []
+  for index in range(5):
+    files.append(str(tmp_path / f'{index}.png'))
+    Image.fromarray(np.full((32, 32, 3), index * 41, np.uint8)).save(files[-1])
+  files.insert(2, str(tmp_path / bad_name))
+  if bad_bytes is None:
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(files[2])
+  else:
+    (tmp_path / bad_name).write_bytes(bad_bytes)
+  return files
+
+
+def classify_by_first_pixel(files):
+  """{path: error}, and the top class of each classified file by a fake model whose class
+  is the image's first value modulo 10 (0, 41, ... 164: 0 to 4), in chunks of 2 files."""
+  rows = list(cifar10_classify.classify(
+      files, lambda images: np.eye(10)[images[:, 0, 0, 0] % 10], 1, chunk=2))
+  assert [path for path, _, _ in rows] == files
+  return ({path: error for path, _, error in rows if error},
+          [top[0][1] for _, top, error in rows if not error])
+
+
+def test_a_png_that_pillow_opens_but_cannot_load_is_one_error_and_the_rest_is_classified(
+    tmp_path):
+  damaged = png_with_a_broken_second_idat(np.full((32, 32, 3), 7, np.uint8))
+  with Image.open(io.BytesIO(damaged)) as image:  # open succeeds, the decoder fails
+    with pytest.raises(SyntaxError, match='broken PNG file'):
+      image.load()
+  files = five_pngs_and(tmp_path, 'split.png', damaged)
+  errors, classes = classify_by_first_pixel(files)
+  assert list(errors) == [files[2]]
+  assert errors[files[2]].startswith(f'{files[2]}: ') and 'SyntaxError: broken PNG' in (
+      errors[files[2]])
+  assert classes == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize('error', [struct.error('unpack requires a buffer of 4 bytes'),
+                                   EOFError(), IndexError('list index out of range'),
+                                   TypeError('bad operand'), ZeroDivisionError('division'),
+                                   MemoryError()])
+def test_any_exception_of_a_decoder_is_that_files_error_line(tmp_path, monkeypatch, error):
+  load = ImageFile.ImageFile.load
+
+  def failing_load(image):
+    if str(image.filename).endswith('damaged.png'):
+      raise error
+    return load(image)
+  monkeypatch.setattr(ImageFile.ImageFile, 'load', failing_load)
+  files = five_pngs_and(tmp_path, 'damaged.png')
+  errors, classes = classify_by_first_pixel(files)
+  assert list(errors) == [files[2]] and '\n' not in errors[files[2]]
+  assert errors[files[2]].startswith(f'{files[2]}: not an image this script can read (')
+  assert type(error).__name__ in errors[files[2]] and str(error) in errors[files[2]]
+  assert classes == [0, 1, 2, 3, 4]
+
+
+def test_a_ctrl_c_while_decoding_ends_the_run(tmp_path, monkeypatch):
+  def interrupted(image):
+    del image
+    raise KeyboardInterrupt
+  monkeypatch.setattr(ImageFile.ImageFile, 'load', interrupted)
+  with pytest.raises(KeyboardInterrupt):
+    list(cifar10_classify.classify(five_pngs_and(tmp_path, 'any.png'), None, 1))
 
 
 def test_top_classes_are_the_most_probable_first():

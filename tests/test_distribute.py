@@ -245,6 +245,24 @@ def test_a_worker_whose_peer_never_starts_stops_in_one_line_at_its_timeout(tmp_p
 
 
 @pytest.mark.subprocess
+def test_a_worker_whose_port_is_taken_stops_in_one_line_naming_it(tmp_path, real_data_dir):
+  text = two_worker_config()
+  own = json.loads(text)['cluster']['worker'][0]
+  with socket.socket() as holder:
+    holder.bind(('0.0.0.0', int(own.rsplit(':', 1)[1])))
+    holder.listen()
+    process = subprocess.run(
+        [sys.executable, 'cifar10_train.py', f'--data_dir={real_data_dir}',
+         f'--train_dir={tmp_path / "run"}', '--max_steps=5', '--strategy=multi_worker'],
+        cwd=ROOT, env=dict(os.environ, TF_CONFIG=text), capture_output=True, text=True,
+        timeout=TIMEOUT)
+  assert process.returncode == 1 and 'Traceback' not in process.stderr, process.stderr
+  assert process.stderr.strip().splitlines()[-1].startswith(
+      f'error: TF_CONFIG: the port of this task (worker 0, {own}) cannot be opened')
+  assert not (tmp_path / 'run').exists()
+
+
+@pytest.mark.subprocess
 def test_sigterm_ends_a_worker_waiting_for_its_cluster_within_5_s(tmp_path, real_data_dir):
   process, text = start_alone(real_data_dir, tmp_path / 'run')  # Default timeout: minutes.
   own = json.loads(text)['cluster']['worker'][0].rsplit(':', 1)[1]

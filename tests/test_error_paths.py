@@ -303,6 +303,9 @@ CASES = [
          ('{case}/run/config.json',), setup=write('run/config.json', '{"model": "tuto')),
     Case(EVAL, 'a config.json of an unknown model', ('--checkpoint_dir={case}/run',) + EVAL_ARGS,
          'error', ('{case}/run/config.json', 'vgg'), setup=run_copy(set_config(model='vgg'))),
+    Case(EVAL, 'a config.json with a string for a number', ('--checkpoint_dir={case}/run',) +
+         EVAL_ARGS, 'error', ('{case}/run/config.json', "max_steps '100' must be an integer"),
+         setup=run_copy(set_config(max_steps='100'))),
     Case(EVAL, 'a run without checkpoints', ('--checkpoint_dir={case}/run',) + EVAL_ARGS,
          'error', ('{case}/run',), setup=run_copy(remove_checkpoints)),
     Case(EVAL, 'a truncated checkpoint', ('--checkpoint_dir={case}/run',) + EVAL_ARGS, 'error',
@@ -534,6 +537,8 @@ CASES = [
          ('--batches',)),
     Case(f'{BENCH}/train_memory.py', 'an unknown model', ('--models=tutorial,vgg',), 'flags',
          ('--models',)),
+    Case(f'{BENCH}/classify_memory.py', 'no files to classify', ('--images=0',), 'flags',
+         ('--images',)),
 ]
 
 BY_ID = {case.id: case for case in CASES}

@@ -292,3 +292,47 @@ def test_two_exports_into_one_new_folder_leave_one_whole_export(folder_of_runs, 
   refused(export_command(run, out), 'exists: pass --overwrite')  # And later, still refused.
   assert tree_digests(out) == after and tree_digests(run) == before
   assert not [name for name in os.listdir(tmp_path) if '.partial-' in name or 'lock' in name]
+
+
+def children(pid):
+  """PIDs of the live children of process pid (Linux's /proc)."""
+  try:
+    with open(f'/proc/{pid}/task/{pid}/children') as f:
+      return [int(child) for child in f.read().split()]
+  except OSError:
+    return []
+
+
+def alive(pid):
+  try:
+    with open(f'/proc/{pid}/stat') as f:
+      return f.read().split(') ')[-1][0] != 'Z'
+  except OSError:
+    return False
+
+
+def test_an_export_killed_while_it_checks_leaves_no_process_and_its_leftovers_go(folder_of_runs,
+                                                                               tmp_path,
+                                                                               real_data_dir):
+  """SIGKILL while the SavedModel is checked in its own process: that process ends with the
+  export (it asked for a signal at its parent's death), and the next export into the same
+  folder removes the half-written out.partial-* and finishes."""
+  run, out = folder_of_runs / 'run', tmp_path / 'out'
+  command = export_command(run, out, f'--data_dir={real_data_dir}', '--verify_images=50')
+  with open(tmp_path / 'killed.log', 'w') as log:
+    export = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+  try:
+    wait_for(lambda: children(export.pid), export, TIMEOUT, 'the checking process')
+    checker = children(export.pid)[0]
+  finally:
+    export.kill()
+    export.wait()
+  deadline = time.monotonic() + 10
+  while alive(checker) and time.monotonic() < deadline:
+    time.sleep(0.1)
+  assert not alive(checker), f'the checking process {checker} outlived the killed export'
+  assert [name for name in os.listdir(tmp_path) if name.startswith('out.partial-')]
+  assert not out.exists()
+  run_to_the_end(command)
+  assert sorted(os.listdir(tmp_path)) == ['killed.log', 'out']
+  assert json.loads((out / 'export.json').read_text())['step'] == 5

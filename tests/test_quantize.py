@@ -352,9 +352,9 @@ def _op(meta, kind):
     (lambda m: _op(m, 'add')['inputs'].append(m['input']), 'add takes 2 inputs, not 3'),
     (lambda m: _op(m, 'add').update(relu='yes'), "relu 'yes' is out of range"),
     (lambda m: _op(m, 'add').update(inputs=[m['input'], _op(m, 'add')['inputs'][1]]),
-     'add block: inputs of shapes'),  # Found by loading's blank image, not mid-evaluation.
+     r"op 7 'block' \(add\): its input 't6' is \[N, 8, 8, 8\], expected \[N, 8, 8, 3\]"),
     (lambda m: _op(m, 'mul').update(inputs=[_op(m, 'mul')['inputs'][0]] * 2),
-     'mul se: a gate of shape'),
+     r"op 6 'se' \(mul\): its input 't1' is \[N, 8, 8, 8\], expected \[N, 8\] \(its gate"),
     (lambda m: m['tensors'][_op(m, 'add')['output']].update(scale=1e-12),
      'add block: an input scale over 2.30 times'),
 ])
@@ -366,6 +366,79 @@ def test_a_damaged_residual_or_gate_is_one_clear_error(tmp_path, damage, message
   sparse.save(tmp_path / 'damaged.npz', arrays, meta)
   with pytest.raises(sparse.FormatError, match=f'is not a sound int8 model file: .*{message}'):
     int8.Int8Model.load(tmp_path / 'damaged.npz')
+
+
+@pytest.fixture(scope='module', name='quantized')
+def fixture_quantized():
+  """{builder name: (meta, arrays)} of the small models the shape cases damage."""
+  tf.random.set_seed(6)
+  return {build.__name__: quantize.quantize_model(build(), images(16),
+                                                  calibration_lib.Calibration())
+          for build in (tutorial_like, squeeze_like, residual_like)}
+
+
+def _skip(meta, kind):
+  """Removes the first `kind` op; its readers (and the output) take its input instead."""
+  op = _op(meta, kind)
+  meta['ops'].remove(op)
+  for reader in meta['ops']:
+    reader['inputs'] = [op['inputs'][0] if t == op['output'] else t for t in reader['inputs']]
+  if meta['output'] == op['output']:
+    meta['output'] = op['inputs'][0]
+
+
+def _widen_logits(arrays, outputs):
+  """Gives the layer named `logits` `outputs` output channels (its own, repeated or cut), its
+  arrays still consistent with each other."""
+  for part in ('weights', 'bias', 'weight_scale'):
+    array = arrays[f'logits/{part}']
+    arrays[f'logits/{part}'] = np.take(array, np.arange(outputs) % array.shape[-1], axis=-1)
+
+
+@pytest.mark.parametrize('build,damage,message', [
+    ('tutorial_like', lambda m, a: _skip(m, 'flatten'),  # no flatten before the dense
+     "op 4 'd1' (dense): its input 't3' is [N, 4, 4, 8], expected [N, 128] (the rows of its "
+     'weights; a dense takes a flattened input)'),
+    ('residual_like', lambda m, a: _skip(m, 'avg_pool'),  # K = 8 channels: a 1x1 conv
+     "op 4 'logits' (dense): its input 't3' is [N, 4, 4, 8], expected [N, 8]"),
+    ('squeeze_like', lambda m, a: _op(m, 'concat').update(inputs=['t2']),
+     "op 5 'logits' (conv): its input 't4' is [N, 8, 8, 6], expected [N, H, W, 12] (the input "
+     'channels of its weights)'),
+    ('squeeze_like', lambda m, a: _widen_logits(a, 20),
+     "its output 't6', of op 6 'avg_pool6' (avg_pool), is [N, 20], expected [N, 10] (the "
+     'logits of the 10 classes)'),
+    ('residual_like', lambda m, a: _widen_logits(a, 3),
+     "its output 't5', of op 5 'logits' (dense), is [N, 3], expected [N, 10]"),
+    ('squeeze_like', lambda m, a: _skip(m, 'avg_pool'),  # logits left as an image
+     "its output 't5', of op 5 'logits' (conv), is [N, 8, 8, 10], expected [N, 10]"),
+])
+def test_an_int8_file_of_ill_fitting_shapes_is_one_clear_error(quantized, tmp_path, build,
+                                                               damage, message):
+  meta, arrays = quantized[build]
+  meta, arrays = json.loads(json.dumps(meta)), dict(arrays)
+  damage(meta, arrays)
+  path = tmp_path / 'damaged.npz'
+  sparse.save(path, arrays, meta)
+  with pytest.raises(sparse.FormatError) as error:
+    int8.Int8Model.load(path)
+  assert str(error.value).startswith(f'{path} is not a sound int8 model file: ')
+  assert message in str(error.value) and '\n' not in str(error.value)
+
+
+def test_an_op_output_past_the_bound_is_refused_before_anything_is_allocated(quantized,
+                                                                            tmp_path):
+  """A file may not grow one image's tensors without bound (a chain of concats of a tensor
+  with itself, say): the blank-image run of load would allocate them."""
+  from compress import int8_file  # pylint: disable=g-import-not-at-top
+  meta, arrays = quantized['squeeze_like']
+  meta, arrays = json.loads(json.dumps(meta)), dict(arrays)
+  concat = _op(meta, 'concat')
+  concat['inputs'] = [concat['inputs'][0]] * 200_000  # 8x8x(3 x 200,000) values: 38.4M
+  path = tmp_path / 'grown.npz'
+  sparse.save(path, arrays, meta)
+  with pytest.raises(sparse.FormatError,
+                     match=f"op 4 'concat.*over {int8_file.MAX_VALUES_PER_IMAGE:,} values"):
+    int8.Int8Model.load(path)
 
 
 def test_a_sound_int8_file_passes_the_checks(exported):
