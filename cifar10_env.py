@@ -38,13 +38,17 @@ def start():
   """Sets the environment defaults and imports TensorFlow with its start-up INFO lines hidden."""
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
   os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')
-  if 'tensorflow' in sys.modules or os.environ['TF_CPP_MIN_LOG_LEVEL'] in ('', '0'):
+  if 'tensorflow' in sys.modules:
     return
+  # Ctrl-C in the seconds TensorFlow takes to load ends the program at once with the exit code
+  # of an interrupted one. Not by a KeyboardInterrupt: raised inside some import it comes out
+  # wrapped in another error (a RuntimeError of numpy's class set-up was seen), as a traceback.
+  previous = signal.signal(signal.SIGINT, _exit_at_once)
   try:
     with held_stderr(lambda line: not _START_UP_NOISE.match(line)):
       import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
-  except KeyboardInterrupt:  # Ctrl-C in the seconds TensorFlow takes to load: the exit
-    sys.exit(128 + signal.SIGINT)  # code of an interrupted program, without a traceback.
+  finally:
+    signal.signal(signal.SIGINT, previous)
 
 
 def exit_on_interrupt():
@@ -52,9 +56,18 @@ def exit_on_interrupt():
   wherever it lands (an import, a decoder, the output): for a program with nothing to save
   or clean up. The trainers keep Python's KeyboardInterrupt instead: their first Ctrl-C
   saves a checkpoint."""
-  def stop(signum, _):
-    raise SystemExit(128 + signum)
-  signal.signal(signal.SIGINT, stop)
+  signal.signal(signal.SIGINT, _exit_at_once)
+
+
+def _exit_at_once(signum, _):
+  """A signal handler: what was printed is flushed, then the process ends with 128 + signum
+  (no exception: it could surface wrapped in another one, from whatever it interrupted)."""
+  for stream in (sys.stdout, sys.stderr):
+    try:
+      stream.flush()
+    except Exception:  # pylint: disable=broad-except  # A flush it interrupted, say.
+      pass
+  os._exit(128 + signum)  # pylint: disable=protected-access
 
 
 @contextlib.contextmanager
