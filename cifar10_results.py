@@ -494,7 +494,7 @@ def run(values):
   if not values['runs'] and values['compressed']:
     try:
       os.makedirs(values['out_dir'], exist_ok=True)
-      print(write_sizes(values['compressed'], values['out_dir']))
+      print(write_sizes(values['compressed'], values['out_dir'], values['previous_sizes']))
     except OSError as e:
       return f'error: cannot write sizes.md into --out_dir={values["out_dir"]} ({e})'
     except cifar10_sizes.SizeError as e:
@@ -530,7 +530,7 @@ def run(values):
     if values['latency']:
       frontier = write_frontier(results, values['latency'], values['latency_threads'], out_dir)
     if values['compressed']:
-      sizes = write_sizes(values['compressed'], out_dir)
+      sizes = write_sizes(values['compressed'], out_dir, values['previous_sizes'])
   except OSError as e:
     return f'error: cannot write the table and plots into --out_dir={out_dir} ({e})'
   except (cifar10_frontier.LatencyError, cifar10_sizes.SizeError) as e:
@@ -543,9 +543,12 @@ def run(values):
   return None
 
 
-def write_sizes(report_files, out_dir):
-  """sizes.md and sizes.png of compress/quantize.py reports; the table."""
+def write_sizes(report_files, out_dir, previous=None):
+  """sizes.md and sizes.png of compress/quantize.py reports (and the rows of a previous
+  sizes.md that they do not give again); the table."""
   found = cifar10_sizes.points(report_files)
+  if previous:
+    found = cifar10_sizes.merge(found, cifar10_sizes.read_table(previous))
   table = cifar10_sizes.table(found)
   cifar10_run.write_whole(os.path.join(out_dir, 'sizes.md'), table + '\n')
   cifar10_sizes.plot(found, os.path.join(out_dir, 'sizes.png'), _pyplot)
@@ -603,6 +606,10 @@ def define_flags(flag_values=flags.FLAGS):
                                    '(quant_report.json): also write sizes.md and sizes.png, '
                                    'precision against file size of each compressed form and '
                                    'its float32 run.', flag_values=flag_values),
+      previous_sizes=flags.DEFINE_string('previous_sizes', None, 'A sizes.md written before: '
+                                         'its rows of the runs and stages --compressed does '
+                                         'not give again (folders since deleted) are kept.',
+                                         flag_values=flag_values),
       target=flags.DEFINE_float('target', None, 'A precision @ 1 (fraction, e.g. 0.814): add '
                                 'a column with the step and training seconds at which each '
                                 'run first reached it.', lower_bound=0.0, upper_bound=1.0,

@@ -94,10 +94,50 @@ def points(paths):
   return found
 
 
+HEADER = ['model', 'run', 'stage', 'precision @ 1', 'bytes', 'smaller than float32']
+
+
+def read_table(path):
+  """The SizePoints of a sizes.md this module wrote before, so that the points of runs whose
+  folders (and reports) are gone are kept when the table is written again. A row's float32
+  size is its run's float32 row, else the float32 row of its model nearest to bytes x ratio
+  (the ratio is printed to 0.1x only).
+
+  Raises:
+    SizeError: the file is missing or not such a table.
+  """
+  try:
+    with open(path, encoding='utf-8') as f:
+      rows = [[cell.strip() for cell in line.strip().strip('|').split('|')]
+              for line in f if line.startswith('|') and not line.startswith('|---')]
+    if rows[0] != HEADER:
+      raise ValueError(f'its header is {rows[0]}, not {HEADER}')
+    rows = [dict(zip(rows[0], row)) for row in rows[1:]]
+    parsed = [(row['model'], row['run'].strip('`'), row['stage'],
+               float(row['precision @ 1'].rstrip('%')) / 100, int(row['bytes'].replace(',', '')),
+               float(row['smaller than float32'].rstrip('x'))) for row in rows]
+    floats = {(model, run): size for model, run, stage, _, size, _ in parsed
+              if stage == 'float32'}
+    found = []
+    for model, run, stage_name, precision, size, ratio in parsed:
+      float32 = floats.get((model, run)) or min(
+          (f for (m, _), f in floats.items() if m == model), key=lambda f: abs(f - size * ratio))
+      found.append(SizePoint(run, model, stage_name, precision, size, float32))
+  except (OSError, UnicodeDecodeError, IndexError, KeyError, ValueError) as e:
+    raise SizeError(f'{path} is not a sizes.md of cifar10_results.py ({type(e).__name__}: '
+                    f'{e})') from e
+  return found
+
+
+def merge(found, previous):
+  """`found`, then the points of `previous` whose run and stage `found` does not hold."""
+  given = {(p.run, p.stage) for p in found}
+  return found + [p for p in previous if (p.run, p.stage) not in given]
+
+
 def table(found):
   """The markdown table, each model's points from the largest file to the smallest."""
-  lines = ['| model | run | stage | precision @ 1 | bytes | smaller than float32 |',
-           '|---|---|---|---|---|---|']
+  lines = ['| ' + ' | '.join(HEADER) + ' |', '|---' * len(HEADER) + '|']
   for point in sorted(found, key=lambda p: (p.model, -p.bytes, -p.precision)):
     lines.append(f'| {point.model} | `{point.run}` | {point.stage} | {point.precision:.2%} | '
                  f'{point.bytes:,} | {point.ratio:.1f}x |')

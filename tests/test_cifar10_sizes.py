@@ -69,3 +69,35 @@ def test_compressed_alone_writes_the_size_table_and_nothing_else(tmp_path):
       f'--out_dir={tmp_path / "out"}', f'--compressed={ptq}'])
   assert cifar10_results.run(values) is None
   assert sorted(p.name for p in (tmp_path / 'out').iterdir()) == ['sizes.md', 'sizes.png']
+
+
+def test_a_previous_table_keeps_the_rows_of_runs_not_given_again(tmp_path):
+  """Run folders go (a new machine, a clean-up): their rows stay, read back from sizes.md,
+  while a report given again replaces its own row."""
+  old = tmp_path / 'old.md'
+  old.write_text(
+      '| model | run | stage | precision @ 1 | bytes | smaller than float32 |\n'
+      '|---|---|---|---|---|---|\n'
+      '| budget1 | `budget1_m20k` | float32 | 90.25% | 1,606,440 | 1.0x |\n'
+      '| budget1 | `budget1_m20k_qat4` | 4-bit QAT | 89.72% | 223,592 | 7.2x |\n'
+      '| budget1 | `budget1_deep` | pruned + 4-bit QAT + lzma | 88.30% | 44,004 | 36.5x |\n')
+  points = cifar10_sizes.read_table(str(old))
+  assert [(p.run, p.stage, p.precision, p.bytes, p.float32_bytes) for p in points] == [
+      ('budget1_m20k', 'float32', 0.9025, 1_606_440, 1_606_440),
+      ('budget1_m20k_qat4', '4-bit QAT', 0.8972, 223_592, 1_606_440),  # its model's float32
+      ('budget1_deep', 'pruned + 4-bit QAT + lzma', 0.8830, 44_004, 1_606_440)]
+  deep = write_report(tmp_path / 'b' / 'quant_report.json', 'budget1_deep', 'budget1', 0.8890,
+                      0.8880, 1_606_440, 405_600, 45_000, 40_161, calibration='trained ranges',
+                      weight_bits={'c1': 8, 'c2': 4}, coding='lzma', weight_zeros=0.9)
+  values, _ = cifar10_flags.parse(cifar10_results.define_flags, [
+      f'--out_dir={tmp_path / "out"}', f'--compressed={deep}', f'--previous_sizes={old}'])
+  assert cifar10_results.run(values) is None
+  assert (tmp_path / 'out' / 'sizes.md').read_text().splitlines()[2:] == [
+      '| budget1 | `budget1_m20k` | float32 | 90.25% | 1,606,440 | 1.0x |',
+      '| budget1 | `budget1_m20k_qat4` | 4-bit QAT | 89.72% | 223,592 | 7.2x |',
+      '| budget1 | `budget1_deep` | pruned + 4-bit QAT + lzma | 88.80% | 40,161 | 40.0x |']
+  (tmp_path / 'bad.md').write_text('| a |\n')
+  values, _ = cifar10_flags.parse(cifar10_results.define_flags, [
+      f'--out_dir={tmp_path / "out"}', f'--compressed={deep}',
+      f'--previous_sizes={tmp_path / "bad.md"}'])
+  assert cifar10_results.run(values).startswith(f'error: {tmp_path / "bad.md"} is not a sizes.md')
