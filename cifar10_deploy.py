@@ -164,7 +164,12 @@ def file_function(path, num_threads=None):
     raise DeployError(f'cannot load the TFLite file {path} ({e})') from e
 
 
-def outputs_in_batches(run, images, batch):
-  """{output name: NumPy} of run over images, `batch` at a time."""
-  parts = [run(images[start:start + batch]) for start in range(0, len(images), batch)]
+def outputs_in_batches(run, images, batch, progress=None):
+  """{output name: NumPy} of run over images, `batch` at a time; `progress(images done)`, if
+  given, hears after each batch."""
+  parts = []
+  for start in range(0, len(images), batch):
+    parts.append(run(images[start:start + batch]))
+    if progress is not None:
+      progress(min(batch, len(images) - start))
   return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}

@@ -52,6 +52,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 import cifar10_env  # pylint: disable=g-import-not-at-top
 
@@ -71,6 +72,7 @@ import cifar10_records
 import cifar10_run
 import cifar10_scoring
 from compress import calibration as calibration_lib
+from compress import int8
 
 SAVED_MODEL = cifar10_deploy.SAVED_MODEL
 FLOAT_TFLITE = cifar10_deploy.FLOAT_TFLITE
@@ -241,11 +243,13 @@ def agreement(reference, logits):
           'max_logit_difference': float(np.max(np.abs(logits - reference)))}
 
 
-def reference_logits(config, checkpoint, split, use_ema, conv='auto'):
-  """The evaluation's logits (cifar10_scoring.Evaluator: unfolded, its default convolutions)."""
+def reference_logits(config, checkpoint, split, use_ema, conv='auto', log=None):
+  """The evaluation's logits (cifar10_scoring.Evaluator: unfolded, its default convolutions);
+  `log(line)`: progress lines (int8.Progress)."""
   evaluator = cifar10_scoring.Evaluator(config, split, conv=conv)
   cifar10_run.load_inference_model(None, ema=use_ema, checkpoint=checkpoint, state=evaluator)
-  return evaluator.logits(VERIFY_BATCH)
+  progress = int8.Progress(len(split), log, 'evaluation scoring') if log else None
+  return evaluator.logits(VERIFY_BATCH, progress)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -406,18 +410,14 @@ def _check(config, checkpoint, files, batches_dir, options, log):
   test = cifar10_records.load_split(batches_dir, 'test')
   count = min(options.verify_images, len(test))
   split = cifar10_records.Split(images=test.images[:count], labels=test.labels[:count])
-  log(f'checking the exported files on {count} test images')
-  reference = reference_logits(config, checkpoint, split, options.use_ema)
-  work = os.path.dirname(files[LABELS_FILE])
-  logits = {'saved_model': verify_saved_model(files[SAVED_MODEL], split.images, work)}
-  for name, file_name in (('tflite_float', FLOAT_TFLITE), ('tflite_int8', INT8_TFLITE),
-                          ('onnx', ONNX_FILE)):
-    if file_name in files:
-      try:
-        run = cifar10_deploy.file_function(files[file_name])
-      except cifar10_deploy.DeployError as e:
-        raise ExportError(str(e)) from e
-      logits[name] = cifar10_deploy.outputs_in_batches(run, split.images, VERIFY_BATCH)['logits']
+  log(f'checking the exported files on {count:,} test images')
+  reference = reference_logits(config, checkpoint, split, options.use_ema, log=log)
+  log('running the SavedModel in a fresh process (no progress lines from there)')
+  start = time.perf_counter()
+  logits = {'saved_model': verify_saved_model(files[SAVED_MODEL], split.images,
+                                              os.path.dirname(files[LABELS_FILE]))}
+  log(f'saved_model: ran in {int8.format_eta(time.perf_counter() - start)}')
+  logits.update(_file_logits(files, split.images, log))
   check = {name: agreement(reference, values) for name, values in logits.items()}
   for name, result in check.items():
     log(f'{name}: same class on {result["same_class"]} of {result["images"]}, logits within '
@@ -427,6 +427,23 @@ def _check(config, checkpoint, files, batches_dir, options, log):
                         f'{result["max_logit_difference"]:.2e} in a logit (tolerance '
                         f'{LOGIT_TOLERANCE:g}): nothing was written')  # NaN fails too.
   return check
+
+
+def _file_logits(files, images, log):
+  """{check name: logits on images} of each TFLite and ONNX file among `files`, with
+  progress lines."""
+  logits = {}
+  for name, file_name in (('tflite_float', FLOAT_TFLITE), ('tflite_int8', INT8_TFLITE),
+                          ('onnx', ONNX_FILE)):
+    if file_name in files:
+      try:
+        run = cifar10_deploy.file_function(files[file_name])
+      except cifar10_deploy.DeployError as e:
+        raise ExportError(str(e)) from e
+      progress = int8.Progress(len(images), log, f'{name} scoring')
+      logits[name] = cifar10_deploy.outputs_in_batches(run, images, VERIFY_BATCH,
+                                                       progress)['logits']
+  return logits
 
 
 def _write(path, content):

@@ -61,10 +61,15 @@ class Evaluator(cifar10_run.RunState):
     mirrored = self.model(tf.reverse(images, axis=[2]), training=False)
     return (tf.nn.softmax(logits) + tf.nn.softmax(mirrored)) / 2
 
-  def logits(self, batch=EVAL_BATCH_SIZE):
-    """float32 [N, 10] NumPy logits of the model's current weights on every image."""
-    return np.concatenate([self.model(self.images[i:i + batch]).numpy()
-                           for i in range(0, self.num_examples, batch)])
+  def logits(self, batch=EVAL_BATCH_SIZE, progress=None):
+    """float32 [N, 10] NumPy logits of the model's current weights on every image;
+    `progress(images done)`, if given, hears after each batch."""
+    parts = []
+    for start in range(0, self.num_examples, batch):
+      parts.append(self.model(self.images[start:start + batch]).numpy())
+      if progress is not None:
+        progress(len(parts[-1]))
+    return np.concatenate(parts)
 
   def confusion(self):
     """The model's current weights on every image: an int64 [10, 10] NumPy matrix, row = the

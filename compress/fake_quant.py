@@ -70,7 +70,7 @@ def precision(ops, leaves, params, images, labels, batch_size=BATCH_SIZE, log=No
   """Precision @ 1 of the fake-quant path over standardized float32 images; `log(line)`:
   progress lines (int8.Progress)."""
   correct = 0
-  progress = int8.Progress(len(labels), log, 'fake-quant scored') if log else None
+  progress = int8.Progress(len(labels), log, 'fake-quant scoring') if log else None
   for start in range(0, len(labels), batch_size):
     batch = images[start:start + batch_size]
     logits = run(ops, leaves, params, batch)[ops[-1]['output']]

@@ -25,6 +25,7 @@ quantize to its calibrated output range (an integer LRN would need a table of x^
 """
 
 import concurrent.futures
+import datetime
 import json
 import os
 import sys
@@ -515,32 +516,44 @@ def eval_preprocess(images, size):
   return standardize(cifar10_records.central_crop(images, size))
 
 
-class Progress:
-  """A callable for Int8Model.predict that calls log(line) at every `every` share of `total`
-  images with the images/s so far and the ETA (thread-safe)."""
+def format_eta(seconds):
+  """A duration as H:MM:SS, whole seconds: the form of cifar10_trainer's ETA (a timedelta)."""
+  return str(datetime.timedelta(seconds=round(seconds)))
 
-  def __init__(self, total, log, what='scored', every=0.2):
-    self.total, self.log, self.what = total, log, what
-    self.step = max(1, int(total * every))
-    self.done, self.next, self.start = 0, self.step, time.perf_counter()
+
+class Progress:
+  """A callable for batch loops (Int8Model.predict, fake_quant.precision, cifar10_export's
+  check): called with each batch's image count, it calls log(line) with the images done out
+  of `total`, the images/s so far and the ETA, once both `every` of the total and `seconds`
+  have passed since the previous line (the rarer of the two: a phase of a few seconds stays
+  silent, a long one gets about ten lines); none at the end (the caller's result follows).
+  Thread-safe; `clock` is for tests."""
+
+  def __init__(self, total, log, what='scoring', every=0.1, seconds=10.0,
+               clock=time.perf_counter):
+    self.total, self.log, self.what, self.clock = total, log, what, clock
+    self.step, self.seconds = max(1, int(total * every)), seconds
+    self.done, self.start = 0, clock()
+    self.next_done, self.next_time = self.step, self.start + seconds
     self.lock = threading.Lock()
 
   def __call__(self, count):
     with self.lock:
       self.done += count
-      if self.done < self.next or self.done >= self.total:
+      now = self.clock()
+      if self.done < self.next_done or now < self.next_time or self.done >= self.total:
         return
-      self.next += self.step
-      rate = self.done / max(time.perf_counter() - self.start, 1e-9)
-      self.log(f'{self.what} {self.done:,}/{self.total:,} images ({rate:,.0f} images/s, ETA '
-               f'{(self.total - self.done) / rate:.0f} s)')
+      self.next_done, self.next_time = self.done + self.step, now + self.seconds
+      rate = self.done / max(now - self.start, 1e-9)
+      self.log(f'{self.what} {self.done:,}/{self.total:,} images ({rate:,.0f} images/s, '
+               f'ETA {format_eta((self.total - self.done) / rate)})')
 
 
 def evaluate(model, images, labels, batch_size=BATCH_SIZE, threads=1, log=None):
   """(precision @ 1, images/s, predictions) on uint8 images, preprocessing included;
-  `log(line)`: progress lines every fifth of the images."""
+  `log(line)`: progress lines (Progress)."""
   start = time.perf_counter()
-  progress = Progress(len(images), log) if log else None
+  progress = Progress(len(images), log, 'int8 scoring') if log else None
   predictions = model.predict(eval_preprocess(images, model.meta['image_size']), batch_size,
                               threads, progress)
   seconds = time.perf_counter() - start

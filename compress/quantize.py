@@ -24,6 +24,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 if __package__ in (None, ''):  # Run as `python compress/quantize.py`: the project root, not this
   # folder, first on the path (its modules must not shadow others, e.g. the stdlib's trace).
@@ -344,10 +345,9 @@ def quantize_run(checkpoint_dir, out_dir, batches_dir, calibration, use_ema=True
   evaluator = cifar10_scoring.Evaluator(config, test, conv=conv)
   loaded = cifar10_run.load_inference_model(checkpoint_dir, ema=use_ema, fold_batchnorm=True,
                                             checkpoint=checkpoint, state=evaluator)
-  float_precision, _ = evaluator.precision()
+  float_precision = _float_precision(evaluator, log)
   model = loaded.model  # BatchNorm folded, plain convs: what int8 computes.
   float_params = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
-  log(f'float {float_precision:.4f}')
   trained, calibration_data = _ranges(checkpoint_dir, loaded, batches_dir, calibration,
                                       ranges, log)
   if trained is not None and weight_bits is not None:
@@ -368,7 +368,7 @@ def quantize_run(checkpoint_dir, out_dir, batches_dir, calibration, use_ema=True
   path = os.path.join(out_dir, MODEL_FILE + (CODED_SUFFIX if coding == 'lzma' else ''))
   stored_payload = int_model.save(path, coding)
   log(f'wrote {path}; running the NumPy runner on it in its own process')
-  runner = run_runner(path, os.path.dirname(batches_dir), out_dir)
+  runner = run_runner(path, os.path.dirname(batches_dir), out_dir, log)
   return {'checkpoint': loaded.checkpoint, 'model': config.model, 'step': meta['step'],
           'weights': meta['weights'], 'calibration': meta['calibration'],
           'weight_scales': weight_scales, 'weight_bits': meta['weight_bits'],
@@ -382,6 +382,17 @@ def quantize_run(checkpoint_dir, out_dir, batches_dir, calibration, use_ema=True
           'bytes': model_bytes(float_params, arrays, stored_payload, path), 'coding': coding,
           'weight_zeros': weight_zeros(arrays),
           'size_breakdown': size_breakdown(arrays), 'model_file': path}
+
+
+def _float_precision(evaluator, log):
+  """The float model's precision @ 1, logged with how long it took: one tf.function call
+  over the whole test set (cifar10_scoring.Evaluator), so no progress lines meanwhile."""
+  start = time.perf_counter()
+  precision, count = evaluator.precision()
+  seconds = time.perf_counter() - start
+  log(f'float {precision:.4f} ({count:,} images in {int8.format_eta(seconds)}, '
+      f'{count / max(seconds, 1e-9):,.0f} images/s)')
+  return precision
 
 
 def _ranges(checkpoint_dir, loaded, batches_dir, calibration, ranges, log):
@@ -398,13 +409,17 @@ def _ranges(checkpoint_dir, loaded, batches_dir, calibration, ranges, log):
       cifar10_records.load_split(batches_dir, 'train'), calibration, loaded.config.image_size)
 
 
-def run_runner(model_file, data_dir, out_dir):
+def run_runner(model_file, data_dir, out_dir, log=lambda message: None):
   """Runs compress/int8.py on the exported file in its own process (no TensorFlow there).
+
+  `log(message)` hears its result and duration when it ends (the process prints only its
+  JSON line, so there are no progress lines meanwhile).
 
   Returns:
     The runner's JSON line as a dict, plus its `predictions` (int64 [N]).
   """
   predictions_file = os.path.join(out_dir, RUNNER_PREDICTIONS)
+  start = time.perf_counter()
   result = subprocess.run(
       [sys.executable, int8.__file__, f'--model_file={model_file}', f'--data_dir={data_dir}',
        f'--predictions_out={predictions_file}'], capture_output=True, text=True, check=False)
@@ -412,6 +427,7 @@ def run_runner(model_file, data_dir, out_dir):
     raise trace.QuantizationError(f'the NumPy runner failed: {result.stderr.strip()[-500:]}')
   report = json.loads(result.stdout.strip().splitlines()[-1])
   report['predictions'] = np.load(predictions_file)
+  log(f'runner {report["precision"]:.4f} in {int8.format_eta(time.perf_counter() - start)}')
   return report
 
 

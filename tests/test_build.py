@@ -14,6 +14,7 @@ import ast
 import difflib
 import os
 import sys
+import tomllib
 
 import pytest
 
@@ -324,6 +325,32 @@ def test_each_library_holds_one_module_but_the_models_package():
   # Two modules of one name in two folders would otherwise share a library silently.
   found, home = libraries()
   assert {name for name, library in found.items() if len(library['srcs']) > 1} == {'models'}
+
+
+
+def requirements(name):
+  """The requirement lines of a requirements file, comments and blank lines left out."""
+  with open(os.path.join(ROOT, name)) as f:
+    return [line.strip() for line in f if line.strip() and not line.startswith('#')]
+
+
+def test_pyproject_installs_every_module_with_the_requirements_files_pins():
+  # `pip install -e .` and the Makefile's route must install the same project and versions.
+  with open(os.path.join(ROOT, 'pyproject.toml'), 'rb') as f:
+    pyproject = tomllib.load(f)
+  project, setuptools = pyproject['project'], pyproject['tool']['setuptools']
+  extras = project['optional-dependencies']
+  runtime = project['dependencies'] + extras['test']
+  assert sorted(runtime) == sorted(requirements('requirements.txt'))
+  assert extras['test'] == ['pytest==9.2.0', 'pytest-xdist==3.8.0']
+  assert extras['deploy'] == requirements('requirements-deploy.txt')
+  top_level = sorted(name[:-3] for name in os.listdir(ROOT)
+                     if name.startswith('cifar10_') and name.endswith('.py'))
+  assert setuptools['py-modules'] == top_level
+  packages = sorted(name for name in os.listdir(ROOT)
+                    if os.path.isfile(os.path.join(ROOT, name, '__init__.py')))
+  assert sorted(setuptools['packages']) == packages == ['compress', 'models']
+  assert project['license'] == 'Apache-2.0' and project['license-files'] == ['LICENSE']
 
 
 if __name__ == '__main__':

@@ -163,8 +163,8 @@ def test_a_failed_export_leaves_nothing(runs, tmp_path, monkeypatch):
 def test_a_check_that_differs_writes_nothing(runs, tmp_path, monkeypatch):
   runs, batches_dir = runs
   real = cifar10_export.reference_logits
-  monkeypatch.setattr(cifar10_export, 'reference_logits',
-                      lambda *args: real(*args) + 0.01)  # as if the export computed otherwise
+  monkeypatch.setattr(cifar10_export, 'reference_logits',  # as if the export computed otherwise
+                      lambda *args, **kwargs: real(*args, **kwargs) + 0.01)
   with pytest.raises(cifar10_export.ExportError, match='differs from the evaluation by 1.00e-02'):
     cifar10_export.export_run(runs['tutorial'], str(tmp_path / 'out'), batches_dir,
                               cifar10_export.Options(verify_images=8))

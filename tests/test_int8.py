@@ -169,11 +169,39 @@ def test_sigmoid_table_and_gate_product_match_exact_arithmetic():
     int8.multiply(x_q[0], g_q, prepared)
 
 
+def _clock(seconds_per_call):
+  """A fake clock: 0 at its first reading, then `seconds_per_call` later at each one."""
+  readings = iter(range(10**6))
+  return lambda: next(readings) * seconds_per_call
+
+
 def test_progress_lines_name_the_count_the_rate_and_the_eta():
   lines = []
-  progress = int8.Progress(100, lines.append, every=0.25)
+  progress = int8.Progress(100, lines.append, 'scoring', every=0.25, seconds=5,
+                           clock=_clock(2.0))
   for _ in range(10):
-    progress(10)
-  assert [line.split(' (')[0] for line in lines] == ['scored 30/100 images', 'scored 50/100 images',
-                                                    'scored 80/100 images']
-  assert all('images/s, ETA' in line for line in lines)
+    progress(10)  # 10 images every 2 s: 5 images/s throughout.
+  # A line once 25 images and 5 s have passed since the last: at 30 images (6 s), then at
+  # 60 (12 s) and 90 (18 s); none at 100, the end. ETA = images left / 5 images/s.
+  assert lines == ['scoring 30/100 images (5 images/s, ETA 0:00:14)',
+                   'scoring 60/100 images (5 images/s, ETA 0:00:08)',
+                   'scoring 90/100 images (5 images/s, ETA 0:00:02)']
+
+
+def test_progress_waits_for_the_rarer_of_its_share_and_its_seconds():
+  lines = []
+  progress = int8.Progress(10_000, lines.append, every=0.1, seconds=10, clock=_clock(1.0))
+  for _ in range(100):
+    progress(100)  # 100 images a second: 10 % every 10 s, so a line each 10 s.
+  assert [line.split(' (')[0] for line in lines] == [
+      f'scoring {done:,}/10,000 images' for done in range(1000, 10_000, 1000)]
+  quick = []
+  progress = int8.Progress(10_000, quick.append, every=0.1, seconds=10, clock=_clock(0.01))
+  for _ in range(100):
+    progress(100)  # The whole phase in 1 s: no line however many tenths pass.
+  assert not quick
+
+
+def test_format_eta_is_hours_minutes_seconds_rounded():
+  assert int8.format_eta(3725.4) == '1:02:05'
+  assert int8.format_eta(19.6) == '0:00:20'
