@@ -18,9 +18,18 @@ Each file (PNG, JPEG, or anything else Pillow reads) is turned upright by its EX
 orientation, brought to 8 bits (16-bit and float images scaled, not clipped) and made RGB;
 its largest central square is resized to 32x32 (area averages; bicubic
 for a smaller image; a 32x32 one is kept as it is), and the model sees it as it sees a test
-image. Per file, one line with the --top_k classes and their probabilities (--json: one JSON
-object per line). A file that cannot be read gets an `error:` line on stderr, the others are
+image. Per file, in the order given, one line with the --top_k classes and their
+probabilities. A file that cannot be read gets an `error:` line on stderr, the others are
 still classified, and the exit status is 1.
+
+--json writes JSON Lines (https://jsonlines.org): one JSON object per line, one line per file
+in the order given, a file that could not be read included, so a reader can pair each file
+with its result without matching the stderr:
+
+    {"file": "cat.png", "top": [{"class": "cat", "index": 3, "probability": 0.912}, ...]}
+    {"file": "broken.png", "error": "not an image this script can read (...)"}
+
+(its stderr `error:` line and the exit status 1 stay as without --json).
 """
 
 import json
@@ -215,8 +224,9 @@ def top_classes(probabilities, k):
 
 
 def classify(files, probabilities_of, k, chunk=CHUNK):
-  """Yields (file, [top classes] or None, error message or None) in the order of files,
-  `chunk` files at a time (memory stays that of one chunk, and lines come as they go)."""
+  """Yields (file, [top classes] or None, why it could not be read or None) in the order
+  of files, `chunk` files at a time (memory stays that of one chunk, and lines come as they
+  go). The reason does not name the file: the caller puts it where its output wants it."""
   for start in range(0, len(files), chunk):
     yield from _classify_chunk(files[start:start + chunk], probabilities_of, k)
 
@@ -234,7 +244,7 @@ def _classify_chunk(files, probabilities_of, k):
     # when a crafted header asks for a buffer too large, which is that file's, and the
     # failed allocation is freed. KeyboardInterrupt and SystemExit are no Exception.
     except Exception as e:  # pylint: disable=broad-except
-      errors[path] = f'{path}: not an image this script can read ({_describe(e)})'
+      errors[path] = f'not an image this script can read ({_describe(e)})'
   probabilities = iter(probabilities_of(np.stack(images)) if images else [])
   for path in files:
     if path in errors:
@@ -265,14 +275,21 @@ def run(values, files):
   for path, top, error in classify(files, probabilities_of, values['top_k']):
     if error:
       failed = True
-      print(f'error: {error}', file=sys.stderr, flush=True)
-    elif values['json']:
-      print(json.dumps({'file': path, 'top': [{'class': name, 'index': index,
-                                              'probability': round(p, 6)}
-                                             for name, index, p in top]}), flush=True)
-    else:
+      print(f'error: {path}: {error}', file=sys.stderr, flush=True)
+    if values['json']:
+      print(json_line(path, top, error), flush=True)
+    elif not error:
       print(f'{path}: ' + ', '.join(f'{name} {p:.3f}' for name, _, p in top), flush=True)
   return 1 if failed else 0
+
+
+def json_line(path, top, error):
+  """The --json line of one file (JSON Lines: one object, no newline inside): its top
+  classes, or why it could not be read."""
+  if error:
+    return json.dumps({'file': path, 'error': error})
+  return json.dumps({'file': path, 'top': [
+      {'class': name, 'index': index, 'probability': round(p, 6)} for name, index, p in top]})
 
 
 def main(argv):
@@ -295,8 +312,11 @@ def define_flags(flag_values=flags.FLAGS):
                                  required=True, flag_values=flag_values),
       top_k=flags.DEFINE_integer('top_k', 3, 'Classes shown per image.', lower_bound=1,
                                  upper_bound=len(CLASS_NAMES), flag_values=flag_values),
-      json=flags.DEFINE_boolean('json', False, 'One JSON object per image instead of text.',
-                                flag_values=flag_values),
+      json=flags.DEFINE_boolean(
+          'json', False, 'JSON Lines instead of text: one object per file, in order, '
+          '{"file", "top": [{"class", "index", "probability"}]} or, for a file that could not '
+          'be read, {"file", "error"} (also on stderr; exit status 1).',
+          flag_values=flag_values),
       ema=flags.DEFINE_boolean('ema', True, 'With a run folder: the EMA shadows (--noema: '
                                'the raw weights).', flag_values=flag_values),
   )

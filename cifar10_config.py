@@ -240,6 +240,21 @@ def recipe_summary(config):
   return f'recipe {config.recipe}: {", ".join(parts)}'
 
 
+def notes(config):
+  """What a run's start should point out: settings that train, but likely not as meant
+  (one line each, naming the flag that changes it). They are not errors: a short smoke run
+  of a long recipe is a fair thing to ask for."""
+  found = []
+  if (config.lr_schedule in ('warmup_linear', 'warmup_cosine')
+      and config.warmup_steps > config.max_steps):
+    reached = config.learning_rate * config.max_steps / config.warmup_steps  # rate * rise
+    found.append(f'the warm-up of {config.warmup_steps:,} steps is longer than the run\'s '
+                 f'{config.max_steps:,} (--max_steps): the learning rate never reaches its '
+                 f'peak {config.learning_rate:g} ({reached:.3g} at the last step); pass '
+                 f'--warmup_steps under {config.max_steps:,} to reach it')
+  return found
+
+
 def field_help(name):
   """The help text of TrainConfig field `name`, its unit added and the lists filled in."""
   field = FIELDS[name]

@@ -11,11 +11,12 @@ flags and --restart is a field of cifar10_config.TrainConfig (docs/flags.md list
 Re-running the same command resumes from the latest checkpoint in --train_dir, with the
 batches an uninterrupted run would have seen; a run always ends with a checkpoint at exactly
 --max_steps (with --deterministic, bit-identical to an uninterrupted run's). Every
---log_frequency steps it prints the tutorial's line and writes scalar summaries for
-TensorBoard; --checkpoint_steps bounds the work a kill can lose. Run
-`cifar10_eval.py --checkpoint_dir=<train_dir>` beside it. --strategy trains on several
-devices or machines with tf.distribute, a step meaning the same (cifar10_distribute.py).
-The trainer itself is cifar10_trainer.py.
+--log_frequency steps it prints the tutorial's line, `step N/max_steps, loss = ...` with the
+speed and an ETA, and writes scalar summaries for TensorBoard; --checkpoint_steps bounds the
+work a kill can lose. Run `cifar10_eval.py --checkpoint_dir=<train_dir>` beside it.
+--strategy trains on several devices or machines with tf.distribute, a step meaning the same
+(cifar10_distribute.py). A setting that trains but likely not as meant (a warm-up longer
+than the run) gets a `note:` line at the start. The trainer itself is cifar10_trainer.py.
 """
 
 import sys
@@ -54,6 +55,8 @@ def _train(values, given):
   strategy = cifar10_trainer.start_strategy(values)
   config = cifar10_config.config_from_values(values, given)
   cifar10_trainer.log(cifar10_config.recipe_summary(config))
+  for note in cifar10_config.notes(config):
+    cifar10_trainer.log(f'note: {note}')
   split = cifar10_records.load_split(cifar10_flags.batches_dir(values), 'train')
   cifar10_trainer.install_stop_handlers()  # Only now: before, Ctrl-C ends a download.
   cifar10_trainer.train(config, split, restart=values['restart'], strategy=strategy)

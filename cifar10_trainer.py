@@ -21,6 +21,7 @@ import dataclasses
 import datetime
 import functools
 import math
+import re
 import signal
 import sys
 import threading
@@ -267,6 +268,17 @@ def log(message):
   print(f'{datetime.datetime.now()}: {message}', flush=True)
 
 
+# The step line of _log_step, for the tests and benchmarks that read a training log:
+# step, max_steps, loss, examples/sec, sec/batch and the ETA (H:MM:SS, "1 day, H:MM:SS").
+STEP_LINE = re.compile(r'step (\d+)/(\d+), loss = (\S+) \(([\d.]+) examples/sec; '
+                       r'([\d.]+) sec/batch; ETA ([^)]+)\)')
+
+
+def logged_steps(text):
+  """The steps of the step lines in a training log's `text`, in order."""
+  return [int(match.group(1)) for match in STEP_LINE.finditer(text)]
+
+
 class Clock:
   """Times the windows between log lines and the whole run (for examples/sec and ETA)."""
 
@@ -274,19 +286,26 @@ class Clock:
     self.start_step, self.start = step, time.time()
     self.window_step, self.window_start = step, self.start
     self.previous_seconds = previous_seconds
+    self.seconds_per_step = None  # The last window's, once one has ended.
 
   def lap(self, step):
     """Ends the current window at `step`: returns (seconds, steps) of the window."""
     now = time.time()  # Windows abut, so logging time counts against the speed.
     window = (now - self.window_start, step - self.window_step)
     self.window_step, self.window_start = step, now
+    self.seconds_per_step = window[0] / max(window[1], 1)
     return window
 
   def total_seconds(self):
     return self.previous_seconds + time.time() - self.start
 
   def eta(self, step, max_steps):
-    per_step = (time.time() - self.start) / max(step - self.start_step, 1)
+    """The time left to max_steps at the last window's speed, the one its log line shows
+    (a machine that slows down or speeds up shows at once); before any window ended, at
+    this process's average speed so far."""
+    per_step = self.seconds_per_step
+    if per_step is None:
+      per_step = (time.time() - self.start) / max(step - self.start_step, 1)
     return datetime.timedelta(seconds=round((max_steps - step) * per_step))
 
 
@@ -417,15 +436,16 @@ def _loop(config, trainer, step, train_split, on_log):
 
 
 def _log_step(config, metrics, step, clock, on_log):
-  """The tutorial's log line, the scalar summaries and the divergence check."""
+  """The tutorial's log line (with max_steps and the ETA added), the scalar summaries and
+  the divergence check."""
   loss = float(metrics['loss'])
   if not math.isfinite(loss):
     raise TrainingDiverged(f'loss is {loss} at step {step}: training diverged. The last '
                            'good checkpoint is kept; lower --learning_rate and re-run.')
   seconds, steps = clock.lap(step)
   rate = steps * config.batch_size / seconds
-  log(f'step {step}, loss = {loss:.2f} ({rate:.1f} examples/sec; '
-      f'{seconds / steps:.3f} sec/batch)')
+  log(f'step {step}/{config.max_steps}, loss = {loss:.2f} ({rate:.1f} examples/sec; '
+      f'{seconds / steps:.3f} sec/batch; ETA {clock.eta(step, config.max_steps)})')
   for name, value in metrics.items():
     tf.summary.scalar(name, value, step=step)
   tf.summary.scalar('examples_per_sec', rate, step=step)

@@ -12,7 +12,6 @@ equal those of the first run of the same candidate, bit for bit (reported, not a
 """
 
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
+import cifar10_trainer
 import models
 
 _DATA_DIR = flags.DEFINE_string('data_dir', 'data', 'As cifar10_train.py --data_dir.')
@@ -42,7 +42,6 @@ _WARMUP = flags.DEFINE_integer('warmup', 40, 'Untimed steps first (a multiple of
                                lower_bound=1)
 _ROUNDS = flags.DEFINE_integer('rounds', 3, 'Children per candidate, in turn.', lower_bound=1)
 
-LOG_LINE = re.compile(r'step (\d+), loss = \S+ \(([\d.]+) examples/sec')
 CANDIDATES = {'default': '--nodeterministic', 'deterministic': '--deterministic'}
 
 
@@ -59,8 +58,8 @@ def run_child(flag, train_dir):
   result = subprocess.run(command, capture_output=True, text=True, check=False)
   if result.returncode:
     sys.exit(f'error: {" ".join(command)} failed:\n{result.stderr[-2000:]}')
-  rates = [float(rate) for step, rate in LOG_LINE.findall(result.stdout)
-           if int(step) > _WARMUP.value]
+  rates = [float(line.group(4)) for line in cifar10_trainer.STEP_LINE.finditer(result.stdout)
+           if int(line.group(1)) > _WARMUP.value]
   return rates, _weights(train_dir)
 
 

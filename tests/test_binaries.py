@@ -16,6 +16,7 @@ import tensorflow as tf
 import cifar10_records
 import cifar10_run
 import cifar10_config
+import cifar10_trainer
 from compress import sparse
 from fixtures import make_batches_dir, wait_for
 
@@ -101,14 +102,15 @@ def test_a_second_trainer_is_refused_then_sigterm_saves_and_exits_143(tmp_path):
          '--max_steps=100000', '--log_frequency=2', '--checkpoint_steps=100000'],
         cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
   try:
-    wait_for(lambda: ', loss = ' in log.read_text(), trainer, 300, 'the first log line')
+    wait_for(lambda: cifar10_trainer.logged_steps(log.read_text()), trainer, 300,
+             'the first log line')
     second = run(['cifar10_train.py', f'--data_dir={tmp_path}', f'--train_dir={train_dir}',
                   '--max_steps=100000'])
     assert second.returncode == 1
     assert second.stderr == (f'error: {train_dir} is in use by another process (PID '
                              f'{trainer.pid}): wait for it to finish, or stop it, before '
                              'training here.\n')
-    logged = int(log.read_text().split(', loss = ')[0].rsplit('step ', 1)[1])
+    logged = cifar10_trainer.logged_steps(log.read_text())[0]
     trainer.send_signal(signal.SIGTERM)
     trainer.wait(timeout=120)
   finally:
@@ -121,7 +123,7 @@ def test_a_second_trainer_is_refused_then_sigterm_saves_and_exits_143(tmp_path):
 
 
 OWN_LOG_LINE = re.compile(
-    r'^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: (recipe \w+: |step \d+, |saved |done: )')
+    r'^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: (recipe \w+: |step \d+/\d+, |saved |done: )')
 
 
 def test_a_training_log_shows_only_our_lines(tmp_path):

@@ -86,6 +86,20 @@ def test_a_flag_given_at_its_default_value_still_wins_over_the_recipe(tmp_path):
   assert config.warmup_steps == 0 and config.lr_schedule == 'warmup_linear'
 
 
+def test_a_warm_up_longer_than_the_run_is_a_note_naming_the_flags(tmp_path):
+  short = config_of(f'--train_dir={tmp_path}', '--recipe=fast', '--max_steps=30')
+  assert short.warmup_steps == 500  # The recipe's, kept: the run still trains.
+  assert cifar10_config.notes(short) == [
+      "the warm-up of 500 steps is longer than the run's 30 (--max_steps): the learning rate "
+      'never reaches its peak 0.03 (0.0018 at the last step); pass --warmup_steps under 30 to '
+      'reach it']
+  for fits in (('--max_steps=500',), ('--max_steps=30', '--warmup_steps=20'),
+               ('--max_steps=30', '--lr_schedule=constant')):  # no warm-up then
+    assert cifar10_config.notes(config_of(f'--train_dir={tmp_path}', '--recipe=fast',
+                                          *fits)) == [], fits
+  assert cifar10_config.notes(config_of(f'--train_dir={tmp_path}', '--max_steps=30')) == []
+
+
 def test_the_fast_recipes_use_the_one_l2_coefficient_of_the_model():
   for name in ('fast', 'fast32', 'fast32m'):
     assert cifar10_config.recipe_values(name)['l2_decay'] == cifar10_config.TrainConfig.l2_decay

@@ -2,6 +2,7 @@
 signals, precision, and its extension points."""
 
 import dataclasses
+import datetime
 import math
 import os
 import re
@@ -84,9 +85,7 @@ def test_resume_continues_the_step_count(run_dir, capsys):
   cifar10_trainer.train(tiny_config(run_dir, max_steps=25), tiny_split())  # from ckpt-10
   out = capsys.readouterr().out
   assert 'resumed from' in out and 'ckpt-10' in out
-  steps = [int(line.split('step ')[1].split(',')[0]) for line in out.splitlines()
-           if ', loss = ' in line]
-  assert steps == [15, 20, 25]
+  assert cifar10_trainer.logged_steps(out) == [15, 20, 25]
   trainer = cifar10_trainer.Trainer(tiny_config(run_dir, max_steps=25))
   assert trainer.restore_latest() == 25
   saved = tf.train.load_checkpoint(str(run_dir / 'ckpt-25'))
@@ -94,12 +93,30 @@ def test_resume_continues_the_step_count(run_dir, capsys):
   np.testing.assert_array_equal(trainer.model.layers[0].kernel.numpy(), saved.get_tensor(key))
 
 
-def test_log_lines_have_the_tutorial_format(tmp_path, capsys):
-  cifar10_trainer.train(tiny_config(tmp_path, max_steps=5), tiny_split())
-  line = next(l for l in capsys.readouterr().out.splitlines() if 'loss =' in l)
-  assert re.fullmatch(
-      r'\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: step 5, loss = \d+\.\d\d '
-      r'\(\d+\.\d examples/sec; \d+\.\d{3} sec/batch\)', line), line
+def test_log_lines_have_the_tutorial_format_with_max_steps_and_the_eta(tmp_path, capsys):
+  cifar10_trainer.train(tiny_config(tmp_path, max_steps=10), tiny_split())
+  lines = [l for l in capsys.readouterr().out.splitlines() if 'loss =' in l]
+  assert len(lines) == 2
+  for line, step in zip(lines, (5, 10)):
+    assert re.fullmatch(
+        r'\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: step %d/10, loss = \d+\.\d\d \(\d+\.\d '
+        r'examples/sec; \d+\.\d{3} sec/batch; ETA \d+:\d\d:\d\d\)' % step, line), line
+    assert cifar10_trainer.STEP_LINE.search(line).group(1, 2) == (str(step), '10')
+  assert lines[1].endswith('; ETA 0:00:00)')  # The last step: nothing left.
+
+
+def test_the_eta_is_the_steps_left_at_the_last_windows_speed(monkeypatch):
+  now = [1000.0]
+  monkeypatch.setattr(cifar10_trainer.time, 'time', lambda: now[0])
+  clock = cifar10_trainer.Clock(step=100, previous_seconds=0.0)
+  now[0] += 30.0  # 10 steps in 30 s, before any window ended: the average, 3 s a step.
+  assert clock.eta(110, 1000) == datetime.timedelta(seconds=890 * 3)
+  assert clock.lap(110) == (30.0, 10)
+  now[0] += 5.0  # The next window is faster: 10 steps in 5 s, 0.5 s a step.
+  assert clock.lap(120) == (5.0, 10)
+  now[0] += 60.0  # Between log lines (a save, say), the last window's speed holds.
+  assert clock.eta(120, 1000) == datetime.timedelta(seconds=440)
+  assert str(clock.eta(120, 1000)) == '0:07:20'  # H:MM:SS, as the checkpoint lines show it
 
 
 def test_a_run_at_max_steps_exits_at_once_and_keeps_its_config(run_dir, capsys):
@@ -163,11 +180,6 @@ def test_partial_saves_of_a_killed_run_are_removed(tmp_path):
 # ----------------------------------------------------------------- the run folder's safety
 
 
-def resumed_steps(out):
-  return [int(line.split('step ')[1].split(',')[0]) for line in out.splitlines()
-          if ', loss = ' in line]
-
-
 @pytest.mark.parametrize('damage', ['garbage', 'empty', 'deleted'])
 def test_a_damaged_or_lost_state_file_resumes_from_the_newest_checkpoint(run_dir, capsys,
                                                                          damage):
@@ -180,7 +192,7 @@ def test_a_damaged_or_lost_state_file_resumes_from_the_newest_checkpoint(run_dir
   cifar10_trainer.train(tiny_config(run_dir, max_steps=15, checkpoint_steps=5), tiny_split())
   out = capsys.readouterr().out
   assert f'resumed from {run_dir / "ckpt-10"} at step 10' in out, out
-  assert resumed_steps(out) == [15]
+  assert cifar10_trainer.logged_steps(out) == [15]
   assert tf.train.latest_checkpoint(str(run_dir)).endswith('ckpt-15')
 
 
@@ -201,7 +213,7 @@ def test_a_corrupt_newest_checkpoint_is_named_and_the_one_before_it_resumes(run_
   out = capsys.readouterr().out
   assert f'skipped {run_dir / "ckpt-10"}, which does not restore' in out, out
   assert f'resumed from {run_dir / "ckpt-5"} at step 5' in out
-  assert resumed_steps(out) == [10]  # ckpt-10 is written again, whole.
+  assert cifar10_trainer.logged_steps(out) == [10]  # ckpt-10 is written again, whole.
   trainer = cifar10_trainer.Trainer(tiny_config(run_dir, max_steps=10))
   assert trainer.restore_latest() == 10 and not trainer.skipped
 

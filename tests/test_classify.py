@@ -133,6 +133,39 @@ def classify_by_first_pixel(files):
           [top[0][1] for _, top, error in rows if not error])
 
 
+def run_on_first_pixel(monkeypatch, files, **values):
+  """The exit status of run() on `files` with the model of classify_by_first_pixel as its
+  source (the lines go to stdout and stderr)."""
+  monkeypatch.setattr(cifar10_classify, 'open_source',
+                      lambda source, ema: lambda images: np.eye(10)[images[:, 0, 0, 0] % 10])
+  defaults = dict(source='fake', ema=True, top_k=1, json=False, verbosity_given=False)
+  return cifar10_classify.run(dict(defaults, **values), files)
+
+
+@pytest.mark.parametrize('as_json', [False, True])
+def test_json_lines_hold_every_file_in_order_a_failed_one_as_an_error(tmp_path, monkeypatch,
+                                                                       capsys, as_json):
+  files = five_pngs_and(tmp_path, 'broken.png', b'not a png')
+  assert run_on_first_pixel(monkeypatch, files, json=as_json) == 1
+  out, err = capsys.readouterr()
+  reason = err.splitlines()[0].split(f'error: {files[2]}: ', 1)[1]
+  assert err.splitlines() == [f'error: {files[2]}: {reason}']  # the same line either way
+  assert reason.startswith('not an image this script can read (')
+  if not as_json:
+    assert out.splitlines() == [f'{path}: {name} 1.000' for path, name in
+                                zip(files[:2] + files[3:], ('airplane', 'automobile', 'bird',
+                                                            'cat', 'deer'))]
+    return
+  lines = out.splitlines()
+  assert [json.loads(line) for line in lines] == [
+      {'file': files[0], 'top': [{'class': 'airplane', 'index': 0, 'probability': 1.0}]},
+      {'file': files[1], 'top': [{'class': 'automobile', 'index': 1, 'probability': 1.0}]},
+      {'file': files[2], 'error': reason},
+      {'file': files[3], 'top': [{'class': 'bird', 'index': 2, 'probability': 1.0}]},
+      {'file': files[4], 'top': [{'class': 'cat', 'index': 3, 'probability': 1.0}]},
+      {'file': files[5], 'top': [{'class': 'deer', 'index': 4, 'probability': 1.0}]}]
+
+
 def test_a_png_that_pillow_opens_but_cannot_load_is_one_error_and_the_rest_is_classified(
     tmp_path):
   damaged = png_with_a_broken_second_idat(np.full((32, 32, 3), 7, np.uint8))
@@ -142,8 +175,8 @@ def test_a_png_that_pillow_opens_but_cannot_load_is_one_error_and_the_rest_is_cl
   files = five_pngs_and(tmp_path, 'split.png', damaged)
   errors, classes = classify_by_first_pixel(files)
   assert list(errors) == [files[2]]
-  assert errors[files[2]].startswith(f'{files[2]}: ') and 'SyntaxError: broken PNG' in (
-      errors[files[2]])
+  assert errors[files[2]].startswith('not an image this script can read (') and (
+      'SyntaxError: broken PNG' in errors[files[2]])
   assert classes == [0, 1, 2, 3, 4]
 
 
@@ -162,7 +195,7 @@ def test_any_exception_of_a_decoder_is_that_files_error_line(tmp_path, monkeypat
   files = five_pngs_and(tmp_path, 'damaged.png')
   errors, classes = classify_by_first_pixel(files)
   assert list(errors) == [files[2]] and '\n' not in errors[files[2]]
-  assert errors[files[2]].startswith(f'{files[2]}: not an image this script can read (')
+  assert errors[files[2]].startswith('not an image this script can read (')
   assert type(error).__name__ in errors[files[2]] and str(error) in errors[files[2]]
   assert classes == [0, 1, 2, 3, 4]
 
@@ -248,7 +281,10 @@ def test_each_source_prints_the_evaluations_classes_and_reports_the_corrupt_file
   errors = [line for line in result.stderr.splitlines() if line.startswith('error: ')]
   assert errors == [line for line in errors if 'corrupt.png' in line] and len(errors) == 1
   lines = [json.loads(line) for line in result.stdout.splitlines()]
-  assert [line['file'] for line in lines] == [f for f in files if 'corrupt' not in f]
+  assert [line['file'] for line in lines] == files  # the corrupt one too, in its place
+  (corrupt,) = [line for line in lines if 'error' in line]
+  assert 'corrupt.png' in corrupt['file'] and corrupt['error'] in errors[0]
+  lines = [line for line in lines if 'error' not in line]
   classes, probabilities = expected
   assert [line['top'][0]['index'] for line in lines] == list(classes)
   if probabilities is not None:  # a float source: the evaluation's softmax

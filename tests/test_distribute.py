@@ -14,6 +14,7 @@ import pytest
 
 import cifar10_distribute
 import cifar10_run
+import cifar10_trainer
 from fixtures import newest_checkpoint_values, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -291,8 +292,7 @@ def test_two_workers_train_together_and_the_run_resumes_on_one_device(tmp_path, 
   logs = finish(workers, tmp_path)
   assert [w.returncode for w in workers] == [0, 0], logs
   # Both took the same steps with the same global loss.
-  losses = [[line.split('loss = ')[1].split(' ')[0] for line in log.splitlines()
-             if ', loss = ' in line] for log in logs]
+  losses = [[line.group(3) for line in cifar10_trainer.STEP_LINE.finditer(log)] for log in logs]
   assert len(losses[0]) == 6 and losses[0] == losses[1]
   # Only the chief wrote into the run folder; the other's scratch folders are gone.
   assert f'saved {run}/ckpt-6' in logs[0] and f'saved {run}' not in logs[1]

@@ -61,8 +61,7 @@ def test_sigkill_then_rerun_finishes_with_the_watcher_running(tmp_path, real_dat
     rerun = subprocess.run(train_cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert 'resumed from' in rerun.stdout and f'ckpt-{killed_at}' in rerun.stdout
-    logged = [int(line.split('step ')[1].split(',')[0]) for line in rerun.stdout.splitlines()
-              if ', loss = ' in line]
+    logged = cifar10_trainer.logged_steps(rerun.stdout)
     assert logged[0] == killed_at + 5 and logged[-1] == 100  # Nothing repeated or skipped.
     assert tf.train.latest_checkpoint(train_dir).endswith('ckpt-100')
 

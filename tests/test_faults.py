@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 import cifar10_run
+import cifar10_trainer
 from compress import int8
 from fixtures import newest_checkpoint_values, wait_for
 
@@ -30,7 +31,6 @@ pytestmark = pytest.mark.subprocess  # Every test here starts the binaries.
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 600  # seconds any one process may take
-LOGGED_STEP = re.compile(r'step (\d+), loss = ')
 RESUMED = re.compile(r'resumed from \S+ at step (\d+)')
 
 
@@ -85,9 +85,10 @@ def kill_and_resume(command, train_dir, tmp_path, rng, kills, interval, max_dela
   logged = 0
   for trial in range(kills):
     log = kill_at_random(command, tmp_path / f'kill{trial}.log',
-                         lambda text: LOGGED_STEP.search(text), rng, max_delay)
+                         lambda text: cifar10_trainer.STEP_LINE.search(text), rng,
+                         max_delay)
     assert log is not None, 'the run ended before its kill: raise its --max_steps'
-    logged = max(int(step) for step in LOGGED_STEP.findall(log))
+    logged = max(cifar10_trainer.logged_steps(log))
     newest = cifar10_run.newest_checkpoint(train_dir)  # None: killed before the first save.
     kept = cifar10_run.checkpoint_step(newest) if newest else 0
     # The newest checkpoint may be one whose save the kill cut short (the resume then falls
