@@ -1,6 +1,6 @@
 # make train:     set up .venv, train the default model, then evaluate its last checkpoint.
 # make test:      set up .venv and run the whole test suite (real-data tests read $(CIFAR10_DATA)).
-# make test-fast: the unit tier alone (no real data, no processes started; under a minute).
+# make test-fast: the unit tier alone (no real data, no processes, no whole stage runs).
 # make classify IMAGES="a.jpg b.png": set up .venv and classify image files with $(SOURCE)
 #                 (the best model in pretrained/).
 # make deploy-deps: add the optional packages of requirements-deploy.txt to .venv (tf2onnx and

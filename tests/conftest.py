@@ -2,8 +2,10 @@
 
 Tiers (pytest markers): `real_data` for every test that uses the real archive (its fixtures
 mark it), `subprocess` for tests that start processes (marked by hand; a unit test that
-starts one fails, naming the marker), `unit` for all others. `make test-fast` runs
-`-m unit`; `make test` runs everything.
+starts one fails, naming the marker), `stage` for in-process runs of a whole compression stage
+or the export (pruning, QAT, slimming, export) on a tiny run trained for them (the fixtures of
+STAGE_FIXTURES mark them, @pytest.mark.stage the tests that train their own), `unit` for all
+others. `make test-fast` runs `-m unit`; `make test` runs everything.
 
 The real data comes from the environment variable CIFAR10_DATA: a folder holding
 cifar-10-binary.tar.gz, or the archive's own path (`make test` sets it). It is extracted once
@@ -49,9 +51,16 @@ MISSING_DATA_MESSAGE = (
 
 
 REAL_DATA_FIXTURES = {'real_batches_dir', 'real_data_dir'}
+# The module fixtures that train a run for a whole stage to start from: test_slim's and
+# test_qat's `source`, test_prune's `source_run`, test_export's `runs`. Every test that
+# requests one, however far down, is of the stage tier, so the unit tier never builds them.
+STAGE_FIXTURES = {'source', 'source_run', 'runs'}
 TIERS = {'unit': 'fast tests in this process, on tiny synthetic data',
          'real_data': 'tests that read the real CIFAR-10 archive (CIFAR10_DATA)',
-         'subprocess': 'tests that start the binaries or other processes'}
+         'subprocess': 'tests that start the binaries or other processes',
+         'stage': 'in-process runs of a whole stage (pruning, QAT, slimming, export) on a '
+                  'tiny trained run'}
+OTHER_TIERS = ('real_data', 'subprocess', 'stage')
 
 
 def pytest_configure(config):
@@ -60,11 +69,15 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(items):
-  """Marks real-data tests by their fixtures and every test of no other tier as unit."""
+  """Marks real-data and stage tests by their fixtures and every test of no other tier as
+  unit."""
   for item in items:
-    if REAL_DATA_FIXTURES & set(getattr(item, 'fixturenames', ())):
+    fixtures = set(getattr(item, 'fixturenames', ()))
+    if REAL_DATA_FIXTURES & fixtures:
       item.add_marker(pytest.mark.real_data)
-    if not any(item.get_closest_marker(tier) for tier in ('real_data', 'subprocess')):
+    if STAGE_FIXTURES & fixtures:
+      item.add_marker(pytest.mark.stage)
+    if not any(item.get_closest_marker(tier) for tier in OTHER_TIERS):
       item.add_marker(pytest.mark.unit)
 
 

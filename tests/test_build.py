@@ -117,22 +117,25 @@ def module_value(tree, name):
 
 def tiers(path):
   """The tiers ('unit', 'slow') of a test file's tests, as conftest.py marks them: slow by a
-  subprocess marker (of the module or the test) or a real-data fixture, however far down."""
+  subprocess or stage marker (of the module or the test) or a real-data or stage fixture,
+  however far down."""
   conftest, tree = parse('tests/conftest.py'), parse(path)
   # Read, not imported: importing conftest.py imports TensorFlow.
-  real_data = ast.literal_eval(module_value(conftest, 'REAL_DATA_FIXTURES'))
+  slow_fixtures = (ast.literal_eval(module_value(conftest, 'REAL_DATA_FIXTURES'))
+                   | ast.literal_eval(module_value(conftest, 'STAGE_FIXTURES')))
   (fixtures, autouse), (local, local_autouse) = fixture_requests(conftest), fixture_requests(tree)
   fixtures.update(local)
-  module_slow = 'mark.subprocess' in module_value(tree, 'pytestmark')
+  slow_marks = ('mark.subprocess', 'mark.stage')
+  module_slow = any(mark in module_value(tree, 'pytestmark') for mark in slow_marks)
   found = set()
   for node in tree.body:
     if isinstance(node, ast.FunctionDef) and node.name.startswith('test'):
       marks = [ast.unparse(decorator) for decorator in node.decorator_list]
       names = {arg.arg for arg in node.args.args} | autouse | local_autouse
-      slow = (module_slow or 'pytest.mark.subprocess' in marks
-              or requested(names, fixtures) & real_data)
+      slow = (module_slow or any(f'pytest.{mark}' in marks for mark in slow_marks)
+              or requested(names, fixtures) & slow_fixtures)
       found.add('slow' if slow else 'unit')
-      if any('mark.subprocess' in mark for mark in marks):
+      if any(slow_mark in mark for mark in marks for slow_mark in slow_marks):
         found.add('slow')  # pytest.param(..., marks=...) in a parametrize: some cases only.
   return found
 
@@ -318,6 +321,7 @@ def test_the_generator_sees_the_known_imports_and_tiers():
   assert tests['test_binaries']['tiers'] == {'slow'}  # The module's pytestmark.
   assert tests['test_sparse']['tiers'] == {'unit'}
   assert tests['test_classify']['tiers'] == {'unit', 'slow'}  # Real data through a fixture.
+  assert tests['test_qat']['tiers'] == {'unit', 'slow'}  # A stage fixture, `source`.
   assert 'cifar10_eval_lib' in tests['test_cifar10_eval']['deps']
 
 

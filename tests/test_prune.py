@@ -365,6 +365,7 @@ def test_resuming_accepts_the_same_source_however_its_path_is_spelt(tmp_path):
     prune.write_settings(str(tmp_path / 'run'), settings, str(tmp_path / 'other' / 'ckpt-10'))
 
 
+@pytest.mark.stage  # It trains its own source.
 def test_a_batchnorm_model_prunes_and_exports_its_folded_ema_weights(tmp_path):
   tf.random.set_seed(0)
   source = tiny_config(tmp_path / 'source', model='budget0', max_steps=10,

@@ -153,6 +153,7 @@ def test_a_slimmed_run_is_an_ordinary_run_of_half_the_flops(source, tmp_path, ca
               '--multiple=1') is None
 
 
+@pytest.mark.stage  # It trains its own source.
 def test_bn_scale_needs_batchnorm_and_l1_norm_slims_the_tutorial(tmp_path):
   tf.random.set_seed(0)
   config = tiny_config(tmp_path / 'tutorial', max_steps=5)
