@@ -6,6 +6,7 @@
 # make deploy-deps: add the optional packages of requirements-deploy.txt to .venv (tf2onnx and
 #                 ONNX Runtime: cifar10_export.py --onnx and the latency benchmark; make test
 #                 installs them too, for their tests).
+# make profile-plugin: TensorBoard's profile plugin in .venv, to view --profile_steps's profiles.
 # make tfmot-venv: a separate venv, .venv-tfmot, with TensorFlow Model Optimization and tf-keras
 #                 for bench/tfmot_prune.py (never needed by the project itself).
 # make deep-compression SOURCE_RUN=runs/budget1 OUT=runs/budget1_deep: Deep Compression in
@@ -36,7 +37,7 @@ comma := ,
 empty :=
 space := $(empty) $(empty)
 
-.PHONY: train eval test test-fast classify zoo deep-compression deploy-deps tfmot-venv clean-venv
+.PHONY: train eval test test-fast classify zoo deep-compression deploy-deps profile-plugin tfmot-venv clean-venv
 
 $(VENV)/installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +49,12 @@ $(VENV)/deploy-installed: $(VENV)/installed requirements-deploy.txt
 	touch $@
 
 deploy-deps: $(VENV)/deploy-installed
+
+$(VENV)/profile-installed: $(VENV)/installed requirements-profile.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-profile.txt
+	touch $@
+
+profile-plugin: $(VENV)/profile-installed
 
 TFMOT_VENV ?= .venv-tfmot
 $(TFMOT_VENV)/installed: requirements.txt requirements-tfmot.txt

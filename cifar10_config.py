@@ -125,6 +125,9 @@ class TrainConfig:
   checkpoint_steps: int = _field(1000, 'Steps between checkpoints.', unit='steps', low=1)
   histogram_steps: int = _field(1000, 'Steps between histograms and images.', unit='steps',
                                 low=1)
+  profile_steps: str = _field('', 'A,B: a TensorFlow profile of steps A to B (both '
+                              'included) for TensorBoard\'s Profile tab (its plugin is an '
+                              'optional install: make profile-plugin); empty: none.')
   keep_checkpoints: int = _field(5, 'Most recent checkpoints kept.', low=1)
   seed: int = _field(0, 'Seed of init, shuffling and distortions.')
   deterministic: bool = _field(
@@ -154,6 +157,7 @@ class TrainConfig:
       cifar10_model.parse_widths(self.widths)
     except ValueError as e:
       raise ConfigError(f'--widths={self.widths}: {e}') from e
+    self.profile_window  # pylint: disable=pointless-statement  # Checked now, not at step A.
     if self.crop_slack % 2:
       raise ConfigError(f'--crop_slack={self.crop_slack} must be even, in 0 .. 16')
     if self.cutout > self.image_size:
@@ -161,6 +165,21 @@ class TrainConfig:
     if self.lr_schedule == 'staircase' and self.decay_steps < 1:
       raise ConfigError(f'--lr_decay_epochs={self.lr_decay_epochs} is under one step at batch '
                         f'{self.batch_size}: the staircase would drop at every step')
+
+  @property
+  def profile_window(self):
+    """(A, B) of --profile_steps, or None."""
+    if not self.profile_steps:
+      return None
+    parts = self.profile_steps.split(',')
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+      raise ConfigError(f'--profile_steps={self.profile_steps} must be two steps A,B such as '
+                        '100,110')
+    first, last = (int(p) for p in parts)
+    if not 1 <= first <= last:
+      raise ConfigError(f'--profile_steps={self.profile_steps}: the steps must satisfy '
+                        '1 <= A <= B')
+    return first, last
 
   @property
   def decay_steps(self):

@@ -45,16 +45,18 @@ def eval_once(evaluator, checkpoint_path):
   """Scores one checkpoint with its raw weights and with its EMA shadows.
 
   Returns:
-    A dict: step, precision_ema, precision_raw, num_examples, train_seconds, checkpoint, tta,
+    A dict: step, precision_ema, precision_raw, cross_entropy_ema, cross_entropy_raw (the
+    mean over the images), num_examples, train_seconds, checkpoint, checkpoint_digest, tta,
     and confusion: {'ema': matrix, 'raw': matrix} (lists of lists; see confusion_line).
   """
   loaded = cifar10_run.load_inference_model(None, ema=False, checkpoint=checkpoint_path,
                                             state=evaluator)
-  raw = evaluator.confusion()
+  raw, loss_raw = evaluator.confusion_and_loss()
   evaluator.restore_ema_shadows()  # The same checkpoint's shadows: no second read.
-  ema = evaluator.confusion()
+  ema, loss_ema = evaluator.confusion_and_loss()
   return {'step': loaded.step, 'precision_ema': cifar10_scoring.precision_of(ema),
           'precision_raw': cifar10_scoring.precision_of(raw),
+          'cross_entropy_ema': loss_ema, 'cross_entropy_raw': loss_raw,
           'num_examples': evaluator.num_examples,
           'train_seconds': float(evaluator.train_seconds.numpy()),
           'checkpoint': os.path.basename(checkpoint_path),
@@ -83,6 +85,8 @@ def record(metrics, eval_dir, writer, use_ema):
   with writer.as_default():
     tf.summary.scalar('precision @ 1/ema', metrics['precision_ema'], step=metrics['step'])
     tf.summary.scalar('precision @ 1/raw', metrics['precision_raw'], step=metrics['step'])
+    tf.summary.scalar('cross_entropy/ema', metrics['cross_entropy_ema'], step=metrics['step'])
+    tf.summary.scalar('cross_entropy/raw', metrics['cross_entropy_raw'], step=metrics['step'])
   writer.flush()
   summary = {key: value for key, value in metrics.items() if key != 'confusion'}
   cifar10_run.append_json_line(os.path.join(eval_dir, cifar10_run.RESULTS_FILE), summary)

@@ -32,25 +32,37 @@ class Evaluator(cifar10_run.RunState):
     self.labels = tf.constant(split.labels)
     self.num_examples = len(split)
     self.batch_size = batch_size
-    self._confusion = tf.function(self._confusion)
+    self._counts = tf.function(self._counts)
 
-  def _confusion(self, images, labels):
-    """The confusion matrix over all images, in one call: no Python between the batches."""
+  def _counts(self, images, labels):
+    """The confusion matrix and the summed cross-entropy over all images, in one call: no
+    Python between the batches."""
     classes = cifar10_records.NUM_CLASSES
 
     def counts(start, size):
-      predicted = tf.argmax(self.scores(images[start:start + size]), axis=1,
-                            output_type=tf.int32)
-      return tf.math.confusion_matrix(labels[start:start + size], predicted,
-                                      num_classes=classes, dtype=tf.int64)
+      scores = self.scores(images[start:start + size])
+      truth = tf.cast(labels[start:start + size], tf.int32)
+      predicted = tf.argmax(scores, axis=1, output_type=tf.int32)
+      return (tf.math.confusion_matrix(truth, predicted, num_classes=classes, dtype=tf.int64),
+              tf.reduce_sum(self.cross_entropy(scores, truth)))
 
     full_batches, remainder = divmod(self.num_examples, self.batch_size)
-    matrix = tf.zeros([classes, classes], tf.int64)
+    matrix, loss = tf.zeros([classes, classes], tf.int64), tf.zeros([], tf.float64)
     for batch in tf.range(full_batches):
-      matrix += counts(batch * self.batch_size, self.batch_size)
+      batch_matrix, batch_loss = counts(batch * self.batch_size, self.batch_size)
+      matrix, loss = matrix + batch_matrix, loss + tf.cast(batch_loss, tf.float64)
     if remainder:
-      matrix += counts(full_batches * self.batch_size, remainder)
-    return matrix
+      batch_matrix, batch_loss = counts(full_batches * self.batch_size, remainder)
+      matrix, loss = matrix + batch_matrix, loss + tf.cast(batch_loss, tf.float64)
+    return matrix, loss
+
+  def cross_entropy(self, scores, labels):
+    """[B] cross-entropy of the true classes under scores(): of the logits' softmax, or with
+    tta='flip' of the mean softmax itself (its log floored at 1e-12)."""
+    scores = tf.cast(scores, tf.float32)
+    if self.tta == 'none':
+      return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=scores)
+    return -tf.math.log(tf.maximum(tf.gather(scores, labels, batch_dims=1), 1e-12))
 
   def scores(self, images):
     """[B, 10] class scores of float32 [B, s, s, 3] images: the logits, or with tta='flip'
@@ -74,7 +86,13 @@ class Evaluator(cifar10_run.RunState):
   def confusion(self):
     """The model's current weights on every image: an int64 [10, 10] NumPy matrix, row = the
     true class, column = the predicted one (its trace: the correct predictions)."""
-    return self._confusion(self.images, self.labels).numpy()
+    return self.confusion_and_loss()[0]
+
+  def confusion_and_loss(self):
+    """confusion() and the mean cross-entropy over every image (no weight decay: the loss
+    of the predictions alone, as TensorBoard shows it beside the training's)."""
+    matrix, loss = self._counts(self.images, self.labels)
+    return matrix.numpy(), float(loss.numpy()) / self.num_examples
 
   def precision(self):
     """Top-1 accuracy of the model's current weights over every image, and the count."""

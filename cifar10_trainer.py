@@ -38,6 +38,7 @@ import cifar10_model
 import cifar10_optim
 import cifar10_records
 import cifar10_run
+import cifar10_summaries
 
 
 class TrainingDiverged(Exception):
@@ -413,23 +414,35 @@ def _loop(config, trainer, step, train_split, on_log):
   """Steps from `step` to config.max_steps; returns the last metrics."""
   batches = iter(_batches(config, trainer, step, train_split))  # From `step`: nothing replayed.
   clock = Clock(step, float(trainer.train_seconds.numpy()))
-  writer = (tf.summary.create_file_writer(config.train_dir) if trainer.worker.is_chief
-            else tf.summary.create_noop_writer())
+  chief = trainer.worker.is_chief
+  writer = tf.summary.create_file_writer(config.train_dir) if chief else (
+      tf.summary.create_noop_writer())
+  profile = cifar10_summaries.Profile(config.profile_window if chief else None,
+                                      config.train_dir, log)
+  first = step + 1  # This process's first step: the graph, histograms and images.
   with writer.as_default():
-    while step < config.max_steps:
-      if _STOP.is_set():
-        log(f'stopping on a signal: saved {trainer.save(clock.total_seconds())}')
-        raise StopRequested()
-      images, labels = next(batches)
-      metrics = trainer.train_step(images, labels)
-      step += 1
-      if step % config.log_frequency == 0 or step == config.max_steps:
-        _log_step(config, metrics, step, clock, on_log)
-      if step % config.histogram_steps == 0:
-        _write_histograms(trainer, images, step)
-      if step % config.checkpoint_steps == 0 or step == config.max_steps:
-        path = trainer.save(clock.total_seconds())
-        log(f'saved {path} (ETA {clock.eta(step, config.max_steps)})')
+    if chief:
+      cifar10_summaries.write_run_start(config, step)
+    try:
+      while step < config.max_steps:
+        if _STOP.is_set():
+          log(f'stopping on a signal: saved {trainer.save(clock.total_seconds())}')
+          raise StopRequested()
+        images, labels = next(batches)
+        profile.before(step + 1)
+        with cifar10_summaries.traced_step(step + 1, enabled=chief and step + 1 == first):
+          metrics = trainer.train_step(images, labels)
+        step += 1
+        profile.after(step)
+        if step % config.log_frequency == 0 or step == config.max_steps:
+          _log_step(config, metrics, step, clock, on_log)
+        if step % config.histogram_steps == 0 or step == first:
+          _write_histograms(trainer, images, step)
+        if step % config.checkpoint_steps == 0 or step == config.max_steps:
+          path = trainer.save(clock.total_seconds())
+          log(f'saved {path} (ETA {clock.eta(step, config.max_steps)})')
+    finally:
+      profile.stop()
   log(f'done: step {step}, {clock.total_seconds() - clock.previous_seconds:.1f} s this run, '
       f'{clock.total_seconds():.1f} s in all')
   return {name: float(value) for name, value in metrics.items()}
@@ -457,13 +470,7 @@ def _write_histograms(trainer, images, step):
   """Weight histograms and four of the batch's images (this process's first replica's)."""
   if trainer.strategy:
     images = trainer.strategy.experimental_local_results(images)[0]
-  for variable in trainer.variables:
-    tf.summary.histogram(variable.name, variable, step=step)
-  # Standardized images are rescaled to [0, 1] per image so TensorBoard can show them.
-  shown = images[:4]
-  low = tf.reduce_min(shown, axis=[1, 2, 3], keepdims=True)
-  high = tf.reduce_max(shown, axis=[1, 2, 3], keepdims=True)
-  tf.summary.image('distorted_inputs', (shown - low) / (high - low + 1e-6), step=step)
+  cifar10_summaries.write_histograms(trainer.variables, images, step)
 
 
 # --------------------------------------------------------------------------- signals

@@ -134,7 +134,8 @@ def test_watcher_exits_after_the_final_checkpoint_and_writes_results(trained_dir
       for event in tf.compat.v1.train.summary_iterator(str(eval_dir / name)):
         for value in event.summary.value:
           tags[value.tag] = event.step
-  assert tags == {'precision @ 1/ema': 20, 'precision @ 1/raw': 20}
+  assert tags == {'precision @ 1/ema': 20, 'precision @ 1/raw': 20, 'cross_entropy/ema': 20,
+                  'cross_entropy/raw': 20}
 
 
 def test_watcher_stops_after_timeout_without_new_checkpoint(trained_dir, tmp_path):
