@@ -7,6 +7,8 @@
 #                 ONNX Runtime: cifar10_export.py --onnx and the latency benchmark; make test
 #                 installs them too, for their tests).
 # make profile-plugin: TensorBoard's profile plugin in .venv, to view --profile_steps's profiles.
+# make sweep-deps: add Optuna (requirements-sweep.txt) to .venv for cifar10_sweep.py (make test
+#                 and make test-fast install it too: the sweep's tests import it).
 # make tfmot-venv: a separate venv, .venv-tfmot, with TensorFlow Model Optimization and tf-keras
 #                 for bench/tfmot_prune.py (never needed by the project itself).
 # make deep-compression SOURCE_RUN=runs/budget1 OUT=runs/budget1_deep: Deep Compression in
@@ -37,7 +39,7 @@ comma := ,
 empty :=
 space := $(empty) $(empty)
 
-.PHONY: train eval test test-fast classify zoo deep-compression deploy-deps profile-plugin tfmot-venv clean-venv
+.PHONY: train eval test test-fast classify zoo deep-compression deploy-deps profile-plugin sweep-deps tfmot-venv clean-venv
 
 $(VENV)/installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +57,12 @@ $(VENV)/profile-installed: $(VENV)/installed requirements-profile.txt
 	touch $@
 
 profile-plugin: $(VENV)/profile-installed
+
+$(VENV)/sweep-installed: $(VENV)/installed requirements-sweep.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-sweep.txt
+	touch $@
+
+sweep-deps: $(VENV)/sweep-installed
 
 TFMOT_VENV ?= .venv-tfmot
 $(TFMOT_VENV)/installed: requirements.txt requirements-tfmot.txt
@@ -77,10 +85,10 @@ deep-compression: $(VENV)/installed
 eval: $(VENV)/installed
 	$(PY) cifar10_eval.py --checkpoint_dir=$(TRAIN_DIR) --data_dir=$(DATA_DIR) --run_once
 
-test: $(VENV)/installed $(VENV)/deploy-installed
+test: $(VENV)/installed $(VENV)/deploy-installed $(VENV)/sweep-installed
 	CIFAR10_DATA=$(CIFAR10_DATA) $(PY) -m pytest -q -n $(TEST_WORKERS) --durations=15 tests
 
-test-fast: $(VENV)/installed
+test-fast: $(VENV)/installed $(VENV)/sweep-installed
 	$(PY) -m pytest -q -n $(TEST_WORKERS) -m unit tests
 
 classify: $(VENV)/installed

@@ -19,7 +19,7 @@ import contextlib
 import dataclasses
 
 import tensorflow as tf
-from tensorboard.plugins.hparams import api as hparams_api
+from tensorboard.plugins.hparams import summary_v2 as hparams_api  # api.py would import Keras
 
 # Fields left out of the HParams: where the run is, not how it trains.
 NOT_HPARAMS = ('train_dir',)

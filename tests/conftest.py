@@ -52,9 +52,10 @@ MISSING_DATA_MESSAGE = (
 
 REAL_DATA_FIXTURES = {'real_batches_dir', 'real_data_dir'}
 # The module fixtures that train a run for a whole stage to start from: test_slim's and
-# test_qat's `source`, test_prune's `source_run`, test_export's `runs`. Every test that
-# requests one, however far down, is of the stage tier, so the unit tier never builds them.
-STAGE_FIXTURES = {'source', 'source_run', 'runs'}
+# test_qat's `source`, test_prune's `source_run`, test_export's `runs`; test_sweep's `grid`
+# runs a whole sweep. Every test that requests one, however far down, is of the stage tier,
+# so the unit tier never builds them.
+STAGE_FIXTURES = {'source', 'source_run', 'runs', 'grid'}
 TIERS = {'unit': 'fast tests in this process, on tiny synthetic data',
          'real_data': 'tests that read the real CIFAR-10 archive (CIFAR10_DATA)',
          'subprocess': 'tests that start the binaries or other processes',

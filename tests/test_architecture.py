@@ -64,7 +64,8 @@ def reachable(graph, start):
 # The programs of the pipeline's stages (cifar10_records and compress/int8.py have a small
 # command line too, but are libraries that others import).
 STAGE_PROGRAMS = ('cifar10_train', 'cifar10_eval', 'cifar10_results', 'cifar10_export',
-                  'cifar10_classify', 'compress.prune', 'compress.quantize', 'compress.slim')
+                  'cifar10_classify', 'cifar10_sweep', 'compress.prune', 'compress.qat',
+                  'compress.quantize', 'compress.slim')
 
 
 def test_the_graph_sees_the_known_imports(graph):
@@ -119,7 +120,7 @@ def test_a_run_is_opened_for_inference_in_one_place_by_its_callers():
                    if 'cifar10_run.load_inference_model(' in text)
   assert definers == ['cifar10_run']
   assert callers == ['cifar10_classify', 'cifar10_distill', 'cifar10_eval', 'cifar10_export',
-                     'compress.prune', 'compress.quantize', 'compress.slim']
+                     'cifar10_sweep', 'compress.prune', 'compress.quantize', 'compress.slim']
   # Nobody else restores EMA shadows into a model by hand.
   assert sorted(name for name, text in sources.items() if '.restore_ema_shadows()' in text) == [
       'cifar10_eval', 'cifar10_run']

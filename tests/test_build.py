@@ -349,6 +349,7 @@ def test_pyproject_installs_every_module_with_the_requirements_files_pins():
   assert extras['test'] == ['pytest==9.2.0', 'pytest-xdist==3.8.0']
   assert extras['deploy'] == requirements('requirements-deploy.txt')
   assert extras['profile'] == requirements('requirements-profile.txt')
+  assert extras['sweep'] == requirements('requirements-sweep.txt')
   top_level = sorted(name[:-3] for name in os.listdir(ROOT)
                      if name.startswith('cifar10_') and name.endswith('.py'))
   assert setuptools['py-modules'] == top_level

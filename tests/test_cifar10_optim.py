@@ -11,7 +11,7 @@ import tensorflow as tf
 import cifar10_config
 import cifar10_optim
 import cifar10_trainer
-from fixtures import tiny_config, tiny_split
+from fixtures import TINY_SIZE, tiny_config, tiny_split
 
 
 def direct(variable, update, *args):
@@ -166,7 +166,8 @@ def test_adamw_decays_each_weight_by_its_own_coefficient_outside_the_moments():
 
 
 def test_adamw_leaves_the_decay_out_of_the_gradient_and_saves_its_moments(tmp_path):
-  images = tf.constant(np.stack([np.full((32, 32, 3), i / 16, np.float32) for i in range(16)]))
+  images = tf.constant(np.stack([np.full((TINY_SIZE, TINY_SIZE, 3), i / 16, np.float32)
+                                 for i in range(16)]))
   labels = tf.constant(np.arange(16) % 10, tf.int32)
   gradients = {}
   for optimizer in ('sgd', 'adamw'):

@@ -113,10 +113,11 @@ def test_a_truncated_checkpoint_is_unreadable_not_a_traceback(tmp_path):
 
 @pytest.fixture(scope='module', name='two_checkpoints')
 def fixture_two_checkpoints(tmp_path_factory):
-  """A tiny budget0 run (BatchNorm) with checkpoints at steps 5 and 10."""
+  """A tiny budget0 run (BatchNorm) with checkpoints at steps 5 and 10, at 32x32: budget0's
+  own size."""
   tf.random.set_seed(0)
   config = tiny_config(tmp_path_factory.mktemp('loader') / 'run', model='budget0',
-                       max_steps=10, checkpoint_steps=5, optimizer='nesterov',
+                       image_size=32, max_steps=10, checkpoint_steps=5, optimizer='nesterov',
                        weight_decay='l2', moving_average_decay=0.5)
   cifar10_trainer.train(config, tiny_split())
   return config

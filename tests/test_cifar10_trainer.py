@@ -18,7 +18,7 @@ import cifar10_config
 import cifar10_optim
 import cifar10_trainer
 import models
-from fixtures import copy_run, tiny_config, tiny_split
+from fixtures import TINY_SIZE, copy_run, tiny_config, tiny_split
 
 
 @pytest.fixture(scope='module', name='ten_steps')
@@ -52,7 +52,7 @@ def test_a_few_steps_lower_the_loss_on_tiny_data(tmp_path):
   config = tiny_config(tmp_path, max_steps=60)
   trainer = cifar10_trainer.Trainer(config)
   batches = iter(cifar10_input.train_inputs(tiny_split(), 16, seed=0, augment=False,
-                                            image_size=32))
+                                            image_size=TINY_SIZE))
   losses = []
   for _ in range(config.max_steps):
     losses.append(float(trainer.train_step(*next(batches))['cross_entropy']))
@@ -63,7 +63,7 @@ def test_ema_shadows_follow_the_formula_with_num_updates(tmp_path):
   tf.random.set_seed(0)
   trainer = cifar10_trainer.Trainer(tiny_config(tmp_path))
   images, labels = next(iter(cifar10_input.train_inputs(tiny_split(), 16, seed=0,
-                                                        augment=False, image_size=32)))
+                                                        augment=False, image_size=TINY_SIZE)))
   before = [v.numpy() for v in trainer.variables]
   trainer.train_step(images, labels)
   # After step 1 TF uses decay = min(0.9999, (1 + 1) / (10 + 1)).
@@ -295,8 +295,8 @@ def test_mixed_bfloat16_trains_with_float32_variables_and_bfloat16_layers(tmp_pa
   assert trainer.model.compute_dtype == tf.bfloat16
   assert {v.dtype for v in list(trainer.variables) + trainer.ema_shadows} == {tf.float32}
   conv = trainer.model.weight_layers()[0]
-  assert conv(tf.zeros([1, 32, 32, 3], tf.bfloat16)).dtype == tf.bfloat16
-  logits = trainer.model(tf.zeros([2, 32, 32, 3]), training=True)
+  assert conv(tf.zeros([1, TINY_SIZE, TINY_SIZE, 3], tf.bfloat16)).dtype == tf.bfloat16
+  logits = trainer.model(tf.zeros([2, TINY_SIZE, TINY_SIZE, 3]), training=True)
   assert logits.dtype == tf.float32
   first = cifar10_trainer.train(config, tiny_split())
   assert math.isfinite(first['loss'])
@@ -309,7 +309,7 @@ def test_mixed_float16_skips_an_overflowing_step_and_scales_the_loss_dynamically
   monkeypatch.setattr(cifar10_optim, 'LOSS_SCALE_GROWTH_STEPS', 2)
   trainer = cifar10_trainer.Trainer(tiny_config(tmp_path, precision='mixed_float16'))
   assert trainer.model.compute_dtype == tf.float16
-  images = tf.constant(cifar10_input.eval_batch(tiny_split(16).images, 32))
+  images = tf.constant(cifar10_input.eval_batch(tiny_split(16).images, TINY_SIZE))
   labels = tf.constant(tiny_split(16).labels)
   before = [v.numpy() for v in trainer.variables]
   shadows = [s.numpy() for s in trainer.ema_shadows]
@@ -337,7 +337,7 @@ def test_mixed_float16_skips_an_overflowing_step_and_scales_the_loss_dynamically
 
 def _batch(size=16):
   split = tiny_split(size)
-  return tf.constant(cifar10_input.eval_batch(split.images, 32)), tf.constant(split.labels)
+  return tf.constant(cifar10_input.eval_batch(split.images, TINY_SIZE)), tf.constant(split.labels)
 
 
 class _DoubledCrossEntropy(cifar10_trainer.Trainer):
@@ -375,10 +375,11 @@ def _small_model(config, conv):
   """A model the registry does not hold: one 3x3 convolution of 4 channels and a dense layer."""
   del conv
   regime = cifar10_model.Regime()
+  side = math.ceil(config.image_size / 2)  # After the stride-2 SAME pooling.
   return cifar10_model.Model(
       [cifar10_model.conv(regime, 'conv1', 3, 4, 3), cifar10_model.MaxPool(),
        cifar10_model.Flatten(),
-       cifar10_model.dense(regime, 'logits', 16 * 16 * 4, 10, tutorial_stddev=0.1,
+       cifar10_model.dense(regime, 'logits', side * side * 4, 10, tutorial_stddev=0.1,
                            relu=False)], config.image_size)
 
 
@@ -388,8 +389,9 @@ def test_a_tool_can_hand_the_trainer_a_model_of_other_shapes(tmp_path):
                         make_trainer=lambda c: cifar10_trainer.Trainer(c, build_model=_small_model))
   resumed = cifar10_trainer.Trainer(config, build_model=_small_model)
   assert resumed.restore_latest() == 3
+  # The dense layer's 576 inputs: the 12x12 pooled 24x24 images (TINY_SIZE), 4 channels.
   assert sorted(v.shape.as_list() for v in resumed.variables) == [[3, 3, 3, 4], [4], [10],
-                                                                  [1024, 10]]
+                                                                  [576, 10]]
   with pytest.raises(cifar10_run.UnreadableCheckpoint):  # Not the registry's tutorial.
     cifar10_trainer.Trainer(config).restore_latest()
 

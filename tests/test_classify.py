@@ -239,7 +239,7 @@ def fixture_sources(tmp_path_factory, real_batches_dir):
     Image.fromarray(image).save(files[-1])
   (root / 'corrupt.png').write_bytes(b'\x89PNG\r\n\x1a\n' + os.urandom(64))
   files.insert(4, str(root / 'corrupt.png'))
-  config = tiny_config(root / 'run', model='budget0')
+  config = tiny_config(root / 'run', model='budget0', image_size=32)  # budget0's own size
   cifar10_trainer.train(config, tiny_split())
   checkpoint = cifar10_run.newest_checkpoint(config.train_dir)
   evaluator = cifar10_scoring.Evaluator(config, ten)

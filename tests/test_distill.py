@@ -13,7 +13,7 @@ import cifar10_distill
 import cifar10_input
 import cifar10_run
 import cifar10_trainer
-from fixtures import tiny_config, tiny_split
+from fixtures import TINY_SIZE, tiny_config, tiny_split
 
 
 def _softmax(x):
@@ -68,7 +68,7 @@ def fixture_teachers(tmp_path_factory):
 
 def _batch(size=8):
   split = tiny_split(size)
-  return tf.constant(cifar10_input.eval_batch(split.images, 32)), tf.constant(split.labels)
+  return tf.constant(cifar10_input.eval_batch(split.images, TINY_SIZE)), tf.constant(split.labels)
 
 
 def test_several_teachers_average_their_softened_predictions(teachers, tmp_path):
@@ -91,7 +91,7 @@ def test_a_teacher_that_is_no_run_or_sees_other_images_is_refused(teachers, tmp_
     cifar10_distill.Teacher(tiny_config(teachers[0], teacher_dir=teachers[0]))
   with pytest.raises(cifar10_config.ConfigError, match='same images'):
     cifar10_distill.Teacher(tiny_config(tmp_path / 's', teacher_dir=teachers[0],
-                                        image_size=24, augment=True))
+                                        image_size=32))  # The teachers see TINY_SIZE, 24.
 
 
 def test_the_trainer_distills_and_keeps_the_teacher_out_of_its_state(teachers, tmp_path):

@@ -24,8 +24,8 @@ download error instead of fetching 170 MB: the processes see a proxy that does n
 this process --data_url (cifar10_records.run's url) names a port where nothing listens unless
 the case names one, and any other URL fails the test.
 
-88 cases: 70 run in this process, and 28 as processes (the 18 cases of the scripts that only
-run that way, and 10 wiring cases of the 70: at least one error case of every program).
+129 cases: 105 run in this process, and 38 as processes (the 24 cases of the scripts that only
+run that way, and 14 wiring cases of the 105: at least one error case of every program).
 """
 
 import concurrent.futures
@@ -57,6 +57,7 @@ import cifar10_model
 import cifar10_records
 import cifar10_results
 import cifar10_run
+import cifar10_sweep
 import cifar10_train
 import cifar10_trainer
 from compress import calibration as calibration_lib
@@ -66,7 +67,7 @@ from compress import qat
 from compress import slim
 from compress import quantize
 from compress import sparse
-from fixtures import add_member, copy_run, make_batches_dir, tiny_config, tiny_split
+from fixtures import TINY_SIZE, add_member, copy_run, make_batches_dir, tiny_config, tiny_split
 from fixtures import write_batches_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -265,6 +266,7 @@ PRUNE = 'compress/prune.py'
 QUANTIZE = 'compress/quantize.py'
 SLIM = 'compress/slim.py'
 QAT = 'compress/qat.py'
+SWEEP = 'cifar10_sweep.py'
 RUNNER = 'compress/int8.py'
 BENCH = 'bench'
 TRAIN_ARGS = ('--train_dir={case}/run', '--data_dir={data}', '--max_steps=2',
@@ -276,6 +278,16 @@ SLIM_ARGS = ('--source_dir={run}', '--train_dir={case}/slim', '--data_dir={data}
              '--finetune_steps=4')
 QAT_ARGS = ('--source_dir={run}', '--train_dir={case}/qat', '--data_dir={data}',
             '--finetune_steps=2')
+SWEEP_ARGS = ('--sweep_dir={case}/sweep', '--space={case}/space.json', '--data_dir={data}')
+SPACE = '{case}/space.json'
+
+
+def space(params, base=None):
+  """A setup writing case_dir/space.json: a sweep's space of `params` (and `base`)."""
+  return write('space.json', json.dumps({'base': base or {}, 'params': params}))
+
+
+GOOD_SPACE = space({'learning_rate': {'values': [0.05, 0.1]}})
 
 CASES = [
     # ----- cifar10_train.py
@@ -290,10 +302,51 @@ CASES = [
          setup=write('run')),
     Case(TRAIN, 'a config.json that is a folder', TRAIN_ARGS, 'error',
          ('{case}/run/config.json',), setup=folder('run/config.json')),
-    Case(TRAIN, 'no checkpoint restores', TRAIN_ARGS + ('--max_steps=4', '--noaugment'),
-         'error', ('{case}/run/ckpt-2', '--restart'), setup=run_copy(truncate_checkpoints)),
+    Case(TRAIN, 'no checkpoint restores',  # The shared run's flags: only its checkpoints fail.
+         TRAIN_ARGS + ('--max_steps=4', '--noaugment', f'--image_size={TINY_SIZE}'), 'error',
+         ('{case}/run/ckpt-2', '--restart'), setup=run_copy(truncate_checkpoints)),
     Case(TRAIN, 'a state file that is a folder', TRAIN_ARGS, 'error', ('{case}/run/checkpoint',),
          setup=folder('run/checkpoint')),
+
+    # ----- cifar10_sweep.py (the space is checked whole before anything is written)
+    Case(SWEEP, 'a flag out of range', SWEEP_ARGS + ('--seeds=0',), 'flags', ('--seeds',)),
+    Case(SWEEP, 'a stray argument', SWEEP_ARGS + ('stray',), 'usage', ('stray',)),
+    Case(SWEEP, 'an unknown sampler', SWEEP_ARGS + ('--sampler=bayes',), 'flags',
+         ('--sampler',)),
+    Case(SWEEP, 'no --sweep_dir', ('--space={case}/space.json',), 'flags', ('--sweep_dir',)),
+    Case(SWEEP, 'no space file', SWEEP_ARGS, 'error', (f'--space={SPACE}',), wiring=True),
+    Case(SWEEP, 'a space file that is not JSON', SWEEP_ARGS, 'error', (SPACE, 'not JSON'),
+         setup=write('space.json', '{"params": [')),
+    Case(SWEEP, 'an unknown field in the space', SWEEP_ARGS, 'error',
+         (SPACE, 'params.learning_rat'), setup=space({'learning_rat': {'values': [0.1]}})),
+    Case(SWEEP, 'a value of the space out of its limits', SWEEP_ARGS, 'error',
+         (SPACE, 'params.momentum', '--momentum=1.5'),
+         setup=space({'momentum': {'values': [0.9, 1.5]}})),
+    Case(SWEEP, 'a base value of the space out of its limits', SWEEP_ARGS, 'error',
+         (SPACE, 'base.batch_size'),
+         setup=space({'learning_rate': {'values': [0.1]}}, base={'batch_size': 0})),
+    Case(SWEEP, 'the seed in the space', SWEEP_ARGS, 'error', (SPACE, 'params.seed'),
+         setup=space({'seed': {'values': [0, 1]}})),
+    Case(SWEEP, 'the train_dir in the space', SWEEP_ARGS, 'error', (SPACE, 'base.train_dir'),
+         setup=space({'learning_rate': {'values': [0.1]}}, base={'train_dir': 'runs/x'})),
+    Case(SWEEP, 'a range with the grid', SWEEP_ARGS, 'error',
+         (SPACE, 'params.momentum', '--sampler=random'),
+         setup=space({'momentum': {'low': 0.8, 'high': 0.95}})),
+    Case(SWEEP, 'random without --trials', SWEEP_ARGS + ('--sampler=random',), 'error',
+         ('--sampler=random', '--trials'), setup=GOOD_SPACE),
+    Case(SWEEP, 'the grid with --trials', SWEEP_ARGS + ('--trials=3',), 'error',
+         ('--trials=3',), setup=GOOD_SPACE),
+    Case(SWEEP, 'a grace period within the heartbeat',
+         SWEEP_ARGS + ('--heartbeat_interval=60', '--grace_period=30'), 'error',
+         ('--grace_period=30', '--heartbeat_interval=60'), setup=GOOD_SPACE),
+    Case(SWEEP, 'no data and no network',
+         ('--sweep_dir={case}/sweep', '--space={case}/space.json', '--data_dir={case}/nowhere',
+          f'--data_url={UNREACHABLE_URL}'), 'error', ('{case}/nowhere', UNREACHABLE_URL),
+         setup=GOOD_SPACE, wiring=True),
+    Case(SWEEP, 'a storage URL that opens nothing', SWEEP_ARGS + ('--storage=nosuchdb://x',),
+         'error', ('--storage=nosuchdb://x',), setup=GOOD_SPACE),
+    Case(SWEEP, 'a --sweep_dir that is a file', SWEEP_ARGS, 'error', ('{case}/sweep',),
+         setup=steps(GOOD_SPACE, write('sweep'))),
 
     # ----- cifar10_eval.py
     Case(EVAL, 'a stray argument', ('--run_once', 'stray'), 'usage', ('stray',)),
@@ -600,6 +653,7 @@ IN_PROCESS = {
     SLIM: Program(slim.define_flags, values_only(slim.run), slim.main),
     QAT: Program(qat.define_flags, values_only(qat.run), qat.main),
     RUNNER: Program(int8.define_flags, values_only(int8.run), int8.main),
+    SWEEP: Program(cifar10_sweep.define_flags, values_only(cifar10_sweep.run), cifar10_sweep.main),
 }
 
 

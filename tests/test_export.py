@@ -27,7 +27,8 @@ def fixture_runs(tmp_path_factory):
   root = tmp_path_factory.mktemp('export')
   runs = {}
   for model, size in (('tutorial', 24), ('budget0', 32), ('mobile1', 32)):
-    config = tiny_config(root / model, model=model, image_size=size)
+    # conv=auto: the tutorial trains with its spectral conv2 on a CPU, as a real run does.
+    config = tiny_config(root / model, model=model, image_size=size, conv='auto')
     cifar10_trainer.train(config, tiny_split())
     runs[model] = str(root / model)
   return runs, write_batches_dir(str(root / 'data'), tiny_split())

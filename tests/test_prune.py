@@ -23,7 +23,7 @@ import cifar10_flags
 from compress import finetune
 from compress import prune
 from compress import sparse
-from fixtures import copy_run, tiny_config, tiny_split
+from fixtures import TINY_SIZE, copy_run, tiny_config, tiny_split
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -179,7 +179,7 @@ def test_ends_keeps_the_first_layer_and_the_logits_layer_dense(source_run, tmp_p
 
 
 def test_a_target_the_dense_layers_make_unreachable_is_refused(source_run, tmp_path):
-  # conv1 and softmax_linear hold 6,720 of the 1,755,712 weights (0.38 %, at 32x32): 99.9 %
+  # conv1 and softmax_linear hold 6,720 of the 1,067,584 weights (0.63 %, at 24x24): 99.9 %
   # of all is out of reach with them dense.
   with pytest.raises(cifar10_config.ConfigError, match='cannot be reached'):
     pruning_trainer(source_run, tmp_path / 'p', target_sparsity=0.999,
@@ -190,7 +190,7 @@ def test_pruned_weights_stay_zero_across_train_steps(source_run, pruned_once, tm
   trainer = resume_copy(source_run, pruned_once, tmp_path)
   masks = [mask.numpy().copy() for mask in trainer.masks]
   batches = iter(cifar10_input.train_inputs(tiny_split(), 16, seed=1, augment=False,
-                                            image_size=32))
+                                            image_size=TINY_SIZE))
   for _ in range(5):
     trainer.train_step(*next(batches))
   for kernel, shadow, mask, before in zip(trainer.pruned, trainer.pruned_shadows,
@@ -368,10 +368,10 @@ def test_resuming_accepts_the_same_source_however_its_path_is_spelt(tmp_path):
 @pytest.mark.stage  # It trains its own source.
 def test_a_batchnorm_model_prunes_and_exports_its_folded_ema_weights(tmp_path):
   tf.random.set_seed(0)
-  source = tiny_config(tmp_path / 'source', model='budget0', max_steps=10,
-                       optimizer='nesterov', weight_decay='l2')
+  source = tiny_config(tmp_path / 'source', model='budget0', image_size=32, max_steps=10,
+                       optimizer='nesterov', weight_decay='l2')  # budget0's own size
   cifar10_trainer.train(source, tiny_split())
-  config = tiny_config(tmp_path / 'pruned', model='budget0', max_steps=20,
+  config = tiny_config(tmp_path / 'pruned', model='budget0', image_size=32, max_steps=20,
                        optimizer='nesterov', weight_decay='l2')
   trainer = prune.PruningTrainer(
       config, prune.PruningSettings(target_sparsity=0.8, begin_step=10, end_step=15,

@@ -109,11 +109,12 @@ def test_a_multiple_rounds_every_narrowed_layer_down_to_whole_blocks():
 
 @pytest.fixture(scope='module', name='source')
 def fixture_source(tmp_path_factory):
-  """A 10-step tiny budget0 run (BatchNorm) and a data folder of the same tiny images."""
+  """A 10-step tiny budget0 run (BatchNorm) at 32x32, its own size, and a data folder of the
+  same tiny images."""
   root = tmp_path_factory.mktemp('slim')
   tf.random.set_seed(0)
-  config = tiny_config(root / 'source', model='budget0', max_steps=10, optimizer='nesterov',
-                       weight_decay='l2')
+  config = tiny_config(root / 'source', model='budget0', image_size=32, max_steps=10,
+                       optimizer='nesterov', weight_decay='l2')
   cifar10_trainer.train(config, tiny_split())
   return config, write_batches_dir(str(root / 'data'), tiny_split())
 
