@@ -83,10 +83,11 @@ def record(metrics, eval_dir, writer, use_ema):
   print(f"{datetime.datetime.now()}: step {metrics['step']}, precision @ 1 = {shown:.4f}",
         flush=True)
   with writer.as_default():
-    tf.summary.scalar('precision @ 1/ema', metrics['precision_ema'], step=metrics['step'])
-    tf.summary.scalar('precision @ 1/raw', metrics['precision_raw'], step=metrics['step'])
-    tf.summary.scalar('cross_entropy/ema', metrics['cross_entropy_ema'], step=metrics['step'])
-    tf.summary.scalar('cross_entropy/raw', metrics['cross_entropy_raw'], step=metrics['step'])
+    for weights in ('ema', 'raw'):
+      tf.summary.scalar(cifar10_scoring.PRECISION_TAG.format(weights),
+                        metrics[f'precision_{weights}'], step=metrics['step'])
+      tf.summary.scalar(cifar10_scoring.CROSS_ENTROPY_TAG.format(weights),
+                        metrics[f'cross_entropy_{weights}'], step=metrics['step'])
   writer.flush()
   summary = {key: value for key, value in metrics.items() if key != 'confusion'}
   cifar10_run.append_json_line(os.path.join(eval_dir, cifar10_run.RESULTS_FILE), summary)

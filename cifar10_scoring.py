@@ -14,6 +14,9 @@ import cifar10_run
 
 EVAL_BATCH_SIZE = 200  # images per forward pass (fastest here); any size gives the same counts
 TTA_MODES = ('none', 'flip')
+# The scalar tags of an evaluation, per weights ('ema', 'raw'): cifar10_eval.py and the
+# sweep write them, so TensorBoard and the HParams metrics find one name.
+PRECISION_TAG, CROSS_ENTROPY_TAG = 'precision @ 1/{}', 'cross_entropy/{}'
 
 
 class Evaluator(cifar10_run.RunState):

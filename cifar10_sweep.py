@@ -78,7 +78,8 @@ WAIT_POLL_SECS = 5  # the longest a driver with nothing to run waits between loo
 LOCK_WAIT_SECS = 300.0  # the longest wait for one of these locks before giving up
 SQLITE_TIMEOUT_SECS = 60  # how long SQLite waits for another driver's write to finish
 HEARTBEAT_ATTR = 'heartbeat'  # journal storage: a trial's last heartbeat (time.time())
-PRECISION_TAG, CROSS_ENTROPY_TAG = 'precision @ 1/ema', 'cross_entropy/ema'  # cifar10_eval's
+PRECISION_TAG = cifar10_scoring.PRECISION_TAG.format('ema')  # as cifar10_eval.py writes them
+CROSS_ENTROPY_TAG = cifar10_scoring.CROSS_ENTROPY_TAG.format('ema')
 EVAL_GROUP = 'eval'  # the runs' subfolder holding those scalars (HParams metric group)
 CHECK_DIR = '<sweep>'  # train_dir of the configs built only to check the space
 # What an Evaluator's model and images depend on (cifar10_run.default_model, eval_images).

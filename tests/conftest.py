@@ -14,6 +14,7 @@ per session into a temporary folder, never beside the archive (../shared is read
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -80,6 +81,15 @@ def pytest_collection_modifyitems(items):
       item.add_marker(pytest.mark.stage)
     if not any(item.get_closest_marker(tier) for tier in OTHER_TIERS):
       item.add_marker(pytest.mark.unit)
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers_restored():
+  """Programs' run() install stop handlers (train, sweep): every test leaves pytest's."""
+  saved = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+  yield
+  for number, handler in saved.items():
+    signal.signal(number, handler)
 
 
 @pytest.fixture(autouse=True)

@@ -3,7 +3,6 @@
 tests/test_error_paths.py."""
 
 import os
-import signal
 import subprocess
 import sys
 
@@ -14,15 +13,6 @@ import cifar10_train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NO_NETWORK = 'http://127.0.0.1:9/cifar-10-binary.tar.gz'  # nothing listens: refused at once
-
-
-@pytest.fixture(autouse=True)
-def _signal_handlers_restored():
-  """run() installs the stop handlers; the rest of the suite keeps pytest's."""
-  saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-  yield
-  for number, handler in saved.items():
-    signal.signal(number, handler)
 
 
 def train(*argv):

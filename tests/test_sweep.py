@@ -86,15 +86,6 @@ def final_precision(run_dir):
   return records[max(records)]['precision_ema']
 
 
-@pytest.fixture(autouse=True)
-def _handlers_restored():
-  """run() installs the stop handlers: the rest of the suite keeps pytest's."""
-  handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
-  yield
-  for number, handler in handlers.items():
-    signal.signal(number, handler)
-
-
 # --------------------------------------------------------------------------- the space
 
 
